@@ -1,0 +1,72 @@
+"""Gradient, saliency and gradient × input (seed 001 §3.1, Table 1).
+
+All three need one modified gradient at the input itself: φ(x) = m(x) ⊙ ∂^g S_c(x)/∂x, with the plain
+gradient g = f' here; guided backprop, DeconvNet and ε-LRP reuse :class:`GradientAtInput` with other
+rules and multipliers.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+
+from ..core import options as opt
+from ..core.engine import accumulate
+from ..core.method import Method
+from ..core.registry import register
+from ..core.rules import GRADIENT, RuleSet, SoftplusRelu
+from ..core.targets import Target
+
+SOFTPLUS_OPTION = {
+    "softplus_beta": opt.Option(None, opt.optional(opt.real(0, low_open=True)),
+                                "replace every ReLU by softplus_β in the forward pass (β-smoothing)"),
+}
+
+
+def smoothed_rules(o: SimpleNamespace) -> RuleSet:
+    """The plain gradient, or the gradient of the network with ReLUs made softplus_β (Dombrowski 2019)."""
+    if o.softplus_beta is None:
+        return GRADIENT
+    return RuleSet(f"softplus_{o.softplus_beta:g}", {"*": SoftplusRelu(o.softplus_beta)})
+
+
+class GradientAtInput(Method):
+    """φ(x) = multiplier(x) ⊙ ∂^g S_c(x)/∂x: one forward and one backward pass per sample."""
+
+    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+        if target.needs_argmax and x.shape[0] > o.batch_size:
+            self._fix_target(x, target, o)
+
+        def contribution(sample, _):
+            rows = x[sample]
+            return self.combine(rows, self._gradients(rows, target, sample, o))
+
+        return accumulate(x.shape[0], 1, contribution, batch_size=o.batch_size)
+
+    def combine(self, x: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+@register("gradient")
+class Gradient(GradientAtInput):
+    """The gradient ∂S_c(x)/∂x (Simonyan et al. 2014; seed 001 Eq 4, Table 1: g = f', multiplier 1)."""
+
+    options = SOFTPLUS_OPTION
+    rule_set = staticmethod(smoothed_rules)
+
+
+@register("saliency")
+class Saliency(Gradient):
+    """Saliency |∂S_c(x)/∂x| (Simonyan et al. 2014; seed 000 §3.1)."""
+
+    def combine(self, x, grad):
+        return grad.abs()
+
+
+@register("input_x_gradient")
+class InputXGradient(Gradient):
+    """Gradient × input, x ⊙ ∂S_c(x)/∂x (Shrikumar et al. 2016; seed 001 Eq 6, Table 1)."""
+
+    def combine(self, x, grad):
+        return x * grad

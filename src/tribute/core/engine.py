@@ -1,0 +1,252 @@
+"""The engine: modified gradients of a score, row by row, over batches taken in chunks.
+
+Everything here is method-agnostic.  A method supplies a rule set (which g replaces f' at the
+nonlinearities), the rows to evaluate (the input, points on a path, noisy copies, references) and
+how to turn each row's gradient into a contribution (multiplier and weight); the engine runs the rows
+through the model in chunks of at most ``batch_size`` rows and sums the contributions per sample.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .interception import Coverage, apply_rules
+from .rules import GRADIENT, RuleSet
+from .targets import Target
+
+# Input elements per chunk that the default batch size aims at, and its cap in rows.  A CIFAR image
+# gives 64 rows per chunk, a 224×224 photo 6: enough to keep the CPU busy while activation memory
+# stays in the hundreds of MB.
+_DEFAULT_CHUNK_ELEMENTS = 2**20
+_DEFAULT_MAX_ROWS = 64
+
+
+@dataclass
+class PassCount:
+    """Rows pushed through the model forward and backward (one row = one input sample)."""
+
+    forward_rows: int = 0
+    backward_rows: int = 0
+
+    def add(self, forward: int = 0, backward: int = 0) -> None:
+        self.forward_rows += forward
+        self.backward_rows += backward
+
+
+_local = threading.local()
+
+
+def _counters() -> list[PassCount]:
+    if not hasattr(_local, "counters"):
+        _local.counters = []
+    return _local.counters
+
+
+@contextlib.contextmanager
+def count_passes() -> Iterator[PassCount]:
+    """Count the rows tribute sends through models inside this block (nested blocks all count)."""
+    c = PassCount()
+    _counters().append(c)
+    try:
+        yield c
+    finally:
+        _counters().remove(c)
+
+
+def _record(forward: int = 0, backward: int = 0) -> None:
+    for c in _counters():
+        c.add(forward, backward)
+
+
+# Modules whose output depends on ``training``: attributing through them in train mode mixes samples
+# (batch norm statistics) or adds noise (dropout), so train mode is refused rather than changed.
+_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.AlphaDropout,
+                   nn.FeatureAlphaDropout, nn.modules.instancenorm._InstanceNorm)
+
+
+def check_model(model: nn.Module) -> None:
+    """Refuse models the engine cannot see into, and train mode where it changes the result."""
+    if not callable(model):
+        raise TypeError(f"model must be a callable nn.Module, got {type(model).__name__}")
+    if isinstance(model, (torch.jit.ScriptModule, torch.jit.ScriptFunction)):
+        raise TypeError(
+            "TorchScript models run outside Python, where the engine cannot apply its rules; "
+            "pass the original nn.Module instead"
+        )
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise TypeError(
+            f"{type(model).__name__} runs replicas in threads the engine cannot reach (its interception "
+            "is thread-local); pass the wrapped model.module instead"
+        )
+    if isinstance(model, nn.Module) and model.training:
+        culprits = [n or type(m).__name__ for n, m in model.named_modules()
+                    if isinstance(m, _MODE_DEPENDENT) and m.training]
+        if culprits:
+            raise ValueError(
+                "the model is in train mode and its output depends on it "
+                f"({', '.join(culprits[:3])}{', …' if len(culprits) > 3 else ''}); call model.eval() first"
+            )
+
+
+def model_dtype(model: nn.Module) -> torch.dtype | None:
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return None
+
+
+def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
+    """Inputs must be a batch of finite floating-point values in the model's dtype."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2:
+        raise ValueError(f"inputs must be a batch with the samples along dim 0, got shape {tuple(x.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError("inputs hold no samples (dim 0 has size 0)")
+    if not x.is_floating_point():
+        raise TypeError(f"inputs must be floating point, got {x.dtype}")
+    bad = ~torch.isfinite(x)
+    if bool(bad.any()):
+        rows = bad.flatten(1).any(1).nonzero().flatten().tolist()
+        raise ValueError(f"inputs contain NaN or inf (samples {rows[:10]}{'…' if len(rows) > 10 else ''})")
+    dt = model_dtype(model)
+    if dt is not None and dt != x.dtype:
+        raise TypeError(
+            f"inputs are {x.dtype} but the model's parameters are {dt}: convert one of them "
+            f"(e.g. inputs.to({dt}) or model.to({x.dtype}))"
+        )
+
+
+class Forward:
+    """``model(transform(x))``, counted; the transform (e.g. normalisation) keeps x in pixel space."""
+
+    def __init__(self, model: nn.Module, input_transform: Callable | None = None):
+        check_model(model)
+        self.model = model
+        self.transform = input_transform
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.model(x if self.transform is None else self.transform(x))
+        if not isinstance(out, torch.Tensor):
+            raise TypeError(
+                f"the model must return a tensor, got {type(out).__name__}; wrap it to return the logits"
+            )
+        _record(forward=x.shape[0])
+        return out
+
+    def outputs(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Outputs for a batch without gradients, in chunks."""
+        with torch.no_grad():
+            return torch.cat([self(c) for c in x.split(batch_size)])
+
+
+def default_batch_size(x: torch.Tensor) -> int:
+    per_row = max(1, x[0].numel())
+    return max(1, min(_DEFAULT_MAX_ROWS, _DEFAULT_CHUNK_ELEMENTS // per_row))
+
+
+def gradient_rows(
+    forward: Forward,
+    points: torch.Tensor,
+    target: Target,
+    sample: torch.Tensor,
+    *,
+    rules: RuleSet = GRADIENT,
+    create_graph: bool = False,
+    coverage: Coverage | None = None,
+    strict: bool = False,
+    score_rows: int | None = None,
+) -> torch.Tensor:
+    """∂^g S_t(row) / ∂row for every row of ``points`` (seed 001, Eq 16), under rule set ``rules``.
+
+    ``sample[r]`` names the sample row r belongs to (for its target).  With ``score_rows`` only the first
+    rows carry a score (DeepLIFT's references ride along in the same pass).  With ``create_graph`` the
+    gradients stay on the autograd graph, also back to ``points`` if it requires grad.
+    """
+    if create_graph and points.requires_grad:
+        leaf = points
+    else:
+        leaf = points.detach().requires_grad_()
+    use_mode = rules != GRADIENT or coverage is not None or strict
+    if strict and coverage is None:
+        coverage = Coverage()
+    with torch.enable_grad():
+        with apply_rules(rules, coverage=coverage) if use_mode else contextlib.nullcontext() as mode:
+            if mode is not None:
+                mode.tag_input(leaf)
+            out = forward(leaf)
+        if strict and rules != GRADIENT and coverage.unruled:
+            raise ValueError(
+                f"strict: ops on the input's path have no {rules.name} rule and would get the plain "
+                f"gradient: {', '.join(sorted(coverage.unruled))}. Register elementwise ones with "
+                "tribute.register_nonlinearity, or pass strict=False"
+            )
+        scored = out if score_rows is None else out[:score_rows]
+        if target.needs_argmax:
+            target.set_argmax(scored)
+        s = target.scores(scored, sample)
+        if not s.requires_grad:
+            raise RuntimeError(
+                "the score does not depend on the input through autograd (is there a torch.no_grad(), "
+                ".detach() or reentrant checkpoint in forward()?)"
+            )
+        (g,) = torch.autograd.grad(s.sum(), leaf, create_graph=create_graph)
+    _record(backward=out.shape[0])
+    return g
+
+
+def chunk_rows(total: int, batch_size: int) -> list[range]:
+    """Split ``total`` rows into the fewest chunks of at most ``batch_size``, of near-equal size."""
+    n_chunks = max(1, math.ceil(total / batch_size))
+    size = math.ceil(total / n_chunks)
+    return [range(s, min(s + size, total)) for s in range(0, total, size)]
+
+
+def accumulate(
+    n: int,
+    k: int,
+    contribution: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    *,
+    batch_size: int,
+    progress: bool | str = False,
+) -> torch.Tensor:
+    """Σ_j contribution(sample i, draw j) for j < k, for each of ``n`` samples.
+
+    The n·k rows are taken sample-major in chunks of at most ``batch_size``; ``contribution(sample,
+    draw)`` gets two index tensors of a chunk's rows and returns one tensor per row.
+    """
+    total = None
+    chunks = chunk_rows(n * k, batch_size)
+    bar = None
+    if progress and len(chunks) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=n * k, desc=progress if isinstance(progress, str) else "rows", unit="row",
+                   leave=False)
+    try:
+        for rows in chunks:
+            r = torch.arange(rows.start, rows.stop)
+            sample, draw = r // k, r % k
+            c = contribution(sample, draw)
+            if total is None:
+                total = c.new_zeros((n, *c.shape[1:]))
+            total = total.index_add(0, sample.to(c.device), c)
+            if bar is not None:
+                bar.update(len(r))
+    finally:
+        if bar is not None:
+            bar.close()
+    return total
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Sums are kept in at least float32 (half-precision inputs would lose the weights' precision)."""
+    return dtype if dtype in (torch.float32, torch.float64) else torch.float32

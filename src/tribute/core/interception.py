@@ -1,0 +1,192 @@
+"""Route nonlinearity calls through rules with a ``TorchFunctionMode``.
+
+Module hooks see modules, but a model may call ``F.relu``, ``Tensor.relu`` or reuse one in-place
+``nn.ReLU`` many times.  A torch-function mode sees every function call, whatever module or code made
+it, so one rule set applies identically to every way of writing the same architecture.
+
+Rules act only on tensors *derived from the input*: the mode tags the input and every tensor computed
+from a tagged tensor, so parameter-only computations (``logit_scale.exp()``) keep their plain forward
+and backward.  The tags also give a coverage report: every op on the input's path, and which of them
+are nonlinear with no rule.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import torch
+from torch.overrides import TorchFunctionMode, resolve_name
+
+from .nonlinearities import call_form
+from .rules import RuleSet
+
+_TAG = "_tribute_path"
+_state = threading.local()
+
+
+def _active() -> list[RuleMode]:
+    if not hasattr(_state, "stack"):
+        _state.stack = []
+    return _state.stack
+
+
+# Ops on the input's path that need no rule: linear in the input (given the parameters) or structural.
+# Max pooling and other "switch" ops route the gradient to the selected entry; that is documented as
+# their rule (the choice DeepLIFT's authors make for max pooling in the Rescale rule's absence).
+_LINEAR_SUFFIXES = {
+    "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear",
+    "add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "__isub__", "sub_",
+    "neg", "__neg__", "sum", "mean", "cat", "concat", "concatenate", "stack", "hstack", "vstack",
+    "reshape", "view", "view_as", "flatten", "unflatten", "permute", "transpose", "t", "contiguous",
+    "squeeze", "unsqueeze", "expand", "expand_as", "__getitem__", "chunk", "split", "narrow", "select",
+    "pad", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+    "adaptive_avg_pool3d", "batch_norm", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
+    "feature_alpha_dropout", "clone", "to", "float", "double", "half", "type_as", "detach", "copy_",
+    "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
+    "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+    "interpolate", "upsample", "flip", "roll", "repeat", "tile", "gather", "index_select", "movedim",
+    "unbind", "__setitem__", "zero_", "fill_", "masked_fill", "masked_fill_", "cumsum", "einsum",
+    "pixel_shuffle", "pixel_unshuffle", "unfold", "fold", "real", "requires_grad_",
+}
+# Binary ops that are linear when only one operand lies on the input's path.
+_BILINEAR_SUFFIXES = {
+    "mul", "__mul__", "__rmul__", "__imul__", "mul_", "div", "__truediv__", "__itruediv__", "div_",
+    "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm", "baddbmm", "einsum",
+}
+
+
+def _tagged(x, token) -> bool:
+    return isinstance(x, torch.Tensor) and getattr(x, _TAG, None) is token
+
+
+def _count_tagged(args, kwargs, token) -> int:
+    n = 0
+    for a in args:
+        if isinstance(a, (list, tuple)):
+            n += sum(_tagged(b, token) for b in a)
+        else:
+            n += _tagged(a, token)
+    for a in kwargs.values():
+        n += _tagged(a, token)
+    return n
+
+
+def _tag(out, token) -> None:
+    if isinstance(out, torch.Tensor):
+        try:
+            setattr(out, _TAG, token)
+        except (AttributeError, RuntimeError):  # some tensor subclasses refuse attributes
+            pass
+    elif isinstance(out, (list, tuple)):
+        for o in out:
+            _tag(o, token)
+
+
+@dataclass
+class Coverage:
+    """Which ops a forward pass applied to tensors derived from the input."""
+
+    ruled: Counter = field(default_factory=Counter)
+    """nonlinearities routed through a rule of the active rule set"""
+    plain: Counter = field(default_factory=Counter)
+    """nonlinearities the rule set leaves at the plain gradient"""
+    linear: Counter = field(default_factory=Counter)
+    """linear or structural ops that need no rule"""
+    unruled: Counter = field(default_factory=Counter)
+    """nonlinear ops the engine has no rule for: their plain gradient is used"""
+
+    def __str__(self) -> str:
+        lines = []
+        for name in ("ruled", "plain", "linear", "unruled"):
+            c = getattr(self, name)
+            items = ", ".join(f"{k}×{v}" for k, v in sorted(c.items())) or "—"
+            lines.append(f"{name:8s} {items}")
+        return "\n".join(lines)
+
+
+class RuleMode(TorchFunctionMode):
+    """Apply ``rules`` to every known nonlinearity computed from the tagged input."""
+
+    def __init__(self, rules: RuleSet, *, coverage: Coverage | None = None):
+        super().__init__()
+        self.rules = rules
+        self.coverage = coverage
+        self.token = object()  # tags from another pass never match this one
+
+    def tag_input(self, x: torch.Tensor) -> None:
+        _tag(x, self.token)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        n_tagged = _count_tagged(args, kwargs, self.token)
+        if not n_tagged:
+            return func(*args, **kwargs)
+        form = call_form(func)
+        if form is not None:
+            z, params, inplace = form.parse(args, kwargs)
+            if _tagged(z, self.token):
+                return self._nonlinearity(form.nonlinearity, z, params, inplace)
+        out = func(*args, **kwargs)
+        _tag(out, self.token)
+        if self.coverage is not None and isinstance(out, (torch.Tensor, list, tuple)):
+            self._record(func, n_tagged)
+        return out
+
+    def _nonlinearity(self, nl, z, params, inplace):
+        if not torch.is_grad_enabled():
+            raise RuntimeError(
+                f"{nl.name} on the input's path ran with gradients disabled: the engine cannot apply "
+                "its rule there. Reentrant activation checkpointing (use_reentrant=True) and "
+                "torch.no_grad() inside forward() hide the path from autograd; use "
+                "torch.utils.checkpoint(..., use_reentrant=False) or remove the no_grad block."
+            )
+        rule = self.rules.rule_for(nl)
+        if self.coverage is not None:
+            (self.coverage.ruled if rule is not None else self.coverage.plain)[nl.name] += 1
+        if rule is None:
+            y = nl(z, **params)
+        else:
+            # an in-place call may not overwrite a tensor the rule saved: give the rule a copy
+            src = z.clone() if (inplace and rule.saves_input) else z
+            y = rule.apply(nl, src, params)
+        if inplace:
+            z.copy_(y)
+            y = z
+        _tag(y, self.token)
+        return y
+
+    def _record(self, func, n_tagged: int) -> None:
+        name = resolve_name(func) or getattr(func, "__name__", repr(func))
+        suffix = name.rsplit(".", 1)[-1]
+        linear = suffix in _LINEAR_SUFFIXES or (suffix in _BILINEAR_SUFFIXES and n_tagged == 1)
+        (self.coverage.linear if linear else self.coverage.unruled)[name] += 1
+
+
+@contextmanager
+def apply_rules(rules: RuleSet, *, coverage: Coverage | None = None) -> Iterator[RuleMode]:
+    """Context in which ``rules`` apply to tensors derived from inputs tagged with ``mode.tag_input``.
+
+    Nesting the same rule set composes (the inner context reuses the outer one); a different rule set
+    inside an active one is an error, since one backward pass cannot follow two rules at once.
+    ``coverage``, if given, is filled with the ops the pass applied to the input's path.
+    """
+    stack = _active()
+    if stack:
+        outer = stack[-1]
+        if outer.rules != rules:
+            raise RuntimeError(
+                f"conflicting rule sets in one pass: {rules.name!r} requested inside {outer.rules.name!r}"
+            )
+        yield outer
+        return
+    mode = RuleMode(rules, coverage=coverage)
+    stack.append(mode)
+    try:
+        with mode:
+            yield mode
+    finally:
+        stack.pop()

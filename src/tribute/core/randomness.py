@@ -1,0 +1,55 @@
+"""Per-sample random streams.
+
+Each sample gets its own ``torch.Generator``, seeded from ``seed`` and the sample's own bytes, so a
+sample draws the same noise alone or in any batch, at any position, with any chunk size.  The global
+RNG is never touched.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+import torch
+
+
+class SampleStreams:
+    """One generator per sample; draws for a sample come in order however the rows are chunked."""
+
+    def __init__(self, x: torch.Tensor, seed: int | None):
+        if seed is None:  # fresh entropy, without touching torch's global generator
+            seed = secrets.randbits(62)
+        data = x.detach().to("cpu").contiguous()
+        self.generators = []
+        for i in range(x.shape[0]):
+            h = hashlib.blake2b(data[i].numpy().tobytes(), digest_size=8, key=str(seed).encode()[:64])
+            g = torch.Generator()
+            g.manual_seed(int.from_bytes(h.digest(), "little") & (2**63 - 1))
+            self.generators.append(g)
+
+    def draw(self, kind: str, sample: torch.Tensor, shape: tuple, *, dtype, device, **kw) -> torch.Tensor:
+        """Draw ``len(sample)`` rows, row r from ``sample[r]``'s stream.
+
+        ``kind`` is ``"normal"``, ``"uniform"`` (on [0, 1)) or ``"integers"`` (below ``kw['high']``).
+        Rows of one sample must be requested in order; consecutive rows of a sample are drawn at once.
+        """
+        out = []
+        s = sample.tolist()
+        start = 0
+        while start < len(s):
+            end = start
+            while end < len(s) and s[end] == s[start]:
+                end += 1
+            g = self.generators[s[start]]
+            size = (end - start, *shape)
+            if kind == "normal":
+                out.append(torch.randn(size, generator=g, dtype=torch.float64))
+            elif kind == "uniform":
+                out.append(torch.rand(size, generator=g, dtype=torch.float64))
+            elif kind == "integers":
+                out.append(torch.randint(0, kw["high"], size, generator=g))
+            else:
+                raise ValueError(f"unknown draw kind {kind!r}")
+            start = end
+        t = torch.cat(out)
+        return t.to(device) if kind == "integers" else t.to(device=device, dtype=dtype)

@@ -1,0 +1,230 @@
+"""Backward rules at elementwise nonlinearities (Ancona et al., seed 001, Eq 16 and Table 1).
+
+A rule replaces the chain-rule factor f'(z) of a nonlinearity y = f(z) by another function g during
+the backward pass ("modified gradient", Eq 16), or replaces f itself in the forward pass.  Each rule is
+a small class; :class:`RuleSet` says which rule applies to which nonlinearity.
+
+Backward formulas are written in differentiable torch operations of the saved input, so attributions
+computed with ``create_graph=True`` can be differentiated again (attacks on explanations, β-smoothing).
+Rules that only need a mask save the mask, not the input: an in-place op later in the model could
+overwrite an input but never a tensor the rule made itself.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .nonlinearities import Nonlinearity
+
+
+def sign0(z: torch.Tensor) -> torch.Tensor:
+    """sign(z) with sign(0) = +1, so that z + ε·sign0(z) is never zero for ε > 0."""
+    return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+
+
+def derivative(nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+    """f'(z) of an elementwise nonlinearity, by autograd (differentiable when grad mode is on)."""
+    create_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        zz = z if (create_graph and z.requires_grad) else z.detach().requires_grad_()
+        y = nl(zz, **params)
+        (d,) = torch.autograd.grad(y, zz, torch.ones_like(y), create_graph=create_graph)
+    return d
+
+
+class Rule:
+    """Base class: a modified backward pass at one nonlinearity.
+
+    Subclasses set ``saves_input`` and override :meth:`save` and :meth:`backward`; rules that change
+    the forward function override :meth:`apply` instead.
+    """
+
+    name = "rule"
+    #: whether :meth:`save` keeps the input z (an in-place call is then given a copy of z)
+    saves_input = True
+
+    def applies(self, nl: Nonlinearity) -> bool:
+        return True
+
+    def apply(self, nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
+        return _ModifiedBackward.apply(z, self, nl, params)
+
+    def save(self, nl: Nonlinearity, z: torch.Tensor, y: torch.Tensor, params) -> tuple[torch.Tensor, ...]:
+        return (z,)
+
+    def backward(self, nl: Nonlinearity, gy: torch.Tensor, saved: tuple, params) -> torch.Tensor:
+        raise NotImplementedError
+
+    def key(self) -> tuple:
+        """What makes two rules the same (used to detect conflicting nested rule sets)."""
+        return (type(self).__name__, tuple(sorted(vars(self).items())))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+class _ModifiedBackward(torch.autograd.Function):
+    """y = f(z) forward; the rule's g in the backward."""
+
+    @staticmethod
+    def forward(ctx, z, rule: Rule, nl: Nonlinearity, params):
+        y = nl(z, **params)
+        ctx.rule, ctx.nl, ctx.params = rule, nl, params
+        ctx.save_for_backward(*rule.save(nl, z, y, params))
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        return ctx.rule.backward(ctx.nl, gy, ctx.saved_tensors, ctx.params), None, None, None
+
+
+class Gradient(Rule):
+    """The plain gradient g = f'(z): the nonlinearity runs untouched under autograd."""
+
+    name = "gradient"
+
+    def apply(self, nl, z, params):
+        return nl(z, **params)
+
+
+class EpsilonRatio(Rule):
+    """ε-LRP at a nonlinearity (seed 001, Prop 1): g = f(z) / (z + ε·sign z), sign(0) = +1.
+
+    With ε > 0 the ratio is finite at z = 0; for f with f(0) = 0 (ReLU, tanh) it is the average slope
+    of f on [0, z].
+    """
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-9):
+        self.epsilon = float(epsilon)
+
+    def backward(self, nl, gy, saved, params):
+        (z,) = saved
+        return gy * nl(z, **params) / (z + self.epsilon * sign0(z))
+
+
+class Rescale(Rule):
+    """DeepLIFT Rescale (seed 001, Prop 2): g = (f(z) − f(z̄)) / (z − z̄).
+
+    The batch holds the inputs in its first half and their references in the second half (one 2N
+    pass).  Where |z − z̄| ≤ ``tolerance``·(1 + |z|) the ratio is replaced by its limit, f' at the
+    midpoint.  Both halves get the same multiplier; only the first half carries the score.
+    """
+
+    name = "rescale"
+
+    def __init__(self, tolerance: float = 1e-6):
+        self.tolerance = float(tolerance)
+
+    def apply(self, nl, z, params):
+        if z.shape[0] % 2:
+            raise ValueError(
+                f"DeepLIFT runs inputs and references as one batch of 2N rows, but a {nl.name} received "
+                f"{z.shape[0]} rows: the model must keep the batch as the first dimension"
+            )
+        return super().apply(nl, z, params)
+
+    def backward(self, nl, gy, saved, params):
+        (z,) = saved
+        zx, zr = z.chunk(2)
+        dz = zx - zr
+        close = dz.abs() <= self.tolerance * (1 + zx.abs())
+        safe_dz = torch.where(close, torch.ones_like(dz), dz)
+        ratio = (nl(zx, **params) - nl(zr, **params)) / safe_dz
+        if bool(close.any()):
+            ratio = torch.where(close, derivative(nl, (zx + zr) / 2, params), ratio)
+        return gy * torch.cat([ratio, ratio])
+
+
+class GuidedRelu(Rule):
+    """Guided backprop at a ReLU (Springenberg et al. 2015): g = 1[z > 0] · 1[gy > 0]."""
+
+    name = "guided"
+    saves_input = False
+
+    def applies(self, nl):
+        return nl.family == "relu"
+
+    def save(self, nl, z, y, params):
+        return (z > 0,)
+
+    def backward(self, nl, gy, saved, params):
+        (mask,) = saved
+        return gy.clamp(min=0) * mask
+
+
+class DeconvRelu(Rule):
+    """DeconvNet at a ReLU (Zeiler & Fergus 2014): the backward signal is rectified, g·gy = relu(gy)."""
+
+    name = "deconvnet"
+    saves_input = False
+
+    def applies(self, nl):
+        return nl.family == "relu"
+
+    def save(self, nl, z, y, params):
+        return ()
+
+    def backward(self, nl, gy, saved, params):
+        return gy.clamp(min=0)
+
+
+class SoftplusRelu(Rule):
+    """Replace ReLU by softplus_β in the forward pass (Dombrowski et al. 2019, β-smoothing).
+
+    Gradients are then the true gradients of the smoothed network; β → ∞ recovers the ReLU.
+    """
+
+    name = "softplus"
+
+    def __init__(self, beta: float = 10.0):
+        if not beta > 0:
+            raise ValueError(f"softplus beta must be > 0, got {beta}")
+        self.beta = float(beta)
+
+    def applies(self, nl):
+        return nl.family == "relu"
+
+    def apply(self, nl, z, params):
+        return F.softplus(z, beta=self.beta, threshold=20.0)
+
+
+class RuleSet:
+    """Which rule applies to which nonlinearity.
+
+    Keys are nonlinearity names (``"relu"``, ``"sigmoid"``, …) or ``"*"`` for every nonlinearity the
+    rule :meth:`Rule.applies` to.  Nonlinearities no rule takes keep the plain gradient.
+    """
+
+    def __init__(self, name: str, rules: Mapping[str, Rule]):
+        self.name = name
+        self.rules = dict(rules)
+
+    def rule_for(self, nl: Nonlinearity) -> Rule | None:
+        rule = self.rules.get(nl.name)
+        if rule is None:
+            rule = self.rules.get("*")
+        if rule is None or not rule.applies(nl) or isinstance(rule, Gradient):
+            return None
+        return rule
+
+    def key(self) -> tuple:
+        return tuple(sorted((k, r.key()) for k, r in self.rules.items()))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, RuleSet) and self.key() == other.key()
+
+    def __hash__(self) -> int:
+        return hash(self.key())
+
+    def __repr__(self) -> str:
+        return f"RuleSet({self.name!r}, {self.rules!r})"
+
+
+GRADIENT = RuleSet("gradient", {"*": Gradient()})
