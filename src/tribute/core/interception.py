@@ -86,6 +86,21 @@ def _tag(out, token) -> None:
             _tag(o, token)
 
 
+def _holds_tensor(out) -> bool:
+    if isinstance(out, torch.Tensor):
+        return True
+    return isinstance(out, (list, tuple)) and any(isinstance(o, torch.Tensor) for o in out)
+
+
+def _inside_checkpoint() -> bool:
+    """Whether non-reentrant activation checkpointing is packing saved tensors right now."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    if top is None:
+        return False
+    hooks = top(False)
+    return bool(hooks) and getattr(hooks[0], "__module__", "") == "torch.utils.checkpoint"
+
+
 @dataclass
 class Coverage:
     """Which ops a forward pass applied to tensors derived from the input."""
@@ -132,7 +147,7 @@ class RuleMode(TorchFunctionMode):
                 return self._nonlinearity(form.nonlinearity, z, params, inplace)
         out = func(*args, **kwargs)
         _tag(out, self.token)
-        if self.coverage is not None and isinstance(out, (torch.Tensor, list, tuple)):
+        if self.coverage is not None and _holds_tensor(out):
             self._record(func, n_tagged)
         return out
 
@@ -145,6 +160,13 @@ class RuleMode(TorchFunctionMode):
                 "torch.utils.checkpoint(..., use_reentrant=False) or remove the no_grad block."
             )
         rule = self.rules.rule_for(nl)
+        if rule is not None and _inside_checkpoint():
+            raise RuntimeError(
+                f"{nl.name} on the input's path runs inside torch.utils.checkpoint: checkpointing recomputes "
+                "forward() during the backward pass, outside the engine's interception, so the "
+                f"{self.rules.name} rule would silently be lost. Attribute a model without activation "
+                "checkpointing"
+            )
         if self.coverage is not None:
             (self.coverage.ruled if rule is not None else self.coverage.plain)[nl.name] += 1
         if rule is None:

@@ -8,6 +8,7 @@ the same :class:`Nonlinearity`, which is what rules are written against.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -67,6 +68,29 @@ _REGISTRY: dict[Any, CallForm] = {}
 _NONLINEARITIES: dict[str, Nonlinearity] = {}
 
 
+def _overridable(fn: Any) -> bool:
+    """Whether calls to ``fn`` reach a torch-function mode by themselves (torch's own API)."""
+    global _OVERRIDABLE
+    if _OVERRIDABLE is None:
+        _OVERRIDABLE = {f for fs in torch.overrides.get_overridable_functions().values() for f in fs}
+    return fn in _OVERRIDABLE
+
+
+_OVERRIDABLE: set | None = None
+
+
+def _dispatching(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
+    """Wrap a plain Python function so that torch-function modes see calls to it."""
+
+    @functools.wraps(fn)
+    def wrapper(z, *args, **kwargs):
+        if torch.overrides.has_torch_function_unary(z):
+            return torch.overrides.handle_torch_function(wrapper, (z,), z, *args, **kwargs)
+        return fn(z, *args, **kwargs)
+
+    return wrapper
+
+
 def register_nonlinearity(
     fn: Callable[..., torch.Tensor],
     *,
@@ -75,38 +99,42 @@ def register_nonlinearity(
     aliases: tuple[Any, ...] = (),
     arg_names: tuple[str, ...] = (),
     defaults: dict[str, Any] | None = None,
-) -> Nonlinearity:
-    """Teach the engine a new elementwise nonlinearity.
+) -> Callable[..., torch.Tensor]:
+    """Teach the engine a new elementwise nonlinearity, and return the function models should call.
+
+    A torch function (``torch.erf``, ``F.mish``, …) is intercepted wherever a model calls it, and is
+    returned unchanged.  A plain Python function is invisible to torch-function modes, so it is
+    returned wrapped: call the wrapper in the model (it computes the same values).
 
     Parameters
     ----------
     fn : callable
         The out-of-place function ``fn(z, *params)``; it must act elementwise and keep the shape.
-        Calls to ``fn`` and to each of ``aliases`` inside a model are routed through the active rule.
     name : str, optional
         The name rules and coverage reports use (default: ``fn.__name__``).
     family : str
         ``"relu"`` marks a ReLU-like function that guided backprop and DeconvNet modify.
     aliases : tuple
-        Further callables that compute the same function out of place (e.g. a ``Tensor`` method).
+        Further torch callables computing the same function out of place (e.g. a ``Tensor`` method).
     arg_names, defaults : tuple, dict
         Names and defaults of ``fn``'s positional arguments after the input.
 
     Examples
     --------
     >>> import torch, tribute
-    >>> def cube(z):
-    ...     return z ** 3
-    >>> _ = tribute.register_nonlinearity(cube)
+    >>> cube = tribute.register_nonlinearity(lambda z: z ** 3, name="cube")
+    >>> float(cube(torch.tensor(2.0)))
+    8.0
     """
     if not callable(fn):
         raise TypeError(f"register_nonlinearity needs a callable, got {type(fn).__name__}")
     nl = Nonlinearity(name or getattr(fn, "__name__", repr(fn)), fn, family)
     defaults = dict(defaults or {})
-    for f in (fn, *aliases):
+    public = fn if _overridable(fn) else _dispatching(fn)
+    for f in (public, *aliases):
         _REGISTRY[f] = CallForm(nl, arg_names, defaults, False)
     _NONLINEARITIES[nl.name] = nl
-    return nl
+    return public
 
 
 def _builtin(name: str, fn: Callable, family: str, forms: list[tuple[Any, tuple, dict, bool | str]]):
