@@ -7,6 +7,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+# The test models are tiny: one intra-op thread avoids oversubscribing the cores (pytest-xdist runs a
+# worker per core), which otherwise makes each pass hundreds of times slower.
+torch.set_num_threads(1)
+
 RELU_STYLES = ("modules", "inplace_reused", "functional", "method")
 
 

@@ -97,8 +97,10 @@ class ExpectedGradients(Method):
         shape = (-1, *([1] * (x.dim() - 1)))
 
         def contribution(sample, _):
-            j = streams.draw("integers", sample, (), dtype=None, device=x.device, high=refs.shape[0])
-            alpha = streams.draw("uniform", sample, (), dtype=x.dtype, device=x.device).view(shape)
+            # one draw of two uniforms per row keeps a row's (reference, α) independent of the chunking
+            u = streams.draw("uniform", sample, (2,), dtype=torch.float64, device="cpu")
+            j = (u[:, 0] * refs.shape[0]).long().clamp(max=refs.shape[0] - 1).to(x.device)
+            alpha = u[:, 1].to(x.device, x.dtype).view(shape)
             ref = refs[j]
             delta = x[sample] - ref
             grad = self._gradients(ref + alpha * delta, target, sample, o)

@@ -28,7 +28,7 @@ _DEFAULT_CHUNK_ELEMENTS = 2**20
 _DEFAULT_MAX_ROWS = 64
 
 
-@dataclass
+@dataclass(eq=False)
 class PassCount:
     """Rows pushed through the model forward and backward (one row = one input sample)."""
 
@@ -57,7 +57,8 @@ def count_passes() -> Iterator[PassCount]:
     try:
         yield c
     finally:
-        _counters().remove(c)
+        stack = _counters()
+        del stack[next(i for i, d in enumerate(stack) if d is c)]
 
 
 def _record(forward: int = 0, backward: int = 0) -> None:
@@ -178,10 +179,11 @@ def gradient_rows(
     use_mode = rules != GRADIENT or coverage is not None or strict
     if strict and coverage is None:
         coverage = Coverage()
+    phase = None
     with torch.enable_grad():
         with apply_rules(rules, coverage=coverage) if use_mode else contextlib.nullcontext() as mode:
             if mode is not None:
-                mode.tag_input(leaf)
+                phase = mode.tag_input(leaf)
             out = forward(leaf)
         if strict and rules != GRADIENT and coverage.unruled:
             raise ValueError(
@@ -198,7 +200,11 @@ def gradient_rows(
                 "the score does not depend on the input through autograd (is there a torch.no_grad(), "
                 ".detach() or reentrant checkpoint in forward()?)"
             )
-        (g,) = torch.autograd.grad(s.sum(), leaf, create_graph=create_graph)
+        try:
+            (g,) = torch.autograd.grad(s.sum(), leaf, create_graph=create_graph)
+        finally:
+            if phase is not None:  # later backward passes through this graph differentiate the attribution
+                phase.first_order = False
     _record(backward=out.shape[0])
     return g
 
@@ -206,8 +212,11 @@ def gradient_rows(
 def chunk_rows(total: int, batch_size: int) -> list[range]:
     """Split ``total`` rows into the fewest chunks of at most ``batch_size``, of near-equal size."""
     n_chunks = max(1, math.ceil(total / batch_size))
-    size = math.ceil(total / n_chunks)
-    return [range(s, min(s + size, total)) for s in range(0, total, size)]
+    base, extra = divmod(total, n_chunks)
+    bounds = [0]
+    for i in range(n_chunks):
+        bounds.append(bounds[-1] + base + (i < extra))
+    return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def accumulate(

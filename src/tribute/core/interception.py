@@ -22,7 +22,7 @@ import torch
 from torch.overrides import TorchFunctionMode, resolve_name
 
 from .nonlinearities import call_form
-from .rules import RuleSet
+from .rules import Phase, RuleSet
 
 _TAG = "_tribute_path"
 _state = threading.local()
@@ -131,9 +131,13 @@ class RuleMode(TorchFunctionMode):
         self.rules = rules
         self.coverage = coverage
         self.token = object()  # tags from another pass never match this one
+        self.phase = Phase()
 
-    def tag_input(self, x: torch.Tensor) -> None:
+    def tag_input(self, x: torch.Tensor) -> Phase:
+        """Tag the input of one forward pass; the returned phase must be ended after its first backward."""
         _tag(x, self.token)
+        self.phase = Phase()
+        return self.phase
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -174,7 +178,7 @@ class RuleMode(TorchFunctionMode):
         else:
             # an in-place call may not overwrite a tensor the rule saved: give the rule a copy
             src = z.clone() if (inplace and rule.saves_input) else z
-            y = rule.apply(nl, src, params)
+            y = rule.apply(nl, src, params, self.phase)
         if inplace:
             z.copy_(y)
             y = z

@@ -27,11 +27,12 @@ class SampleStreams:
             g.manual_seed(int.from_bytes(h.digest(), "little") & (2**63 - 1))
             self.generators.append(g)
 
-    def draw(self, kind: str, sample: torch.Tensor, shape: tuple, *, dtype, device, **kw) -> torch.Tensor:
+    def draw(self, kind: str, sample: torch.Tensor, shape: tuple, *, dtype, device) -> torch.Tensor:
         """Draw ``len(sample)`` rows, row r from ``sample[r]``'s stream.
 
-        ``kind`` is ``"normal"``, ``"uniform"`` (on [0, 1)) or ``"integers"`` (below ``kw['high']``).
-        Rows of one sample must be requested in order; consecutive rows of a sample are drawn at once.
+        ``kind`` is ``"normal"`` or ``"uniform"`` (on [0, 1)).  Rows of one sample must be requested in
+        order; consecutive rows of a sample are drawn at once, so a row's values do not depend on how
+        the rows are chunked as long as each row takes one draw.
         """
         out = []
         s = sample.tolist()
@@ -46,10 +47,7 @@ class SampleStreams:
                 out.append(torch.randn(size, generator=g, dtype=torch.float64))
             elif kind == "uniform":
                 out.append(torch.rand(size, generator=g, dtype=torch.float64))
-            elif kind == "integers":
-                out.append(torch.randint(0, kw["high"], size, generator=g))
             else:
                 raise ValueError(f"unknown draw kind {kind!r}")
             start = end
-        t = torch.cat(out)
-        return t.to(device) if kind == "integers" else t.to(device=device, dtype=dtype)
+        return torch.cat(out).to(device=device, dtype=dtype)

@@ -6,6 +6,10 @@ a small class; :class:`RuleSet` says which rule applies to which nonlinearity.
 
 Backward formulas are written in differentiable torch operations of the saved input, so attributions
 computed with ``create_graph=True`` can be differentiated again (attacks on explanations, β-smoothing).
+Differentiating an attribution a(x) = m(x) ⊙ ∂^g S/∂x needs the *true* derivative of the forward
+pass (how the pre-activations z move with x) and the derivative of g: so a rule node answers its
+first backward call, the one that computes the attribution, with g, and any later call (autograd
+walking back through the forward pass from a saved z) with f'.
 Rules that only need a mask save the mask, not the input: an in-place op later in the model could
 overwrite an input but never a tensor the rule made itself.
 """
@@ -50,14 +54,20 @@ class Rule:
     def applies(self, nl: Nonlinearity) -> bool:
         return True
 
-    def apply(self, nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
-        return _ModifiedBackward.apply(z, self, nl, params)
+    def apply(self, nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any], phase: Phase) -> torch.Tensor:
+        return _ModifiedBackward.apply(z, self, nl, params, phase)
 
     def save(self, nl: Nonlinearity, z: torch.Tensor, y: torch.Tensor, params) -> tuple[torch.Tensor, ...]:
         return (z,)
 
     def backward(self, nl: Nonlinearity, gy: torch.Tensor, saved: tuple, params) -> torch.Tensor:
+        """The modified backward: gy · g."""
         raise NotImplementedError
+
+    def forward_derivative(self, nl: Nonlinearity, gy: torch.Tensor, saved: tuple, params) -> torch.Tensor:
+        """The true backward gy · f'(z), for derivatives of the attribution itself."""
+        (z,) = saved
+        return gy * derivative(nl, z, params)
 
     def key(self) -> tuple:
         """What makes two rules the same (used to detect conflicting nested rule sets)."""
@@ -68,19 +78,27 @@ class Rule:
         return f"{type(self).__name__}({args})"
 
 
+class Phase:
+    """Whether the backward pass that computes the attribution is still to come (see module doc)."""
+
+    def __init__(self):
+        self.first_order = True
+
+
 class _ModifiedBackward(torch.autograd.Function):
-    """y = f(z) forward; the rule's g in the backward."""
+    """y = f(z) forward; the rule's g in the attribution's backward pass, f' in any later one."""
 
     @staticmethod
-    def forward(ctx, z, rule: Rule, nl: Nonlinearity, params):
+    def forward(ctx, z, rule: Rule, nl: Nonlinearity, params, phase: Phase):
         y = nl(z, **params)
-        ctx.rule, ctx.nl, ctx.params = rule, nl, params
+        ctx.rule, ctx.nl, ctx.params, ctx.phase = rule, nl, params, phase
         ctx.save_for_backward(*rule.save(nl, z, y, params))
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        return ctx.rule.backward(ctx.nl, gy, ctx.saved_tensors, ctx.params), None, None, None
+        step = ctx.rule.backward if ctx.phase.first_order else ctx.rule.forward_derivative
+        return step(ctx.nl, gy, ctx.saved_tensors, ctx.params), None, None, None, None
 
 
 class Gradient(Rule):
@@ -88,7 +106,7 @@ class Gradient(Rule):
 
     name = "gradient"
 
-    def apply(self, nl, z, params):
+    def apply(self, nl, z, params, phase):
         return nl(z, **params)
 
 
@@ -122,13 +140,13 @@ class Rescale(Rule):
     def __init__(self, tolerance: float = 1e-6):
         self.tolerance = float(tolerance)
 
-    def apply(self, nl, z, params):
+    def apply(self, nl, z, params, phase):
         if z.shape[0] % 2:
             raise ValueError(
                 f"DeepLIFT runs inputs and references as one batch of 2N rows, but a {nl.name} received "
                 f"{z.shape[0]} rows: the model must keep the batch as the first dimension"
             )
-        return super().apply(nl, z, params)
+        return super().apply(nl, z, params, phase)
 
     def backward(self, nl, gy, saved, params):
         (z,) = saved
@@ -158,6 +176,10 @@ class GuidedRelu(Rule):
         (mask,) = saved
         return gy.clamp(min=0) * mask
 
+    def forward_derivative(self, nl, gy, saved, params):
+        (mask,) = saved
+        return gy * mask
+
 
 class DeconvRelu(Rule):
     """DeconvNet at a ReLU (Zeiler & Fergus 2014): the backward signal is rectified, g·gy = relu(gy)."""
@@ -169,10 +191,14 @@ class DeconvRelu(Rule):
         return nl.family == "relu"
 
     def save(self, nl, z, y, params):
-        return ()
+        return (z > 0,)  # for derivatives of the attribution only: the rule itself ignores z
 
     def backward(self, nl, gy, saved, params):
         return gy.clamp(min=0)
+
+    def forward_derivative(self, nl, gy, saved, params):
+        (mask,) = saved
+        return gy * mask
 
 
 class SoftplusRelu(Rule):
@@ -191,7 +217,7 @@ class SoftplusRelu(Rule):
     def applies(self, nl):
         return nl.family == "relu"
 
-    def apply(self, nl, z, params):
+    def apply(self, nl, z, params, phase):
         return F.softplus(z, beta=self.beta, threshold=20.0)
 
 
