@@ -136,3 +136,30 @@ def test_deeplift_max_pooling_summation_to_delta_when_selection_agrees():
     mask = torch.zeros(3, 3, 16, dtype=torch.bool)
     mask.scatter_(2, selected.flatten(2), True)
     assert (a.flatten(2)[~mask] == 0).all()
+
+
+def test_integrated_gradients_tolerance_refines_nested_nodes_until_converged():
+    net, x = mlp(nn.Tanh), torch.randn(3, 6, dtype=torch.float64)
+    m = tribute.IntegratedGradients(net, steps=2, tolerance=1e-7)
+    a = m.attribute(x, target=0)
+    delta = _delta(net, x, torch.zeros_like(x), 0)
+    assert ((a.sum(1) - delta).abs() <= 1e-7 * delta.abs()).all()
+    torch.testing.assert_close(a, tribute.explain(net, x, "integrated_gradients", target=0, steps=64), rtol=0,
+                               atol=1e-7 * delta.abs().max().item())
+    # every level reuses the nodes before it: rows = 2·3^L per sample (+ one clean pass of x and x̄)
+    rows = m.passes.backward_rows
+    per_sample = rows // 3
+    assert rows % 3 == 0 and per_sample % 2 == 0
+    levels = 0
+    while per_sample > 2:
+        assert per_sample % 3 == 0
+        per_sample //= 3
+        levels += 1
+    assert levels >= 2 and m.passes.forward_rows == rows + 2 * 3
+
+
+def test_integrated_gradients_tolerance_errors():
+    with pytest.raises(RuntimeError, match="did not reach tolerance"):
+        tribute.explain(Toy(), X44, "integrated_gradients", target=0, steps=2, tolerance=1e-9, max_steps=500)
+    with pytest.raises(ValueError, match="cannot be combined with quadrature='gauss_legendre'"):
+        tribute.explain(Toy(), X44, "integrated_gradients", target=0, tolerance=1e-3, quadrature="gauss_legendre")

@@ -32,16 +32,21 @@ class IntegratedGradients(Method):
     Options
     -------
     baseline : see :mod:`tribute.core.baselines` (default ``"zero"``); ``baseline_options``, ``seed``.
-    steps : number of quadrature nodes (default 64).
+    steps : number of quadrature nodes (default 64); with ``tolerance``, the starting number.
     quadrature : ``"gauss_legendre"`` (default; exact for polynomials of degree < 2·steps),
         ``"riemann_left"``, ``"riemann_right"``, ``"riemann_middle"`` or ``"riemann_trapezoid"``.
+    tolerance : if given, refine nested midpoint nodes (steps, 3·steps, 9·steps, …, reusing every
+        pass) until each sample's largest per-feature change and completeness gap are both at most
+        ``tolerance`` × |S_c(x) − S_c(x̄)|; ``max_steps`` (default 20 000) bounds the refinement.
     """
 
     options = {
         "baseline": opt.Option("zero", check_baseline),
         "baseline_options": opt.Option(None, opt.anything),
         "steps": opt.Option(64, opt.integer(1)),
-        "quadrature": opt.Option("gauss_legendre", opt.choice(RULES)),
+        "quadrature": opt.Option(None, opt.optional(opt.choice(RULES))),
+        "tolerance": opt.Option(None, opt.optional(opt.real(0, low_open=True))),
+        "max_steps": opt.Option(20_000, opt.integer(1)),
         **SEED_OPTION,
         **SOFTPLUS_OPTION,
     }
@@ -49,7 +54,14 @@ class IntegratedGradients(Method):
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
-        alphas, weights = quadrature(o.quadrature, o.steps)
+        if o.tolerance is not None:
+            if o.quadrature not in (None, "riemann_middle"):
+                raise ValueError(
+                    f"tolerance= refines nested riemann_middle nodes; it cannot be combined with "
+                    f"quadrature={o.quadrature!r}"
+                )
+            return self._refined(x, base, target, o)
+        alphas, weights = quadrature(o.quadrature or "gauss_legendre", o.steps)
         acc = accumulation_dtype(x.dtype)
         alphas = alphas.to(x.device, x.dtype)
         weights = weights.to(x.device, acc)
@@ -64,6 +76,56 @@ class IntegratedGradients(Method):
 
         avg = accumulate(x.shape[0], o.steps, contribution, batch_size=o.batch_size, progress=o.progress)
         return delta * avg
+
+    def _path_gradient_sum(self, x, base, target, o, active, alphas):
+        """Σ_k ∂S(x̄ + α_k(x − x̄))/∂x over the nodes ``alphas``, for the samples ``active``."""
+        acc = accumulation_dtype(x.dtype)
+        shape = (-1, *([1] * (x.dim() - 1)))
+        alphas = alphas.to(x.device, x.dtype)
+        sub_target = target.for_samples(active)
+
+        def contribution(sample, step):
+            i = active[sample]
+            points = base[i] + alphas[step].view(shape) * (x[i] - base[i])
+            return self._gradients(points, sub_target, sample, o).to(acc)
+
+        return accumulate(len(active), len(alphas), contribution, batch_size=o.batch_size, progress=o.progress)
+
+    def _refined(self, x, base, target, o):
+        """Midpoint rule on n, 3n, 9n, … intervals; each level reuses every earlier node (the midpoints
+        of n intervals are midpoints of 3n intervals), until, for every sample, the largest change of a
+        feature's attribution and the completeness gap are both ≤ ``tolerance`` · |S(x) − S(x̄)|."""
+        self._fix_target(x, target, o)
+        n_all = torch.arange(x.shape[0])
+        with torch.no_grad():
+            out = self._forward.outputs(torch.cat([x, base]).detach(), o.batch_size)
+        everyone = torch.cat([n_all, n_all])
+        s = target.for_samples(everyone).scores(out, torch.arange(len(everyone)))
+        delta_s = (s[: x.shape[0]] - s[x.shape[0]:]).to(accumulation_dtype(x.dtype))
+        scale = delta_s.abs().clamp(min=torch.finfo(delta_s.dtype).tiny)
+        n = o.steps
+        k = torch.arange(n, dtype=torch.float64)
+        total = self._path_gradient_sum(x, base, target, o, n_all, (k + 0.5) / n)
+        phi = (x - base) * total / n
+        active = n_all
+        while True:
+            if 3 * n > o.max_steps:
+                raise RuntimeError(
+                    f"integrated gradients did not reach tolerance={o.tolerance:g} within max_steps={o.max_steps} "
+                    f"for samples {active.tolist()[:10]}; raise max_steps or the tolerance"
+                )
+            j = torch.arange(3 * n, dtype=torch.float64)
+            new = j[(j % 3) != 1]  # the 2n nodes the finer level adds
+            total[active] = total[active] + self._path_gradient_sum(x, base, target, o, active, (new + 0.5) / (3 * n))
+            n *= 3
+            refined = (x[active] - base[active]) * total[active] / n
+            change = (refined - phi[active]).flatten(1).abs().amax(1)
+            gap = (refined.flatten(1).sum(1) - delta_s[active]).abs()
+            phi[active] = refined
+            done = (change <= o.tolerance * scale[active]) & (gap <= o.tolerance * scale[active])
+            active = active[~done.cpu()]
+            if len(active) == 0:
+                return phi
 
 
 @register("expected_gradients")

@@ -31,23 +31,12 @@ class SampleStreams:
         """Draw ``len(sample)`` rows, row r from ``sample[r]``'s stream.
 
         ``kind`` is ``"normal"`` or ``"uniform"`` (on [0, 1)).  Rows of one sample must be requested in
-        order; consecutive rows of a sample are drawn at once, so a row's values do not depend on how
-        the rows are chunked as long as each row takes one draw.
+        order.  Each row is drawn by its own call: torch's CPU ``randn`` takes a different path for
+        short and long requests, so ``randn(10, n)`` is not ``cat(randn(3, n), randn(7, n))``; one
+        call per row keeps a row's values independent of how rows are chunked and batched.
         """
-        out = []
-        s = sample.tolist()
-        start = 0
-        while start < len(s):
-            end = start
-            while end < len(s) and s[end] == s[start]:
-                end += 1
-            g = self.generators[s[start]]
-            size = (end - start, *shape)
-            if kind == "normal":
-                out.append(torch.randn(size, generator=g, dtype=torch.float64))
-            elif kind == "uniform":
-                out.append(torch.rand(size, generator=g, dtype=torch.float64))
-            else:
-                raise ValueError(f"unknown draw kind {kind!r}")
-            start = end
-        return torch.cat(out).to(device=device, dtype=dtype)
+        draw = {"normal": torch.randn, "uniform": torch.rand}.get(kind)
+        if draw is None:
+            raise ValueError(f"unknown draw kind {kind!r}")
+        rows = [draw(shape, generator=self.generators[i], dtype=torch.float64) for i in sample.tolist()]
+        return torch.stack(rows).to(device=device, dtype=dtype)
