@@ -261,3 +261,22 @@ def test_softplus_beta_equals_the_gradient_of_the_softplus_network():
     torch.testing.assert_close(a, tribute.explain(soft_net, x, "gradient", target=1))
     ig = tribute.explain(relu_net, x, "integrated_gradients", target=1, softplus_beta=3.0, steps=16)
     torch.testing.assert_close(ig, tribute.explain(soft_net, x, "integrated_gradients", target=1, steps=16))
+
+
+@pytest.mark.parametrize("form", [nn.ReLU6(), F.relu6, nn.Hardtanh(0.0, 6.0)])
+def test_guided_backprop_and_deconvnet_treat_relu6_as_a_rectifier(form):
+    net, x = OneLayer(form, False), 4 * _inputs(False)
+    with torch.no_grad():
+        z = x @ net.A.T + net.b
+        assert ((z > 6) | (z < 0)).any() and ((z > 0) & (z < 6)).any()
+        up = net.w.expand(4, 7)
+        guided = (up.clamp(min=0) * ((z > 0) & (z < 6))) @ net.A
+    torch.testing.assert_close(tribute.explain(net, x, "guided_backprop", target=0), guided)
+    torch.testing.assert_close(tribute.explain(net, x, "deconvnet", target=0), up.clamp(min=0) @ net.A)
+
+
+def test_strict_refuses_rules_that_change_nothing():
+    net, x = OneLayer(nn.Tanh(), False), _inputs(False)
+    with pytest.raises(ValueError, match=r"guided_backprop rules changed nothing.*tanh"):
+        tribute.explain(net, x, "guided_backprop", target=0, strict=True)
+    tribute.explain(OneLayer(nn.ReLU(), False), x, "guided_backprop", target=0, strict=True)

@@ -38,7 +38,7 @@ COMPLETENESS_BASELINE: dict[str, str] = {
 SEED = 0
 IG_STEPS = 32
 NOISE_SAMPLES = 16
-EG_SAMPLES = 32
+EG_SAMPLES = 64
 BLUR_SIGMA = 16.0  # pixels: removes the objects' detail but keeps the photos' colour layout
 NOISE_REFERENCES = 2
 
@@ -57,7 +57,7 @@ def reference_images(images: torch.Tensor, seed: int = SEED) -> torch.Tensor:
 
 
 def method_options(name: str, references: torch.Tensor) -> dict[str, Any]:
-    """Demo settings for ``name``: few steps and samples, so all methods run in minutes on a CPU."""
+    """Demo settings for ``name``: few steps and samples, so that all methods together run in seconds on a CPU."""
     if name == "integrated_gradients":
         return {"steps": IG_STEPS}
     if name in ("smoothgrad", "smoothgrad_squared", "vargrad"):
@@ -91,7 +91,40 @@ def _check_names(given: Sequence[str] | None, default: Sequence[str], known: Seq
 def _format_gap(gap: torch.Tensor, delta: torch.Tensor) -> str:
     per_photo = " ".join(f"{g:+.3g}" for g in gap.tolist())
     rel = float((gap.abs() / delta.abs().clamp(min=1e-12)).max())
-    return f"{per_photo}  (max {rel:.1%} of |S(x) − S(x̄)|)"
+    rel_text = f"{rel:.1%}" if rel >= 1e-3 else f"{rel:.1e}"  # exact methods' gaps are rounding noise
+    return f"{per_photo}  (max {rel_text} of |S(x) − S(x̄)|)"
+
+
+def _predict(model, normalize, images: torch.Tensor, photo_names: list[str]) -> tuple[torch.Tensor, list[dict]]:
+    """Top-1 classes (the targets every method explains) and a readable record per photo."""
+    from .data import short_class_name
+
+    with torch.no_grad():
+        top_p, target = model(normalize(images)).softmax(1).max(1)
+    predictions = [
+        {"photo": p, "class": int(c), "name": short_class_name(int(c)), "probability": float(q)}
+        for p, c, q in zip(photo_names, target, top_p, strict=True)
+    ]
+    return target, predictions
+
+
+def _baseline_scores(model, normalize, images, target, references) -> dict[str, torch.Tensor]:
+    """S_c(x̄) for each kind of baseline in :data:`COMPLETENESS_BASELINE`."""
+    return {
+        "zero": target_scores(model, normalize, torch.zeros_like(images), target),
+        # expected gradients draws references uniformly, so E[S(x̄)] is the mean over the references
+        "references": torch.stack([target_scores(model, normalize, r.expand_as(images), target)
+                                   for r in references]).mean(0),
+    }
+
+
+def _write_summary(path: Path, predictions: list[dict], results: dict[str, dict], total: float) -> None:
+    def plain(v):
+        return v.tolist() if isinstance(v, torch.Tensor) else v
+
+    methods = {name: {k: plain(v) for k, v in r.items() if k != "attribution"} for name, r in results.items()}
+    path.write_text(json.dumps({"model": "efficientnet-lite0", "predictions": predictions, "methods": methods,
+                                "total_seconds": total}, indent=2))
 
 
 def run_demo(out_dir: str | Path = "tribute-demo", methods: Sequence[str] | None = None,
@@ -117,12 +150,12 @@ def run_demo(out_dir: str | Path = "tribute-demo", methods: Sequence[str] | None
         ``photos`` (names), ``images`` (N, 3, 224, 224), ``predictions`` (per photo: class index, name,
         probability), ``attributions`` (method → tensor like ``images``), ``times`` (method → seconds),
         ``gaps`` (method → per-photo completeness gap, or None where it does not apply),
-        ``score_deltas`` (method → S(x) − S(x̄) or None), ``notes`` (method → remark), ``figure`` and
+        ``score_deltas`` (method → S(x) − S(x̄), or None), ``notes`` (method → remark), ``figure`` and
         ``summary`` (paths), ``total_time`` (seconds).
     """
     from tqdm.auto import tqdm
 
-    from .data import DEFAULT_PHOTOS, PHOTOS, efficientnet_lite0, load_photos, short_class_name
+    from .data import DEFAULT_PHOTOS, PHOTOS, efficientnet_lite0, load_photos
     from .viz import method_grid
 
     start = time.perf_counter()
@@ -131,72 +164,51 @@ def run_demo(out_dir: str | Path = "tribute-demo", methods: Sequence[str] | None
     say: Callable[[str], None] = tqdm.write if verbose else (lambda _msg: None)
 
     model, normalize = efficientnet_lite0()
-    with torch.no_grad():
-        probs = model(normalize(images)).softmax(1)
-    top_p, target = probs.max(1)
-    predictions = [
-        {"photo": p, "class": int(c), "name": short_class_name(int(c)), "probability": float(q)}
-        for p, c, q in zip(photo_names, target, top_p, strict=True)
-    ]
+    target, predictions = _predict(model, normalize, images, photo_names)
     say(f"EfficientNet-Lite0 on {len(photo_names)} photo(s), {torch.get_num_threads()} CPU thread(s):")
     for pred in predictions:
         say(f"  {pred['photo']:<12s} → {pred['name']} ({pred['probability']:.0%})")
 
     references = reference_images(images)
     score = target_scores(model, normalize, images, target)
-    baseline_scores = {
-        "zero": target_scores(model, normalize, torch.zeros_like(images), target),
-        # expected gradients draws references uniformly, so E[S(x̄)] is the mean over the references
-        "references": torch.stack([target_scores(model, normalize, r.expand_as(images), target)
-                                   for r in references]).mean(0),
-    }
+    baseline_scores = _baseline_scores(model, normalize, images, target, references)
 
-    attributions, times, gaps, deltas, notes = {}, {}, {}, {}, {}
+    results: dict[str, dict] = {}
     say(f"\n{'method':<22s}{'time':>8s}   completeness gap Σφ − (S(x) − S(x̄)), per photo")
     for name in tqdm(method_names, desc="methods", unit="method", disable=not progress):
         t0 = time.perf_counter()
         a = explain(model, images, name, target=target, input_transform=normalize,
                     progress=name if progress else False, **method_options(name, references))
-        times[name] = time.perf_counter() - t0
-        attributions[name] = a
+        r = results[name] = {"attribution": a, "seconds": time.perf_counter() - t0, "completeness_gap": None,
+                             "score_delta": None, "note": None}
         base = COMPLETENESS_BASELINE.get(name)
-        if base is None:
-            gaps[name] = deltas[name] = None
-            gap_text = "n/a"
-        else:
-            deltas[name] = score - baseline_scores[base]
-            gaps[name] = completeness_gap(a, score, baseline_scores[base])
-            gap_text = _format_gap(gaps[name], deltas[name]) + (" [in expectation]" if base == "references" else "")
-        say(f"{name:<22s}{times[name]:>7.1f}s   {gap_text}")
-
-    if "gradient" in attributions:
-        for name, a in attributions.items():
-            if name != "gradient" and torch.equal(a, attributions["gradient"]):
-                # e.g. guided backprop and DeconvNet modify ReLUs only: on a network without them they
-                # reduce to the gradient, which the figure would otherwise show silently
-                notes[name] = "identical to the plain gradient on this model (its rules found nothing to modify)"
-                say(f"note: {name} is {notes[name]}")
+        gap_text = "n/a"
+        if base is not None:
+            r["score_delta"] = score - baseline_scores[base]
+            r["completeness_gap"] = completeness_gap(a, score, baseline_scores[base])
+            gap_text = _format_gap(r["completeness_gap"], r["score_delta"])
+            if base == "references":
+                gap_text += f" [in expectation; {EG_SAMPLES} draws]"
+        say(f"{name:<22s}{r['seconds']:>7.1f}s   {gap_text}")
+        if name != "gradient" and "gradient" in results and torch.equal(a, results["gradient"]["attribution"]):
+            # guided backprop and DeconvNet modify ReLUs only; on a model without them they reduce to the
+            # gradient, which the figure would otherwise show without comment
+            r["note"] = "identical to the plain gradient: its rules changed nothing on this model"
+            say(f"{'':<33s}note: {r['note']}")
 
     out = Path(out_dir)
     titles = [f"{p['photo']}: {p['name']} ({p['probability']:.0%})" for p in predictions]
-    figure = method_grid(images, attributions, titles, out / "methods.png")
+    figure = method_grid(images, {n: r["attribution"] for n, r in results.items()}, titles, out / "methods.png")
     total = time.perf_counter() - start
     summary = out / "summary.json"
-    summary.write_text(json.dumps({
-        "model": "efficientnet-lite0",
-        "predictions": predictions,
-        "methods": {
-            n: {"seconds": times[n],
-                "completeness_gap": None if gaps[n] is None else gaps[n].tolist(),
-                "score_delta": None if deltas[n] is None else deltas[n].tolist(),
-                "note": notes.get(n)}
-            for n in method_names
-        },
-        "total_seconds": total,
-    }, indent=2))
+    _write_summary(summary, predictions, results, total)
     say(f"\nwrote {figure} and {summary} in {total:.1f} s")
     return {
-        "photos": photo_names, "images": images, "predictions": predictions, "attributions": attributions,
-        "times": times, "gaps": gaps, "score_deltas": deltas, "notes": notes, "figure": figure,
-        "summary": summary, "total_time": total,
+        "photos": photo_names, "images": images, "predictions": predictions, "figure": figure, "summary": summary,
+        "total_time": total, **{key: {n: r[field] for n, r in results.items()} for key, field in _RESULT_KEYS.items()},
     }
+
+
+#: run_demo's per-method result dicts, by their key in its return value
+_RESULT_KEYS = {"attributions": "attribution", "times": "seconds", "gaps": "completeness_gap",
+                "score_deltas": "score_delta", "notes": "note"}

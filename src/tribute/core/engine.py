@@ -185,6 +185,12 @@ def gradient_rows(
             if mode is not None:
                 phase = mode.tag_input(leaf)
             out = forward(leaf)
+        if strict and rules != GRADIENT and not coverage.ruled:
+            seen = ", ".join(sorted(coverage.plain)) or "none"
+            raise ValueError(
+                f"strict: the {rules.name} rules changed nothing on this model: no nonlinearity on the input's "
+                f"path is one they modify (nonlinearities seen: {seen})"
+            )
         if strict and rules != GRADIENT and coverage.unruled:
             raise ValueError(
                 f"strict: ops on the input's path have no {rules.name} rule and would get the plain "

@@ -163,7 +163,7 @@ class RuleMode(TorchFunctionMode):
                 "torch.no_grad() inside forward() hide the path from autograd; use "
                 "torch.utils.checkpoint(..., use_reentrant=False) or remove the no_grad block."
             )
-        rule = self.rules.rule_for(nl)
+        rule = self.rules.rule_for(nl, params)
         if rule is not None and _inside_checkpoint():
             raise RuntimeError(
                 f"{nl.name} on the input's path runs inside torch.utils.checkpoint: checkpointing recomputes "

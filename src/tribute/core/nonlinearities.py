@@ -21,8 +21,8 @@ import torch.nn.functional as F
 class Nonlinearity:
     """An elementwise function ``y = fn(z, **params)`` with ``fn`` out of place.
 
-    ``family`` groups functions that rules treat alike (guided backprop and DeconvNet modify the
-    ``"relu"`` family only).
+    ``family`` groups functions that rules treat alike: ``"relu"`` marks rectifiers, which guided
+    backprop and DeconvNet modify (see :func:`rectifier_gate`).
     """
 
     name: str
@@ -194,6 +194,21 @@ for _name, _fn in (("sqrt", torch.sqrt), ("exp", torch.exp), ("log", torch.log))
         (_fn, (), {}, False), (getattr(torch.Tensor, _name), (), {}, False),
         (getattr(torch, _name + "_"), (), {}, True), (getattr(torch.Tensor, _name + "_"), (), {}, True),
     ])
+
+
+def rectifier_gate(nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any]) -> torch.Tensor | None:
+    """Where a rectifier passes its input (f' = 1), or ``None`` if ``nl`` is no rectifier.
+
+    Rectifiers are the ReLU family, ReLU6 and a hardtanh clipping at 0 below (``nn.ReLU6`` calls
+    ``F.hardtanh(z, 0, 6)``): the nonlinearities guided backprop and DeconvNet were defined for.
+    """
+    if nl.family == "relu":
+        return z > 0
+    if nl.name == "relu6":
+        return (z > 0) & (z < 6)
+    if nl.name == "hardtanh" and params.get("min_val", -1.0) == 0:
+        return (z > 0) & (z < params.get("max_val", 1.0))
+    return None
 
 
 def call_form(func: Any) -> CallForm | None:

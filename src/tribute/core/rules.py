@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .nonlinearities import Nonlinearity
+from .nonlinearities import Nonlinearity, rectifier_gate
 
 
 def sign0(z: torch.Tensor) -> torch.Tensor:
@@ -51,7 +51,7 @@ class Rule:
     #: whether :meth:`save` keeps the input z (an in-place call is then given a copy of z)
     saves_input = True
 
-    def applies(self, nl: Nonlinearity) -> bool:
+    def applies(self, nl: Nonlinearity, params: dict[str, Any]) -> bool:
         return True
 
     def apply(self, nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any], phase: Phase) -> torch.Tensor:
@@ -161,16 +161,19 @@ class Rescale(Rule):
 
 
 class GuidedRelu(Rule):
-    """Guided backprop at a ReLU (Springenberg et al. 2015): g = 1[z > 0] · 1[gy > 0]."""
+    """Guided backprop at a rectifier (Springenberg et al. 2015): g = 1[z > 0] · 1[gy > 0].
+
+    For ReLU6 the forward gate is 1[0 < z < 6], its own f'.
+    """
 
     name = "guided"
     saves_input = False
 
-    def applies(self, nl):
-        return nl.family == "relu"
+    def applies(self, nl, params):
+        return rectifier_gate(nl, torch.zeros(()), params) is not None
 
     def save(self, nl, z, y, params):
-        return (z > 0,)
+        return (rectifier_gate(nl, z, params),)
 
     def backward(self, nl, gy, saved, params):
         (mask,) = saved
@@ -187,11 +190,12 @@ class DeconvRelu(Rule):
     name = "deconvnet"
     saves_input = False
 
-    def applies(self, nl):
-        return nl.family == "relu"
+    def applies(self, nl, params):
+        return rectifier_gate(nl, torch.zeros(()), params) is not None
 
     def save(self, nl, z, y, params):
-        return (z > 0,)  # for derivatives of the attribution only: the rule itself ignores z
+        # for derivatives of the attribution only: the rule itself ignores z
+        return (rectifier_gate(nl, z, params),)
 
     def backward(self, nl, gy, saved, params):
         return gy.clamp(min=0)
@@ -214,7 +218,7 @@ class SoftplusRelu(Rule):
             raise ValueError(f"softplus beta must be > 0, got {beta}")
         self.beta = float(beta)
 
-    def applies(self, nl):
+    def applies(self, nl, params):
         return nl.family == "relu"
 
     def apply(self, nl, z, params, phase):
@@ -232,11 +236,11 @@ class RuleSet:
         self.name = name
         self.rules = dict(rules)
 
-    def rule_for(self, nl: Nonlinearity) -> Rule | None:
+    def rule_for(self, nl: Nonlinearity, params: dict[str, Any]) -> Rule | None:
         rule = self.rules.get(nl.name)
         if rule is None:
             rule = self.rules.get("*")
-        if rule is None or not rule.applies(nl) or isinstance(rule, Gradient):
+        if rule is None or not rule.applies(nl, params) or isinstance(rule, Gradient):
             return None
         return rule
 

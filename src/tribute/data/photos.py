@@ -24,6 +24,8 @@ PHOTOS: dict[str, str] = {
     "motorcycle": "stereo_motorcycle",  # a motorcycle (moped); the loader returns a stereo pair
     "camera": "camera",  # the cameraman: a camera on a tripod (grayscale)
 }
+# One object filling the frame each, all confidently classified.  (The motorcycle's "moped" evidence
+# lies largely in the garage shelves behind it: instructive, but not the first thing to show.)
 DEFAULT_PHOTOS: tuple[str, ...] = ("chelsea", "coffee", "rocket")
 
 RESIZE = 256
