@@ -5,6 +5,7 @@
 """
 
 from .attribution import (
+    LRP,
     DeconvNet,
     DeepLift,
     ExpectedGradients,
@@ -12,7 +13,10 @@ from .attribution import (
     GuidedBackprop,
     InputXGradient,
     IntegratedGradients,
+    LRPAlphaBeta,
     LRPEpsilon,
+    LRPGamma,
+    LRPZPlus,
     Saliency,
     SmoothGrad,
     SmoothGradSquared,
@@ -35,8 +39,9 @@ from .core import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "Coverage", "DeconvNet", "DeepLift", "ExpectedGradients", "Gradient", "GuidedBackprop",
-    "InputXGradient", "IntegratedGradients", "LRPEpsilon", "Method", "NonFiniteAttributionError",
-    "Normalize", "PassCount", "Saliency", "SmoothGrad", "SmoothGradSquared", "VarGrad", "count_passes",
-    "explain", "get_method", "known_nonlinearities", "methods", "register_nonlinearity",
+    "LRP", "Coverage", "DeconvNet", "DeepLift", "ExpectedGradients", "Gradient", "GuidedBackprop",
+    "InputXGradient", "IntegratedGradients", "LRPAlphaBeta", "LRPEpsilon", "LRPGamma", "LRPZPlus", "Method",
+    "NonFiniteAttributionError", "Normalize", "PassCount", "Saliency", "SmoothGrad", "SmoothGradSquared",
+    "VarGrad", "count_passes", "explain", "get_method", "known_nonlinearities", "methods",
+    "register_nonlinearity",
 ]

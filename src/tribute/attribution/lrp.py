@@ -1,12 +1,19 @@
-"""ε-LRP as a modified gradient (Bach et al. 2015; Ancona et al., seed 001 Eq 14–15, Prop 1)."""
+"""Layer-wise relevance propagation: ε-LRP as a modified gradient (Ancona's form, seed 001 Prop 1), and LRP
+with rules at the linear layers assigned by composites (Bach et al. 2015; Montavon et al. 2019)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
+import torch
+
 from ..core import options as opt
+from ..core.engine import Forward, accumulate
+from ..core.method import Method
+from ..core.propagation import AlphaBeta, Box, Composite, Epsilon, Flat, Gamma, PassRelevance, ZPlus
 from ..core.registry import register
 from ..core.rules import EpsilonRatio, RuleSet
+from ..core.targets import Target
 from .gradient import GradientAtInput
 
 
@@ -30,3 +37,125 @@ class LRPEpsilon(GradientAtInput):
 
     def combine(self, x, grad):
         return x * grad
+
+
+def _composite(o: SimpleNamespace, x_shape, transform) -> Composite:
+    """The composite named by ``o.composite`` (or given), with the method's rule parameters."""
+    if isinstance(o.composite, Composite):
+        return o.composite
+    eps, gamma = Epsilon(o.epsilon), Gamma(o.gamma)
+    name = o.composite
+    if name == "epsilon":
+        return Composite(conv=eps, dense=eps, name=name)
+    if name == "zplus":
+        return Composite(conv=ZPlus(), dense=ZPlus(), name=name)
+    if name == "alpha_beta":
+        ab = AlphaBeta(o.alpha, o.beta)
+        return Composite(conv=ab, dense=ab, name=name)
+    if name == "gamma":
+        return Composite(conv=gamma, dense=gamma, name=name)
+    if name == "epsilon_plus":
+        return Composite(conv=ZPlus(), dense=eps, name=name)
+    if name == "epsilon_plus_flat":
+        return Composite(first=Flat(), conv=ZPlus(), dense=eps, name=name)
+    if name == "epsilon_alpha2_beta1":
+        return Composite(conv=AlphaBeta(2.0, 1.0), dense=eps, name=name)
+    # epsilon_gamma_box
+    if o.low is None or o.high is None:
+        raise ValueError("composite 'epsilon_gamma_box' needs the input's bounds: low= and high= (pixel space)")
+    low, high = (_bound(v, x_shape, transform) for v in (o.low, o.high))
+    return Composite(first=Box(low, high), conv=gamma, dense=eps, name=name)
+
+
+def _bound(value, x_shape, transform) -> torch.Tensor:
+    """A bound given per channel (or as a number or tensor) in pixel space, in the model's input space."""
+    t = torch.as_tensor(value, dtype=torch.float64)
+    if t.dim() == 1 and len(x_shape) > 2:
+        t = t.view(1, -1, *([1] * (len(x_shape) - 2)))
+    t = torch.broadcast_to(t, (1, *x_shape[1:])).clone()
+    return t if transform is None else transform(t)
+
+
+COMPOSITES = ("epsilon", "zplus", "alpha_beta", "gamma", "epsilon_plus", "epsilon_plus_flat",
+              "epsilon_alpha2_beta1", "epsilon_gamma_box")
+
+
+def _check_composite(name, v):
+    if isinstance(v, Composite):
+        return v
+    return opt.choice(COMPOSITES)(name, v)
+
+
+@register("lrp")
+class LRP(Method):
+    """Layer-wise relevance propagation with rules at the linear layers (Bach et al. 2015, seed 001 Eq 14–15;
+    Montavon et al. 2019).
+
+    The relevance at the output is the target score, R = S_c(x) at the target (a callable target: its
+    value times its gradient with respect to the outputs); each linear layer redistributes the relevance
+    at its output over its inputs by the rule the composite assigns it (see :mod:`tribute.core.propagation`
+    for every rule and for batch norm, residual additions and pooling).  The result is the relevance at the
+    model's input: with ``input_transform``, at the transformed input (relevance is not rescaled by it).
+
+    Options
+    -------
+    composite : a :class:`tribute.core.propagation.Composite`, or one of ``"epsilon"`` (ε on every layer,
+        Eq 15), ``"zplus"``, ``"alpha_beta"``, ``"gamma"`` (that rule on every layer), ``"epsilon_plus"``
+        (z⁺ on convolutions, ε on dense layers; the default), ``"epsilon_plus_flat"`` (flat on the first
+        layer), ``"epsilon_alpha2_beta1"``, ``"epsilon_gamma_box"`` (zᴮ on the first layer with ``low`` and
+        ``high``, γ on convolutions, ε on dense layers).
+    epsilon, gamma, alpha, beta : the rules' parameters (defaults 1e-6, 0.25, 2, 1).
+    low, high : bounds of the input (pixel space; a number, per-channel sequence or tensor) for zᴮ.
+    """
+
+    options = {
+        "composite": opt.Option("epsilon_plus", _check_composite),
+        "epsilon": opt.Option(1e-6, opt.real(0, low_open=True)),
+        "gamma": opt.Option(0.25, opt.real(0)),
+        "alpha": opt.Option(2.0, opt.real(1)),
+        "beta": opt.Option(1.0, opt.real(0)),
+        "low": opt.Option(None, opt.anything),
+        "high": opt.Option(None, opt.anything),
+    }
+
+    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+        if o.differentiable:
+            raise ValueError("LRP composites do not support differentiable=True; lrp_epsilon (Ancona's form) does")
+        if o.alpha - o.beta != 1:
+            raise ValueError(f"the αβ rule needs alpha − beta = 1, got alpha={o.alpha}, beta={o.beta}")
+        composite = _composite(o, x.shape, o.input_transform)
+        rules = RuleSet(f"lrp[{getattr(composite, 'name', 'custom')}]", {"*": PassRelevance()}, ops=composite)
+        transform, forward = o.input_transform, self._forward
+        self._forward = Forward(self.model)  # relevance is taken at the model's own input
+        try:
+            xm = x if transform is None else transform(x).detach()
+            if target.needs_argmax and x.shape[0] > o.batch_size:
+                self._fix_target(xm, target, o)
+
+            def contribution(sample, _):
+                return self._gradients(xm[sample], target, sample, o, rules=rules, relevance=True)
+
+            return accumulate(x.shape[0], 1, contribution, batch_size=o.batch_size)
+        finally:
+            self._forward = forward
+
+
+@register("lrp_zplus")
+class LRPZPlus(LRP):
+    """LRP with the z⁺ rule on every linear layer (Montavon et al. 2017)."""
+
+    options = {"composite": opt.Option("zplus", _check_composite)}
+
+
+@register("lrp_alpha_beta")
+class LRPAlphaBeta(LRP):
+    """LRP with the αβ rule on every linear layer (Bach et al. 2015); ``alpha``, ``beta`` (α − β = 1)."""
+
+    options = {"composite": opt.Option("alpha_beta", _check_composite)}
+
+
+@register("lrp_gamma")
+class LRPGamma(LRP):
+    """LRP with the γ rule on every linear layer (Montavon et al. 2019); ``gamma``."""
+
+    options = {"composite": opt.Option("gamma", _check_composite)}

@@ -165,12 +165,14 @@ def gradient_rows(
     coverage: Coverage | None = None,
     strict: bool = False,
     score_rows: int | None = None,
+    relevance: bool = False,
 ) -> torch.Tensor:
     """∂^g S_t(row) / ∂row for every row of ``points`` (seed 001, Eq 16), under rule set ``rules``.
 
     ``sample[r]`` names the sample row r belongs to (for its target).  With ``score_rows`` only the first
     rows carry a score (DeepLIFT's references ride along in the same pass).  With ``create_graph`` the
-    gradients stay on the autograd graph, also back to ``points`` if it requires grad.
+    gradients stay on the autograd graph, also back to ``points`` if it requires grad.  With ``relevance``
+    (LRP) the backward pass starts from the score's value instead of 1: R_out = S_c(x) at the target.
     """
     if create_graph and points.requires_grad:
         leaf = points
@@ -184,7 +186,9 @@ def gradient_rows(
         with apply_rules(rules, coverage=coverage) if use_mode else contextlib.nullcontext() as mode:
             if mode is not None:
                 phase = mode.tag_input(leaf)
-            out = forward(leaf)
+            with (mode.propagation.track_modules(forward.model) if mode is not None and mode.propagation
+                  else contextlib.nullcontext()):
+                out = forward(leaf)
         if strict and rules != GRADIENT and not coverage.ruled:
             seen = ", ".join(sorted(coverage.plain)) or "none"
             raise ValueError(
@@ -207,7 +211,8 @@ def gradient_rows(
                 ".detach() or reentrant checkpoint in forward()?)"
             )
         try:
-            (g,) = torch.autograd.grad(s.sum(), leaf, create_graph=create_graph)
+            start = s.detach() if relevance else torch.ones_like(s)
+            (g,) = torch.autograd.grad(s, leaf, start, create_graph=create_graph)
         finally:
             if phase is not None:  # later backward passes through this graph differentiate the attribution
                 phase.first_order = False

@@ -132,11 +132,16 @@ class RuleMode(TorchFunctionMode):
         self.coverage = coverage
         self.token = object()  # tags from another pass never match this one
         self.phase = Phase()
+        self.propagation = None
 
     def tag_input(self, x: torch.Tensor) -> Phase:
         """Tag the input of one forward pass; the returned phase must be ended after its first backward."""
         _tag(x, self.token)
         self.phase = Phase()
+        if self.rules.ops is not None:
+            from .propagation import Propagation
+
+            self.propagation = Propagation(self.rules.ops)
         return self.phase
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -149,10 +154,31 @@ class RuleMode(TorchFunctionMode):
             z, params, inplace = form.parse(args, kwargs)
             if _tagged(z, self.token):
                 return self._nonlinearity(form.nonlinearity, z, params, inplace)
+        prop = self.propagation
+        unruled = False
+        if prop is not None:
+            def tagged(a):
+                return _tagged(a, self.token)
+
+            name = resolve_name(func) or getattr(func, "__name__", repr(func))
+            n_unruled = len(prop.unruled)
+            out = prop.handle(func, args, kwargs, tagged, name)
+            if out is not NotImplemented:
+                prop.count_consumers(args, kwargs, tagged)
+                _tag(out, self.token)
+                if self.coverage is not None:
+                    self.coverage.ruled[name] += 1
+                return out
+            unruled = len(prop.unruled) > n_unruled
         out = func(*args, **kwargs)
+        if prop is not None and _holds_tensor(out):  # metadata queries (x.dim(), x.shape) read no values
+            prop.count_consumers(args, kwargs, tagged)
         _tag(out, self.token)
         if self.coverage is not None and _holds_tensor(out):
-            self._record(func, n_tagged)
+            if prop is not None:
+                (self.coverage.unruled if unruled else self.coverage.linear)[name] += 1
+            else:
+                self._record(func, n_tagged)
         return out
 
     def _nonlinearity(self, nl, z, params, inplace):

@@ -100,12 +100,14 @@ class Method:
 
     # -- helpers for subclasses -------------------------------------------------------------------
     def _gradients(self, rows: torch.Tensor, target: Target, sample: torch.Tensor, o: SimpleNamespace,
-                   *, rules: RuleSet | None = None, score_rows: int | None = None) -> torch.Tensor:
+                   *, rules: RuleSet | None = None, score_rows: int | None = None,
+                   relevance: bool = False) -> torch.Tensor:
         """Modified gradient of each row's score under this method's rules (one forward + backward)."""
         return gradient_rows(
             self._forward, rows, target, sample,
             rules=self.rule_set(o) if rules is None else rules,
             create_graph=o.differentiable, coverage=self.coverage, strict=o.strict, score_rows=score_rows,
+            relevance=relevance,
         )
 
     def _fix_target(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> None:

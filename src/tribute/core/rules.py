@@ -232,9 +232,11 @@ class RuleSet:
     rule :meth:`Rule.applies` to.  Nonlinearities no rule takes keep the plain gradient.
     """
 
-    def __init__(self, name: str, rules: Mapping[str, Rule]):
+    def __init__(self, name: str, rules: Mapping[str, Rule], ops: Any = None):
         self.name = name
         self.rules = dict(rules)
+        #: for LRP: the composite that assigns rules at linear layers and other ops (see .propagation)
+        self.ops = ops
 
     def rule_for(self, nl: Nonlinearity, params: dict[str, Any]) -> Rule | None:
         rule = self.rules.get(nl.name)
@@ -245,7 +247,8 @@ class RuleSet:
         return rule
 
     def key(self) -> tuple:
-        return tuple(sorted((k, r.key()) for k, r in self.rules.items()))
+        ops = None if self.ops is None else self.ops.key()
+        return tuple(sorted((k, r.key()) for k, r in self.rules.items())), ops
 
     def __eq__(self, other) -> bool:
         return isinstance(other, RuleSet) and self.key() == other.key()

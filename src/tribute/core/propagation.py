@@ -1,0 +1,536 @@
+"""Layer-wise relevance propagation at linear layers (Bach et al. 2015; Montavon et al. 2019).
+
+In LRP mode the backward signal *is* the relevance R (not relevance per unit of input as in Ancona's
+modified-gradient view), so the attribution is the signal arriving at the input, with no multiplier:
+
+- a linear layer (conv, transposed conv, dense) z = Wx + b, called as a module or functionally,
+  redistributes R_j over its inputs with the rule a composite assigns it (:class:`LinearRule` subclasses);
+- batch norm right after a linear layer whose output nothing else reads is merged into that layer
+  (W' = W·γ/σ, b' = (b − μ)·γ/σ + β) and passes relevance unchanged; the model is not modified;
+- every other op that is linear or affine in the input's path — residual additions, means, average
+  pooling, scaling, unmerged batch norm — splits relevance in proportion to the contributions of its
+  inputs (the "Norm" rule R_i = x_i Σ_j ∂z_j/∂x_i R_j / z_j, stabilised), so an addition x + y gives
+  x/(x+y) and y/(x+y) of the relevance to each branch, however the addition is written;
+- elementwise nonlinearities pass relevance unchanged; reshapes, concatenations and indexing move it;
+  max pooling routes it to the selected entry (its gradient).
+
+Stabiliser: stab_e(d) = d + e·sign(d) with sign(0) = +1, added, never clipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .rules import Rule, sign0
+
+STABILIZER = 1e-6
+
+
+def stab(d: torch.Tensor, e: float) -> torch.Tensor:
+    return d + e * sign0(d)
+
+
+# -- linear layers: call forms ---------------------------------------------------------------------------
+# (function, kind, names of the positional arguments after (input, weight, bias))
+_LINEAR_FORMS: dict[Any, str] = {
+    F.conv1d: "conv", F.conv2d: "conv", F.conv3d: "conv",
+    F.conv_transpose1d: "conv_transpose", F.conv_transpose2d: "conv_transpose",
+    F.conv_transpose3d: "conv_transpose", F.linear: "dense",
+}
+
+
+@dataclass
+class LayerCall:
+    """One call of a linear layer during the forward pass, with what rules and composites need."""
+
+    kind: str  # "conv", "conv_transpose" or "dense"
+    op: Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]
+    weight: torch.Tensor
+    bias: torch.Tensor | None
+    index: int  # position among the linear-layer calls on the input's path (0 = the first layer)
+    name: str  # the module's name in the model ("" if called functionally outside any module)
+    module: nn.Module | None
+    consumers: int = 0
+    bn: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def first(self) -> bool:
+        return self.index == 0
+
+    @property
+    def merged(self) -> bool:
+        """Batch norm is merged only into a layer whose output nothing but that batch norm reads."""
+        return self.bn is not None and self.consumers == 1
+
+    def params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W, b), with a following batch norm folded in when it is merged."""
+        w, b = self.weight.detach(), None if self.bias is None else self.bias.detach()
+        if not self.merged:
+            return w, b
+        scale, shift = self.bn
+        out_dim = 1 if self.kind == "conv_transpose" else 0
+        shape = [1] * w.dim()
+        shape[out_dim] = -1
+        w = w * scale.view(shape)
+        b = shift if b is None else b * scale + shift
+        return w, b
+
+
+def parse_linear(func, args, kwargs) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None, Callable] | None:
+    """(kind, input, weight, bias, op) for a linear-layer call, ``op(x, w, b)`` repeating its other arguments."""
+    kind = _LINEAR_FORMS.get(func)
+    if kind is None:
+        return None
+    args = list(args)
+    kwargs = dict(kwargs)
+    x = args.pop(0) if args else kwargs.pop("input")
+    w = args.pop(0) if args else kwargs.pop("weight")
+    b = args.pop(0) if args else kwargs.pop("bias", None)
+    rest = tuple(args)
+
+    def op(xx, ww, bb=None):
+        return func(xx, ww, bb, *rest, **kwargs)
+
+    return kind, x, w, b, op
+
+
+def _pos(t):
+    return t.clamp(min=0)
+
+
+def _neg(t):
+    return t.clamp(max=0)
+
+
+def _vjp(op, x_like: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """Jᵀs of the linear map x ↦ op(x, w) (no bias): the 'transposed' layer applied to s."""
+    with torch.enable_grad():
+        xx = torch.zeros_like(x_like, requires_grad=True)
+        (g,) = torch.autograd.grad(op(xx, w, None), xx, s)
+    return g
+
+
+# -- rules at linear layers ------------------------------------------------------------------------------
+class LinearRule:
+    """Base class of LRP rules at a linear layer: ``relevance(layer, x, z, R) -> R_in``."""
+
+    name = "linear_rule"
+
+    def relevance(self, layer: LayerCall, x: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def key(self) -> tuple:
+        return (type(self).__name__, tuple(sorted(vars(self).items())))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
+        return f"{type(self).__name__}({args})"
+
+
+def _signed_split(op, x, w, s_plus, s_minus):
+    """Σ over the four sign combinations: x⁺ ⊙ Jᵀ_{w⁺}s₊ + x⁻ ⊙ Jᵀ_{w⁻}s₊ (and the crossed terms for s₋).
+
+    Returns (positive part, negative part): contributions (x w)⁺ weighted by s_plus and (x w)⁻ by s_minus.
+    """
+    xp, xn, wp, wn = _pos(x), _neg(x), _pos(w), _neg(w)
+    has_neg = bool((x < 0).any())
+    pos = xp * _vjp(op, x, wp, s_plus) if s_plus is not None else 0
+    neg = xp * _vjp(op, x, wn, s_minus) if s_minus is not None else 0
+    if has_neg:
+        if s_plus is not None:
+            pos = pos + xn * _vjp(op, x, wn, s_plus)
+        if s_minus is not None:
+            neg = neg + xn * _vjp(op, x, wp, s_minus)
+    return pos, neg
+
+
+def _z_signed(op, x, w, b):
+    """(z⁺, z⁻): Σ (x w)⁺ + b⁺ and Σ (x w)⁻ + b⁻."""
+    xp, xn, wp, wn = _pos(x), _neg(x), _pos(w), _neg(w)
+    zp, zn = op(xp, wp, None if b is None else _pos(b)), op(xp, wn, None if b is None else _neg(b))
+    if bool((x < 0).any()):
+        zp, zn = zp + op(xn, wn, None), zn + op(xn, wp, None)
+    return zp, zn
+
+
+class Epsilon(LinearRule):
+    """ε rule (seed 001 Eq 15): R_i = x_i Σ_j w_ij R_j / stab_ε(z_j), the bias inside z."""
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-6):
+        if not epsilon > 0:
+            raise ValueError(f"epsilon must be > 0, got {epsilon}")
+        self.epsilon = float(epsilon)
+
+    def relevance(self, layer, x, z, r):
+        w, b = layer.params()
+        if layer.merged:  # z (the layer's own output) is before batch norm; the rule needs the merged z
+            z = layer.op(x, w, b)
+        return x * _vjp(layer.op, x, w, r / stab(z, self.epsilon))
+
+
+class AlphaBeta(LinearRule):
+    """αβ rule (Bach et al. 2015), α − β = 1:
+    R_i = Σ_j [α (x_i w_ij)⁺ / stab(z⁺_j) − β (x_i w_ij)⁻ / stab(z⁻_j)] R_j,
+    z^± = Σ_i (x_i w_ij)^± + b_j^±.  Negative inputs count by the sign of the product x_i w_ij.
+    """
+
+    name = "alpha_beta"
+
+    def __init__(self, alpha: float = 2.0, beta: float = 1.0):
+        if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-12:
+            raise ValueError(f"the αβ rule needs α, β >= 0 and α − β = 1; got α={alpha}, β={beta}")
+        self.alpha, self.beta = float(alpha), float(beta)
+
+    def relevance(self, layer, x, z, r):
+        w, b = layer.params()
+        zp, zn = _z_signed(layer.op, x, w, b)
+        s_plus = r / stab(zp, STABILIZER)
+        s_minus = r / stab(zn, STABILIZER) if self.beta else None
+        pos, neg = _signed_split(layer.op, x, w, s_plus, s_minus)
+        return self.alpha * pos - self.beta * neg if self.beta else self.alpha * pos
+
+
+class ZPlus(AlphaBeta):
+    """z⁺ rule (Montavon et al. 2017): αβ with α = 1, β = 0.  For non-negative inputs (after a ReLU) it is
+    the classical R_i = x_i Σ_j w_ij⁺ R_j / Σ_i' x_i' w_i'j⁺ (+ b⁺); a negative input with a negative weight
+    counts as a positive contribution (x⁻ w⁻ ≥ 0), as in Zennit's ZPlus."""
+
+    name = "zplus"
+
+    def __init__(self):
+        super().__init__(1.0, 0.0)
+
+
+class Gamma(LinearRule):
+    """γ rule (Montavon et al. 2019), generalised to signed inputs and outputs.
+
+    Where z_j > 0, contributions x_i w_ij + γ (x_i w_ij)⁺ over z_j + γ(Σ (x w)⁺ + b⁺); where z_j < 0, the
+    same with the negative parts; where z_j = 0 the relevance is dropped.
+    """
+
+    name = "gamma"
+
+    def __init__(self, gamma: float = 0.25):
+        if not gamma >= 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        self.gamma = float(gamma)
+
+    def relevance(self, layer, x, z, r):
+        w, b = layer.params()
+        z = layer.op(x, w, b)
+        zp, zn = _z_signed(layer.op, x, w, b)
+        r_pos, r_neg = r * (z > 0), r * (z < 0)
+        s_pos = r_pos / stab(z + self.gamma * zp, STABILIZER)
+        s_neg = r_neg / stab(z + self.gamma * zn, STABILIZER)
+        plain = x * _vjp(layer.op, x, w, s_pos + s_neg)
+        pos, _ = _signed_split(layer.op, x, w, s_pos, None)
+        _, neg = _signed_split(layer.op, x, w, None, s_neg)
+        return plain + self.gamma * (pos + neg)
+
+
+class Box(LinearRule):
+    """zᴮ rule for the first layer (Montavon et al. 2017) with bounds l ≤ x ≤ h (per channel or per entry):
+    R_i = Σ_j (x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻) R_j / stab(Σ_i' x_i' w_i'j − l_i' w_i'j⁺ − h_i' w_i'j⁻).
+    The bias cancels.  Bounds are in the model's input space (after any input transform)."""
+
+    name = "box"
+
+    def __init__(self, low, high):
+        self.low = torch.as_tensor(low, dtype=torch.float64)
+        self.high = torch.as_tensor(high, dtype=torch.float64)
+        if bool((self.low > self.high).any()):
+            raise ValueError("box rule: low must not exceed high")
+
+    def key(self) -> tuple:
+        return (type(self).__name__, tuple(self.low.flatten().tolist()), tuple(self.high.flatten().tolist()))
+
+    def relevance(self, layer, x, z, r):
+        w, _ = layer.params()
+        lo = torch.broadcast_to(self.low.to(x.device, x.dtype), x.shape)
+        hi = torch.broadcast_to(self.high.to(x.device, x.dtype), x.shape)
+        if bool((x < lo).any() or (x > hi).any()):
+            raise ValueError("box rule: the layer's input lies outside [low, high]; widen the bounds")
+        wp, wn = _pos(w), _neg(w)
+        op = layer.op
+        zb = op(x, w, None) - op(lo, wp, None) - op(hi, wn, None)
+        s = r / stab(zb, STABILIZER)
+        return x * _vjp(op, x, w, s) - lo * _vjp(op, x, wp, s) - hi * _vjp(op, x, wn, s)
+
+
+class Flat(LinearRule):
+    """Flat rule (Lapuschkin et al. 2019): relevance spread uniformly over each output's receptive field,
+    R_i = Σ_j c_ij R_j / Σ_i' c_i'j with c_ij = 1 where input i feeds output j.  Ignores x, w and b."""
+
+    name = "flat"
+
+    def relevance(self, layer, x, z, r):
+        w, _ = layer.params()
+        ones_w = torch.ones_like(w)
+        n = layer.op(torch.ones_like(x), ones_w, None)
+        return _vjp(layer.op, x, ones_w, r / stab(n, STABILIZER))
+
+
+class WSquare(LinearRule):
+    """w² rule (Montavon et al. 2017): R_i = Σ_j w_ij² R_j / stab(Σ_i' w_i'j² + b_j²).  Ignores x.
+
+    The squared bias stays in the denominator (as in Zennit), so the rule absorbs relevance when b ≠ 0.
+    """
+
+    name = "wsquare"
+
+    def relevance(self, layer, x, z, r):
+        w, b = layer.params()
+        w2 = w * w
+        n = layer.op(torch.ones_like(x), w2, None if b is None else b * b)
+        return _vjp(layer.op, x, w2, r / stab(n, STABILIZER))
+
+
+class _LinearLayerFunction(torch.autograd.Function):
+    """z = op(x, W, b) forward; the layer's LRP rule backward."""
+
+    @staticmethod
+    def forward(ctx, x, layer: LayerCall, rule: LinearRule):
+        z = layer.op(x, layer.weight, layer.bias)
+        ctx.layer, ctx.rule = layer, rule
+        ctx.save_for_backward(x)
+        ctx.z = z.detach().clone()  # later in-place ops (an in-place ReLU) may overwrite the output
+        return z
+
+    @staticmethod
+    def backward(ctx, r):
+        (x,) = ctx.saved_tensors
+        return ctx.rule.relevance(ctx.layer, x.detach(), ctx.z, r), None, None
+
+
+class _NormFunction(torch.autograd.Function):
+    """y = op(*inputs) for an op linear or affine in its inputs; backward: R_k = x_k ⊙ J_kᵀ (R / stab(y))."""
+
+    @staticmethod
+    def forward(ctx, op, *inputs):
+        with torch.enable_grad():
+            xs = [t.detach().clone().requires_grad_() for t in inputs]
+            y = op(*xs)
+        ctx.xs, ctx.y = xs, y
+        return y.detach().clone()
+
+    @staticmethod
+    def backward(ctx, r):
+        s = r / stab(ctx.y.detach(), STABILIZER)
+        grads = torch.autograd.grad(ctx.y, ctx.xs, s, allow_unused=True)
+        out = [None]
+        for x, g in zip(ctx.xs, grads, strict=True):
+            out.append(None if g is None else x.detach() * g)
+        return tuple(out)
+
+
+class _BatchNormFunction(torch.autograd.Function):
+    """Batch norm (eval) after a linear layer: relevance passes if the norm is merged into that layer,
+    else it is an affine map with the Norm rule."""
+
+    @staticmethod
+    def forward(ctx, z, layer: LayerCall, scale, shift):
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+        y = z * scale.view(shape) + shift.view(shape)
+        ctx.layer, ctx.shape = layer, shape
+        ctx.z, ctx.y = z.detach().clone(), y.detach().clone()
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx, r):
+        if ctx.layer.merged:
+            return r, None, None, None
+        return ctx.z * ctx.scale.view(ctx.shape) * r / stab(ctx.y, STABILIZER), None, None, None
+
+
+class PassRelevance(Rule):
+    """Elementwise nonlinearities pass relevance unchanged (Zennit's 'Pass')."""
+
+    name = "pass"
+    saves_input = False
+
+    def save(self, nl, z, y, params):
+        return ()
+
+    def backward(self, nl, gy, saved, params):
+        return gy
+
+    def forward_derivative(self, nl, gy, saved, params):
+        raise RuntimeError("LRP composites do not support differentiable=True")
+
+
+# Ops that only move entries around: their gradient moves relevance unchanged.
+_MOVES = {
+    "reshape", "view", "view_as", "flatten", "unflatten", "permute", "transpose", "t", "contiguous",
+    "squeeze", "unsqueeze", "__getitem__", "chunk", "split", "narrow", "select", "cat", "concat",
+    "concatenate", "stack", "hstack", "vstack", "flip", "roll", "movedim", "unbind", "clone", "to", "float",
+    "double", "detach", "pad", "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices",
+    "max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d",
+    "adaptive_max_pool3d", "dropout", "dropout1d", "dropout2d", "dropout3d", "pixel_shuffle",
+    "pixel_unshuffle", "type_as", "index_select", "gather", "repeat", "tile", "expand", "expand_as",
+}
+# Ops linear or affine in their tagged inputs: the Norm rule splits relevance ∝ contributions.
+_PROPORTIONAL = {
+    "add", "__add__", "__radd__", "sub", "__sub__", "__rsub__", "neg", "__neg__", "mul", "__mul__",
+    "__rmul__", "div", "__truediv__", "sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "interpolate", "upsample",
+    "batch_norm", "cumsum", "einsum", "matmul", "__matmul__", "mm", "bmm",
+}
+_INPLACE = {"add_": "add", "__iadd__": "add", "sub_": "sub", "__isub__": "sub", "mul_": "mul",
+            "__imul__": "mul", "div_": "div", "__itruediv__": "div"}
+# Bilinear ops are linear only when one operand lies on the input's path.
+_BILINEAR = {"mul", "__mul__", "__rmul__", "div", "__truediv__", "einsum", "matmul", "__matmul__", "mm", "bmm"}
+
+
+class Composite:
+    """Assigns an LRP rule to each linear-layer call.
+
+    ``Composite(first=…, conv=…, dense=…, by_name={"features.0": …})``: ``by_name`` wins, then ``first``
+    (the first linear layer on the input's path), then the layer's kind (``conv`` also covers transposed
+    convolutions).  For anything else, subclass and override :meth:`rule`.
+    """
+
+    def __init__(self, *, conv: LinearRule, dense: LinearRule, first: LinearRule | None = None,
+                 by_name: dict[str, LinearRule] | None = None, name: str = "composite"):
+        self.conv, self.dense, self.first = conv, dense, first
+        self.by_name = dict(by_name or {})
+        self.name = name
+
+    def rule(self, layer: LayerCall) -> LinearRule:
+        if layer.name in self.by_name:
+            return self.by_name[layer.name]
+        if layer.first and self.first is not None:
+            return self.first
+        return self.dense if layer.kind == "dense" else self.conv
+
+    def key(self) -> tuple:
+        return (type(self).__name__, self.conv.key(), self.dense.key(),
+                None if self.first is None else self.first.key(),
+                tuple(sorted((k, v.key()) for k, v in self.by_name.items())))
+
+    def __repr__(self) -> str:
+        return f"Composite({self.name!r}, first={self.first}, conv={self.conv}, dense={self.dense})"
+
+
+class Propagation:
+    """The op handler of an LRP rule set: one instance per forward pass (it numbers the layers)."""
+
+    def __init__(self, composite: Composite, names: dict[int, str] | None = None):
+        self.composite = composite
+        self.names = names or {}  # id(module) → name
+        self.count = 0
+        self.module_stack: list[nn.Module] = []
+        self.unruled: list[str] = []
+
+    def track_modules(self, model: nn.Module):
+        """Context: keep a stack of the modules running, so composites can address layers by name."""
+        import contextlib
+
+        self.names = {id(m): n for n, m in model.named_modules()} if isinstance(model, nn.Module) else {}
+        stack = self.module_stack
+
+        def push(module, args):
+            stack.append(module)
+
+        def pop(module, args, out):
+            if stack and stack[-1] is module:
+                stack.pop()
+
+        @contextlib.contextmanager
+        def tracking():
+            pre = nn.modules.module.register_module_forward_pre_hook(push)
+            post = nn.modules.module.register_module_forward_hook(pop, always_call=True)
+            try:
+                yield
+            finally:
+                pre.remove()
+                post.remove()
+                stack.clear()
+
+        return tracking()
+
+    def count_consumers(self, args, kwargs, tagged: Callable[[Any], bool]) -> None:
+        """Note every read of a linear layer's output (batch norm merges only into a sole reader's layer)."""
+        for a in list(args) + list(kwargs.values()):
+            if isinstance(a, (list, tuple)):
+                self.count_consumers(a, {}, tagged)
+            elif tagged(a):
+                layer = getattr(a, "_tribute_layer", None)
+                if layer is not None:
+                    layer.consumers += 1
+
+    def handle(self, func, args, kwargs, tagged: Callable[[Any], bool], name: str):
+        """The op's output with its LRP rule, or ``NotImplemented`` to run it plainly (moves, max pooling,
+        and ops with no rule, which :attr:`unruled` lists)."""
+        parsed = parse_linear(func, args, kwargs)
+        if parsed is not None:
+            kind, x, w, b, op = parsed
+            if not tagged(x) or tagged(w) or tagged(b):
+                return NotImplemented
+            module = self.module_stack[-1] if self.module_stack else None
+            layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module)
+            self.count += 1
+            y = _LinearLayerFunction.apply(x, layer, self.composite.rule(layer))
+            y._tribute_layer = layer
+            return y
+        suffix = name.rsplit(".", 1)[-1]
+        if suffix == "batch_norm":
+            return self._batch_norm(func, args, kwargs)
+        if suffix in _MOVES:
+            return NotImplemented
+        inplace = suffix in _INPLACE
+        base = _INPLACE.get(suffix, suffix)
+        if base in _PROPORTIONAL:
+            n_tagged = sum(1 for a in list(args) + list(kwargs.values()) if tagged(a))
+            if base in _BILINEAR and n_tagged > 1:
+                self.unruled.append(name)
+                return NotImplemented
+            out = self._proportional(getattr(torch, base) if inplace else func, args, kwargs, tagged)
+            if inplace:
+                args[0].copy_(out)
+                return args[0]
+            return out
+        self.unruled.append(name)
+        return NotImplemented
+
+    def _proportional(self, func, args, kwargs, tagged):
+        positions = [i for i, a in enumerate(args) if tagged(a)]
+        keys = [k for k, v in kwargs.items() if tagged(v)]
+        inputs = [args[i] for i in positions] + [kwargs[k] for k in keys]
+
+        def op(*xs):
+            a, kw = list(args), dict(kwargs)
+            for i, v in zip(positions, xs[: len(positions)], strict=True):
+                a[i] = v
+            for k, v in zip(keys, xs[len(positions):], strict=True):
+                kw[k] = v
+            return func(*a, **kw)
+
+        return _NormFunction.apply(op, *inputs)
+
+    def _batch_norm(self, func, args, kwargs):
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+        p = dict(zip(names, args, strict=False))
+        p.update(kwargs)
+        if p.get("training", False):
+            raise ValueError("LRP needs batch norm in eval mode (running statistics); call model.eval()")
+        z = p["input"]
+        inv = torch.rsqrt(p["running_var"].detach() + p.get("eps", 1e-5))
+        gamma = p.get("weight")
+        scale = inv if gamma is None else gamma.detach() * inv
+        beta = p.get("bias")
+        shift = -p["running_mean"].detach() * scale + (0 if beta is None else beta.detach())
+        layer = getattr(z, "_tribute_layer", None)
+        if layer is not None:
+            layer.bn = (scale, shift)  # merged at backward time if nothing else read the layer's output
+        else:  # not right after a linear layer: an affine map with the Norm rule
+            layer = LayerCall("none", lambda *a: None, scale, None, -1, "", None)
+        return _BatchNormFunction.apply(z, layer, scale, shift)
