@@ -220,12 +220,19 @@ def test_conservation_without_biases_and_with_small_epsilon():
     net = _residual("plus", "reused", bias=False)
     with torch.no_grad():
         net.bn1.running_mean.zero_()
-        net.bn1.bias.zero_()  # a bias-free network: nothing absorbs relevance but ε
+        net.bn1.bias.zero_()  # a bias-free network: nothing absorbs relevance but the stabilisers
         s = net(x)[:, 1]
-    for composite in ("epsilon", "epsilon_plus", "zplus"):
-        a = tribute.explain(net, x, "lrp", target=1, composite=composite, epsilon=1e-9)
-        # up to what the stabilisers (1e-6 on the denominators) absorb at nearly-off units
-        torch.testing.assert_close(a.flatten(1).sum(1), s, rtol=1e-4, atol=0, msg=composite)
+    a = tribute.explain(net, x, "lrp", target=1, composite="epsilon", epsilon=1e-9)
+    torch.testing.assert_close(a.flatten(1).sum(1), s, rtol=1e-4, atol=0)
+    # z⁺ conserves per output unit too; on a chain of ReLU layers (no cancelling branches) it is exact
+    torch.manual_seed(3)
+    chain = nn.Sequential(nn.Conv2d(3, 6, 3, bias=False), nn.ReLU(), nn.Conv2d(6, 6, 3, bias=False), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(24, 3, bias=False)).double().eval()
+    with torch.no_grad():
+        s = chain(x)[:, 1]
+    for composite in ("epsilon_plus", "zplus", "alpha_beta"):
+        a = tribute.explain(chain, x, "lrp", target=1, composite=composite)
+        torch.testing.assert_close(a.flatten(1).sum(1), s, rtol=1e-6, atol=0, msg=composite)
     # with biases, the biases absorb relevance: the sum moves away from S
     biased = _residual("plus", "reused", bias=True)
     with torch.no_grad():
