@@ -58,6 +58,7 @@ class LayerCall:
     module: nn.Module | None
     consumers: int = 0
     bn: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
+    graph: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (x leaf, z) of the forward
 
     @property
     def first(self) -> bool:
@@ -67,6 +68,17 @@ class LayerCall:
     def merged(self) -> bool:
         """Batch norm is merged only into a layer whose output nothing but that batch norm reads."""
         return self.bn is not None and self.consumers == 1
+
+    def transpose(self, s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Jᵀs for the layer's own (merged) weights, reusing the forward pass's graph when there is one."""
+        if self.graph is None:
+            return _vjp(self.op, like, self.params()[0], s)
+        if self.merged:  # W' = W·scale per output channel: Jᵀ_{W'} s = Jᵀ_W (scale ⊙ s)
+            shape = (1, -1) + (1,) * (s.dim() - 2)
+            s = s * self.bn[0].view(shape)
+        xx, z = self.graph
+        (g,) = torch.autograd.grad(z, xx, s, retain_graph=True)
+        return g
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(W, b), with a following batch norm folded in when it is merged."""
@@ -170,10 +182,11 @@ class Epsilon(LinearRule):
         self.epsilon = float(epsilon)
 
     def relevance(self, layer, x, z, r):
-        w, b = layer.params()
         if layer.merged:  # z (the layer's own output) is before batch norm; the rule needs the merged z
-            z = layer.op(x, w, b)
-        return x * _vjp(layer.op, x, w, r / stab(z, self.epsilon))
+            scale, shift = layer.bn
+            shape = (1, -1) + (1,) * (z.dim() - 2)
+            z = z * scale.view(shape) + shift.view(shape)
+        return x * layer.transpose(r / stab(z, self.epsilon), x)
 
 
 class AlphaBeta(LinearRule):
@@ -298,11 +311,15 @@ class _LinearLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, layer: LayerCall, rule: LinearRule):
-        z = layer.op(x, layer.weight, layer.bias)
+        # the forward keeps its own graph (x → z), so rules needing Jᵀ of the layer reuse it, no recompute
+        with torch.enable_grad():
+            xx = x.detach().requires_grad_()
+            z = layer.op(xx, layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
+        layer.graph = (xx, z)
         ctx.layer, ctx.rule = layer, rule
         ctx.save_for_backward(x)
         ctx.z = z.detach().clone()  # later in-place ops (an in-place ReLU) may overwrite the output
-        return z
+        return z.detach()
 
     @staticmethod
     def backward(ctx, r):

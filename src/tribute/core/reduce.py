@@ -29,8 +29,8 @@ def reduce(attribution: torch.Tensor, how: str) -> torch.Tensor:
     --------
     >>> import torch
     >>> a = torch.tensor([[[[1.0]], [[-2.0]]]])        # (1, 2, 1, 1)
-    >>> [float(reduce(a, h)) for h in ("sum", "abs_sum", "max_abs", "l2")]
-    [-1.0, 3.0, 2.0, 2.2360679...]
+    >>> [round(float(reduce(a, h)), 4) for h in ("sum", "abs_sum", "max_abs", "l2")]
+    [-1.0, 3.0, 2.0, 2.2361]
     """
     if how not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {', '.join(map(repr, REDUCTIONS))}; got {how!r}")

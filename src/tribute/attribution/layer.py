@@ -1,0 +1,252 @@
+"""Layer attribution: gradient methods computed with respect to an intermediate layer's activation A.
+
+For a layer ℓ (``layer="layer4"``, named as in ``model.named_modules()``; see :mod:`tribute.core.layers`)
+with activation A = A_ℓ(x), the network above the layer is a function F(A) and each method is the same
+rule / multiplier / aggregation as at the input (seed 001, Table 1), in the layer's activation space:
+
+======================================  ======================================================  ==========
+method                                  φ(x), the layer's shape                                  rule
+======================================  ======================================================  ==========
+``layer_gradient``                      ∂^g S_c / ∂A                                             any
+``layer_gradient_x_activation``         A ⊙ ∂^g S_c / ∂A                                         any
+``layer_integrated_gradients``          (A − Ā) ⊙ ∫_0^1 ∂S_c(Ā + α(A − Ā))/∂A dα, Ā = A_ℓ(x̄)      f'
+``layer_deeplift``                      (A − Ā) ⊙ ∂^g S_c/∂A, g = Rescale against Ā = A_ℓ(x̄)     Rescale
+======================================  ======================================================  ==========
+
+``rules=`` (a :class:`tribute.core.RuleSet`) swaps the backward rule above the layer (guided backprop,
+DeconvNet, ε-LRP at a layer); :func:`LayerAttribution` maps tribute's input-level method names to these.
+
+Only the part of the network above the layer is differentiated.  The rows still run through the layers
+below it, so a branch that bypasses the layer (a residual connection around a block inside the layer's
+stage) sees the sample's own input; completeness of layer IG and DeepLIFT, Σ φ = S_c(x) − S_c(x̄), then
+holds exactly when the layer is a *cut* (every path from input to output passes through it).
+
+Why dedicated classes rather than a ``layer=`` option on every method: the engine hands the model rows,
+not sample indices, so a wrapper that fed activations to an unchanged method could not tell which input a
+row of activations belongs to (needed whenever a branch bypasses the layer); and the multipliers and
+paths must live in the activation space (Ā, A − Ā), which each method defines differently.  The classes
+are short because :func:`tribute.core.layers.layer_gradient_rows` does at a layer what
+:func:`tribute.core.engine.gradient_rows` does at the input, rules included.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..core import options as opt
+from ..core.baselines import check_baseline, make_baseline
+from ..core.engine import accumulate, accumulation_dtype
+from ..core.layers import LayerRows, Site, check_layer, find_default_layer, layer_activations, layer_gradient_rows
+from ..core.layers import resolve_layer
+from ..core.method import Method
+from ..core.quadrature import RULES, quadrature
+from ..core.registry import register
+from ..core.rules import GRADIENT, EpsilonRatio, Rescale, RuleSet
+from ..core.targets import Target
+
+LAYER_OPTION = {
+    "layer": opt.Option(None, check_layer,
+                        "module name as in model.named_modules() ('layer4', 'block.relu#1' for a module's 2nd call), "
+                        "a submodule, or None for the last spatial feature map"),
+}
+
+
+def check_rules(name: str, v: Any) -> RuleSet | None:
+    if v is not None and not isinstance(v, RuleSet):
+        raise TypeError(f"{name} must be a tribute.core.RuleSet or None, got {type(v).__name__}")
+    return v
+
+
+class LayerMethod(Method):
+    """Shared by the layer methods: resolve ``layer=`` (early, so an unknown name fails at construction)."""
+
+    #: what the attribution's shape follows: "input", "layer" or "map" (N, 1, H, W)
+    returns: ClassVar[str] = "layer"
+    options = {
+        **LAYER_OPTION,
+        "rules": opt.Option(None, check_rules, "backward rules above the layer (default: the plain gradient)"),
+    }
+
+    def __init__(self, model: nn.Module, **options: Any):
+        super().__init__(model, **options)
+        layer = self._defaults.get("layer")
+        if layer is not None:
+            resolve_layer(model, layer)
+
+    def rule_set(self, o: SimpleNamespace) -> RuleSet:
+        return GRADIENT if o.rules is None else o.rules
+
+    def _site(self, x: torch.Tensor, o: SimpleNamespace) -> Site:
+        """The layer of this call; the default is found by a one-row probe (:func:`find_default_layer`)."""
+        site = find_default_layer(self._forward, x) if o.layer is None else resolve_layer(self.model, o.layer)
+        self.layer = site
+        return site
+
+    def _layer_rows(self, rows: torch.Tensor, target: Target, sample: torch.Tensor, o: SimpleNamespace,
+                    site: Site, **kw: Any) -> LayerRows:
+        return layer_gradient_rows(self._forward, rows, site, target, sample, rules=self.rule_set(o),
+                                   create_graph=o.differentiable, coverage=self.coverage, strict=o.strict, **kw)
+
+
+@register("layer_gradient")
+class LayerGradient(LayerMethod):
+    """∂^g S_c / ∂A, the gradient at the layer's activation A (under ``rules``, default the plain one)."""
+
+    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+        site = self._site(x, o)
+        if target.needs_argmax and x.shape[0] > o.batch_size:
+            self._fix_target(x, target, o)
+
+        def contribution(sample, _):
+            r = self._layer_rows(x[sample], target, sample, o, site)
+            return self.combine(r.activation, r.grad)
+
+        return accumulate(x.shape[0], 1, contribution, batch_size=o.batch_size)
+
+    def combine(self, activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+        return grad
+
+
+@register("layer_gradient_x_activation")
+class LayerGradientXActivation(LayerGradient):
+    """A ⊙ ∂^g S_c / ∂A: gradient × input (seed 001, Eq 6) with the layer's activation as the input."""
+
+    def combine(self, activation, grad):
+        return activation * grad
+
+
+@register("layer_integrated_gradients")
+class LayerIntegratedGradients(LayerMethod):
+    """Integrated gradients in the layer's activation space (Sundararajan et al. 2017, seed 001 Eq 19).
+
+    φ(x) = (A − Ā) ⊙ Σ_k w_k ∂S_c/∂A at Ā + α_k(A − Ā), with A = A_ℓ(x) and Ā = A_ℓ(x̄) the activation at
+    the baseline *input* x̄; the network continues from each point on the straight path between them.
+    Σ φ = S_c(x) − S_c(x̄) up to quadrature error when the layer is a cut (module doc).
+
+    Options
+    -------
+    baseline, baseline_options, seed : the input baseline x̄ (see :mod:`tribute.core.baselines`).
+    steps, quadrature : the quadrature (α_k, w_k) on [0, 1] (default 64 Gauss–Legendre nodes).
+    """
+
+    options = {
+        "baseline": opt.Option("zero", check_baseline),
+        "baseline_options": opt.Option(None, opt.anything),
+        "steps": opt.Option(64, opt.integer(1)),
+        "quadrature": opt.Option(None, opt.optional(opt.choice(RULES))),
+        "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of random baselines"),
+    }
+
+    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+        if o.differentiable:
+            raise ValueError("layer_integrated_gradients does not support differentiable=True")
+        site = self._site(x, o)
+        base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
+        a_x, out = layer_activations(self._forward, x, site, o.batch_size)
+        a_b, _ = layer_activations(self._forward, base, site, o.batch_size)
+        if target.needs_argmax:
+            target.set_argmax(out)
+        alphas, weights = quadrature(o.quadrature or "gauss_legendre", o.steps)
+        acc = accumulation_dtype(a_x.dtype)
+        alphas = alphas.to(a_x.device, a_x.dtype)
+        weights = weights.to(a_x.device, acc)
+        delta = a_x - a_b
+        shape = (-1, *([1] * (a_x.dim() - 1)))
+
+        def contribution(sample, step):
+            points = a_b[sample] + alphas[step].view(shape) * delta[sample]
+            r = self._layer_rows(x[sample], target, sample, o, site, replace=points)
+            return r.grad.to(acc) * weights[step].view(shape)
+
+        avg = accumulate(x.shape[0], o.steps, contribution, batch_size=o.batch_size, progress=o.progress)
+        return delta * avg
+
+
+@register("layer_deeplift")
+class LayerDeepLift(LayerMethod):
+    """DeepLIFT Rescale at a layer (Shrikumar et al. 2017; seed 001 Prop 2): (A − Ā) ⊙ ∂^g S_c/∂A.
+
+    g = (f(z) − f(z̄))/(z − z̄) at every nonlinearity above the layer, z̄ from the baseline input x̄; input
+    and baseline run as one batch of 2N rows.  Summation-to-delta Σ φ = S_c(x) − S_c(x̄) holds when the
+    layer is a cut and the network above it has linear layers and elementwise nonlinearities.
+
+    Options
+    -------
+    baseline, baseline_options, seed : the input baseline x̄ (see :mod:`tribute.core.baselines`).
+    """
+
+    options = {
+        "baseline": opt.Option("zero", check_baseline),
+        "baseline_options": opt.Option(None, opt.anything),
+        "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of random baselines"),
+    }
+
+    def rule_set(self, o):
+        return RuleSet("deeplift_rescale", {"*": Rescale()})
+
+    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+        site = self._site(x, o)
+        base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
+        pairs = max(1, o.batch_size // 2)
+        if target.needs_argmax and x.shape[0] > pairs:
+            self._fix_target(x, target, o)
+
+        def contribution(sample, _):
+            m = len(sample)
+            r = self._layer_rows(torch.cat([x[sample], base[sample]]), target, sample, o, site, score_rows=m)
+            return (r.activation[:m] - r.activation[m:]) * r.grad[:m]
+
+        return accumulate(x.shape[0], 1, contribution, batch_size=pairs)
+
+
+def _epsilon_rules(options: dict) -> RuleSet:
+    eps = opt.real(0, low_open=True)("epsilon", options.pop("epsilon", 1e-9))
+    return RuleSet(f"lrp_epsilon({eps:g})", {"*": EpsilonRatio(eps)})
+
+
+def _named_rules(name: str) -> RuleSet:
+    from .guided import DeconvNet, GuidedBackprop
+
+    return {"guided_backprop": GuidedBackprop.rules, "deconvnet": DeconvNet.rules}[name]
+
+
+#: input-level method name → (layer method, how to build its rule set from the options, or None)
+_LAYER_VERSIONS: dict[str, tuple[type[LayerMethod], Any]] = {
+    "gradient": (LayerGradient, None),
+    "input_x_gradient": (LayerGradientXActivation, None),
+    "integrated_gradients": (LayerIntegratedGradients, None),
+    "deeplift": (LayerDeepLift, None),
+    "guided_backprop": (LayerGradient, lambda options: _named_rules("guided_backprop")),
+    "deconvnet": (LayerGradient, lambda options: _named_rules("deconvnet")),
+    "lrp_epsilon": (LayerGradientXActivation, _epsilon_rules),
+}
+
+
+def LayerAttribution(method: str, model: nn.Module, layer: str | nn.Module | None = None,  # noqa: N802
+                     **options: Any) -> LayerMethod:
+    """The layer version of the gradient method ``method``, as a method object.
+
+    ``tribute.LayerAttribution("integrated_gradients", model, layer="layer4", steps=32).attribute(x, target=3)``
+    computes integrated gradients in ``layer4``'s activation space; the result has ``layer4``'s output shape.
+    Supported: ``gradient``, ``input_x_gradient``, ``integrated_gradients``, ``deeplift``,
+    ``guided_backprop``, ``deconvnet`` and ``lrp_epsilon`` (``epsilon=``); see the module doc.
+    """
+    if method not in _LAYER_VERSIONS:
+        import difflib
+
+        near = difflib.get_close_matches(str(method), _LAYER_VERSIONS, n=2)
+        hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+        raise ValueError(
+            f"no layer version of method {method!r}{hint} Layer versions exist for: {', '.join(sorted(_LAYER_VERSIONS))}"
+        )
+    cls, make_rules = _LAYER_VERSIONS[method]
+    options = dict(options)
+    if make_rules is not None:
+        if "rules" in options:
+            raise TypeError(f"LayerAttribution({method!r}) sets rules= itself")
+        options["rules"] = make_rules(options)
+    return cls(model, layer=layer, **options)

@@ -1,0 +1,528 @@
+"""Layers: address an intermediate activation, capture it during a forward pass, differentiate at it.
+
+Naming
+------
+A layer is named as in ``model.named_modules()``: ``"layer4"``, ``"features.7"``, ``"layer4.1.conv2"``
+(or given as the submodule itself).  Its activation is the module's *output* (the value its ``forward``
+returns, as the caller receives it).
+
+A module called more than once in one forward pass (a reused ``nn.ReLU(inplace=True)`` as in
+torchvision's ResNet blocks, a shared block) has no single activation, so naming it is an error unless the
+call is named too: ``"layer4.1.relu#1"`` is the module's second call, counting from ``#0`` in the order of
+the forward pass.  A module that ``forward`` never calls is an error, as is an unknown name (the error lists
+the nearest valid names).
+
+Capture
+-------
+:func:`capture` places a temporary forward hook on the module (removed in ``finally``: the model is left
+exactly as it was, also when the forward pass fails) that records the output and hands the rest of the
+network a copy of it, so an in-place operation downstream (``relu_``) cannot alter what was recorded and
+the gradient taken at the activation is the gradient at the module's output.  The hook can also *replace*
+the output with another tensor (integrated gradients in the layer's activation space).
+
+The default layer of the CAM family
+-----------------------------------
+:func:`find_default_layer` runs a one-row probe pass that follows the tensors derived from the input (a
+torch-function mode tags them) and walks back from the model's output to the nearest four-dimensional
+tensor (N, C, H, W) with more than one spatial position: the last spatial feature map before the spatial
+dimensions collapse (global pooling, flatten).  In a torchvision ResNet that is the input of ``avgpool``,
+which is ``layer4``'s output (not ``layer4[-1].conv2``).  If a module returns that tensor, the layer is
+that module (the outermost one, e.g. ``layer4`` rather than its last block); if only a function produces
+it (``F.adaptive_avg_pool2d`` in a functional model) the layer is that call, found again in later passes
+by its position among the calls of the same function on the input's path.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import difflib
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode, resolve_name
+
+from .engine import Forward, _record
+from .interception import Coverage, apply_rules
+from .rules import GRADIENT, RuleSet
+from .targets import Target
+
+
+class LayerError(ValueError):
+    """A layer that cannot be used: unknown name, never called, called more than once, wrong output."""
+
+
+# -- naming ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class ModuleSite:
+    """The output of module ``name`` (at call ``call``, counted from 0, if the call is named)."""
+
+    name: str
+    module: nn.Module
+    call: int | None = None
+
+    def __str__(self) -> str:
+        return self.name if self.call is None else f"{self.name}#{self.call}"
+
+
+@dataclass(frozen=True, eq=False)
+class OpSite:
+    """The output of the ``occurrence``-th call of ``func`` on the input's path (default layers only)."""
+
+    func: Any
+    occurrence: int
+    output_index: int | None
+    label: str
+
+    def __str__(self) -> str:
+        return self.label
+
+
+Site = ModuleSite | OpSite
+
+
+def check_layer(name: str, v: Any) -> Any:
+    """Option check for ``layer=``: ``None`` (the default layer), a module name or a submodule."""
+    if v is None or isinstance(v, (str, nn.Module)):
+        return v
+    raise TypeError(f"{name} must be a module name such as 'layer4' (see model.named_modules()), a submodule or "
+                    f"None; got {type(v).__name__}")
+
+
+def resolve_layer(model: nn.Module, layer: str | nn.Module) -> ModuleSite:
+    """The :class:`ModuleSite` a user's ``layer=`` names; unknown names raise, suggesting the nearest."""
+    if isinstance(layer, nn.Module):
+        for name, m in model.named_modules():
+            if m is layer:
+                if not name:
+                    raise LayerError("layer= names the model itself; name one of its submodules")
+                return ModuleSite(name, m)
+        raise LayerError(f"layer= is a {type(layer).__name__} that is not a submodule of the model")
+    if not isinstance(layer, str):
+        raise TypeError(f"layer must be a module name or a submodule, got {type(layer).__name__}")
+    name, call = layer, None
+    if "#" in layer:
+        name, _, idx = layer.rpartition("#")
+        if not idx.isdigit():
+            raise LayerError(
+                f"layer {layer!r}: after '#' comes the call's index, an integer >= 0 (e.g. {name + '#0'!r})"
+            )
+        call = int(idx)
+    modules = {n: m for n, m in model.named_modules() if n}
+    if name not in modules:
+        near = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
+        if near:
+            hint = f"; the nearest layer names are {', '.join(map(repr, near))}"
+        else:
+            top = [n for n in modules if "." not in n][:12]
+            hint = f"; the model's top-level layers are {', '.join(map(repr, top)) or 'none'}"
+        raise LayerError(f"the model has no layer named {name!r}{hint} (names as in model.named_modules())")
+    return ModuleSite(name, modules[name], call)
+
+
+# -- following the tensors derived from the input ----------------------------------------------------
+
+_TAG = "_tribute_layer_path"
+
+
+def _tensors(args: tuple, kwargs: dict) -> Iterator[torch.Tensor]:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            yield a
+        elif isinstance(a, (list, tuple)):
+            yield from (b for b in a if isinstance(b, torch.Tensor))
+
+
+def _outputs(out: Any) -> list[tuple[int | None, torch.Tensor]]:
+    if isinstance(out, torch.Tensor):
+        return [(None, out)]
+    if isinstance(out, (list, tuple)):
+        return [(i, o) for i, o in enumerate(out) if isinstance(o, torch.Tensor)]
+    return []
+
+
+def _func_name(func: Any) -> str:
+    name = resolve_name(func) or getattr(func, "__name__", None) or repr(func)
+    return name.rsplit(".", 1)[-1]
+
+
+class _PathMode(TorchFunctionMode):
+    """Tag the input and every tensor computed from a tagged tensor; subclasses see those calls."""
+
+    def __init__(self):
+        super().__init__()
+        self.token = object()
+
+    def mark(self, t: torch.Tensor, value: Any = None) -> None:
+        try:
+            setattr(t, _TAG, (self.token, value))
+        except (AttributeError, RuntimeError):  # some tensor subclasses refuse attributes
+            pass
+
+    def tag_of(self, t: Any) -> tuple | None:
+        tag = getattr(t, _TAG, None) if isinstance(t, torch.Tensor) else None
+        return tag if tag is not None and tag[0] is self.token else None
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        ins = [t for t in _tensors(args, kwargs) if self.tag_of(t) is not None]
+        if not ins:
+            return func(*args, **kwargs)
+        return self.on_call(func, args, kwargs, ins)
+
+    def on_call(self, func, args, kwargs, ins):
+        out = func(*args, **kwargs)
+        for _, o in _outputs(out):
+            self.mark(o)
+        return out
+
+
+@dataclass
+class _Record:
+    func: Any
+    occurrence: int
+    output_index: int | None
+    inputs: list[int]
+
+
+class _ProbeMode(_PathMode):
+    """Record which call made each tensor on the input's path (tensors numbered by serials).
+
+    A call that returns one of its inputs unchanged (``contiguous()``, ``float()`` on a float tensor) is
+    transparent; an in-place call gives the tensor a new serial (its new value).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.records: dict[int, _Record] = {}
+        self.shapes: dict[int, tuple[int, ...]] = {}
+        self.counts: dict[Any, int] = {}
+
+    def number(self, t: torch.Tensor) -> int:
+        s = len(self.shapes)
+        self.shapes[s] = tuple(t.shape)
+        self.mark(t, s)
+        return s
+
+    def serial(self, t: Any) -> int | None:
+        tag = self.tag_of(t)
+        return None if tag is None else tag[1]
+
+    def on_call(self, func, args, kwargs, ins):
+        before = [(t, self.serial(t), t._version) for t in ins]
+        out = func(*args, **kwargs)
+        k = self.counts.get(func, 0)
+        self.counts[func] = k + 1
+        for i, o in _outputs(out):
+            if any(o is t and o._version == v for t, _, v in before):
+                continue  # the same tensor, unchanged
+            s = self.number(o)
+            self.records[s] = _Record(func, k, i, [b for _, b, _ in before])
+        return out
+
+
+def find_default_layer(forward: Forward, x: torch.Tensor) -> Site:
+    """The last (N, C, H, W) activation with H·W > 1 on the path from the input to the output (module doc)."""
+    model = forward.model
+    probe = _ProbeMode()
+    module_calls: list[tuple[str, int, int]] = []
+    calls: dict[str, int] = {}
+    modules = {n: m for n, m in model.named_modules() if n} if isinstance(model, nn.Module) else {}
+
+    def watcher(name: str):
+        def hook(module, args, out):
+            k = calls.get(name, 0)
+            calls[name] = k + 1
+            s = probe.serial(out)
+            if s is not None:
+                module_calls.append((name, k, s))
+        return hook
+
+    row = x[:1].detach()
+    probe.number(row)
+    handles = []
+    try:
+        for name, m in modules.items():
+            handles.append(m.register_forward_hook(watcher(name)))
+        with torch.no_grad(), probe:
+            out = forward(row)
+    finally:
+        for h in handles:
+            h.remove()
+    start = probe.serial(out)
+    if start is None:
+        raise LayerError("the model's output is not computed from its input by torch operations; pass layer=")
+    queue, seen, found = deque([start]), {start}, None
+    while queue:
+        s = queue.popleft()
+        shape = probe.shapes[s]
+        if len(shape) == 4 and shape[2] * shape[3] > 1:
+            found = s
+            break
+        rec = probe.records.get(s)
+        for p in rec.inputs if rec is not None else ():
+            if p not in seen:
+                seen.add(p)
+                queue.append(p)
+    if found is None:
+        raise LayerError(
+            "found no spatial feature map (an (N, C, H, W) activation with H·W > 1) on the path from the input "
+            "to the output; pass layer= with a module name"
+        )
+    if found == 0:
+        raise LayerError(
+            "the last spatial map before the spatial dimensions collapse is the input itself: the model has no "
+            "convolutional feature map to explain; pass layer= with a module name"
+        )
+    owners = [(name, k) for name, k, s in module_calls if s == found]
+    if owners:
+        name, k = owners[-1]  # hooks fire inner modules first: the last is the outermost
+        return ModuleSite(name, modules[name], k if calls[name] > 1 else None)
+    rec = probe.records[found]
+    nth = _ordinal(rec.occurrence + 1)
+    out_part = "" if rec.output_index is None else f" (its output {rec.output_index})"
+    label = f"the output of the {nth} call of {_func_name(rec.func)}{out_part} on the input's path"
+    return OpSite(rec.func, rec.occurrence, rec.output_index, label)
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+# -- capture -----------------------------------------------------------------------------------------
+
+
+class Capture:
+    """What :func:`capture` recorded: the activation, the tensor to differentiate at, the layer's input."""
+
+    def __init__(self, site: Site, *, grad: bool, replace: torch.Tensor | None,
+                 tag: Callable[[torch.Tensor], None] | None, keep_input: bool):
+        self.site = site
+        self.grad = grad
+        self.replace = replace
+        self.tag = tag
+        self.keep_input = keep_input
+        #: the activation the rest of the network saw (the layer's output, or the replacement)
+        self.value: torch.Tensor | None = None
+        #: differentiate a score with respect to this tensor for ∂S/∂activation (with ``grad=True``)
+        self.grad_wrt: torch.Tensor | None = None
+        #: the layer's (first tensor) input, with ``keep_input=True``
+        self.input: torch.Tensor | None = None
+        #: how many times the module was called in the forward pass
+        self.calls = 0
+
+    def take(self, out: Any, args: tuple) -> torch.Tensor | None:
+        """Record ``out``; return what the network should continue with (``None``: ``out`` itself)."""
+        if not isinstance(out, torch.Tensor):
+            raise LayerError(f"layer {self.site} returns a {type(out).__name__}, not a tensor: choose another layer")
+        if self.keep_input:
+            first = next(iter(_tensors(args, {})), None)
+            self.input = None if first is None else (first if self.grad else first.detach().clone())
+        rep = self.replace
+        if rep is None:
+            if not self.grad:
+                self.value = out.detach().clone()
+                return None
+            # downstream continues with a copy: in-place ops there cannot overwrite the recorded output
+            self.value = self.grad_wrt = out
+            return out.clone()
+        if rep.shape != out.shape:
+            raise LayerError(
+                f"the replacement for layer {self.site} has shape {tuple(rep.shape)} but the layer's output has "
+                f"shape {tuple(out.shape)}"
+            )
+        rep = rep.to(device=out.device, dtype=out.dtype)
+        leaf = (rep if rep.requires_grad else rep.detach().requires_grad_()) if self.grad else rep.detach()
+        self.value = leaf
+        if self.grad:
+            self.grad_wrt = leaf
+        new = leaf.clone()
+        if self.tag is not None:
+            self.tag(new)
+        return new
+
+    def check(self) -> None:
+        site, n = self.site, self.calls
+        if isinstance(site, OpSite):
+            if self.value is None:
+                raise LayerError(f"{site} was not reached in this forward pass (the model took another path); "
+                                 "pass layer= with a module name")
+            return
+        if n == 0:
+            raise LayerError(
+                f"layer {site.name!r} ({type(site.module).__name__}) is never called during the forward pass: "
+                "it is registered in the model but forward() does not use it"
+            )
+        if site.call is None and n > 1:
+            names = ", ".join(repr(f"{site.name}#{k}") for k in range(min(n, 4))) + (", …" if n > 4 else "")
+            raise LayerError(
+                f"module {site.name!r} is called {n} times in one forward pass, so its activation is ambiguous; "
+                f"name the call ({names}), counting from #0 in the order of the forward pass"
+            )
+        if site.call is not None and site.call >= n:
+            raise LayerError(
+                f"layer {str(site)!r} names call #{site.call}, but {site.name!r} is called {n} time(s) in one "
+                f"forward pass (#0{'' if n == 1 else f' … #{n - 1}'})"
+            )
+
+
+class _CaptureMode(_PathMode):
+    def __init__(self, cap: Capture):
+        super().__init__()
+        self.cap = cap
+        self.count = 0
+
+    def on_call(self, func, args, kwargs, ins):
+        out = func(*args, **kwargs)
+        site = self.cap.site
+        if func is site.func:
+            k = self.count
+            self.count += 1
+            if k == site.occurrence:
+                self.cap.calls += 1
+                if site.output_index is None:
+                    new = self.cap.take(out, args)
+                    out = out if new is None else new
+                else:
+                    items = list(out)
+                    new = self.cap.take(items[site.output_index], args)
+                    if new is not None:
+                        items[site.output_index] = new
+                        out = type(out)(items)  # tuple, list or a torch.return_types structseq
+        for _, o in _outputs(out):
+            self.mark(o)
+        return out
+
+
+@contextlib.contextmanager
+def capture(site: Site, x: torch.Tensor, *, grad: bool = False, replace: torch.Tensor | None = None,
+            tag: Callable[[torch.Tensor], None] | None = None, keep_input: bool = False) -> Iterator[Capture]:
+    """Record ``site``'s activation during the forward pass of ``x`` run inside this block.
+
+    With ``grad=True`` the recorded ``grad_wrt`` is a tensor on the autograd graph whose gradient is
+    ∂S/∂activation (the caller makes ``x`` require grad); with ``replace`` the layer's output is replaced
+    by that tensor (same shape), and ``tag`` is called on what the network continues with (to put it on a
+    rule engine's input path).  On leaving the block, a layer that was never called, or a module called
+    more than once without a named call, raises :class:`LayerError`.  Hooks and modes are removed also
+    when the forward pass fails.
+    """
+    cap = Capture(site, grad=grad, replace=replace, tag=tag, keep_input=keep_input)
+    if isinstance(site, ModuleSite):
+        want = 0 if site.call is None else site.call
+
+        def hook(module, args, out):
+            k = cap.calls
+            cap.calls += 1
+            return cap.take(out, args) if k == want else None
+
+        handle = site.module.register_forward_hook(hook)
+        try:
+            yield cap
+        finally:
+            handle.remove()
+    else:
+        mode = _CaptureMode(cap)
+        mode.mark(x)
+        with mode:
+            yield cap
+    cap.check()
+
+
+# -- gradients at a layer ----------------------------------------------------------------------------
+
+
+class LayerRows(NamedTuple):
+    grad: torch.Tensor
+    """∂^g S / ∂A for every row (the layer's shape)"""
+    activation: torch.Tensor
+    """A for every row: the layer's output, or the replacement the network continued with"""
+    scores: torch.Tensor
+    """S for the scored rows"""
+    outputs: torch.Tensor
+    """the model's outputs"""
+
+
+def layer_gradient_rows(
+    forward: Forward,
+    rows: torch.Tensor,
+    site: Site,
+    target: Target,
+    sample: torch.Tensor,
+    *,
+    rules: RuleSet = GRADIENT,
+    replace: torch.Tensor | None = None,
+    create_graph: bool = False,
+    coverage: Coverage | None = None,
+    strict: bool = False,
+    score_rows: int | None = None,
+) -> LayerRows:
+    """∂^g S_t / ∂A for the activation A of layer ``site``, for every row of ``rows`` (one forward + backward).
+
+    The counterpart of :func:`tribute.core.engine.gradient_rows` at a layer: the rule set applies to every
+    nonlinearity computed from the input, the layer's activation included (so rules act downstream of the
+    layer as they would downstream of the input).  With ``replace`` (a tensor of the layer's shape, one row
+    per row) the network continues from ``replace`` instead of the layer's output, and the gradient is taken
+    there; the rows still run through the layers before it (branches that bypass the layer see them).
+    """
+    if create_graph and rows.requires_grad:
+        inp = rows
+    else:
+        inp = rows.detach().requires_grad_()
+    use_mode = rules != GRADIENT or coverage is not None or strict
+    if strict and coverage is None:
+        coverage = Coverage()
+    phases = []
+    with torch.enable_grad():
+        try:
+            with apply_rules(rules, coverage=coverage) if use_mode else contextlib.nullcontext() as mode:
+                tag = None
+                if mode is not None:
+                    phases.append(mode.tag_input(inp))
+
+                    def tag(t):  # the replacement starts the input's path anew for the rules
+                        phases.append(mode.tag_input(t))
+                with capture(site, inp, grad=True, replace=replace, tag=tag) as cap:
+                    out = forward(inp)
+            if strict and rules != GRADIENT and coverage.unruled:
+                raise ValueError(
+                    f"strict: ops on the input's path have no {rules.name} rule and would get the plain gradient: "
+                    f"{', '.join(sorted(coverage.unruled))}. Register elementwise ones with "
+                    "tribute.register_nonlinearity, or pass strict=False"
+                )
+            scored = out if score_rows is None else out[:score_rows]
+            if target.needs_argmax:
+                target.set_argmax(scored)
+            s = target.scores(scored, sample)
+            (g,) = torch.autograd.grad(s.sum(), cap.grad_wrt, create_graph=create_graph, allow_unused=True)
+        finally:
+            for p in phases:  # later backward passes through this graph differentiate the attribution
+                p.first_order = False
+    if g is None:
+        raise LayerError(f"the score does not depend on layer {site}: its gradient there is not defined")
+    _record(backward=out.shape[0])
+    return LayerRows(g, cap.value, s, out)
+
+
+def layer_activations(forward: Forward, x: torch.Tensor, site: Site, batch_size: int, *,
+                      replace: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The activations of ``site`` and the model's outputs for ``x`` (no gradients), in chunks.
+
+    With ``replace`` the layer's output is replaced (row by row) and the outputs are those of the network
+    continuing from it.
+    """
+    acts, outs = [], []
+    with torch.no_grad():
+        for i in range(0, x.shape[0], batch_size):
+            rows = x[i:i + batch_size].detach()
+            rep = None if replace is None else replace[i:i + batch_size]
+            with capture(site, rows, replace=rep) as cap:
+                out = forward(rows)
+            acts.append(cap.value)
+            outs.append(out)
+    return torch.cat(acts), torch.cat(outs)
