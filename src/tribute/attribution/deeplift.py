@@ -9,8 +9,10 @@ import torch
 from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import accumulate
+from ..core.interception import apply_rules
 from ..core.method import Method
 from ..core.registry import register
+from ..core.reveal_cancel import RevealCancelOps, RevealCancelRule
 from ..core.rules import Rescale, RuleSet
 from ..core.targets import Target
 
@@ -48,5 +50,57 @@ class DeepLift(Method):
             rows = torch.cat([x[sample], base[sample]])
             grad = self._gradients(rows, target, sample, o, score_rows=len(sample))
             return delta[sample] * grad[: len(sample)]
+
+        return accumulate(x.shape[0], 1, contribution, batch_size=pairs)
+
+
+@register("deeplift_reveal_cancel")
+class DeepLiftRevealCancel(Method):
+    """DeepLIFT with the RevealCancel rule at nonlinearities (Shrikumar et al. 2017, §3.5.3).
+
+    Positive and negative parts of every difference from the reference are propagated apart, so that
+    evidence that cancels out is revealed rather than netted (see :mod:`tribute.core.reveal_cancel`):
+    φ = m⁺ ⊙ (x − x̄)⁺ + m⁻ ⊙ (x − x̄)⁻, with Σφ = S_c(x) − S_c(x̄) exactly.  Linear layers split by the sign of
+    their weights; max pooling passes the parts of the entry selected at the input.
+
+    Options
+    -------
+    baseline : see :mod:`tribute.core.baselines` (default ``"zero"``); ``baseline_options``, ``seed``.
+    """
+
+    options = DeepLift.options
+    rules = RuleSet("deeplift_reveal_cancel", {"*": RevealCancelRule()}, ops=RevealCancelOps())
+
+    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+        if o.differentiable:
+            raise ValueError("deeplift_reveal_cancel does not support differentiable=True")
+        base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
+        pairs = max(1, o.batch_size // 2)
+        self._fix_target(x, target, o)
+
+        def contribution(sample, _):
+            n = len(sample)
+            delta = (x[sample] - base[sample]).detach()
+            zeros = torch.zeros_like(delta)
+            dp = torch.cat([delta.clamp(min=0), zeros]).requires_grad_()
+            dn = torch.cat([delta.clamp(max=0), zeros]).requires_grad_()
+            rows = torch.cat([x[sample], base[sample]]).detach()
+            with torch.enable_grad(), apply_rules(self.rules) as mode:
+                mode.tag_input(rows)
+                rows._tribute_twins = (dp, dn)
+                out = self._forward(rows)
+            if not hasattr(out, "_tribute_twins"):
+                raise RuntimeError("RevealCancel: the model's output lost track of the differences")
+            out_p, out_n = out._tribute_twins
+            diff = (out_p + out_n)[:n]
+            with torch.no_grad():
+                score = target.scores(out[:n], sample) - target.scores(out[n:], sample)
+            s = target.scores(diff, sample)  # the score's difference is linear in the output's
+            if target.fn is not None:  # a callable target need not be linear: check it on the totals
+                torch.testing.assert_close(s.detach(), score, rtol=1e-4, atol=1e-6)
+            mp, mn = torch.autograd.grad(s.sum(), [dp, dn], allow_unused=True)
+            mp = torch.zeros_like(dp) if mp is None else mp
+            mn = torch.zeros_like(dn) if mn is None else mn
+            return (mp * dp + mn * dn)[:n].detach()
 
         return accumulate(x.shape[0], 1, contribution, batch_size=pairs)

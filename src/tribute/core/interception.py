@@ -139,9 +139,7 @@ class RuleMode(TorchFunctionMode):
         _tag(x, self.token)
         self.phase = Phase()
         if self.rules.ops is not None:
-            from .propagation import Propagation
-
-            self.propagation = Propagation(self.rules.ops)
+            self.propagation = self.rules.ops.start()
         return self.phase
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
@@ -207,6 +205,8 @@ class RuleMode(TorchFunctionMode):
             y = rule.apply(nl, src, params, self.phase)
         if inplace:
             z.copy_(y)
+            if hasattr(y, "_tribute_twins"):  # differences carried beside the tensor (DeepLIFT RevealCancel)
+                z._tribute_twins = y._tribute_twins
             y = z
         _tag(y, self.token)
         return y

@@ -428,6 +428,10 @@ class Composite:
             return self.first
         return self.dense if layer.kind == "dense" else self.conv
 
+    def start(self) -> Propagation:
+        """The handler for one forward pass."""
+        return Propagation(self)
+
     def key(self) -> tuple:
         return (type(self).__name__, self.conv.key(), self.dense.key(),
                 None if self.first is None else self.first.key(),

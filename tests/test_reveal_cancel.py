@@ -1,0 +1,69 @@
+"""DeepLIFT RevealCancel (Shrikumar et al. 2017 §3.5.3): hand-worked values, summation-to-delta, equivalences."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import mlp, residual_cnns
+from torch import nn
+
+import tribute
+
+
+class Min(nn.Module):
+    """min(i₁, i₂) = i₁ − ReLU(i₁ − i₂), the paper's example of cancelling evidence."""
+
+    def forward(self, x):
+        return x[:, 0:1] - torch.relu(x[:, 0:1] - x[:, 1:2])
+
+
+def test_min_example_by_hand():
+    # at (3, 1) from 0: Δz = 3 − 1 splits into Δz⁺ = 3, Δz⁻ = −1 at the ReLU;
+    # Δy⁺ = ½(3 − 0) + ½(2 − 0) = 2.5, Δy⁻ = ½(0 − 0) + ½(2 − 3) = −0.5, so m⁺ = 5/6 and m⁻ = 1/2;
+    # i₁: 3 − 3·5/6 = 0.5 and i₂: −(−1)·1/2 = 0.5.  Rescale gives (0, 1).
+    x = torch.tensor([[3.0, 1.0]], dtype=torch.float64)
+    rc = tribute.explain(Min(), x, "deeplift_reveal_cancel", target=0)
+    torch.testing.assert_close(rc, torch.tensor([[0.5, 0.5]], dtype=torch.float64), rtol=0, atol=1e-15)
+    torch.testing.assert_close(tribute.explain(Min(), x, "deeplift", target=0),
+                               torch.tensor([[0.0, 1.0]], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("act", [nn.ReLU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.ELU])
+def test_summation_to_delta_is_exact(act):
+    net = mlp(act, sizes=(6, 10, 10, 3))
+    g = torch.Generator().manual_seed(4)
+    x, base = (torch.randn(5, 6, generator=g, dtype=torch.float64) for _ in range(2))
+    a = tribute.explain(net, x, "deeplift_reveal_cancel", target=1, baseline=base)
+    with torch.no_grad():
+        delta = net(x)[:, 1] - net(base)[:, 1]
+    torch.testing.assert_close(a.sum(1), delta, rtol=0, atol=1e-12)
+    assert (a - tribute.explain(net, x, "deeplift", target=1, baseline=base)).abs().max() > 1e-4
+
+
+def test_summation_to_delta_on_a_residual_cnn_with_batch_norm(images):
+    for net in residual_cnns().values():
+        a = tribute.explain(net, images, "deeplift_reveal_cancel", target=3)
+        with torch.no_grad():
+            delta = net(images)[:, 3] - net(torch.zeros_like(images))[:, 3]
+        torch.testing.assert_close(a.flatten(1).sum(1), delta, rtol=0, atol=1e-12)
+
+
+def test_equals_rescale_when_no_evidence_cancels():
+    # non-negative weights and x ≥ x̄: every difference is positive, Δz⁻ = 0, and m⁺ is Rescale's ratio
+    torch.manual_seed(0)
+    net = mlp(nn.Tanh, sizes=(5, 7, 7, 2))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.abs_()
+    x = torch.rand(4, 5, dtype=torch.float64) + 0.1
+    torch.testing.assert_close(tribute.explain(net, x, "deeplift_reveal_cancel", target=0),
+                               tribute.explain(net, x, "deeplift", target=0), rtol=1e-10, atol=1e-13)
+
+
+def test_unsupported_products_are_an_error():
+    class Product(nn.Module):
+        def forward(self, x):
+            return (x[:, :1] * x[:, 1:]).sum(1, keepdim=True)
+
+    with pytest.raises(ValueError, match="product of two tensors"):
+        tribute.explain(Product(), torch.randn(2, 2), "deeplift_reveal_cancel", target=0)
