@@ -160,49 +160,43 @@ class Rescale(Rule):
         return gy * torch.cat([ratio, ratio])
 
 
-class GuidedRelu(Rule):
+class _RectifierRule(Rule):
+    """A rule at rectifiers only; it saves the forward gate, the rectifier's own f'."""
+
+    saves_input = False
+
+    def applies(self, nl, params):
+        return rectifier_gate(nl, torch.zeros(()), params) is not None
+
+    def save(self, nl, z, y, params):
+        return (rectifier_gate(nl, z, params),)
+
+    def forward_derivative(self, nl, gy, saved, params):
+        (mask,) = saved
+        return gy * mask
+
+
+class GuidedRelu(_RectifierRule):
     """Guided backprop at a rectifier (Springenberg et al. 2015): g = 1[z > 0] · 1[gy > 0].
 
     For ReLU6 the forward gate is 1[0 < z < 6], its own f'.
     """
 
     name = "guided"
-    saves_input = False
-
-    def applies(self, nl, params):
-        return rectifier_gate(nl, torch.zeros(()), params) is not None
-
-    def save(self, nl, z, y, params):
-        return (rectifier_gate(nl, z, params),)
 
     def backward(self, nl, gy, saved, params):
         (mask,) = saved
         return gy.clamp(min=0) * mask
 
-    def forward_derivative(self, nl, gy, saved, params):
-        (mask,) = saved
-        return gy * mask
 
-
-class DeconvRelu(Rule):
-    """DeconvNet at a ReLU (Zeiler & Fergus 2014): the backward signal is rectified, g·gy = relu(gy)."""
+class DeconvRelu(_RectifierRule):
+    """DeconvNet at a rectifier (Zeiler & Fergus 2014): the backward signal is rectified, g·gy = relu(gy),
+    whatever the forward input (the saved gate serves only derivatives of the attribution)."""
 
     name = "deconvnet"
-    saves_input = False
-
-    def applies(self, nl, params):
-        return rectifier_gate(nl, torch.zeros(()), params) is not None
-
-    def save(self, nl, z, y, params):
-        # for derivatives of the attribution only: the rule itself ignores z
-        return (rectifier_gate(nl, z, params),)
 
     def backward(self, nl, gy, saved, params):
         return gy.clamp(min=0)
-
-    def forward_derivative(self, nl, gy, saved, params):
-        (mask,) = saved
-        return gy * mask
 
 
 class SoftplusRelu(Rule):
