@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from conftest import residual_cnns
-from test_model_invariance import options_for
+from test_model_invariance import GENERAL_METHODS, options_for
 
 import tribute
 from tribute.core.engine import chunk_rows, default_batch_size
@@ -18,7 +18,7 @@ RANDOM_BASELINES = [("integrated_gradients", {"baseline": "uniform", "seed": 3, 
 
 
 def cases(images):
-    for method in tribute.methods():
+    for method in GENERAL_METHODS:
         yield method, options_for(method, images)
     yield from RANDOM_BASELINES
 

@@ -18,6 +18,10 @@ ALL_OPTIONS = {
 }
 
 
+# cam is defined only for a global-average-pooling + linear head, which these models lack (tests/test_cam.py)
+GENERAL_METHODS = [m for m in tribute.methods() if m != "cam"]
+
+
 def options_for(method: str, x: torch.Tensor) -> dict:
     o = dict(ALL_OPTIONS.get(method, {}))
     if method == "expected_gradients":
@@ -25,7 +29,7 @@ def options_for(method: str, x: torch.Tensor) -> dict:
     return o
 
 
-@pytest.mark.parametrize("method", tribute.methods())
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 def test_four_ways_of_writing_relu_give_identical_attributions(method, images):
     nets = residual_cnns()
     results = {s: tribute.explain(nets[s], images, method, target=2, **options_for(method, images))
@@ -62,7 +66,7 @@ def assert_same(a, b):
     assert all(g is None for g in b["grads"])
 
 
-@pytest.mark.parametrize("method", tribute.methods())
+@pytest.mark.parametrize("method", GENERAL_METHODS)
 def test_model_untouched_after_a_call(method, images):
     net = residual_cnns()["inplace_reused"]
     before = snapshot(net)

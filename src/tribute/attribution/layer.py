@@ -40,8 +40,15 @@ from torch import nn
 from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import accumulate, accumulation_dtype
-from ..core.layers import LayerRows, Site, check_layer, find_default_layer, layer_activations, layer_gradient_rows
-from ..core.layers import resolve_layer
+from ..core.layers import (
+    LayerRows,
+    Site,
+    check_layer,
+    find_default_layer,
+    layer_activations,
+    layer_gradient_rows,
+    resolve_layer,
+)
 from ..core.method import Method
 from ..core.quadrature import RULES, quadrature
 from ..core.registry import register
@@ -73,6 +80,8 @@ class LayerMethod(Method):
 
     def __init__(self, model: nn.Module, **options: Any):
         super().__init__(model, **options)
+        #: the layer of the last call (its name, or the function call that made the default layer)
+        self.layer: Site | None = None
         layer = self._defaults.get("layer")
         if layer is not None:
             resolve_layer(model, layer)
@@ -186,6 +195,8 @@ class LayerDeepLift(LayerMethod):
     }
 
     def rule_set(self, o):
+        if o.rules is not None:
+            raise TypeError("layer_deeplift uses the Rescale rule; it takes no rules=")
         return RuleSet("deeplift_rescale", {"*": Rescale()})
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
@@ -240,9 +251,8 @@ def LayerAttribution(method: str, model: nn.Module, layer: str | nn.Module | Non
 
         near = difflib.get_close_matches(str(method), _LAYER_VERSIONS, n=2)
         hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
-        raise ValueError(
-            f"no layer version of method {method!r}{hint} Layer versions exist for: {', '.join(sorted(_LAYER_VERSIONS))}"
-        )
+        known = ", ".join(sorted(_LAYER_VERSIONS))
+        raise ValueError(f"no layer version of method {method!r}{hint} Layer versions exist for: {known}")
     cls, make_rules = _LAYER_VERSIONS[method]
     options = dict(options)
     if make_rules is not None:

@@ -134,6 +134,10 @@ class RuleMode(TorchFunctionMode):
         self.phase = Phase()
         self.propagation = None
 
+    def tag(self, t: torch.Tensor) -> None:
+        """Put ``t`` on the input's path of the current pass (e.g. a layer's replaced output)."""
+        _tag(t, self.token)
+
     def tag_input(self, x: torch.Tensor) -> Phase:
         """Tag the input of one forward pass; the returned phase must be ended after its first backward."""
         _tag(x, self.token)

@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
@@ -69,6 +70,9 @@ class ModuleSite:
     def __str__(self) -> str:
         return self.name if self.call is None else f"{self.name}#{self.call}"
 
+    def describe(self) -> str:
+        return f"layer {str(self)!r}"
+
 
 @dataclass(frozen=True, eq=False)
 class OpSite:
@@ -81,6 +85,9 @@ class OpSite:
 
     def __str__(self) -> str:
         return self.label
+
+    def describe(self) -> str:
+        return f"the default layer ({self.label})"
 
 
 Site = ModuleSite | OpSite
@@ -151,8 +158,12 @@ def _func_name(func: Any) -> str:
     return name.rsplit(".", 1)[-1]
 
 
-class _PathMode(TorchFunctionMode):
-    """Tag the input and every tensor computed from a tagged tensor; subclasses see those calls."""
+class PathMode(TorchFunctionMode):
+    """Follow the tensors computed from the input: ``mark`` the input; every call with a marked tensor among
+    its arguments goes to :meth:`on_call`, which marks the outputs (subclasses record or replace them).
+
+    Its own mark, independent of the rule engine's, so it can sit above an active rule set: it then sees
+    the calls the model makes (``F.relu``), before the rule engine routes them."""
 
     def __init__(self):
         super().__init__()
@@ -190,7 +201,7 @@ class _Record:
     inputs: list[int]
 
 
-class _ProbeMode(_PathMode):
+class _ProbeMode(PathMode):
     """Record which call made each tensor on the input's path (tensors numbered by serials).
 
     A call that returns one of its inputs unchanged (``contiguous()``, ``float()`` on a float tensor) is
@@ -317,13 +328,18 @@ class Capture:
         #: how many times the module was called in the forward pass
         self.calls = 0
 
-    def take(self, out: Any, args: tuple) -> torch.Tensor | None:
+    def take_input(self, args: tuple, kwargs: dict) -> None:
+        """Record the layer's first tensor argument, before the call (an in-place layer overwrites it)."""
+        if self.keep_input:
+            first = next(iter(_tensors(args, kwargs)), None)
+            self.input = None if first is None else (first.clone() if self.grad else first.detach().clone())
+
+    def take(self, out: Any) -> torch.Tensor | None:
         """Record ``out``; return what the network should continue with (``None``: ``out`` itself)."""
         if not isinstance(out, torch.Tensor):
-            raise LayerError(f"layer {self.site} returns a {type(out).__name__}, not a tensor: choose another layer")
-        if self.keep_input:
-            first = next(iter(_tensors(args, {})), None)
-            self.input = None if first is None else (first if self.grad else first.detach().clone())
+            raise LayerError(
+                f"{self.site.describe()} returns a {type(out).__name__}, not a tensor: choose another layer"
+            )
         rep = self.replace
         if rep is None:
             if not self.grad:
@@ -334,7 +350,7 @@ class Capture:
             return out.clone()
         if rep.shape != out.shape:
             raise LayerError(
-                f"the replacement for layer {self.site} has shape {tuple(rep.shape)} but the layer's output has "
+                f"the replacement for {self.site.describe()} has shape {tuple(rep.shape)} but the layer's output has "
                 f"shape {tuple(out.shape)}"
             )
         rep = rep.to(device=out.device, dtype=out.dtype)
@@ -372,29 +388,32 @@ class Capture:
             )
 
 
-class _CaptureMode(_PathMode):
+class _CaptureMode(PathMode):
     def __init__(self, cap: Capture):
         super().__init__()
         self.cap = cap
         self.count = 0
 
     def on_call(self, func, args, kwargs, ins):
-        out = func(*args, **kwargs)
         site = self.cap.site
+        hit = False
         if func is site.func:
-            k = self.count
+            hit = self.count == site.occurrence
             self.count += 1
-            if k == site.occurrence:
-                self.cap.calls += 1
-                if site.output_index is None:
-                    new = self.cap.take(out, args)
-                    out = out if new is None else new
-                else:
-                    items = list(out)
-                    new = self.cap.take(items[site.output_index], args)
-                    if new is not None:
-                        items[site.output_index] = new
-                        out = type(out)(items)  # tuple, list or a torch.return_types structseq
+            if hit:
+                self.cap.take_input(args, kwargs)
+        out = func(*args, **kwargs)
+        if hit:
+            self.cap.calls += 1
+            if site.output_index is None:
+                new = self.cap.take(out)
+                out = out if new is None else new
+            else:
+                items = list(out)
+                new = self.cap.take(items[site.output_index])
+                if new is not None:
+                    items[site.output_index] = new
+                    out = type(out)(items)  # tuple, list or a torch.return_types structseq
         for _, o in _outputs(out):
             self.mark(o)
         return out
@@ -416,16 +435,24 @@ def capture(site: Site, x: torch.Tensor, *, grad: bool = False, replace: torch.T
     if isinstance(site, ModuleSite):
         want = 0 if site.call is None else site.call
 
+        def pre_hook(module, args, kwargs):
+            if cap.calls == want:
+                cap.take_input(args, kwargs)
+
         def hook(module, args, out):
             k = cap.calls
             cap.calls += 1
-            return cap.take(out, args) if k == want else None
+            return cap.take(out) if k == want else None
 
-        handle = site.module.register_forward_hook(hook)
+        handles = []
         try:
+            if keep_input:
+                handles.append(site.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+            handles.append(site.module.register_forward_hook(hook))
             yield cap
         finally:
-            handle.remove()
+            for h in handles:
+                h.remove()
     else:
         mode = _CaptureMode(cap)
         mode.mark(x)
@@ -487,7 +514,9 @@ def layer_gradient_rows(
 
                     def tag(t):  # the replacement starts the input's path anew for the rules
                         phases.append(mode.tag_input(t))
-                with capture(site, inp, grad=True, replace=replace, tag=tag) as cap:
+                propagation = getattr(mode, "propagation", None)  # LRP rules at linear layers see modules
+                with capture(site, inp, grad=True, replace=replace, tag=tag) as cap, \
+                        (propagation.track_modules(forward.model) if propagation else contextlib.nullcontext()):
                     out = forward(inp)
             if strict and rules != GRADIENT and coverage.unruled:
                 raise ValueError(
@@ -504,7 +533,7 @@ def layer_gradient_rows(
             for p in phases:  # later backward passes through this graph differentiate the attribution
                 p.first_order = False
     if g is None:
-        raise LayerError(f"the score does not depend on layer {site}: its gradient there is not defined")
+        raise LayerError(f"the score does not depend on {site.describe()}: its gradient there is not defined")
     _record(backward=out.shape[0])
     return LayerRows(g, cap.value, s, out)
 
@@ -526,3 +555,91 @@ def layer_activations(forward: Forward, x: torch.Tensor, site: Site, batch_size:
             acts.append(cap.value)
             outs.append(out)
     return torch.cat(acts), torch.cat(outs)
+
+
+# -- gradients at every biased layer (full-gradient representations) ----------------------------------
+
+_CONV = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
+_BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+
+
+def _layer_bias(func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> tuple[str, torch.Tensor] | None:
+    """(kind, bias broadcast to ``out``'s shape) of a conv / linear / eval batch-norm call, or None."""
+    if func in _CONV or func is F.linear:
+        b = args[2] if len(args) > 2 else kwargs.get("bias")
+        if b is None:
+            return None
+        if func is F.linear:
+            return "linear", b.expand_as(out)
+        return "conv", b.view(1, -1, *([1] * (out.dim() - 2))).expand_as(out)
+    if func is F.batch_norm:
+        p = {**dict(zip(_BN_ARGS, args, strict=False)), **kwargs}
+        if p.get("training", False) or p.get("running_mean") is None:
+            raise ValueError(
+                "a batch norm on the input's path normalises with batch statistics (training, or no running "
+                "statistics), so it has no fixed bias; the full-gradient decomposition needs eval-mode batch norm"
+            )
+        mean, var, eps = p["running_mean"], p["running_var"], p.get("eps", 1e-5)
+        gamma, beta = p.get("weight"), p.get("bias")
+        scale = torch.rsqrt(var + eps) if gamma is None else gamma * torch.rsqrt(var + eps)
+        b = -mean * scale if beta is None else beta - mean * scale
+        return "batch_norm", b.view(1, -1, *([1] * (out.dim() - 2))).expand_as(out)
+    return None
+
+
+class _BiasMode(PathMode):
+    """Records the output z and the bias b of every conv / linear / batch-norm call on the input's path."""
+
+    def __init__(self):
+        super().__init__()
+        self.layers: list[tuple[str, torch.Tensor, torch.Tensor]] = []
+
+    def on_call(self, func, args, kwargs, ins):
+        out = func(*args, **kwargs)
+        first = args[0] if args else kwargs.get("input")
+        if isinstance(out, torch.Tensor) and self.tag_of(first) is not None:
+            found = _layer_bias(func, args, kwargs, out)
+            if found is not None:
+                self.layers.append((found[0], out, found[1]))
+                out = out.clone()  # downstream in-place ops cannot touch the recorded z
+        for _, o in _outputs(out):
+            self.mark(o)
+        return out
+
+
+class BiasRows(NamedTuple):
+    input_grad: torch.Tensor
+    """∂S/∂x for every row"""
+    grads: list[torch.Tensor]
+    """∂S/∂z_l at the output z_l of every biased layer l the score depends on, in the order of the forward pass"""
+    biases: list[torch.Tensor]
+    """the bias b_l of each of those layers, broadcast to z_l's shape (batch norm: its effective bias)"""
+    kinds: list[str]
+    """"conv", "linear" or "batch_norm" for each layer"""
+    scores: torch.Tensor
+    """S for every row"""
+
+
+def bias_gradient_rows(forward: Forward, rows: torch.Tensor, target: Target, sample: torch.Tensor, *,
+                       create_graph: bool = False) -> BiasRows:
+    """∂S/∂x and ∂S/∂z_l at the output of every layer with a bias, in one forward and backward pass.
+
+    The layers are found by intercepting calls of ``F.conv1d/2d/3d``, ``F.conv_transpose1d/2d/3d``,
+    ``F.linear`` and ``F.batch_norm`` (eval mode: effective bias β − μγ/√(σ² + ε)) whose input is computed
+    from the rows, whichever module or function makes them.  Plain gradients (no rules).
+    """
+    inp = rows if (create_graph and rows.requires_grad) else rows.detach().requires_grad_()
+    mode = _BiasMode()
+    mode.mark(inp)
+    with torch.enable_grad():
+        with mode:
+            out = forward(inp)
+        if target.needs_argmax:
+            target.set_argmax(out)
+        s = target.scores(out, sample)
+        zs = [z for _, z, _ in mode.layers]
+        grads = torch.autograd.grad(s.sum(), [inp, *zs], create_graph=create_graph, allow_unused=True)
+    _record(backward=out.shape[0])
+    kept = [(k, b, g) for (k, _, b), g in zip(mode.layers, grads[1:], strict=True) if g is not None]
+    gx = grads[0] if grads[0] is not None else torch.zeros_like(inp)
+    return BiasRows(gx, [g for _, _, g in kept], [b for _, b, _ in kept], [k for k, _, _ in kept], s)

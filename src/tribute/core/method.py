@@ -41,6 +41,9 @@ class Method:
     """Base class: subclasses set ``name``, ``options`` and implement :meth:`_attribute`."""
 
     name: ClassVar[str] = ""
+    #: what ``attribute`` returns: ``"input"`` (the input's shape), ``"map"`` ((N, 1, H, W), the CAM family)
+    #: or ``"layer"`` (the shape of a layer's activation)
+    returns: ClassVar[str] = "input"
     #: the backward rules of this method (seed 001, Table 1); GRADIENT leaves the model's gradient as is
     rules: ClassVar[RuleSet] = GRADIENT
     options: ClassVar[dict[str, opt.Option]] = {}
