@@ -178,29 +178,9 @@ def gradient_rows(
         leaf = points
     else:
         leaf = points.detach().requires_grad_()
-    use_mode = rules != GRADIENT or coverage is not None or strict
-    if strict and coverage is None:
-        coverage = Coverage()
-    phase = None
+    phases: list = []
     with torch.enable_grad():
-        with apply_rules(rules, coverage=coverage) if use_mode else contextlib.nullcontext() as mode:
-            if mode is not None:
-                phase = mode.tag_input(leaf)
-            with (mode.propagation.track_modules(forward.model) if mode is not None and mode.propagation
-                  else contextlib.nullcontext()):
-                out = forward(leaf)
-        if strict and rules != GRADIENT and not coverage.ruled:
-            seen = ", ".join(sorted(coverage.plain)) or "none"
-            raise ValueError(
-                f"strict: the {rules.name} rules changed nothing on this model: no nonlinearity on the input's "
-                f"path is one they modify (nonlinearities seen: {seen})"
-            )
-        if strict and rules != GRADIENT and coverage.unruled:
-            raise ValueError(
-                f"strict: ops on the input's path have no {rules.name} rule and would get the plain "
-                f"gradient: {', '.join(sorted(coverage.unruled))}. Register elementwise ones with "
-                "tribute.register_nonlinearity, or pass strict=False"
-            )
+        out = forward_under_rules(forward, leaf, rules=rules, coverage=coverage, strict=strict, phases=phases)
         scored = out if score_rows is None else out[:score_rows]
         if target.needs_argmax:
             target.set_argmax(scored)
@@ -214,10 +194,49 @@ def gradient_rows(
             start = s.detach() if relevance else torch.ones_like(s)
             (g,) = torch.autograd.grad(s, leaf, start, create_graph=create_graph)
         finally:
-            if phase is not None:  # later backward passes through this graph differentiate the attribution
-                phase.first_order = False
+            end_phases(phases)
     _record(backward=out.shape[0])
     return g
+
+
+def forward_under_rules(forward: Forward, leaf: torch.Tensor, *, rules: RuleSet, coverage: Coverage | None,
+                        strict: bool, phases: list, within: Callable | None = None) -> torch.Tensor:
+    """``forward(leaf)`` with ``rules`` applied to the tensors computed from ``leaf``.
+
+    Each tagged input opens a phase (appended to ``phases``; see :class:`tribute.core.rules.Phase`) that the
+    caller ends with :func:`end_phases` after the attribution's backward pass.  ``within(mode)`` may give a
+    further context for the pass (layer capture).  With ``strict``, ops without a rule are an error.
+    """
+    use_mode = rules != GRADIENT or coverage is not None or strict
+    if strict and coverage is None:
+        coverage = Coverage()
+    with apply_rules(rules, coverage=coverage) if use_mode else contextlib.nullcontext() as mode:
+        if mode is not None:
+            phases.append(mode.tag_input(leaf))
+        propagation = getattr(mode, "propagation", None)  # LRP's rules at linear layers see modules
+        with (propagation.track_modules(forward.model) if propagation else contextlib.nullcontext()), \
+                (within(mode) if within is not None else contextlib.nullcontext()):
+            out = forward(leaf)
+    if strict and rules != GRADIENT:
+        if not coverage.ruled:
+            seen = ", ".join(sorted(coverage.plain)) or "none"
+            raise ValueError(
+                f"strict: the {rules.name} rules changed nothing on this model: no nonlinearity on the input's "
+                f"path is one they modify (nonlinearities seen: {seen})"
+            )
+        if coverage.unruled:
+            raise ValueError(
+                f"strict: ops on the input's path have no {rules.name} rule and would get the plain "
+                f"gradient: {', '.join(sorted(coverage.unruled))}. Register elementwise ones with "
+                "tribute.register_nonlinearity, or pass strict=False"
+            )
+    return out
+
+
+def end_phases(phases: list) -> None:
+    """Later backward passes through these graphs differentiate the attribution (rule nodes answer f')."""
+    for p in phases:
+        p.first_order = False
 
 
 def chunk_rows(total: int, batch_size: int) -> list[range]:

@@ -46,8 +46,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
-from .engine import Forward, _record
-from .interception import Coverage, apply_rules
+from .engine import Forward, _record, end_phases, forward_under_rules
+from .interception import Coverage
 from .rules import GRADIENT, RuleSet
 from .targets import Target
 
@@ -501,37 +501,31 @@ def layer_gradient_rows(
         inp = rows
     else:
         inp = rows.detach().requires_grad_()
-    use_mode = rules != GRADIENT or coverage is not None or strict
-    if strict and coverage is None:
-        coverage = Coverage()
-    phases = []
+    phases: list = []
     with torch.enable_grad():
         try:
-            with apply_rules(rules, coverage=coverage) if use_mode else contextlib.nullcontext() as mode:
+            holder = {}
+
+            @contextlib.contextmanager
+            def within(mode):
                 tag = None
                 if mode is not None:
-                    phases.append(mode.tag_input(inp))
-
                     def tag(t):  # the replacement starts the input's path anew for the rules
                         phases.append(mode.tag_input(t))
-                propagation = getattr(mode, "propagation", None)  # LRP rules at linear layers see modules
-                with capture(site, inp, grad=True, replace=replace, tag=tag) as cap, \
-                        (propagation.track_modules(forward.model) if propagation else contextlib.nullcontext()):
-                    out = forward(inp)
-            if strict and rules != GRADIENT and coverage.unruled:
-                raise ValueError(
-                    f"strict: ops on the input's path have no {rules.name} rule and would get the plain gradient: "
-                    f"{', '.join(sorted(coverage.unruled))}. Register elementwise ones with "
-                    "tribute.register_nonlinearity, or pass strict=False"
-                )
+                with capture(site, inp, grad=True, replace=replace, tag=tag) as c:
+                    holder["cap"] = c
+                    yield c
+
+            out = forward_under_rules(forward, inp, rules=rules, coverage=coverage, strict=strict, phases=phases,
+                                      within=within)
+            cap = holder["cap"]
             scored = out if score_rows is None else out[:score_rows]
             if target.needs_argmax:
                 target.set_argmax(scored)
             s = target.scores(scored, sample)
             (g,) = torch.autograd.grad(s.sum(), cap.grad_wrt, create_graph=create_graph, allow_unused=True)
         finally:
-            for p in phases:  # later backward passes through this graph differentiate the attribution
-                p.first_order = False
+            end_phases(phases)
     if g is None:
         raise LayerError(f"the score does not depend on {site.describe()}: its gradient there is not defined")
     _record(backward=out.shape[0])
