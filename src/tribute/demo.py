@@ -26,14 +26,14 @@ from .core.baselines import gaussian_blur
 #: methods the demo runs by default, in the figure's column order
 DEMO_METHODS: tuple[str, ...] = (
     "gradient", "saliency", "input_x_gradient", "integrated_gradients", "smoothgrad", "expected_gradients",
-    "deeplift", "lrp_epsilon", "guided_backprop", "deconvnet",
+    "deeplift", "deeplift_reveal_cancel", "lrp_epsilon", "lrp", "guided_backprop", "deconvnet", "gradcam",
 )
 #: methods whose attributions should sum to S(x) − S(x̄): the baseline x̄ they compare against.
 #: Gradient × input and ε-LRP compare against zero only on bias-free ReLU networks; the demo shows by how
 #: much that fails on a real network.  Expected gradients holds in expectation over its references.
 COMPLETENESS_BASELINE: dict[str, str] = {
-    "integrated_gradients": "zero", "deeplift": "zero", "lrp_epsilon": "zero", "input_x_gradient": "zero",
-    "expected_gradients": "references",
+    "integrated_gradients": "zero", "deeplift": "zero", "deeplift_reveal_cancel": "zero", "lrp_epsilon": "zero",
+    "input_x_gradient": "zero", "expected_gradients": "references",
 }
 SEED = 0
 IG_STEPS = 32
@@ -64,6 +64,8 @@ def method_options(name: str, references: torch.Tensor) -> dict[str, Any]:
         return {"samples": NOISE_SAMPLES, "noise_level": 0.15, "seed": SEED}
     if name == "expected_gradients":
         return {"baselines": references, "samples": EG_SAMPLES, "seed": SEED}
+    if name == "lrp":  # zᴮ on the first layer needs the pixels' range
+        return {"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}
     return {}
 
 

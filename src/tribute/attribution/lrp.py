@@ -68,11 +68,15 @@ def _composite(o: SimpleNamespace, x_shape, transform) -> Composite:
 
 
 def _bound(value, x_shape, transform) -> torch.Tensor:
-    """A bound given per channel (or as a number or tensor) in pixel space, in the model's input space."""
+    """A bound given as a number, per channel or as a tensor in pixel space, in the model's input space.
+
+    Per-channel bounds stay (1, C, 1, …) so that they broadcast to whatever the first layer sees (a model
+    may pad its input before the first convolution)."""
     t = torch.as_tensor(value, dtype=torch.float64)
-    if t.dim() == 1 and len(x_shape) > 2:
-        t = t.view(1, -1, *([1] * (len(x_shape) - 2)))
-    t = torch.broadcast_to(t, (1, *x_shape[1:])).clone()
+    if t.dim() <= 1 and len(x_shape) > 2:
+        t = t.reshape(1, -1, *([1] * (len(x_shape) - 2)))
+        if t.shape[1] == 1:
+            t = t.expand(1, x_shape[1], *t.shape[2:])
     return t if transform is None else transform(t)
 
 
