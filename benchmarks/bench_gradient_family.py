@@ -347,6 +347,19 @@ def run_probe(which: str, batch: int, steps: int) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
+def source_version() -> str:
+    """The repository's commit, and whether src/ differs from it (the engine measured)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return head + (" + uncommitted changes in src/" if dirty else "")
+
+
 def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
     """max |a − b| / max |b|."""
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
@@ -377,7 +390,8 @@ def main() -> None:
 
     print("tribute gradient family vs Captum — CIFAR ResNet-18 (3x32x32, 10 classes, random init seed 0, eval)")
     print(f"python {platform.python_version()}, torch {torch.__version__}, captum {captum.__version__}, "
-          f"tribute {tribute.__version__}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()} (default)")
+          f"tribute {tribute.__version__} at commit {source_version()}; {os.cpu_count()} CPUs, "
+          f"torch threads {torch.get_num_threads()} (default)")
     print(f"mode: {'quick' if s.quick else 'full'}; batches {s.batches}; steps / samples / draws per batch "
           f"{s.steps}; timed repeats after one warm-up round: {s.repeats_single} (calls under 1 s) or "
           f"{s.repeats_multi}, sides interleaved, median reported")

@@ -1,0 +1,430 @@
+"""Benchmark tribute's LRP composites and CAM methods against Captum on a CIFAR ResNet-18 (CPU).
+
+For batch sizes 1 and 32 it times, in one process on one machine:
+
+(a) the physical units: one forward + backward pass of the model (the input gradient of the target scores)
+    at the batch size, and one forward-only pass per row at the chunk size Score-CAM runs;
+(b) tribute LRP with the composites "epsilon", "epsilon_plus" (z+ on convolutions, epsilon on dense),
+    "gamma" and "alpha_beta", against Captum's LRP (its default rules: epsilon everywhere) on a copy of the
+    model with one non-in-place ReLU per call (``separate_relus``, same weights);
+(c) tribute Grad-CAM at layer4 (upsampled to the input) against Captum's LayerGradCam at layer4 followed by
+    LayerAttribution.interpolate to 32x32 (bilinear, ReLU applied as tribute's default does);
+(d) tribute Score-CAM at layer4 with max_channels=64 (no Captum equivalent): the rows it sent forward and
+    its time per row against a forward-only pass per row at the same chunk size ("full batch throughput").
+
+and prints seconds (medians of interleaved repeats), speedup = Captum / tribute, and the ratio of tribute's
+time to its physical unit, then the targets met / not met.  With ``--gradcam-env PYTHON`` it also runs
+pytorch-grad-cam's GradCAM on the same model (plain torch, from benchmarks/models.py) in that interpreter
+(a venv with torchvision + grad-cam) in a subprocess, and prints its time beside, with that process's own
+forward+backward unit.
+
+On a machine shared with other work timings mean little: the script reads /proc/stat and reports the CPU
+that other processes used during every measurement (column bg).
+
+Run from the repository root::
+
+    python benchmarks/bench_propagation_cam.py                 # full, ~3-5 minutes on 2 idle cores
+    python benchmarks/bench_propagation_cam.py --quick         # ~1 minute
+    python benchmarks/bench_propagation_cam.py --gradcam-env /work/zenv/bin/python
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from models import random_inputs, resnet18_cifar, separate_relus  # noqa: E402
+
+try:
+    import captum
+    import captum.attr as ca
+
+    import tribute
+except ImportError:  # the --gradcam-probe child runs in a venv that has neither
+    captum = ca = tribute = None
+
+NUM_CLASSES = 10
+# tribute's default chunk for a 3x32x32 input (2**20 elements per chunk, capped at 64 rows)
+CHUNK_ROWS = 64
+SCORECAM_CHANNELS = 64
+# CPU cores used by other processes above which a measurement counts as disturbed
+BACKGROUND_LIMIT = 0.2
+
+
+# --------------------------------------------------------------------------------------------------
+# measurement helpers (same conventions as bench_gradient_family.py)
+
+
+class CpuMonitor:
+    """CPU used by *other* processes on the machine while a measurement ran, in cores (/proc/stat busy
+    jiffies minus this process's and its reaped children's CPU time, over the wall time)."""
+
+    def __init__(self):
+        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.available = os.path.exists("/proc/stat")
+
+    def _busy(self) -> float:
+        with open("/proc/stat") as f:
+            v = [int(t) for t in f.readline().split()[1:]]
+        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / self.tick
+
+    def start(self) -> tuple[float, float, float]:
+        t = os.times()
+        return time.perf_counter(), self._busy() if self.available else 0.0, sum(t[:4])
+
+    def stop(self, state: tuple[float, float, float]) -> float:
+        if not self.available:
+            return float("nan")
+        t = os.times()
+        wall = time.perf_counter() - state[0]
+        other = (self._busy() - state[1]) - (sum(t[:4]) - state[2])
+        return max(0.0, other / wall)
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        gc.collect()
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def forward_backward(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The physical unit: input gradient of the target scores, one forward and one backward pass."""
+    leaf = x.detach().requires_grad_()
+    out = model(leaf)
+    (g,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), leaf)
+    return g
+
+
+def forward_only(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return model(x)
+
+
+def chunk_size(total_rows: int, batch_size: int = CHUNK_ROWS) -> int:
+    """Rows per pass when ``total_rows`` are split into the fewest near-equal chunks of at most ``batch_size``."""
+    n_chunks = max(1, math.ceil(total_rows / batch_size))
+    return math.ceil(total_rows / n_chunks)
+
+
+def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |a - b| / max |b|."""
+    a, b = a.detach().reshape(b.shape).double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
+
+
+class Units:
+    """Seconds per row of a forward+backward pass ("fb") and of a forward-only pass ("f") at given rows per
+    pass, measured at the start and at the end of the run; the smaller is used (load only slows down)."""
+
+    def __init__(self, model: torch.nn.Module, repeats: int, monitor: CpuMonitor):
+        self.model, self.repeats, self.monitor = model, repeats, monitor
+        self.runs: list[dict[tuple[str, int], float]] = []
+        self.background: list[float] = []
+
+    def measure(self, keys) -> None:
+        state, got = self.monitor.start(), {}
+        for kind, rows in sorted(set(keys)):
+            x = random_inputs(rows, seed=7)
+            t = torch.arange(rows) % NUM_CLASSES
+            if kind == "fb":
+                fn = lambda x=x, t=t: forward_backward(self.model, x, t)  # noqa: E731
+            else:
+                fn = lambda x=x: forward_only(self.model, x)  # noqa: E731
+            got[(kind, rows)] = timed(fn, self.repeats, warmup=2) / rows
+        self.runs.append(got)
+        self.background.append(self.monitor.stop(state))
+
+    def per_row(self, kind: str, rows: int) -> float:
+        return min(run[(kind, rows)] for run in self.runs)
+
+
+# --------------------------------------------------------------------------------------------------
+# the methods
+
+
+@dataclass
+class Case:
+    name: str
+    tribute: Callable[[], torch.Tensor]
+    captum: Callable[[], torch.Tensor] | None
+    captum_note: str
+    unit: str  # "fb": judged against one forward+backward at batch B; "f": rows x forward per row at the chunk
+    limit: float  # target ratio to the unit
+    group: str  # "lrp" / "cam": which Captum class the speed target is about
+
+
+def cases(model, captum_model, x, target) -> list[Case]:
+    def lrp(composite):
+        return lambda: tribute.LRP(model, composite=composite).attribute(x, target)
+
+    def captum_lrp():
+        return ca.LRP(captum_model).attribute(x, target=target)
+
+    def captum_gradcam():
+        a = ca.LayerGradCam(model, model.layer4).attribute(x, target=target, relu_attributions=True)
+        return ca.LayerAttribution.interpolate(a, tuple(x.shape[-2:]), interpolate_mode="bilinear")
+
+    note = "LRP(separate-ReLU copy), default rules (epsilon 1e-9)"
+    return [
+        Case("lrp epsilon", lrp("epsilon"), captum_lrp, note, "fb", 1.1, "lrp"),
+        Case("lrp epsilon_plus", lrp("epsilon_plus"), captum_lrp, note, "fb", 2.0, "lrp"),
+        Case("lrp gamma", lrp("gamma"), captum_lrp, note, "fb", 2.0, "lrp"),
+        Case("lrp alpha_beta", lrp("alpha_beta"), captum_lrp, note, "fb", 2.0, "lrp"),
+        Case("gradcam layer4", lambda: tribute.explain(model, x, "gradcam", target=target, layer="layer4"),
+             captum_gradcam, "LayerGradCam(layer4, relu) + interpolate bilinear", "fb", 1.1, "cam"),
+        Case("scorecam layer4 K=64",
+             lambda: tribute.explain(model, x, "scorecam", target=target, layer="layer4", batch_size=CHUNK_ROWS,
+                                     max_channels=SCORECAM_CHANNELS),
+             None, "— (Captum has no Score-CAM)", "f", 1.1, "cam"),
+    ]
+
+
+def run_case(case: Case, repeats: int, monitor: CpuMonitor) -> dict:
+    """Warm-up round (tribute's passes counted), then ``repeats`` rounds alternating the order of the sides."""
+    state = monitor.start()
+    with tribute.count_passes() as count:
+        a_trib = case.tribute()
+    sides = [case.tribute] + ([case.captum] if case.captum else [])
+    a_cap = case.captum() if case.captum else None
+    times: list[list[float]] = [[] for _ in sides]
+    for r in range(repeats):
+        order = list(range(len(sides)))
+        if r % 2:
+            order.reverse()
+        for i in order:
+            gc.collect()
+            t0 = time.perf_counter()
+            sides[i]()
+            times[i].append(time.perf_counter() - t0)
+    comparable = case.name in ("lrp epsilon", "gradcam layer4")
+    return {
+        "tribute": statistics.median(times[0]),
+        "captum": statistics.median(times[1]) if case.captum else None,
+        "fwd": count.forward_rows, "bwd": count.backward_rows, "background": monitor.stop(state),
+        "agree": agreement(a_trib, a_cap) if comparable and a_cap is not None else None,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# pytorch-grad-cam in another interpreter (it needs torchvision; the model is plain torch)
+
+
+def gradcam_probe(batch: int, repeats: int) -> None:
+    """Runs in the other venv: time pytorch-grad-cam's GradCAM at layer4 and one forward+backward; print JSON."""
+    warnings.filterwarnings("ignore")
+    from importlib.metadata import version
+
+    from pytorch_grad_cam import GradCAM
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = resnet18_cifar()
+    x = random_inputs(batch)
+    target = torch.arange(batch) % NUM_CLASSES
+    targets = [ClassifierOutputTarget(int(t)) for t in target]
+
+    def run():
+        with GradCAM(model=model, target_layers=[model.layer4]) as cam:
+            return cam(input_tensor=x, targets=targets)
+
+    unit = lambda: forward_backward(model, x, target)  # noqa: E731
+    times: list[list[float]] = [[], []]
+    run(), unit()
+    for r in range(repeats):
+        for i in ([0, 1] if r % 2 == 0 else [1, 0]):
+            gc.collect()
+            t0 = time.perf_counter()
+            (run if i == 0 else unit)()
+            times[i].append(time.perf_counter() - t0)
+    print(json.dumps({"torch": torch.__version__, "grad_cam": version("grad-cam"),
+                      "seconds": statistics.median(times[0]), "unit": statistics.median(times[1]),
+                      "threads": torch.get_num_threads()}))
+
+
+def run_gradcam_probe(python: str, batch: int, repeats: int) -> dict:
+    cmd = [python, os.path.abspath(__file__), "--gradcam-probe", "--probe-batch", str(batch),
+           "--probe-repeats", str(repeats)]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        return {"error": f"exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}"}
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def source_version() -> str:
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (no git)"
+    return head + (" + uncommitted changes in src/" if dirty else "")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="fewer repeats")
+    ap.add_argument("--gradcam-env", metavar="PYTHON",
+                    help="python of a venv with torchvision + grad-cam: also time pytorch-grad-cam's GradCAM there")
+    ap.add_argument("--gradcam-probe", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--probe-batch", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--probe-repeats", type=int, default=5, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.gradcam_probe:
+        gradcam_probe(args.probe_batch, args.probe_repeats)
+        return
+    if tribute is None:
+        raise SystemExit("this benchmark needs tribute and captum installed")
+
+    repeats, unit_repeats = (3, 5) if args.quick else (7, 9)
+    batches = (1, 32)
+    warnings.filterwarnings("ignore")  # Captum's "setting hooks" / "requires_grad set" notices
+    t_start = time.perf_counter()
+    monitor = CpuMonitor()
+    run_state = monitor.start()
+    model = resnet18_cifar()
+    captum_model = separate_relus(model)
+
+    print("tribute LRP composites and CAMs vs Captum — CIFAR ResNet-18 (3x32x32, 10 classes, random init seed 0, "
+          "eval)")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, captum {captum.__version__}, "
+          f"tribute {tribute.__version__} at commit {source_version()}; {os.cpu_count()} CPUs, "
+          f"torch threads {torch.get_num_threads()} (default)")
+    print(f"mode: {'quick' if args.quick else 'full'}; batches {batches}; timed repeats after one warm-up round: "
+          f"{repeats}, sides interleaved, median reported; targets: class i % 10 for sample i on both sides")
+    x0 = random_inputs(2)
+    with torch.no_grad():
+        same = torch.equal(model(x0), captum_model(x0))
+    print(f"Captum LRP runs on the separate-ReLU copy (identical logits: {same}); every tribute call on the original")
+    print()
+
+    keys = []
+    for n in batches:
+        keys += [("fb", n), ("f", chunk_size(n * SCORECAM_CHANNELS)), ("f", n)]
+    units = Units(model, unit_repeats, monitor)
+    units.measure(keys)
+
+    results = []
+    for n in batches:
+        x = random_inputs(n)
+        target = torch.arange(n) % NUM_CLASSES
+        for case in cases(model, captum_model, x, target):
+            r = run_case(case, repeats, monitor)
+            r.update(case=case, batch=n)
+            results.append(r)
+            cap = "—" if r["captum"] is None else f"{r['captum']:.4f}s"
+            print(f"  measured {case.name:22s} batch {n:2d}: tribute {r['tribute']:.4f}s, captum {cap} "
+                  f"(rows f/b {r['fwd']}/{r['bwd']}, background load {r['background']:.2f} cores)", flush=True)
+    units.measure(keys)
+    print()
+
+    print(f"Physical units, seconds per row (median of {unit_repeats}; at the start / at the end of the run, "
+          f"background load {units.background[0]:.2f} / {units.background[1]:.2f} cores; the smaller is used):")
+    for kind, label in (("fb", "forward+backward"), ("f", "forward only")):
+        print(f"  {label:17s}" + "; ".join(
+            f"{r} rows/pass {1e3 * units.runs[0][(kind, r)]:.2f} / {1e3 * units.runs[1][(kind, r)]:.2f} ms"
+            for k, r in sorted(set(keys)) if k == kind))
+    print()
+
+    hdr = (f"{'method':22s} {'B':>2s} {'tribute s':>9s} {'captum s':>9s} {'speedup':>7s} {'rows f/b':>10s} "
+           f"{'unit s':>8s} {'ratio':>6s} {'limit':>5s} {'agree':>6s} {'bg':>4s}  captum call")
+    print(hdr)
+    print("-" * (len(hdr) + 40))
+    for r in results:
+        case, n = r["case"], r["batch"]
+        if case.unit == "fb":
+            unit = n * units.per_row("fb", n)
+            unit_label = f"fb@{n}"
+        else:
+            rows = r["fwd"] - n  # the masked rows; the first n rows are the activation pass at batch n
+            unit = rows * units.per_row("f", chunk_size(rows)) + n * units.per_row("f", n)
+            unit_label = f"f@{chunk_size(rows)}"
+        r["unit"], r["ratio"], r["unit_label"] = unit, r["tribute"] / unit, unit_label
+        cap = f"{r['captum']:9.4f}" if r["captum"] is not None else f"{'—':>9s}"
+        sp = f"{r['captum'] / r['tribute']:6.2f}x" if r["captum"] is not None else f"{'—':>7s}"
+        agree = "—" if r["agree"] is None else f"{r['agree']:.0e}"
+        print(f"{case.name:22s} {n:2d} {r['tribute']:9.4f} {cap} {sp} {r['fwd']:>5d}/{r['bwd']:<4d} "
+              f"{unit:8.4f} {r['ratio']:6.2f} {case.limit:5.1f} {agree:>6s} {r['background']:4.1f}  "
+              f"{case.captum_note}  [unit {unit_label}]")
+    print()
+    print("speedup = captum s / tribute s (> 1: tribute faster); rows f/b = rows tribute sent forward / backward "
+          "(tribute.count_passes);")
+    print("unit s = one forward+backward pass at batch B (fb@B), or for Score-CAM rows x forward-only s per row at "
+          "the chunk it ran (f@chunk) + the activation pass at B; ratio = tribute s / unit s;")
+    print("agree = max|tribute - captum| / max|captum| (only where both compute the same quantity; tribute's "
+          "epsilon is 1e-6, Captum's 1e-9); bg = CPU cores used by other processes during the measurement.")
+    print()
+
+    if args.gradcam_env:
+        print(f"pytorch-grad-cam GradCAM(layer4) in {args.gradcam_env} (subprocess, its own torch; bilinear "
+              "cv2 resize and min-max normalisation included; unit = fwd+bwd at B in that process):")
+        for n in batches:
+            state = monitor.start()
+            p = run_gradcam_probe(args.gradcam_env, n, repeats)
+            bg = monitor.stop(state)
+            ours = next(r for r in results if r["case"].name == "gradcam layer4" and r["batch"] == n)
+            if "error" in p:
+                print(f"  batch {n:2d}: FAILED {p['error']}")
+                continue
+            print(f"  batch {n:2d}: pytorch-grad-cam {p['seconds']:.4f}s (ratio {p['seconds'] / p['unit']:.2f} to its "
+                  f"unit {p['unit']:.4f}s; torch {p['torch']}, grad-cam {p['grad_cam']}, {p['threads']} threads) vs "
+                  f"tribute {ours['tribute']:.4f}s (ratio {ours['ratio']:.2f}): speedup "
+                  f"{p['seconds'] / ours['tribute']:.2f}x (bg {bg:.1f})", flush=True)
+        print()
+    else:
+        print("pytorch-grad-cam comparison skipped (pass --gradcam-env PYTHON)")
+        print()
+
+    print("Targets")
+    for name, pick, limit in (("epsilon-LRP within 1.1x of one forward+backward", ("lrp epsilon",), 1.1),
+                              ("z+/gamma/alpha-beta composites within 2x",
+                               ("lrp epsilon_plus", "lrp gamma", "lrp alpha_beta"), 2.0),
+                              ("Grad-CAM within 1.1x of one forward+backward", ("gradcam layer4",), 1.1),
+                              ("Score-CAM at full batch throughput (within 1.1x of forward-only rows)",
+                               ("scorecam layer4 K=64",), 1.1)):
+        cells = [r for r in results if r["case"].name in pick]
+        over = [f"{r['case'].name}@B{r['batch']} ({r['ratio']:.2f})" for r in cells if r["ratio"] > limit]
+        print(f"  {name}: " + ("MET" if not over else "NOT MET: " + ", ".join(over))
+              + "  [" + ", ".join(f"{r['case'].name}@B{r['batch']} {r['ratio']:.2f}" for r in cells)
+              + "]")
+    for group, label in (("lrp", "faster than Captum's LRP"), ("cam", "faster than Captum's LayerGradCam")):
+        cells = [r for r in results if r["case"].group == group and r["captum"] is not None]
+        slow = [f"{r['case'].name}@B{r['batch']} ({r['captum'] / r['tribute']:.2f}x)" for r in cells
+                if r["captum"] < r["tribute"]]
+        print(f"  {label}: " + ("MET" if not slow else "NOT MET: " + ", ".join(slow)) + "  ["
+              + ", ".join(f"{r['case'].name}@B{r['batch']} {r['captum'] / r['tribute']:.2f}x" for r in cells) + "]")
+    disturbed = [f"{r['case'].name}@B{r['batch']}" for r in results if r["background"] > BACKGROUND_LIMIT]
+    if disturbed:
+        print(f"  WARNING: other processes used CPU during {', '.join(disturbed)}: those timings are unreliable")
+    print()
+    print(f"total wall time {time.perf_counter() - t_start:.0f} s; background load over the whole run "
+          f"{monitor.stop(run_state):.2f} cores")
+
+
+if __name__ == "__main__":
+    main()
