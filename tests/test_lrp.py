@@ -80,6 +80,12 @@ LAYERS = {
              {"padding": 1, "stride": 2}),
     "conv_transpose": (lambda: (torch.randn(1, 3, 3, 3), torch.randn(3, 2, 3, 3), torch.randn(2)),
                        F.conv_transpose2d, {"stride": 2}),
+    "conv_grouped_dilated": (lambda: (torch.randn(1, 4, 7, 7), torch.randn(4, 2, 3, 3), torch.randn(4)), F.conv2d,
+                             {"padding": 2, "dilation": 2, "groups": 2}),
+    "conv_transpose_padded": (lambda: (torch.randn(1, 2, 3, 3), torch.randn(2, 3, 3, 3), torch.randn(3)),
+                              F.conv_transpose2d, {"stride": 2, "padding": 1, "output_padding": 1}),
+    "conv1d_same": (lambda: (torch.randn(1, 2, 6), torch.randn(3, 2, 3), torch.randn(3)), F.conv1d,
+                    {"padding": "same"}),
 }
 RULES = {
     "epsilon": (lambda: Epsilon(0.1), 0.1), "zplus": (ZPlus, None), "alpha_beta": (lambda: AlphaBeta(2, 1), (2, 1)),

@@ -110,7 +110,32 @@ def parse_linear(func, args, kwargs) -> tuple[str, torch.Tensor, torch.Tensor, t
     def op(xx, ww, bb=None):
         return func(xx, ww, bb, *rest, **kwargs)
 
+    op.adjoint = _adjoint(func, kind, rest, kwargs)
     return kind, x, w, b, op
+
+
+_CONV_INPUT_GRAD = {F.conv1d: torch.nn.grad.conv1d_input, F.conv2d: torch.nn.grad.conv2d_input,
+                    F.conv3d: torch.nn.grad.conv3d_input}
+_TRANSPOSED_ADJOINT = {F.conv_transpose1d: F.conv1d, F.conv_transpose2d: F.conv2d, F.conv_transpose3d: F.conv3d}
+
+
+def _adjoint(func, kind, rest, kwargs) -> Callable | None:
+    """``(s, w, input_shape) ↦ Jᵀs`` of x ↦ op(x, w) without a forward pass, or None (then autograd does it)."""
+    if kind == "dense":
+        return lambda s, w, shape: s @ w
+    if kind == "conv":
+        p = dict(zip(("stride", "padding", "dilation", "groups"), rest, strict=False))
+        p.update(kwargs)
+        if isinstance(p.get("padding", 0), str):  # "same"/"valid": let autograd work out the geometry
+            return None
+        grad_input = _CONV_INPUT_GRAD[func]
+        return lambda s, w, shape: grad_input(shape, w, s, p.get("stride", 1), p.get("padding", 0),
+                                              p.get("dilation", 1), p.get("groups", 1))
+    p = dict(zip(("stride", "padding", "output_padding", "groups", "dilation"), rest, strict=False))
+    p.update(kwargs)
+    conv = _TRANSPOSED_ADJOINT[func]  # the adjoint of a transposed convolution is the convolution
+    return lambda s, w, shape: conv(s, w, None, p.get("stride", 1), p.get("padding", 0), p.get("dilation", 1),
+                                    p.get("groups", 1))
 
 
 def _pos(t):
@@ -123,6 +148,9 @@ def _neg(t):
 
 def _vjp(op, x_like: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
     """Jᵀs of the linear map x ↦ op(x, w) (no bias): the 'transposed' layer applied to s."""
+    adjoint = getattr(op, "adjoint", None)
+    if adjoint is not None:
+        return adjoint(s, w, x_like.shape)
     with torch.enable_grad():
         xx = torch.zeros_like(x_like, requires_grad=True)
         (g,) = torch.autograd.grad(op(xx, w, None), xx, s)
