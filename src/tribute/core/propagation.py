@@ -72,11 +72,14 @@ class LayerCall:
 
     def transpose(self, s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Jᵀs for the layer's own (merged) weights, reusing the forward pass's graph when there is one."""
-        if self.graph is None:
+        adjoint = getattr(self.op, "adjoint", None)
+        if self.graph is None and adjoint is None:
             return _vjp(self.op, like, self.params()[0], s)
         if self.merged:  # W' = W·scale per output channel: Jᵀ_{W'} s = Jᵀ_W (scale ⊙ s)
             shape = (1, -1) + (1,) * (s.dim() - 2)
             s = s * self.bn[0].view(shape)
+        if adjoint is not None:
+            return adjoint(s, self.weight.detach(), like.shape)
         xx, z = self.graph
         (g,) = torch.autograd.grad(z, xx, s, retain_graph=True)
         return g
@@ -340,11 +343,15 @@ class _LinearLayerFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, layer: LayerCall, rule: LinearRule):
-        # the forward keeps its own graph (x → z), so rules needing Jᵀ of the layer reuse it, no recompute
-        with torch.enable_grad():
-            xx = x.detach().requires_grad_()
-            z = layer.op(xx, layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
-        layer.graph = (xx, z)
+        bias = None if layer.bias is None else layer.bias.detach()
+        if getattr(layer.op, "adjoint", None) is None:
+            # no direct transposed op: keep the forward's own graph (x → z) so that Jᵀ needs no recompute
+            with torch.enable_grad():
+                xx = x.detach().requires_grad_()
+                z = layer.op(xx, layer.weight.detach(), bias)
+            layer.graph = (xx, z)
+        else:
+            z = layer.op(x.detach(), layer.weight.detach(), bias)
         ctx.layer, ctx.rule = layer, rule
         ctx.save_for_backward(x)
         ctx.z = z.detach().clone()  # later in-place ops (an in-place ReLU) may overwrite the output
