@@ -375,3 +375,37 @@ def test_reduce_turns_channels_into_one_map():
         tribute.reduce(a, "mean")
     with pytest.raises(ValueError, match=r"\(N, C, H, W\).*got shape \(2, 3\)"):
         tribute.reduce(torch.zeros(2, 3), "sum")
+
+
+def test_smoothgrad_composes_with_layer_methods_and_cams():
+    # noise in input space, the base method at the layer: σ = 0 gives the base itself, and a noisy average
+    # over identical copies of a sample is the same for each copy (per-sample streams)
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "fashion"))
+    try:
+        import model as fashion
+    finally:
+        sys.path.pop(0)
+    net = fashion.load()
+    x, y = fashion.samples()
+    x, y = x[:3], y[:3]
+    # after `features` the head is global average pooling and a linear layer: the layer gradient is W_c / 49
+    # whatever the input, so its SmoothGrad is exactly that too
+    sg = tribute.explain(net, x, "smoothgrad", base="layer_gradient", base_options={"layer": "features"}, samples=3,
+                         sigma=0.2, seed=1, target=y)
+    head = [m for m in net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    torch.testing.assert_close(sg, (head.weight[y] / 49).view(3, -1, 1, 1).expand_as(sg), rtol=1e-5, atol=1e-8)
+    for base, options in (("layer_gradient_x_activation", {"layer": "features"}), ("gradcam", {"layer": "features"})):
+        exact = tribute.explain(net, x, base, target=y, **options)
+        still = tribute.explain(net, x, "smoothgrad", base=base, base_options=options, samples=2, sigma=0.0,
+                                target=y)
+        torch.testing.assert_close(still, exact, rtol=1e-5, atol=1e-7)
+        noisy = tribute.explain(net, x, "smoothgrad", base=base, base_options=options, samples=4, sigma=0.1,
+                                seed=3, target=y)
+        assert noisy.shape == exact.shape and (noisy - exact).abs().max() > 1e-6
+        twice = tribute.explain(net, x[[0, 0]], "smoothgrad", base=base, base_options=options, samples=4,
+                                sigma=0.1, seed=3, target=y[[0, 0]])
+        torch.testing.assert_close(twice[0], noisy[0], rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(twice[1], noisy[0], rtol=1e-5, atol=1e-7)
