@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -105,3 +108,12 @@ def cnns():
 def images():
     g = torch.Generator().manual_seed(1)
     return torch.rand(4, 3, 8, 8, generator=g, dtype=torch.float64)
+
+
+def fixture_module(folder: str, name: str = "model"):
+    """Import ``tests/fixtures/<folder>/<name>.py`` under a name of its own (several fixtures have a model.py)."""
+    path = Path(__file__).parent / "fixtures" / folder / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"tribute_fixture_{folder}_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -380,14 +380,9 @@ def test_reduce_turns_channels_into_one_map():
 def test_smoothgrad_composes_with_layer_methods_and_cams():
     # noise in input space, the base method at the layer: σ = 0 gives the base itself, and a noisy average
     # over identical copies of a sample is the same for each copy (per-sample streams)
-    import sys
-    from pathlib import Path
+    from conftest import fixture_module
 
-    sys.path.insert(0, str(Path(__file__).parent / "fixtures" / "fashion"))
-    try:
-        import model as fashion
-    finally:
-        sys.path.pop(0)
+    fashion = fixture_module("fashion")
     net = fashion.load()
     x, y = fashion.samples()
     x, y = x[:3], y[:3]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import fixture_module
 from torch import nn
 
 import tribute
@@ -132,12 +132,7 @@ ZENNIT_CONFIGS = {
 
 
 def _zennit():
-    sys.path.insert(0, str(FIXTURE))
-    try:
-        import model as zennit_model
-    finally:
-        sys.path.pop(0)
-    return zennit_model, torch.load(FIXTURE / "reference.pt", weights_only=True)
+    return fixture_module("zennit"), torch.load(FIXTURE / "reference.pt", weights_only=True)
 
 
 @pytest.mark.parametrize("model_name", ["cnn", "cnn_maxpool"])
