@@ -266,10 +266,13 @@ def test_layer_gradient_is_the_gradient_of_the_network_above_the_layer(x):
 @pytest.mark.parametrize("method, options", [
     ("gradient", {}), ("input_x_gradient", {}), ("integrated_gradients", {"steps": 8}), ("deeplift", {}),
     ("guided_backprop", {}), ("deconvnet", {}), ("lrp_epsilon", {"epsilon": 1e-6}),
+    ("expected_gradients", {"samples": 6, "seed": 2,
+                            "baselines": torch.rand(4, 3, 8, 8, dtype=torch.float64,
+                                                    generator=torch.Generator().manual_seed(5))}),
 ])
 def test_at_a_layer_that_is_the_input_the_layer_method_is_the_method(method, options, x):
     """An nn.Identity at the input has the input as its activation: the layer version must agree exactly,
-    rules above the layer included."""
+    rules above the layer included (and, for expected gradients, the same draws)."""
     net = InputLayer(residual_cnns()["inplace_reused"])
     layer = tribute.LayerAttribution(method, net, layer="inp", **options).attribute(x, target=2)
     plain = tribute.explain(net, x, method, target=2, **options)

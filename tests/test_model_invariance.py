@@ -15,6 +15,7 @@ ALL_OPTIONS = {
     "vargrad": {"samples": 3, "seed": 0},
     "integrated_gradients": {"steps": 8},
     "expected_gradients": {"samples": 4, "seed": 0},
+    "layer_expected_gradients": {"samples": 4, "seed": 0},
 }
 
 
@@ -24,7 +25,7 @@ GENERAL_METHODS = [m for m in tribute.methods() if m != "cam"]
 
 def options_for(method: str, x: torch.Tensor) -> dict:
     o = dict(ALL_OPTIONS.get(method, {}))
-    if method == "expected_gradients":
+    if method in ("expected_gradients", "layer_expected_gradients"):
         o["baselines"] = torch.rand(5, *x.shape[1:], dtype=x.dtype, generator=torch.Generator().manual_seed(9))
     return o
 

@@ -22,6 +22,7 @@ from .attribution import (
     IntegratedGradients,
     LayerAttribution,
     LayerDeepLift,
+    LayerExpectedGradients,
     LayerGradient,
     LayerGradientXActivation,
     LayerIntegratedGradients,
@@ -62,6 +63,7 @@ __all__ = [
     "register_nonlinearity",
     # the CAM family and layer attribution
     "CAM", "ContrastiveGradCAM", "FullGrad", "GradCAM", "GradCAMPlusPlus", "GuidedGradCAM", "LayerAttribution",
-    "LayerDeepLift", "LayerError", "LayerGradient", "LayerGradientXActivation", "LayerIntegratedGradients",
+    "LayerDeepLift", "LayerExpectedGradients", "LayerError", "LayerGradient", "LayerGradientXActivation",
+    "LayerIntegratedGradients",
     "ScoreCAM", "reduce",
 ]

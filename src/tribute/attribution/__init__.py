@@ -8,6 +8,7 @@ from .integrated import ExpectedGradients, IntegratedGradients
 from .layer import (
     LayerAttribution,
     LayerDeepLift,
+    LayerExpectedGradients,
     LayerGradient,
     LayerGradientXActivation,
     LayerIntegratedGradients,
@@ -22,5 +23,6 @@ __all__ = [
     "SmoothGradSquared", "VarGrad",
     # the CAM family and layer attribution
     "CAM", "ContrastiveGradCAM", "FullGrad", "GradCAM", "GradCAMPlusPlus", "GuidedGradCAM", "LayerAttribution",
-    "LayerDeepLift", "LayerGradient", "LayerGradientXActivation", "LayerIntegratedGradients", "ScoreCAM",
+    "LayerDeepLift", "LayerExpectedGradients", "LayerGradient", "LayerGradientXActivation",
+    "LayerIntegratedGradients", "ScoreCAM",
 ]

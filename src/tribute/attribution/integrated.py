@@ -14,10 +14,21 @@ from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import accumulate, accumulation_dtype
 from ..core.method import Method
 from ..core.quadrature import RULES, quadrature
-from ..core.randomness import SampleStreams
+from ..core.randomness import SampleStreams, draw_references
 from ..core.registry import register
 from ..core.targets import Target
 from .gradient import SOFTPLUS_OPTION, smoothed_rules
+
+
+def check_references(refs, x: torch.Tensor, method: str) -> torch.Tensor:
+    """``baselines=`` of expected gradients: a tensor of M ≥ 1 references shaped like one input."""
+    if refs is None:
+        raise ValueError(f"{method} needs baselines=, a tensor of reference inputs (M, ...)")
+    if not isinstance(refs, torch.Tensor) or refs.shape[1:] != x.shape[1:] or refs.shape[0] < 1:
+        got = tuple(refs.shape) if isinstance(refs, torch.Tensor) else type(refs).__name__
+        raise ValueError(f"baselines must be a tensor of shape (M, {', '.join(map(str, x.shape[1:]))}), got {got}")
+    return refs.to(x.device, x.dtype)
+
 
 SEED_OPTION = {"seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of the per-sample random streams")}
 
@@ -146,23 +157,15 @@ class ExpectedGradients(Method):
     rule_set = staticmethod(smoothed_rules)
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
-        refs = o.baselines
-        if refs is None:
-            raise ValueError("expected_gradients needs baselines=, a tensor of reference inputs (M, ...)")
-        if not isinstance(refs, torch.Tensor) or refs.shape[1:] != x.shape[1:] or refs.shape[0] < 1:
-            got = tuple(refs.shape) if isinstance(refs, torch.Tensor) else type(refs).__name__
-            raise ValueError(f"baselines must be a tensor of shape (M, {', '.join(map(str, x.shape[1:]))}), got {got}")
-        refs = refs.to(x.device, x.dtype)
+        refs = check_references(o.baselines, x, self.name)
         streams = SampleStreams(x, o.seed)
         acc = accumulation_dtype(x.dtype)
         self._fix_target(x, target, o)
         shape = (-1, *([1] * (x.dim() - 1)))
 
         def contribution(sample, _):
-            # one draw of two uniforms per row keeps a row's (reference, α) independent of the chunking
-            u = streams.draw("uniform", sample, (2,), dtype=torch.float64, device="cpu")
-            j = (u[:, 0] * refs.shape[0]).long().clamp(max=refs.shape[0] - 1).to(x.device)
-            alpha = u[:, 1].to(x.device, x.dtype).view(shape)
+            j, alpha = draw_references(streams, sample, refs.shape[0], dtype=x.dtype, device=x.device)
+            alpha = alpha.view(shape)
             ref = refs[j]
             delta = x[sample] - ref
             grad = self._gradients(ref + alpha * delta, target, sample, o)

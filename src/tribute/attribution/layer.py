@@ -51,9 +51,11 @@ from ..core.layers import (
 )
 from ..core.method import Method
 from ..core.quadrature import RULES, quadrature
+from ..core.randomness import SampleStreams, draw_references
 from ..core.registry import register
 from ..core.rules import GRADIENT, EpsilonRatio, Rescale, RuleSet
 from ..core.targets import Target
+from .integrated import check_references
 
 LAYER_OPTION = {
     "layer": opt.Option(None, check_layer,
@@ -175,6 +177,46 @@ class LayerIntegratedGradients(LayerMethod):
         return delta * avg
 
 
+@register("layer_expected_gradients")
+class LayerExpectedGradients(LayerMethod):
+    """Expected gradients in the layer's activation space (Erion et al. 2021):
+    φ(x) = E_{x̄∼D, α∼U(0,1)} [(A − Ā) ⊙ ∂S_c/∂A at Ā + α(A − Ā)], A = A_ℓ(x), Ā = A_ℓ(x̄), estimated with
+    ``samples`` draws per input from its own seeded stream (the draws of ``expected_gradients``).
+
+    Options
+    -------
+    baselines : a tensor of M reference inputs (M, ...); samples (default 50); seed.
+    """
+
+    options = {
+        "baselines": opt.Option(None, opt.anything),
+        "samples": opt.Option(50, opt.integer(1)),
+        "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of the per-sample random streams"),
+    }
+
+    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+        if o.differentiable:
+            raise ValueError("layer_expected_gradients does not support differentiable=True")
+        refs = check_references(o.baselines, x, self.name)
+        site = self._site(x, o)
+        a_x, out = layer_activations(self._forward, x, site, o.batch_size)
+        a_r, _ = layer_activations(self._forward, refs, site, o.batch_size)
+        if target.needs_argmax:
+            target.set_argmax(out)
+        streams = SampleStreams(x, o.seed)
+        acc = accumulation_dtype(a_x.dtype)
+        shape = (-1, *([1] * (a_x.dim() - 1)))
+
+        def contribution(sample, _):
+            j, alpha = draw_references(streams, sample, refs.shape[0], dtype=a_x.dtype, device=a_x.device)
+            delta = a_x[sample] - a_r[j]
+            r = self._layer_rows(x[sample], target, sample, o, site, replace=a_r[j] + alpha.view(shape) * delta)
+            return (delta * r.grad).to(acc)
+
+        total = accumulate(x.shape[0], o.samples, contribution, batch_size=o.batch_size, progress=o.progress)
+        return total / o.samples
+
+
 @register("layer_deeplift")
 class LayerDeepLift(LayerMethod):
     """DeepLIFT Rescale at a layer (Shrikumar et al. 2017; seed 001 Prop 2): (A − Ā) ⊙ ∂^g S_c/∂A.
@@ -230,6 +272,7 @@ _LAYER_VERSIONS: dict[str, tuple[type[LayerMethod], Any]] = {
     "gradient": (LayerGradient, None),
     "input_x_gradient": (LayerGradientXActivation, None),
     "integrated_gradients": (LayerIntegratedGradients, None),
+    "expected_gradients": (LayerExpectedGradients, None),
     "deeplift": (LayerDeepLift, None),
     "guided_backprop": (LayerGradient, lambda options: _named_rules("guided_backprop")),
     "deconvnet": (LayerGradient, lambda options: _named_rules("deconvnet")),

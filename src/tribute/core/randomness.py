@@ -40,3 +40,13 @@ class SampleStreams:
             raise ValueError(f"unknown draw kind {kind!r}")
         rows = [draw(shape, generator=self.generators[i], dtype=torch.float64) for i in sample.tolist()]
         return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+def draw_references(streams: SampleStreams, sample: torch.Tensor, n_refs: int, *, dtype, device):
+    """For each row: the index of a reference drawn uniformly from ``n_refs`` and α ∼ U(0, 1).
+
+    One draw of two uniforms per row keeps a row's (reference, α) independent of the chunking.
+    """
+    u = streams.draw("uniform", sample, (2,), dtype=torch.float64, device="cpu")
+    j = (u[:, 0] * n_refs).long().clamp(max=n_refs - 1).to(device)
+    return j, u[:, 1].to(device, dtype)
