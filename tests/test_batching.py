@@ -64,7 +64,7 @@ def test_chunks_are_even_and_cover_all_rows():
 
 
 def test_default_batch_size_bounds_memory():
-    assert default_batch_size(torch.zeros(1, 3, 32, 32)) == 64
+    assert default_batch_size(torch.zeros(1, 3, 32, 32)) == 32
     assert default_batch_size(torch.zeros(1, 3, 224, 224)) == 6
     assert default_batch_size(torch.zeros(1, 3, 2048, 2048)) == 1
 
