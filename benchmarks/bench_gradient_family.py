@@ -28,13 +28,11 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import math
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -48,13 +46,20 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import captum  # noqa: E402
 import captum.attr as ca  # noqa: E402
+from common import (  # noqa: E402
+    CHUNK_ROWS,
+    CpuMonitor,
+    agreement,
+    chunk_size,
+    forward_backward,
+    interleaved_medians,
+    source_version,
+    timed,
+)
 from models import random_inputs, resnet18_cifar, separate_relus  # noqa: E402
 
 import tribute  # noqa: E402
 
-# tribute's default chunk for a 3×32×32 input (2**20 elements per chunk, capped at 64 rows); the Captum
-# runs that chunk use the same number of rows per pass.
-CHUNK_ROWS = 64
 NUM_CLASSES = 10
 # CPU cores used by other processes above which a measurement counts as disturbed
 BACKGROUND_LIMIT = 0.2
@@ -100,73 +105,6 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 # --------------------------------------------------------------------------------------------------
 # measurement helpers
-
-
-class CpuMonitor:
-    """CPU used by *other* processes on the machine while a measurement ran, in cores.
-
-    Busy jiffies from /proc/stat minus this process's own CPU time, over the wall time.  On a machine
-    shared with other work the timings are not trustworthy; this column says when that happened.
-    """
-
-    def __init__(self):
-        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.available = os.path.exists("/proc/stat")
-
-    def _busy(self) -> float:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / self.tick  # user nice system irq softirq steal
-
-    def start(self) -> tuple[float, float, float]:
-        t = os.times()  # children: the memory probes, reaped by the time stop() runs
-        return time.perf_counter(), self._busy() if self.available else 0.0, sum(t[:4])
-
-    def stop(self, state: tuple[float, float, float]) -> float:
-        if not self.available:
-            return float("nan")
-        t = os.times()
-        wall = time.perf_counter() - state[0]
-        other = (self._busy() - state[1]) - (sum(t[:4]) - state[2])
-        return max(0.0, other / wall)
-
-    def wait_for_quiet(self, limit: float, max_wait: float = 60.0, window: float = 2.0) -> float:
-        """Sleep until a ``window`` of seconds passes with under ``limit`` cores used, at most ``max_wait``."""
-        t0 = time.perf_counter()
-        while self.available and time.perf_counter() - t0 < max_wait:
-            state = self.start()
-            time.sleep(window)
-            if self.stop(state) < limit:
-                break
-        return time.perf_counter() - t0
-
-
-def timed(fn: Callable[[], torch.Tensor], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def forward_backward(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The physical unit: input gradient of the target scores, one forward and one backward pass."""
-    leaf = x.detach().requires_grad_()
-    out = model(leaf)
-    (g,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), leaf)
-    return g
-
-
-def chunk_size(total_rows: int, batch_size: int = CHUNK_ROWS) -> int:
-    """Rows per pass when ``total_rows`` are split into the fewest near-equal chunks of at most ``batch_size``
-    (what tribute's engine does)."""
-    n_chunks = max(1, math.ceil(total_rows / batch_size))
-    return math.ceil(total_rows / n_chunks)
 
 
 class Units:
@@ -282,19 +220,10 @@ def run_case(case: Case, s: Settings, monitor: CpuMonitor) -> dict:
     a_cap = [fn() for _, fn in case.captum]
     reps = s.repeats_multi if first > 1.0 else s.repeats_single
     sides = [case.tribute] + [fn for _, fn in case.captum]
-    times: list[list[float]] = [[] for _ in sides]
-    for r in range(reps):
-        order = list(range(len(sides)))
-        if r % 2:
-            order.reverse()
-        for i in order:
-            gc.collect()
-            t0 = time.perf_counter()
-            sides[i]()
-            times[i].append(time.perf_counter() - t0)
+    medians = interleaved_medians(sides, reps)
     return {
-        "tribute": statistics.median(times[0]),
-        "captum": [statistics.median(t) for t in times[1:]],
+        "tribute": medians[0],
+        "captum": medians[1:],
         "fwd": count.forward_rows, "bwd": count.backward_rows, "reps": reps, "background": monitor.stop(state),
         "agree": [agreement(a_trib, a) for a in a_cap] if case.comparable else [None] * len(a_cap),
     }
@@ -357,24 +286,6 @@ def run_probe(which: str, batch: int, steps: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-
-
-def source_version() -> str:
-    """The repository's commit, and whether src/ differs from it (the engine measured)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "src"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no git)"
-    return head + (" + uncommitted changes in src/" if dirty else "")
-
-
-def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a − b| / max |b|."""
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
 def main() -> None:
@@ -531,7 +442,7 @@ def main() -> None:
     if s.memory:
         print(f"Peak memory, integrated gradients at batch {s.memory_batch} x {s.memory_steps} steps "
               "(Gauss-Legendre both sides; each in a fresh subprocess; peak RSS = VmHWM)")
-        for which, label in (("tribute", "tribute default (64 rows per pass)"),
+        for which, label in (("tribute", f"tribute default ({CHUNK_ROWS} rows per pass)"),
                              ("captum", "Captum default (internal_batch_size=None)"),
                              ("captum_chunked", f"Captum internal_batch_size={CHUNK_ROWS}")):
             state = monitor.start()

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import math
 import os
 import platform
 import statistics
@@ -48,6 +47,16 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+from common import (  # noqa: E402
+    CHUNK_ROWS,
+    CpuMonitor,
+    agreement,
+    chunk_size,
+    forward_backward,
+    interleaved_medians,
+    source_version,
+    timed,
+)
 from models import random_inputs, resnet18_cifar, separate_relus  # noqa: E402
 
 try:
@@ -59,8 +68,6 @@ except ImportError:  # the --gradcam-probe child runs in a venv that has neither
     captum = ca = tribute = None
 
 NUM_CLASSES = 10
-# tribute's default chunk for a 3x32x32 input (2**20 elements per chunk, capped at 64 rows)
-CHUNK_ROWS = 64
 SCORECAM_CHANNELS = 64
 # CPU cores used by other processes above which a measurement counts as disturbed
 BACKGROUND_LIMIT = 0.2
@@ -70,68 +77,9 @@ BACKGROUND_LIMIT = 0.2
 # measurement helpers (same conventions as bench_gradient_family.py)
 
 
-class CpuMonitor:
-    """CPU used by *other* processes on the machine while a measurement ran, in cores (/proc/stat busy
-    jiffies minus this process's and its reaped children's CPU time, over the wall time)."""
-
-    def __init__(self):
-        self.tick = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-        self.available = os.path.exists("/proc/stat")
-
-    def _busy(self) -> float:
-        with open("/proc/stat") as f:
-            v = [int(t) for t in f.readline().split()[1:]]
-        return (v[0] + v[1] + v[2] + v[5] + v[6] + v[7]) / self.tick
-
-    def start(self) -> tuple[float, float, float]:
-        t = os.times()
-        return time.perf_counter(), self._busy() if self.available else 0.0, sum(t[:4])
-
-    def stop(self, state: tuple[float, float, float]) -> float:
-        if not self.available:
-            return float("nan")
-        t = os.times()
-        wall = time.perf_counter() - state[0]
-        other = (self._busy() - state[1]) - (sum(t[:4]) - state[2])
-        return max(0.0, other / wall)
-
-
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
-    """Median wall time of ``fn`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
-def forward_backward(model: torch.nn.Module, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The physical unit: input gradient of the target scores, one forward and one backward pass."""
-    leaf = x.detach().requires_grad_()
-    out = model(leaf)
-    (g,) = torch.autograd.grad(out.gather(1, target.view(-1, 1)).sum(), leaf)
-    return g
-
-
 def forward_only(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         return model(x)
-
-
-def chunk_size(total_rows: int, batch_size: int = CHUNK_ROWS) -> int:
-    """Rows per pass when ``total_rows`` are split into the fewest near-equal chunks of at most ``batch_size``."""
-    n_chunks = max(1, math.ceil(total_rows / batch_size))
-    return math.ceil(total_rows / n_chunks)
-
-
-def agreement(a: torch.Tensor, b: torch.Tensor) -> float:
-    """max |a - b| / max |b|."""
-    a, b = a.detach().reshape(b.shape).double(), b.detach().double()
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-30))
 
 
 class Units:
@@ -208,20 +156,11 @@ def run_case(case: Case, repeats: int, monitor: CpuMonitor) -> dict:
         a_trib = case.tribute()
     sides = [case.tribute] + ([case.captum] if case.captum else [])
     a_cap = case.captum() if case.captum else None
-    times: list[list[float]] = [[] for _ in sides]
-    for r in range(repeats):
-        order = list(range(len(sides)))
-        if r % 2:
-            order.reverse()
-        for i in order:
-            gc.collect()
-            t0 = time.perf_counter()
-            sides[i]()
-            times[i].append(time.perf_counter() - t0)
+    medians = interleaved_medians(sides, repeats)
     comparable = case.name in ("lrp epsilon", "gradcam layer4")
     return {
-        "tribute": statistics.median(times[0]),
-        "captum": statistics.median(times[1]) if case.captum else None,
+        "tribute": medians[0],
+        "captum": medians[1] if case.captum else None,
         "fwd": count.forward_rows, "bwd": count.backward_rows, "background": monitor.stop(state),
         "agree": agreement(a_trib, a_cap) if comparable and a_cap is not None else None,
     }
@@ -272,18 +211,6 @@ def run_gradcam_probe(python: str, batch: int, repeats: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-
-
-def source_version() -> str:
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "src"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown (no git)"
-    return head + (" + uncommitted changes in src/" if dirty else "")
 
 
 def main() -> None:

@@ -174,10 +174,7 @@ def gradient_rows(
     gradients stay on the autograd graph, also back to ``points`` if it requires grad.  With ``relevance``
     (LRP) the backward pass starts from the score's value instead of 1: R_out = S_c(x) at the target.
     """
-    if create_graph and points.requires_grad:
-        leaf = points
-    else:
-        leaf = points.detach().requires_grad_()
+    leaf = gradient_leaf(points, create_graph)
     phases: list = []
     with torch.enable_grad():
         out = forward_under_rules(forward, leaf, rules=rules, coverage=coverage, strict=strict, phases=phases)
@@ -197,6 +194,12 @@ def gradient_rows(
             end_phases(phases)
     _record(backward=out.shape[0])
     return g
+
+
+def gradient_leaf(rows: torch.Tensor, create_graph: bool) -> torch.Tensor:
+    """The tensor gradients are taken at: ``rows`` itself when the result must stay on the caller's graph,
+    else a fresh leaf (nothing flows back to the caller's tensors)."""
+    return rows if create_graph and rows.requires_grad else rows.detach().requires_grad_()
 
 
 def forward_under_rules(forward: Forward, leaf: torch.Tensor, *, rules: RuleSet, coverage: Coverage | None,

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode, resolve_name
 
-from .engine import Forward, _record, end_phases, forward_under_rules
+from .engine import Forward, _record, end_phases, forward_under_rules, gradient_leaf
 from .interception import Coverage
 from .rules import GRADIENT, RuleSet
 from .targets import Target
@@ -497,10 +497,7 @@ def layer_gradient_rows(
     per row) the network continues from ``replace`` instead of the layer's output, and the gradient is taken
     there; the rows still run through the layers before it (branches that bypass the layer see them).
     """
-    if create_graph and rows.requires_grad:
-        inp = rows
-    else:
-        inp = rows.detach().requires_grad_()
+    inp = gradient_leaf(rows, create_graph)
     phases: list = []
     with torch.enable_grad():
         try:
