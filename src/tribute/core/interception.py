@@ -86,6 +86,17 @@ def _tag(out, token) -> None:
             _tag(o, token)
 
 
+def _written(name: str, args, kwargs):
+    """The tensor an in-place op (``x.add_``, ``x += y``, ``x[i] = v``, ``out=``) writes into, or None."""
+    if "out" in kwargs:
+        return kwargs["out"]
+    suffix = name.rsplit(".", 1)[-1]
+    inplace = (suffix.endswith("_") and not suffix.startswith("__")) or suffix == "__setitem__" or (
+        suffix.startswith("__i") and suffix.endswith("__") and suffix not in ("__init__", "__index__",
+                                                                             "__int__", "__invert__", "__iter__"))
+    return args[0] if inplace and args else None
+
+
 def _holds_tensor(out) -> bool:
     if isinstance(out, torch.Tensor):
         return True
@@ -172,6 +183,9 @@ class RuleMode(TorchFunctionMode):
                     self.coverage.ruled[name] += 1
                 return out
             unruled = len(prop.unruled) > n_unruled
+            written = _written(name, args, kwargs)
+            if written is not None:
+                prop.before_write(written)
         out = func(*args, **kwargs)
         if prop is not None and _holds_tensor(out):  # metadata queries (x.dim(), x.shape) read no values
             prop.count_consumers(args, kwargs, tagged)
@@ -201,6 +215,12 @@ class RuleMode(TorchFunctionMode):
             )
         if self.coverage is not None:
             (self.coverage.ruled if rule is not None else self.coverage.plain)[nl.name] += 1
+        if rule is not None and inplace:
+            if self.propagation is not None:
+                self.propagation.before_write(z)
+            if rule.apply_inplace(nl, z, params, self.phase):
+                _tag(z, self.token)
+                return z
         if rule is None:
             y = nl(z, **params)
         else:
@@ -208,6 +228,8 @@ class RuleMode(TorchFunctionMode):
             src = z.clone() if (inplace and rule.saves_input) else z
             y = rule.apply(nl, src, params, self.phase)
         if inplace:
+            if self.propagation is not None:
+                self.propagation.before_write(z)
             z.copy_(y)
             if hasattr(y, "_tribute_twins"):  # differences carried beside the tensor (DeepLIFT RevealCancel)
                 z._tribute_twins = y._tribute_twins

@@ -109,6 +109,9 @@ class _Pass:
     def count_consumers(self, args, kwargs, tagged) -> None:
         pass
 
+    def before_write(self, t) -> None:  # keeps nothing by reference
+        pass
+
     def handle(self, func, args, kwargs, tagged, name):
         out = func(*args, **kwargs)
         if not isinstance(out, (torch.Tensor, list, tuple)) or (

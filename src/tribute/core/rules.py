@@ -57,6 +57,11 @@ class Rule:
     def apply(self, nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any], phase: Phase) -> torch.Tensor:
         return _ModifiedBackward.apply(z, self, nl, params, phase)
 
+    def apply_inplace(self, nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any], phase: Phase) -> bool:
+        """For an in-place call: overwrite ``z`` with the rule's output and return True, or return False to
+        have :meth:`apply` compute it out of place (the default; the result is then copied into z)."""
+        return False
+
     def save(self, nl: Nonlinearity, z: torch.Tensor, y: torch.Tensor, params) -> tuple[torch.Tensor, ...]:
         return (z,)
 
