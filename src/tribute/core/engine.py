@@ -177,7 +177,8 @@ def gradient_rows(
     leaf = gradient_leaf(points, create_graph)
     phases: list = []
     with torch.enable_grad():
-        out = forward_under_rules(forward, leaf, rules=rules, coverage=coverage, strict=strict, phases=phases)
+        out = forward_under_rules(forward, leaf, rules=rules, coverage=coverage, strict=strict, phases=phases,
+                                  differentiable=create_graph)
         scored = out if score_rows is None else out[:score_rows]
         if target.needs_argmax:
             target.set_argmax(scored)
@@ -203,7 +204,8 @@ def gradient_leaf(rows: torch.Tensor, create_graph: bool) -> torch.Tensor:
 
 
 def forward_under_rules(forward: Forward, leaf: torch.Tensor, *, rules: RuleSet, coverage: Coverage | None,
-                        strict: bool, phases: list, within: Callable | None = None) -> torch.Tensor:
+                        strict: bool, phases: list, within: Callable | None = None,
+                        differentiable: bool = True) -> torch.Tensor:
     """``forward(leaf)`` with ``rules`` applied to the tensors computed from ``leaf``.
 
     Each tagged input opens a phase (appended to ``phases``; see :class:`tribute.core.rules.Phase`) that the
@@ -215,7 +217,7 @@ def forward_under_rules(forward: Forward, leaf: torch.Tensor, *, rules: RuleSet,
         coverage = Coverage()
     with apply_rules(rules, coverage=coverage) if use_mode else contextlib.nullcontext() as mode:
         if mode is not None:
-            phases.append(mode.tag_input(leaf))
+            phases.append(mode.tag_input(leaf, differentiable))
         propagation = getattr(mode, "propagation", None)  # LRP's rules at linear layers see modules
         with (propagation.track_modules(forward.model) if propagation else contextlib.nullcontext()), \
                 (within(mode) if within is not None else contextlib.nullcontext()):

@@ -149,10 +149,13 @@ class RuleMode(TorchFunctionMode):
         """Put ``t`` on the input's path of the current pass (e.g. a layer's replaced output)."""
         _tag(t, self.token)
 
-    def tag_input(self, x: torch.Tensor) -> Phase:
-        """Tag the input of one forward pass; the returned phase must be ended after its first backward."""
+    def tag_input(self, x: torch.Tensor, differentiable: bool = True) -> Phase:
+        """Tag the input of one forward pass; the returned phase must be ended after its first backward.
+
+        ``differentiable=False`` promises that the attribution will not be differentiated (rules may then
+        save less)."""
         _tag(x, self.token)
-        self.phase = Phase()
+        self.phase = Phase(differentiable)
         if self.rules.ops is not None:
             self.propagation = self.rules.ops.start()
         return self.phase
@@ -225,7 +228,7 @@ class RuleMode(TorchFunctionMode):
             y = nl(z, **params)
         else:
             # an in-place call may not overwrite a tensor the rule saved: give the rule a copy
-            src = z.clone() if (inplace and rule.saves_input) else z
+            src = z.clone() if (inplace and rule.keeps_input(self.phase)) else z
             y = rule.apply(nl, src, params, self.phase)
         if inplace:
             if self.propagation is not None:

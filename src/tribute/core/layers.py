@@ -508,13 +508,13 @@ def layer_gradient_rows(
                 tag = None
                 if mode is not None:
                     def tag(t):  # the replacement starts the input's path anew for the rules
-                        phases.append(mode.tag_input(t))
+                        phases.append(mode.tag_input(t, create_graph))
                 with capture(site, inp, grad=True, replace=replace, tag=tag) as c:
                     holder["cap"] = c
                     yield c
 
             out = forward_under_rules(forward, inp, rules=rules, coverage=coverage, strict=strict, phases=phases,
-                                      within=within)
+                                      within=within, differentiable=create_graph)
             cap = holder["cap"]
             scored = out if score_rows is None else out[:score_rows]
             if target.needs_argmax:

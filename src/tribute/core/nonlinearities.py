@@ -202,13 +202,17 @@ def rectifier_gate(nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any]) ->
     Rectifiers are the ReLU family, ReLU6 and a hardtanh clipping at 0 below (``nn.ReLU6`` calls
     ``F.hardtanh(z, 0, 6)``): the nonlinearities guided backprop and DeconvNet were defined for.
     """
+    if not is_rectifier(nl, params):
+        return None
     if nl.family == "relu":
         return z > 0
-    if nl.name == "relu6":
-        return (z > 0) & (z < 6)
-    if nl.name == "hardtanh" and params.get("min_val", -1.0) == 0:
-        return (z > 0) & (z < params.get("max_val", 1.0))
-    return None
+    upper = 6 if nl.name == "relu6" else params.get("max_val", 1.0)
+    return (z > 0) & (z < upper)
+
+
+def is_rectifier(nl: Nonlinearity, params: dict[str, Any]) -> bool:
+    """Whether :func:`rectifier_gate` applies: the ReLU family, ReLU6, hardtanh with min_val = 0."""
+    return nl.family == "relu" or nl.name == "relu6" or (nl.name == "hardtanh" and params.get("min_val", -1.0) == 0)
 
 
 def call_form(func: Any) -> CallForm | None:

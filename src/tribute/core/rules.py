@@ -22,7 +22,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from .nonlinearities import Nonlinearity, rectifier_gate
+from .nonlinearities import Nonlinearity, is_rectifier, rectifier_gate
 
 
 def sign0(z: torch.Tensor) -> torch.Tensor:
@@ -57,6 +57,10 @@ class Rule:
     def apply(self, nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any], phase: Phase) -> torch.Tensor:
         return _ModifiedBackward.apply(z, self, nl, params, phase)
 
+    def keeps_input(self, phase: Phase) -> bool:
+        """Whether this pass saves z itself (an in-place call then hands the rule a copy)."""
+        return self.saves_input
+
     def apply_inplace(self, nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any], phase: Phase) -> bool:
         """For an in-place call: overwrite ``z`` with the rule's output and return True, or return False to
         have :meth:`apply` compute it out of place (the default; the result is then copied into z)."""
@@ -84,10 +88,13 @@ class Rule:
 
 
 class Phase:
-    """Whether the backward pass that computes the attribution is still to come (see module doc)."""
+    """Whether the backward pass that computes the attribution is still to come (see module doc), and
+    whether the attribution will itself be differentiated (``create_graph``): only then must rules keep
+    what they need for the true derivative f'."""
 
-    def __init__(self):
+    def __init__(self, differentiable: bool = True):
         self.first_order = True
+        self.differentiable = differentiable
 
 
 class _ModifiedBackward(torch.autograd.Function):
@@ -106,6 +113,24 @@ class _ModifiedBackward(torch.autograd.Function):
         return step(ctx.nl, gy, ctx.saved_tensors, ctx.params), None, None, None, None
 
 
+class _ModifiedBackwardInPlace(torch.autograd.Function):
+    """:class:`_ModifiedBackward` for an in-place call by a rule that saves only what it reads from z first
+    (a gate): z is overwritten with f(z), with no new output and no copy."""
+
+    @staticmethod
+    def forward(ctx, z, rule: Rule, nl: Nonlinearity, params, phase: Phase):
+        ctx.rule, ctx.nl, ctx.params, ctx.phase = rule, nl, params, phase
+        ctx.save_for_backward(*rule.save(nl, z, None, params))
+        if nl.name == "relu":
+            z.relu_()
+        else:
+            z.copy_(nl(z, **params))
+        ctx.mark_dirty(z)
+        return z
+
+    backward = _ModifiedBackward.backward
+
+
 class Gradient(Rule):
     """The plain gradient g = f'(z): the nonlinearity runs untouched under autograd."""
 
@@ -119,7 +144,8 @@ class EpsilonRatio(Rule):
     """ε-LRP at a nonlinearity (seed 001, Prop 1): g = f(z) / (z + ε·sign z), sign(0) = +1.
 
     With ε > 0 the ratio is finite at z = 0; for f with f(0) = 0 (ReLU, tanh) it is the average slope
-    of f on [0, z].
+    of f on [0, z].  When the attribution will not be differentiated, g is computed in the forward pass
+    from y = f(z) and saved instead of z (no copy of z for an in-place call; one multiplication backward).
     """
 
     name = "epsilon"
@@ -127,9 +153,41 @@ class EpsilonRatio(Rule):
     def __init__(self, epsilon: float = 1e-9):
         self.epsilon = float(epsilon)
 
+    def keeps_input(self, phase):
+        return phase.differentiable
+
+    def apply(self, nl, z, params, phase):
+        if phase.differentiable:
+            return super().apply(nl, z, params, phase)
+        return _SavedFactor.apply(z, nl, params, lambda zz, y: self.ratio(nl, zz, y))
+
+    def ratio(self, nl, z, y):
+        if nl.name == "relu":  # y ≥ 0 and y = z where z > 0: y / (y + ε) is the ratio
+            den = y + self.epsilon
+        else:
+            den = torch.where(z >= 0, z.new_tensor(self.epsilon), z.new_tensor(-self.epsilon)).add_(z)
+        return torch.div(y, den, out=den)
+
     def backward(self, nl, gy, saved, params):
         (z,) = saved
         return gy * nl(z, **params) / (z + self.epsilon * sign0(z))
+
+
+class _SavedFactor(torch.autograd.Function):
+    """y = f(z) forward; gy · factor(z, y) backward, the factor computed and saved in the forward pass.
+
+    For attributions that are not differentiated further: the node has no second-order behaviour."""
+
+    @staticmethod
+    def forward(ctx, z, nl: Nonlinearity, params, factor):
+        y = nl(z, **params)
+        ctx.save_for_backward(factor(z, y))
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        (factor,) = ctx.saved_tensors
+        return gy * factor, None, None, None
 
 
 class Rescale(Rule):
@@ -171,10 +229,14 @@ class _RectifierRule(Rule):
     saves_input = False
 
     def applies(self, nl, params):
-        return rectifier_gate(nl, torch.zeros(()), params) is not None
+        return is_rectifier(nl, params)
 
     def save(self, nl, z, y, params):
         return (rectifier_gate(nl, z, params),)
+
+    def apply_inplace(self, nl, z, params, phase):
+        _ModifiedBackwardInPlace.apply(z, self, nl, params, phase)
+        return True
 
     def forward_derivative(self, nl, gy, saved, params):
         (mask,) = saved
@@ -191,7 +253,7 @@ class GuidedRelu(_RectifierRule):
 
     def backward(self, nl, gy, saved, params):
         (mask,) = saved
-        return gy.clamp(min=0) * mask
+        return gy.clamp(min=0).mul_(mask)
 
 
 class DeconvRelu(_RectifierRule):
