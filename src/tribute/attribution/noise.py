@@ -24,6 +24,12 @@ from ..core.registry import register as register_method
 from ..core.targets import Target
 
 
+def _tensor_or_none(name, v):
+    if v is not None and not isinstance(v, torch.Tensor):
+        raise TypeError(f"{name} must be a tensor or None, got {type(v).__name__}")
+    return v
+
+
 class _NoiseAggregate(Method):
     """Shared by the three: draw noisy copies in chunks, run the base method on them, aggregate."""
 
@@ -34,6 +40,9 @@ class _NoiseAggregate(Method):
         "sigma": opt.Option(None, opt.optional(opt.real(0))),
         "noise_level": opt.Option(0.15, opt.real(0)),
         "seed": opt.Option(None, opt.optional(opt.integer(0))),
+        "noise_key": opt.Option(None, _tensor_or_none,
+                                "tensor of the inputs' shape whose rows key each sample's noise stream and set its "
+                                "σ instead of the inputs (the robustness metrics pass the unperturbed input)"),
     }
     #: "mean", "square" or "variance"
     statistic = "mean"
@@ -50,13 +59,16 @@ class _NoiseAggregate(Method):
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         base, bo = self._base(o)
+        key = x if o.noise_key is None else o.noise_key.detach()
+        if key.shape != x.shape:
+            raise ValueError(f"noise_key must have the inputs' shape {tuple(x.shape)}, got {tuple(key.shape)}")
         if o.sigma is not None:
             sigma = torch.full((x.shape[0],), o.sigma, dtype=x.dtype, device=x.device)
         else:
-            flat = x.detach().flatten(1)
+            flat = key.flatten(1)
             sigma = o.noise_level * (flat.amax(1) - flat.amin(1))
         shape = (-1, *([1] * (x.dim() - 1)))
-        streams = SampleStreams(x, o.seed)
+        streams = SampleStreams(key, o.seed)
         self._fix_target(x, target, o)
         acc = torch.float64 if self.statistic == "variance" else None
 

@@ -291,7 +291,8 @@ class Epsilon(LinearRule):
 
     def relevance(self, layer, x, z, r):
         den = stab(layer.output(z), self.epsilon)
-        return x * layer.transpose(torch.div(r, den, out=den), x)  # den is ours: divide in place
+        # den and the transposed layer's output are fresh tensors: divide and multiply in place
+        return layer.transpose(torch.div(r, den, out=den), x).mul_(x)
 
 
 class AlphaBeta(LinearRule):

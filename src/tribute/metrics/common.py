@@ -14,6 +14,7 @@ map per sample, (N, 1, H, W): :func:`as_map` turns either into the map a metric 
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -103,3 +104,15 @@ def as_map(attributions: torch.Tensor, how: str = "sum") -> torch.Tensor:
     if attributions.dim() >= 3 and attributions.shape[1] != 1:
         return reduce_channels(attributions, how)
     return attributions
+
+
+def derived_seed(seed: int | None, purpose: str) -> int | None:
+    """A seed for one ``purpose`` derived from the user's ``seed`` (None stays None: fresh entropy).
+
+    A metric that draws perturbations and also passes ``seed`` on (to a method, a random baseline) keys its
+    own draws with this, so the two never read the same random stream.
+    """
+    if seed is None:
+        return None
+    digest = hashlib.blake2b(f"{seed}/{purpose}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**62 - 1)
