@@ -451,9 +451,17 @@ class _NormFunction(torch.autograd.Function):
     for an addition or a pooling costs less than copying inputs and output in the forward pass."""
 
     @staticmethod
-    def forward(ctx, op, keep, *inputs):
-        ctx.op, ctx.kept = op, [keep(t) for t in inputs]
-        return op(*(t.detach() for t in inputs))
+    def forward(ctx, op, keep, inplace_op, *inputs):
+        ctx.op = op
+        if inplace_op is None:
+            ctx.kept = [keep(t) for t in inputs]
+            return op(*(t.detach() for t in inputs))
+        # ``x += y`` with x the first input: keep x's old value, then write the result straight into x
+        target = inputs[0]
+        ctx.kept = [Kept(target.clone()), *(keep(t) for t in inputs[1:])]
+        inplace_op(*inputs)
+        ctx.mark_dirty(target)
+        return target
 
     @staticmethod
     def backward(ctx, r):
@@ -461,7 +469,7 @@ class _NormFunction(torch.autograd.Function):
             xs = [k.get().detach().requires_grad_() for k in ctx.kept]
             y = ctx.op(*xs)
             grads = torch.autograd.grad(y, xs, r / stab(y.detach(), STABILIZER), allow_unused=True)
-        out = [None, None]
+        out = [None, None, None]
         for x, g in zip(xs, grads, strict=True):
             out.append(None if g is None else x.detach() * g)
         return tuple(out)
@@ -660,29 +668,35 @@ class Propagation:
             if base in _BILINEAR and n_tagged > 1:
                 self.unruled.append(name)
                 return NotImplemented
-            out = self._proportional(getattr(torch, base) if inplace else func, args, kwargs, tagged)
             if inplace:
                 self.before_write(args[0])
-                args[0].copy_(out)
+                out = self._proportional(getattr(torch, base), args, kwargs, tagged, inplace_func=func)
+                if out is not args[0]:  # args[0] was not on the input's path: write the result into it
+                    args[0].copy_(out)
                 return args[0]
-            return out
+            return self._proportional(func, args, kwargs, tagged)
         self.unruled.append(name)
         return NotImplemented
 
-    def _proportional(self, func, args, kwargs, tagged):
+    def _proportional(self, func, args, kwargs, tagged, inplace_func=None):
+        """The op under the Norm rule; ``inplace_func`` (the op's in-place form, writing into ``args[0]``)
+        is used when ``args[0]`` is on the input's path."""
         positions = [i for i, a in enumerate(args) if tagged(a)]
         keys = [k for k, v in kwargs.items() if tagged(v)]
         inputs = [args[i] for i in positions] + [kwargs[k] for k in keys]
 
-        def op(*xs):
-            a, kw = list(args), dict(kwargs)
-            for i, v in zip(positions, xs[: len(positions)], strict=True):
-                a[i] = v
-            for k, v in zip(keys, xs[len(positions):], strict=True):
-                kw[k] = v
-            return func(*a, **kw)
+        def with_inputs(f):
+            def call(*xs):
+                a, kw = list(args), dict(kwargs)
+                for i, v in zip(positions, xs[: len(positions)], strict=True):
+                    a[i] = v
+                for k, v in zip(keys, xs[len(positions):], strict=True):
+                    kw[k] = v
+                return f(*a, **kw)
+            return call
 
-        return _NormFunction.apply(op, self.keep, *inputs)
+        inplace = with_inputs(inplace_func) if inplace_func is not None and positions[:1] == [0] else None
+        return _NormFunction.apply(with_inputs(func), self.keep, inplace, *inputs)
 
     def _batch_norm(self, func, args, kwargs):
         names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
