@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import math
 import os
@@ -118,3 +119,19 @@ def interleaved_medians(sides: list[Callable[[], object]], repeats: int) -> list
             sides[i]()
             times[i].append(time.perf_counter() - t0)
     return [statistics.median(t) for t in times]
+
+
+def fixture_vs_resnet_options(description: str) -> tuple[int, bool]:
+    """The options of the benchmarks that time the Fashion-MNIST fixture and optionally the CIFAR ResNet-18
+    (``--quick``, ``--resnet``/``--no-resnet``, ``--repeats``, ``--threads``); returns (repeats, resnet) and
+    sets torch's thread count."""
+    ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="Fashion-MNIST only, 3 repeats")
+    ap.add_argument("--resnet", dest="resnet", action="store_true", default=None, help="also the CIFAR ResNet-18")
+    ap.add_argument("--no-resnet", dest="resnet", action="store_false")
+    ap.add_argument("--repeats", type=int, help="timed rounds (default 7, quick 3)")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 7)
+    return repeats, (not args.quick) if args.resnet is None else args.resnet

@@ -4,7 +4,7 @@
 >>> attributions = tribute.explain(model, images, "integrated_gradients", target=3)  # doctest: +SKIP
 """
 
-from . import attribution
+from . import attribution, metrics, robust, training
 from .attribution import *  # noqa: F403  (every method class; attribution.__all__ names them)
 from .core import (
     Coverage,
@@ -21,6 +21,8 @@ from .core import (
     reduce,
     register_nonlinearity,
 )
+from .metrics.evaluate import evaluate
+from .robust import attacks  # tribute.attacks.pgd, tribute.attacks.fgsm
 
 __version__ = "0.1.0"
 
@@ -28,4 +30,5 @@ __all__ = [
     *attribution.__all__,
     "Coverage", "LayerError", "Method", "NonFiniteAttributionError", "Normalize", "PassCount", "count_passes",
     "explain", "get_method", "known_nonlinearities", "methods", "reduce", "register_nonlinearity",
+    "attacks", "evaluate", "metrics", "robust", "training",
 ]

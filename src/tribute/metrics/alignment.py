@@ -1,0 +1,90 @@
+"""Etmann et al.'s alignment between an input and its saliency map (seed 000 §5.2, ref. [35]).
+
+Etmann, Lunz, Maass & Schönlieb 2019, "On the Connection Between Adversarial Robustness and Saliency Map
+Interpretability" (ICML), define the alignment of the input x with the saliency map ∇S(x) of the predicted
+class's logit S as
+
+    α(x) = |⟨x, ∇S(x)⟩| / ‖∇S(x)‖₂,
+
+the length of x's projection on the saliency direction.  For a linear binary classifier S(x) = ⟨w, x⟩ this is
+|⟨w, x⟩| / ‖w‖, the distance of x to the decision boundary: robustness and alignment coincide; for networks
+the paper bounds one by the other, and adversarially trained networks show higher alignment (seed 000 Fig 4).
+α has the units of x; the scale-free variant
+
+    α(x) / ‖x‖₂ = |cos ∠(x, ∇S(x))| ∈ [0, 1]
+
+compares inputs of different norms.  Both are computed with tribute's gradient, so ``input_transform`` (x in
+pixel space; the gradient is with respect to the pixels) and ``target`` follow the library's conventions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .common import as_explainer, check_attributions
+
+
+def alignment(model: nn.Module, inputs: torch.Tensor, target=None, *, method="gradient",
+              input_transform: Callable | None = None, batch_size: int | None = None) -> torch.Tensor:
+    """Etmann et al.'s alignment α(x) = |⟨x, ∇S(x)⟩| / ‖∇S(x)‖₂, one value per sample, shape (N,).
+
+    Parameters
+    ----------
+    model : nn.Module
+        The classifier (in eval mode, as for any attribution).
+    inputs : Tensor
+        (N, ...) in pixel space.
+    target : None, int, tensor or callable
+        The score S (library convention); None (default): the predicted class's logit, as in the paper.
+    method : str, Method or callable
+        The saliency map; default ``"gradient"`` (the paper's ∇S).  Any method returning the input's shape can
+        be given (then α measures the alignment of x with that map).
+    input_transform : callable, optional
+        Applied before the model (e.g. :class:`tribute.Normalize`); x and the map stay in pixel space.
+    batch_size : int, optional
+        Rows through the model at once.
+
+    Raises
+    ------
+    ValueError
+        If a sample's saliency map is exactly zero (α is 0/0 there; a dead ReLU network, or a flat score).
+    """
+    x, s = _input_and_saliency(model, inputs, target, method, input_transform, batch_size)
+    s_norm = s.norm(dim=1)
+    _refuse_zero(s_norm, "saliency map", "alignment")
+    return ((x * s).sum(dim=1).abs() / s_norm).to(inputs.dtype)
+
+
+def cosine_alignment(model: nn.Module, inputs: torch.Tensor, target=None, *, method="gradient",
+                     input_transform: Callable | None = None, batch_size: int | None = None) -> torch.Tensor:
+    """The scale-free alignment α(x) / ‖x‖₂ = |cos ∠(x, ∇S(x))| ∈ [0, 1], shape (N,).
+
+    Options as :func:`alignment`.  Raises ValueError for an all-zero input (no direction) or saliency map.
+    """
+    x, s = _input_and_saliency(model, inputs, target, method, input_transform, batch_size)
+    s_norm, x_norm = s.norm(dim=1), x.norm(dim=1)
+    _refuse_zero(s_norm, "saliency map", "cosine_alignment")
+    _refuse_zero(x_norm, "input", "cosine_alignment")
+    return ((x * s).sum(dim=1).abs() / (s_norm * x_norm)).clamp(max=1.0).to(inputs.dtype)
+
+
+def _input_and_saliency(model, inputs, target, method, input_transform, batch_size):
+    given = {"input_transform": input_transform, "batch_size": batch_size}
+    explainer = as_explainer(method, **{k: v for k, v in given.items() if v is not None})
+    saliency = check_attributions(inputs, explainer(model, inputs, target))
+    if saliency.shape != inputs.shape:
+        raise ValueError(f"the alignment needs a saliency map of the input's shape {tuple(inputs.shape)}; the method "
+                         f"returned {tuple(saliency.shape)}")
+    wide = torch.float64  # the inner product of two long vectors: accumulate in double precision
+    return inputs.detach().flatten(1).to(wide), saliency.flatten(1).to(wide)
+
+
+def _refuse_zero(norms: torch.Tensor, what: str, owner: str) -> None:
+    zero = norms == 0
+    if bool(zero.any()):
+        rows = zero.nonzero().flatten().tolist()
+        raise ValueError(f"{owner}: the {what} is zero for samples {rows[:10]}{'…' if len(rows) > 10 else ''}, "
+                         "where the alignment is undefined")

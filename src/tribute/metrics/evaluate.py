@@ -1,0 +1,525 @@
+"""One call that compares explanation methods on a data set: ``tribute.evaluate(model, data, methods, metrics)``.
+
+For each batch of the data, each method's attributions are computed once (timed, and their forward and
+backward rows counted by :func:`tribute.count_passes`) and fed to every metric of given attributions; metrics
+of a method (robustness, class sensitivity) get the method itself and call it as they need.  Per-sample scores
+are kept (:attr:`EvaluationTable.scores`), with the curves of the perturbation metrics, and summarised as
+mean ± sample standard deviation over the samples per method × metric, next to the efficiency columns:
+wall time and rows through the model per sample for the attribution alone.
+
+Metrics by name, and which direction is better:
+
+- ``aopc_morf`` (higher), ``aopc_lerf`` (lower): AOPC of the MoRF / LeRF pixel-perturbation curve (Samek et al.
+  2017, Eq 12; :func:`tribute.metrics.pixel_perturbation`);
+- ``deletion`` (lower), ``insertion`` (higher): AUC of Petsiuk et al. (2018);
+- ``road_morf`` (higher), ``road_lerf`` (lower): ROAD's AOPC with noisy linear imputation (Rong et al. 2022);
+- ``infidelity`` (lower): Yeh et al. (2019);
+- ``completeness_gap`` (lower): the *absolute* gap |Σ R − (S(x) − S(x̄))| (seed 001, Eq 8 at n = N; a mean of
+  signed gaps would let errors cancel);
+- ``sensitivity_n`` (higher): the mean over n of sensitivity-n's Pearson correlation (Ancona et al.);
+- metrics of the method: ``max_sensitivity``, ``avg_sensitivity`` (lower; Yeh et al., Bhatt et al.),
+  ``local_lipschitz`` (lower; Alvarez-Melis & Jaakkola 2018), ``class_sensitivity`` (lower: the mean rank
+  correlation with the maps of the other classes, seed 000 Fig 3).
+
+Each takes the defaults of its function in :mod:`tribute.metrics`; ``(label, name, options)`` sets options,
+e.g. ``("aopc_morf@10", "aopc_morf", {"steps": 10})``.  A callable metric ``fn(model, inputs, x, target,
+**options)`` gets the attributions as ``x``, or the method when its third parameter is named ``method``; it
+returns (N,) scores or an object whose ``score`` is (N,).
+
+Seeding and determinism.  ``seed`` is passed, each under its own derived seed, to every method and metric
+that takes one (a method's own ``seed`` option, when set, wins).  tribute seeds every sample's random stream
+from the seed and the sample's bytes, so a sample's scores do not depend on its batch-mates or on
+``batch_size``, and the same call gives the same scores twice.  Timings vary from run to run.
+"""
+
+from __future__ import annotations
+
+import csv
+import difflib
+import inspect
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..core import options as opt
+from ..core.engine import PassCount, count_passes
+from .axioms import completeness_gap, sensitivity_n
+from .class_sensitivity import class_sensitivity
+from .common import check_attributions, derived_seed, resolve_target
+from .infidelity import infidelity
+from .perturbation import deletion, insertion, pixel_perturbation
+from .road import road
+from .roar import NamedMethod, named_methods
+from .robustness import avg_sensitivity, local_lipschitz, max_sensitivity
+
+ATTRIBUTIONS, METHOD = "attributions", "method"
+DEFAULT_BATCH = 64
+FORMAT = "tribute.evaluate/1"
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    """A per-sample metric: ``fn(model, inputs, attributions or method, target, **options)``."""
+
+    fn: Callable
+    kind: str
+    better: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+    absolute: bool = False  # report |score| (the completeness gap)
+
+    def takes(self, option: str) -> bool:
+        try:
+            params = inspect.signature(self.fn).parameters
+        except (TypeError, ValueError):
+            return False
+        return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+
+
+METRICS: dict[str, MetricSpec] = {
+    "aopc_morf": MetricSpec(pixel_perturbation, ATTRIBUTIONS, "higher", {"order": "morf"}),
+    "aopc_lerf": MetricSpec(pixel_perturbation, ATTRIBUTIONS, "lower", {"order": "lerf"}),
+    "deletion": MetricSpec(deletion, ATTRIBUTIONS, "lower"),
+    "insertion": MetricSpec(insertion, ATTRIBUTIONS, "higher"),
+    "road_morf": MetricSpec(road, ATTRIBUTIONS, "higher", {"order": "morf"}),
+    "road_lerf": MetricSpec(road, ATTRIBUTIONS, "lower", {"order": "lerf"}),
+    "infidelity": MetricSpec(infidelity, ATTRIBUTIONS, "lower"),
+    "completeness_gap": MetricSpec(completeness_gap, ATTRIBUTIONS, "lower", absolute=True),
+    "sensitivity_n": MetricSpec(sensitivity_n, ATTRIBUTIONS, "higher"),
+    "max_sensitivity": MetricSpec(max_sensitivity, METHOD, "lower"),
+    "avg_sensitivity": MetricSpec(avg_sensitivity, METHOD, "lower"),
+    "local_lipschitz": MetricSpec(local_lipschitz, METHOD, "lower"),
+    "class_sensitivity": MetricSpec(class_sensitivity, METHOD, "lower"),
+}
+
+
+def metric_names() -> list[str]:
+    """The metrics :func:`evaluate` knows by name."""
+    return sorted(METRICS)
+
+
+# -- the table ---------------------------------------------------------------------------------------------------
+@dataclass(eq=False)
+class EvaluationTable:
+    """Per-sample scores of every method under every metric, their summary and the methods' cost.
+
+    Attributes
+    ----------
+    methods, metrics : tuple of str
+        Row and column labels, in the order given.
+    better : dict
+        metric → ``"higher"``, ``"lower"`` or ``""`` (unknown, for a callable).
+    scores : dict
+        ``(method, metric) -> (N,)`` float64 tensor, samples in data order (NaN where a metric is undefined).
+    curves : dict
+        ``(method, metric) -> (N, K+1)`` perturbation curves, for the metrics that have one.
+    seconds : dict
+        method → wall time of its attributions, in total (timings vary between runs).
+    forward_rows, backward_rows : dict
+        method → rows sent through the model forward / backward by its attributions, as counted by the
+        engine (:func:`tribute.count_passes`; a callable that runs the model itself is not counted).
+    samples : int
+    seed : int
+    """
+
+    methods: tuple[str, ...]
+    metrics: tuple[str, ...]
+    better: dict[str, str]
+    scores: dict[tuple[str, str], torch.Tensor]
+    curves: dict[tuple[str, str], torch.Tensor]
+    seconds: dict[str, float]
+    forward_rows: dict[str, int]
+    backward_rows: dict[str, int]
+    samples: int
+    seed: int
+
+    def __getitem__(self, key: tuple[str, str]) -> torch.Tensor:
+        """``table["gradient", "aopc_morf"]``: the (N,) per-sample scores."""
+        if key not in self.scores:
+            raise KeyError(f"no scores for {key!r}; methods: {', '.join(self.methods)}; metrics: "
+                           f"{', '.join(self.metrics)}")
+        return self.scores[key]
+
+    def mean(self, method: str, metric: str) -> float:
+        """Mean over the samples where the score is defined (NaN if none)."""
+        s = self[method, metric]
+        s = s[~s.isnan()]
+        return float(s.mean()) if s.numel() else math.nan
+
+    def std(self, method: str, metric: str) -> float:
+        """Sample standard deviation (n − 1) over the samples where the score is defined (NaN below two)."""
+        s = self[method, metric]
+        s = s[~s.isnan()]
+        return float(s.std()) if s.numel() > 1 else math.nan
+
+    def efficiency(self, method: str) -> dict[str, float | None]:
+        """Seconds, forward rows and backward rows per sample of ``method``'s attributions (rows: None when
+        the engine counted nothing, i.e. a callable that runs the model itself)."""
+        counted = self.forward_rows[method] + self.backward_rows[method] > 0
+        return {"seconds_per_sample": self.seconds[method] / self.samples,
+                "forward_per_sample": self.forward_rows[method] / self.samples if counted else None,
+                "backward_per_sample": self.backward_rows[method] / self.samples if counted else None}
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """One dict per method: ``method``, ``samples``, ``<metric>_mean`` and ``<metric>_std`` for each metric,
+        then ``seconds_per_sample``, ``forward_per_sample``, ``backward_per_sample``."""
+        out = []
+        for m in self.methods:
+            row: dict[str, Any] = {"method": m, "samples": self.samples}
+            for k in self.metrics:
+                row[f"{k}_mean"] = self.mean(m, k)
+                row[f"{k}_std"] = self.std(m, k)
+            row.update(self.efficiency(m))
+            out.append(row)
+        return out
+
+    def __str__(self) -> str:
+        arrows = {"higher": " ↑", "lower": " ↓", "": ""}
+        head = ["method", *(k + arrows[self.better[k]] for k in self.metrics), "s/sample", "fwd/sample",
+                "bwd/sample"]
+        body = []
+        for row in self.rows:
+            cells = [row["method"]]
+            for k in self.metrics:
+                mean, sd = row[f"{k}_mean"], row[f"{k}_std"]
+                cells.append("n/a" if math.isnan(mean) else f"{mean:.4g}" + ("" if math.isnan(sd) else f" ± {sd:.3g}"))
+            cells.append(f"{row['seconds_per_sample']:.3g}")
+            cells += ["n/a" if row[c] is None else f"{row[c]:g}" for c in ("forward_per_sample", "backward_per_sample")]
+            body.append(cells)
+        widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
+        fmt = "  ".join(f"{{:{'<' if i == 0 else '>'}{w}}}" for i, w in enumerate(widths))
+        lines = [f"evaluation of {len(self.methods)} method(s) on {self.samples} samples (seed {self.seed}): "
+                 "mean ± sd over the samples; ↑ higher is better, ↓ lower; cost of the attributions per sample"]
+        lines += [fmt.format(*head), *(fmt.format(*r) for r in body)]
+        return "\n".join(lines)
+
+    # -- files ---------------------------------------------------------------------------------------------------
+    def to_csv(self, path) -> None:
+        """Write :attr:`rows` as CSV (floats written exactly, ``repr``; missing values empty)."""
+        rows = self.rows
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: "" if v is None else repr(v) if isinstance(v, float) else v
+                                 for k, v in row.items()})
+
+    @staticmethod
+    def read_csv(path) -> list[dict[str, Any]]:
+        """The rows of a file written by :meth:`to_csv`, numbers parsed (empty cells as None)."""
+        with open(path, newline="") as f:
+            return [{k: _parse(k, v) for k, v in row.items()} for row in csv.DictReader(f)]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Everything as plain Python (JSON-ready; NaN as None): rows, per-sample scores, curves, counts."""
+        def plain(t: torch.Tensor):
+            return [None if isinstance(v, float) and math.isnan(v) else v for v in t.tolist()] if t.dim() == 1 \
+                else [plain(r) for r in t]
+        return {
+            "format": FORMAT, "samples": self.samples, "seed": self.seed, "methods": list(self.methods),
+            "metrics": list(self.metrics), "better": dict(self.better),
+            "rows": [{k: None if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+                     for r in self.rows],
+            "scores": {m: {k: plain(self.scores[m, k]) for k in self.metrics} for m in self.methods},
+            "curves": {m: {k: plain(c) for (mm, k), c in self.curves.items() if mm == m} for m in self.methods},
+            "seconds": dict(self.seconds), "forward_rows": dict(self.forward_rows),
+            "backward_rows": dict(self.backward_rows),
+        }
+
+    def to_json(self, path) -> None:
+        """Write :meth:`to_dict` as JSON; :meth:`from_json` reads it back into an equal table."""
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    @classmethod
+    def from_json(cls, path) -> EvaluationTable:
+        """The table written by :meth:`to_json`."""
+        with open(path) as f:
+            d = json.load(f)
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a tribute evaluation table ({FORMAT})")
+
+        def tensor(v):
+            return torch.tensor([[math.nan if x is None else x for x in r] for r in v] if v and isinstance(v[0], list)
+                                else [math.nan if x is None else x for x in v], dtype=torch.float64)
+        return cls(
+            methods=tuple(d["methods"]), metrics=tuple(d["metrics"]), better=dict(d["better"]),
+            scores={(m, k): tensor(v) for m, per in d["scores"].items() for k, v in per.items()},
+            curves={(m, k): tensor(v) for m, per in d["curves"].items() for k, v in per.items()},
+            seconds={k: float(v) for k, v in d["seconds"].items()},
+            forward_rows={k: int(v) for k, v in d["forward_rows"].items()},
+            backward_rows={k: int(v) for k, v in d["backward_rows"].items()},
+            samples=int(d["samples"]), seed=int(d["seed"]))
+
+    def equals(self, other: EvaluationTable, *, timings: bool = False) -> bool:
+        """Same labels, per-sample scores (NaN equal to NaN), curves and pass counts; timings only if asked."""
+        def same(a: dict, b: dict) -> bool:
+            return a.keys() == b.keys() and all(torch.equal(a[k].nan_to_num(nan=math.inf),
+                                                            b[k].nan_to_num(nan=math.inf)) for k in a)
+        return (self.methods == other.methods and self.metrics == other.metrics and self.better == other.better
+                and self.samples == other.samples and same(self.scores, other.scores)
+                and same(self.curves, other.curves) and self.forward_rows == other.forward_rows
+                and self.backward_rows == other.backward_rows and (not timings or self.seconds == other.seconds))
+
+
+def _parse(key: str, value: str):
+    if key == "method":
+        return value
+    if value == "":
+        return None
+    return int(value) if key == "samples" else float(value)
+
+
+# -- evaluate ----------------------------------------------------------------------------------------------------
+def evaluate(
+    model: nn.Module,
+    data,
+    methods: Sequence = ("gradient",),
+    metrics: Sequence = ("aopc_morf",),
+    *,
+    target=None,
+    batch_size: int | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> EvaluationTable:
+    """Score every method by every metric on every sample of ``data``; see the module doc.
+
+    Parameters
+    ----------
+    model : nn.Module
+        In eval mode; never modified.
+    data : Tensor, (inputs, labels) or iterable of batches
+        Inputs (N, ...) alone, an (inputs, labels) pair of tensors, or a re-iterable of batches (each inputs
+        or an (inputs, labels, ...) tuple, e.g. a ``DataLoader``).
+    methods : list
+        Registry names (``"random"``: :func:`tribute.metrics.roar.random_attribution`), Method classes or
+        instances, callables ``(model, inputs, target) -> attributions``, ``(label, method)`` pairs or
+        ``(label, method, options)`` triples.
+    metrics : list
+        Names (:func:`metric_names`), callables, ``(label, metric)`` pairs or ``(label, metric, options)``
+        triples.  An empty list measures the efficiency alone.
+    target : None, "label", int, 1-D tensor or callable
+        The class explained and scored: ``None`` (default) the model's prediction on each sample (fixed
+        once, so methods and metrics share it), ``"label"`` the data's labels, an int, a tensor with one
+        class per sample of the whole data (in order), or a callable score (metrics that need classes refuse it).
+    batch_size : int, optional
+        Samples per batch for tensor data (default 64); per-sample scores do not depend on it.  Iterable data
+        give their own batches.
+    seed : int
+        Seeds the methods and metrics (module doc).
+    progress : bool
+        A tqdm progress bar over the batches.
+
+    Returns
+    -------
+    EvaluationTable
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    seed = opt.integer(0)("seed", seed)
+    opt.boolean("progress", progress)
+    items = named_methods(methods)
+    specs = named_metrics(metrics)
+    batches, count = _batches(data, batch_size)
+    _check_target(target)
+
+    scores: dict[tuple[str, str], list[torch.Tensor]] = {(m.label, k): [] for m in items for k in specs}
+    curves: dict[tuple[str, str], list[torch.Tensor]] = {}
+    seconds = {m.label: 0.0 for m in items}
+    passes = {m.label: PassCount() for m in items}
+    explainers = {m.label: m.explainer(derived_seed(seed, "method")) for m in items}
+    samples = 0
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(batches, total=count, desc="evaluate", unit="batch")
+        batches = bar
+    try:
+        for x, y in batches:
+            if x.dim() == 0 or x.shape[0] == 0:
+                continue
+            t = _batch_target(model, x, y, target, samples)
+            if samples == 0:  # one untimed, uncounted call first: lazy set-up costs are not the method's
+                for m in items:
+                    explainers[m.label](model, x[:1], t[:1] if isinstance(t, torch.Tensor) else t)
+            samples += x.shape[0]
+            for m in items:
+                start = time.perf_counter()
+                with count_passes() as counted:
+                    a = explainers[m.label](model, x, t)
+                seconds[m.label] += time.perf_counter() - start
+                passes[m.label].add(counted.forward_rows, counted.backward_rows)
+                try:
+                    a = check_attributions(x, a)
+                except (TypeError, ValueError) as e:
+                    raise type(e)(f"method {m.label!r}: {e}") from None
+                for label, spec in specs.items():
+                    value, curve = _run_metric(label, spec, model, x, a, m, t, seed)
+                    scores[m.label, label].append(value)
+                    if curve is not None:
+                        curves.setdefault((m.label, label), []).append(curve)
+    finally:
+        if bar is not None:
+            bar.close()
+    if samples == 0:
+        raise ValueError("data hold no samples: nothing to evaluate")
+    if isinstance(target, torch.Tensor) and target.shape[0] != samples:
+        raise ValueError(f"target has {target.shape[0]} entries but the data hold {samples} samples")
+    return EvaluationTable(
+        methods=tuple(m.label for m in items), metrics=tuple(specs), better={k: s.better for k, s in specs.items()},
+        scores={key: torch.cat(v) if v else torch.empty(0, dtype=torch.float64) for key, v in scores.items()},
+        curves={key: torch.cat(v) for key, v in curves.items()}, seconds=seconds,
+        forward_rows={k: p.forward_rows for k, p in passes.items()},
+        backward_rows={k: p.backward_rows for k, p in passes.items()}, samples=samples, seed=seed)
+
+
+def efficiency(model: nn.Module, data, methods: Sequence = ("gradient",), **options) -> EvaluationTable:
+    """Wall time and rows through the model per sample of each method's attributions: :func:`evaluate` with no
+    metric (the same options)."""
+    if "metrics" in options:
+        raise TypeError("efficiency() measures no metric; call evaluate(..., metrics=...) for scores")
+    return evaluate(model, data, methods, metrics=(), **options)
+
+
+# -- metrics -----------------------------------------------------------------------------------------------------
+def named_metrics(metrics) -> dict[str, MetricSpec]:
+    """``metrics`` as label → :class:`MetricSpec`; unknown names raise a ValueError naming the nearest ones."""
+    if isinstance(metrics, str) or callable(metrics):
+        metrics = [metrics]
+    if not isinstance(metrics, Sequence):
+        raise TypeError(f"metrics must be a list of metric names, callables or (label, metric) pairs; got "
+                        f"{type(metrics).__name__}")
+    out: dict[str, MetricSpec] = {}
+    for item in metrics:
+        label, options = None, {}
+        if isinstance(item, tuple):
+            if len(item) not in (2, 3) or not isinstance(item[0], str) or (len(item) == 3 and not isinstance(
+                    item[2], dict)):
+                raise TypeError(f"metrics: a tuple must be (label, metric) or (label, metric, options dict); got "
+                                f"{item!r}")
+            label, item, options = item[0], item[1], (item[2] if len(item) == 3 else {})
+        if isinstance(item, str):
+            if item not in METRICS:
+                near = difflib.get_close_matches(item, METRICS, n=3, cutoff=0.5)
+                hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
+                raise ValueError(f"unknown metric {item!r}{hint} Known metrics: {', '.join(metric_names())} "
+                                 "(or a callable)")
+            base = METRICS[item]
+            spec = MetricSpec(base.fn, base.kind, base.better, {**base.options, **options}, base.absolute)
+            label = item if label is None else label
+        elif callable(item):
+            spec = MetricSpec(item, _callable_kind(item), "", dict(options))
+            label = getattr(item, "__name__", None) or type(item).__name__ if label is None else label
+        else:
+            raise TypeError(f"metrics: a metric must be a name or a callable, got {type(item).__name__}")
+        if label in out:
+            raise ValueError(f"metrics: two metrics are labelled {label!r}; pass (label, metric) pairs")
+        out[label] = spec
+    return out
+
+
+def _callable_kind(fn) -> str:
+    """A callable metric takes the method if its third parameter is named ``method``, else the attributions."""
+    try:
+        params = [p for p in inspect.signature(fn).parameters.values()
+                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    except (TypeError, ValueError):
+        return ATTRIBUTIONS
+    return METHOD if len(params) >= 3 and params[2].name == "method" else ATTRIBUTIONS
+
+
+def _run_metric(label: str, spec: MetricSpec, model, x, a, method: NamedMethod, target, seed: int):
+    """(N,) float64 scores on the CPU and the (N, K+1) curve if the metric has one."""
+    options = dict(spec.options)
+    if "seed" not in options and spec.takes("seed"):
+        options["seed"] = derived_seed(seed, f"metric/{label}")
+    if spec.kind == METHOD:
+        if method.options:
+            if not spec.takes("method_options"):
+                raise TypeError(f"metric {label!r} cannot pass the options of method {method.label!r} on")
+            options["method_options"] = {**method.options, **options.get("method_options", {})}
+        out = spec.fn(model, x, method.method, target, **options)
+    else:
+        out = spec.fn(model, x, a, target, **options)
+    value = getattr(out, "score", out)
+    if not isinstance(value, torch.Tensor) or value.shape != (x.shape[0],):
+        got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+        raise ValueError(f"metric {label!r} must give one score per sample, shape ({x.shape[0]},); got {got}")
+    value = value.detach().to("cpu", torch.float64)
+    curve = getattr(out, "curve", None)
+    if isinstance(curve, torch.Tensor) and curve.dim() == 2 and curve.shape[0] == x.shape[0]:
+        curve = curve.detach().to("cpu", torch.float64)
+    else:
+        curve = None
+    return (value.abs() if spec.absolute else value), curve
+
+
+# -- data and targets --------------------------------------------------------------------------------------------
+def _batches(data, batch_size) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor | None]], int | None]:
+    """The data as (inputs, labels or None) batches, and their number when known."""
+    batch_size = opt.optional(opt.integer(1))("batch_size", batch_size)
+    if isinstance(data, torch.Tensor) or (isinstance(data, (tuple, list)) and len(data) == 2
+                                          and all(isinstance(t, torch.Tensor) for t in data)):
+        x, y = (data, None) if isinstance(data, torch.Tensor) else data
+        if x.dim() < 1 or x.shape[0] == 0:
+            raise ValueError(f"data hold no samples (inputs of shape {tuple(x.shape)}): nothing to evaluate")
+        if y is not None and (y.dim() != 1 or y.shape[0] != x.shape[0]):
+            raise ValueError(f"data: labels must be 1-D with one entry per sample ({x.shape[0]}), got shape "
+                             f"{tuple(y.shape)}")
+        size = batch_size or DEFAULT_BATCH
+        starts = range(0, x.shape[0], size)
+        return ((x[i:i + size], None if y is None else y[i:i + size]) for i in starts), len(starts)
+    if isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
+        if batch_size is not None:
+            raise ValueError("batch_size applies to tensor data; an iterable of batches gives its own batches")
+        try:
+            count = len(data)
+        except TypeError:
+            count = None
+        return (_split(item) for item in data), count
+    raise TypeError(f"data must be inputs, an (inputs, labels) pair of tensors or an iterable of batches; got "
+                    f"{type(data).__name__}")
+
+
+def _split(item) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if isinstance(item, torch.Tensor):
+        return item, None
+    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+        y = item[1] if len(item) > 1 and isinstance(item[1], torch.Tensor) else None
+        return item[0], y
+    raise TypeError(f"data must yield input tensors or (inputs, labels) batches, got {type(item).__name__}")
+
+
+def _check_target(target) -> None:
+    if target is None or target == "label" or callable(target):
+        return
+    if isinstance(target, int) and not isinstance(target, bool):
+        return
+    if isinstance(target, torch.Tensor) and target.dim() == 1 and not target.is_floating_point():
+        return
+    raise ValueError(f"target must be None, 'label', an int, a 1-D integer tensor or a callable; got {target!r}")
+
+
+def _batch_target(model, x: torch.Tensor, y, target, offset: int):
+    """The batch's target, fixed once: class indices (or the user's callable)."""
+    if target == "label":
+        if y is None:
+            raise ValueError("target='label' needs labels: pass data as (inputs, labels)")
+        return y.to(x.device)
+    if isinstance(target, torch.Tensor):
+        part = target[offset:offset + x.shape[0]]
+        if part.shape[0] != x.shape[0]:
+            raise ValueError(f"target has {target.shape[0]} entries, fewer than the samples of the data")
+        return resolve_target(model, x, part.to(x.device))
+    if callable(target):
+        return target
+    return resolve_target(model, x, target)
+
+
+__all__ = ["EvaluationTable", "METRICS", "MetricSpec", "efficiency", "evaluate", "metric_names", "named_metrics"]

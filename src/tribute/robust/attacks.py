@@ -1,0 +1,350 @@
+"""Attacks on models: the fast gradient sign method and projected gradient descent, in L∞ and L2.
+
+PGD (Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks", §2; seed 004, eq 2-3)
+approximates the inner maximisation of adversarial training (seed 000, eq 3; seed 004, eq 1),
+max_{δ ∈ Δ} L(x + δ, y), by projected steps from a random point of the ball Δ = {δ : ‖δ‖_p ≤ ε}:
+
+    x_{t+1} = Π_{B(x, ε) ∩ [lo, hi]} ( x_t + α · s(∇_x L(x_t, y)) ),
+
+with s(g) = sign(g) for L∞ (steepest ascent under ‖·‖∞) and s(g) = g / ‖g‖₂ for L2 (steepest ascent under
+‖·‖₂; seed 004's eq 2 writes sgn with an L2 ball, which is not the L2 steepest-ascent step and leaves the ball
+after one step for any α > ε / √d).  FGSM (Goodfellow et al. 2015, eq 3) is one L∞ step of size ε from x.
+
+Conventions (every attack here):
+
+- ε, α and ``bounds`` are in the units of the inputs given (pixel space); an ``input_transform`` such as
+  :class:`tribute.Normalize` is applied between the inputs and the model, so the attack's geometry stays in
+  pixel space while the model sees what it was trained on.
+- The loss is computed on the model's outputs (logits): cross-entropy by default, per sample; or any callable
+  ``loss(logits, labels)`` returning one loss per sample.  Losses are summed for the gradient, so each sample's
+  step is its own.  ``targeted=True`` descends the loss towards ``labels`` instead of ascending it.
+- The returned points satisfy ``‖x' − x‖_p ≤ ε`` and ``lo ≤ x' ≤ hi`` *as computed in the input's dtype*:
+  after the projection a last correction moves any coordinate that rounding put outside by an ulp.  In L2 the
+  projection onto the ball is followed by clipping to the bounds, which only shortens δ, so the result lies in
+  both sets (it is the exact projection onto the intersection in L∞, a feasible point in L2).
+- The random start is uniform in the ball: in the L∞ box ε·U(−1, 1)^d; in the L2 ball a direction from a
+  normal draw and a radius ε·U^{1/d} (d the number of input elements).  Each sample draws from its own stream,
+  seeded from ``seed`` and its own values (:class:`tribute.core.randomness.SampleStreams`), so a sample's
+  adversarial example does not depend on its batch-mates, its position or ``batch_size``.
+- The model is put in eval mode for the attack (every submodule), and each module's mode is restored
+  afterwards, also on error.  Gradients are taken with respect to the input only (``torch.autograd.grad``):
+  no parameter's ``.grad`` or ``requires_grad`` changes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..core import options as opt
+from ..core.engine import check_inputs, chunk_rows, default_batch_size
+from ..core.randomness import SampleStreams
+
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+NORMS = ("linf", "l2")
+
+# Corrections of the rounding of x0 + δ: a handful always suffices (each moves the offending values towards x0).
+_MAX_CORRECTIONS = 64
+
+
+def fgsm(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    eps: float,
+    bounds: tuple | None = None,
+    loss: Loss | None = None,
+    targeted: bool = False,
+    input_transform: Callable | None = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Fast gradient sign method: x' = Π_[lo, hi](x + ε · sign(∇_x L(x, y))).
+
+    Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing Adversarial Examples", eq 3.  With
+    ``targeted=True``: x' = x − ε · sign(∇_x L(x, t)) (towards class t = ``labels``).  Equal to
+    :func:`pgd` with ``norm="linf"``, ``steps=1``, ``step_size=eps`` and no random start.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Maps (transformed) inputs to logits, (N, classes).
+    inputs : Tensor
+        (N, ...) floating point, in pixel space; must lie within ``bounds`` when given.
+    labels : Tensor
+        (N,) class indices: the true classes (untargeted) or the target classes (``targeted=True``).
+    eps : float
+        L∞ budget, > 0, in the units of ``inputs``.
+    bounds : (lo, hi), optional
+        The input domain (numbers, or tensors broadcastable to ``inputs``); the result is clipped to it.
+    loss : callable, optional
+        ``loss(logits, labels) -> (N,)``; default per-sample cross-entropy on the logits.
+    targeted : bool
+        Descend the loss towards ``labels`` instead of ascending it.
+    input_transform : callable, optional
+        Applied to the inputs before the model (e.g. :class:`tribute.Normalize`).
+    batch_size : int, optional
+        Most rows through the model at once (default: from the input size, as the attribution methods).
+
+    Returns
+    -------
+    Tensor
+        Adversarial inputs, the input's shape, dtype and device.
+    """
+    return _attack(model, inputs, labels, norm="linf", eps=eps, step_size=eps, steps=1, random_start=False,
+                   bounds=bounds, targeted=targeted, loss=loss, seed=None, input_transform=input_transform,
+                   batch_size=batch_size, owner="fgsm", step_name="eps")
+
+
+def pgd(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    norm: str = "linf",
+    eps: float,
+    step_size: float,
+    steps: int,
+    random_start: bool = True,
+    bounds: tuple | None = None,
+    targeted: bool = False,
+    loss: Loss | None = None,
+    seed: int | None = None,
+    input_transform: Callable | None = None,
+    batch_size: int | None = None,
+) -> torch.Tensor:
+    """Projected gradient descent (ascent on the loss) in an L∞ or L2 ball of radius ε around each input.
+
+    x_0 = x (+ a uniform random point of the ball), x_{t+1} = Π(x_t + α · s(±∇_x L(x_t, y))), t < ``steps``;
+    returns x_T.  Madry et al. 2018, §2 and eq 2.1; seed 004 eq 2-3 (with the L2 steepest-ascent step
+    s(g) = g / ‖g‖₂ rather than sign(g), see the module docstring).  A sample whose gradient is exactly zero does
+    not move in that step.
+
+    Parameters
+    ----------
+    model, inputs, labels, bounds, loss, targeted, input_transform, batch_size
+        As in :func:`fgsm`.
+    norm : {"linf", "l2"}
+        The threat model: ‖δ‖∞ ≤ ε (sign steps) or ‖δ‖₂ ≤ ε (normalised-gradient steps), ‖·‖ over all of a
+        sample's elements.
+    eps : float
+        The budget ε > 0, in the units of ``inputs``.
+    step_size : float
+        α > 0, in the same units (a common choice is 2.5 · ε / steps: Madry et al.'s robustness library).
+    steps : int
+        Number of gradient steps, >= 1.
+    random_start : bool
+        Start from a uniform random point of the ball (clipped to ``bounds``) instead of x.
+    seed : int, optional
+        Seeds the random start (per sample, see the module docstring); None draws fresh entropy.
+
+    Returns
+    -------
+    Tensor
+        Adversarial inputs, the input's shape, dtype and device.
+    """
+    return _attack(model, inputs, labels, norm=norm, eps=eps, step_size=step_size, steps=steps,
+                   random_start=random_start, bounds=bounds, targeted=targeted, loss=loss, seed=seed,
+                   input_transform=input_transform, batch_size=batch_size, owner="pgd", step_name="step_size")
+
+
+def _attack(model, inputs, labels, *, norm, eps, step_size, steps, random_start, bounds, targeted, loss, seed,
+            input_transform, batch_size, owner, step_name) -> torch.Tensor:
+    eps = opt.real(0.0, low_open=True)(f"{owner}: eps", eps)
+    norm = opt.choice(NORMS)(f"{owner}: norm", norm)
+    step_size = opt.real(0.0, low_open=True)(f"{owner}: {step_name}", step_size)
+    steps = opt.integer(1)(f"{owner}: steps", steps)
+    random_start = opt.boolean(f"{owner}: random_start", random_start)
+    targeted = opt.boolean(f"{owner}: targeted", targeted)
+    opt.function(f"{owner}: loss", loss)
+    opt.function(f"{owner}: input_transform", input_transform)
+    batch_size = opt.optional(opt.integer(1))(f"{owner}: batch_size", batch_size)
+    for name, value in (("eps", eps), (step_name, step_size)):
+        if math.isinf(value):
+            raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
+    if seed is not None:
+        opt.integer(0)(f"{owner}: seed", seed)
+    if not callable(model):
+        raise TypeError(f"{owner}: model must be a callable nn.Module, got {type(model).__name__}")
+    check_inputs(model, inputs)
+    x = inputs.detach()
+    lo, hi = _check_bounds(owner, x, bounds)
+    y = _check_labels(owner, x, labels, custom_loss=loss is not None)
+    loss_fn = loss if loss is not None else _cross_entropy
+    streams = SampleStreams(x, seed) if random_start else None
+    batch_size = batch_size or default_batch_size(x)
+
+    out = torch.empty_like(x)
+    with _eval_mode(model), torch.enable_grad():
+        for rows in chunk_rows(x.shape[0], batch_size):
+            sample = torch.arange(rows.start, rows.stop)
+            x0 = x[rows.start:rows.stop]
+            xt = x0 if streams is None else _project(x0 + _ball_draw(streams, sample, x0, eps, norm), x0, eps,
+                                                     norm, lo, hi)
+            for t in range(steps):
+                g = _loss_gradient(model, input_transform, loss_fn, xt, y[rows.start:rows.stop], owner,
+                                   check=t == 0)
+                if targeted:
+                    g = -g
+                xt = _project(xt + step_size * _ascent_direction(g, norm), x0, eps, norm, lo, hi)
+            out[rows.start:rows.stop] = xt
+    return out
+
+
+def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, labels, reduction="none")
+
+
+def _loss_gradient(model, input_transform, loss_fn, x, y, owner, check) -> torch.Tensor:
+    """∇_x Σ_i L(x_i, y_i): one forward and one backward pass, to the input only."""
+    leaf = x.detach().requires_grad_()
+    logits = model(leaf if input_transform is None else input_transform(leaf))
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{owner}: the model must return a tensor of logits, got {type(logits).__name__}")
+    if check and loss_fn is _cross_entropy:
+        _check_classes(owner, logits, y)
+    losses = loss_fn(logits, y)
+    if not isinstance(losses, torch.Tensor) or losses.shape != (x.shape[0],):
+        got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(f"{owner}: loss must return one loss per sample, shape ({x.shape[0]},); got {got}")
+    if not losses.requires_grad:
+        raise RuntimeError(f"{owner}: the loss does not depend on the input through autograd "
+                           "(a torch.no_grad() or .detach() in the model or the loss?)")
+    (g,) = torch.autograd.grad(losses.sum(), leaf)
+    return g
+
+
+def _ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
+    """The steepest-ascent direction of unit ‖·‖_p norm: sign(g) for L∞, g / ‖g‖₂ for L2 (0 where g = 0)."""
+    if norm == "linf":
+        return g.sign()
+    n = _norms(g)
+    return g / torch.where(n > 0, n, torch.ones_like(n)).view(_per_sample(g))
+
+
+def _ball_draw(streams: SampleStreams, sample: torch.Tensor, x0: torch.Tensor, eps: float, norm: str):
+    """A uniform point of the ε-ball for each row, from the row's own stream."""
+    shape = tuple(x0.shape[1:])
+    kw = {"dtype": torch.float64, "device": x0.device}
+    if norm == "linf":
+        u = streams.draw("uniform", sample, shape, **kw)
+        return ((2 * u - 1) * eps).to(x0.dtype)
+    z = streams.draw("normal", sample, shape, **kw)
+    u = streams.draw("uniform", sample, (1,), **kw)
+    direction = z / _norms(z).clamp_min(1e-300).view(_per_sample(z))
+    radius = eps * u.squeeze(1) ** (1.0 / x0[0].numel())
+    return (direction * radius.view(_per_sample(z))).to(x0.dtype)
+
+
+def _project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str, lo, hi) -> torch.Tensor:
+    """Π onto {‖x − x0‖_p ≤ ε} then onto [lo, hi]; then any rounding excess is removed (see module docstring)."""
+    if norm == "linf":
+        x = torch.maximum(torch.minimum(x, x0 + eps), x0 - eps)
+    else:
+        d = x - x0
+        n = _norms(d)
+        x = x0 + d * (eps / torch.where(n > eps, n, torch.full_like(n, eps))).view(_per_sample(d))
+    x = _clip(x, lo, hi)
+    u = torch.finfo(x.dtype).eps
+    for k in range(_MAX_CORRECTIONS):
+        d = x - x0
+        if norm == "linf":
+            over = d.abs() > eps
+            if not bool(over.any()):
+                return x
+            x = torch.where(over, torch.nextafter(x, x0), x)
+        else:
+            n = _norms(d)
+            over = n > eps
+            if not bool(over.any()):
+                return x
+            shrink = torch.where(over, eps / n * (1 - 2 ** (k + 1) * u), torch.ones_like(n))
+            x = _clip(torch.where(over.view(_per_sample(d)), x0 + d * shrink.view(_per_sample(d)), x), lo, hi)
+    raise RuntimeError("could not bring the adversarial point inside the ε-ball in the input's precision")
+
+
+def _clip(x: torch.Tensor, lo, hi) -> torch.Tensor:
+    return x if lo is None else torch.minimum(torch.maximum(x, lo), hi)
+
+
+def _norms(t: torch.Tensor) -> torch.Tensor:
+    return t.flatten(1).norm(dim=1)
+
+
+def _per_sample(t: torch.Tensor) -> tuple[int, ...]:
+    return (-1,) + (1,) * (t.dim() - 1)
+
+
+def _check_bounds(owner: str, x: torch.Tensor, bounds):
+    if bounds is None:
+        return None, None
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise TypeError(f"{owner}: bounds must be a pair (lo, hi) or None, got {bounds!r}")
+    lo, hi = (torch.as_tensor(b, dtype=x.dtype, device=x.device) for b in bounds)
+    try:
+        torch.broadcast_shapes(lo.shape, x.shape)
+        torch.broadcast_shapes(hi.shape, x.shape)
+    except RuntimeError as e:
+        raise ValueError(f"{owner}: bounds must broadcast to the inputs' shape {tuple(x.shape)}; "
+                         f"got shapes {tuple(lo.shape)} and {tuple(hi.shape)}") from e
+    if not bool(torch.isfinite(lo).all() and torch.isfinite(hi).all()):
+        raise ValueError(f"{owner}: bounds must be finite (use bounds=None for an unbounded domain)")
+    if not bool((lo < hi).all()):
+        raise ValueError(f"{owner}: bounds (lo, hi) need lo < hi, got {bounds!r}")
+    outside = ((x < lo) | (x > hi)).flatten(1).any(1)
+    if bool(outside.any()):
+        rows = outside.nonzero().flatten().tolist()
+        raise ValueError(
+            f"{owner}: inputs lie outside bounds={bounds!r} (samples {rows[:10]}{'…' if len(rows) > 10 else ''}; "
+            f"values in [{x.min().item():.6g}, {x.max().item():.6g}]). Give inputs in the declared range, e.g. "
+            "pixel values before normalisation with input_transform= for the model's normalisation"
+        )
+    return lo, hi
+
+
+def _check_labels(owner: str, x: torch.Tensor, labels, *, custom_loss: bool) -> torch.Tensor:
+    n = x.shape[0]
+    if not isinstance(labels, torch.Tensor):
+        raise TypeError(f"{owner}: labels must be a tensor with one label per sample, got {type(labels).__name__}")
+    if custom_loss:  # a custom loss may take any per-sample labels (soft labels, regression targets)
+        if labels.dim() == 0 or labels.shape[0] != n:
+            raise ValueError(f"{owner}: labels need one entry per sample along dim 0 ({n}); "
+                             f"got shape {tuple(labels.shape)}")
+        return labels.to(x.device)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise TypeError(f"{owner}: labels must hold class indices (integers), got dtype {labels.dtype}")
+    if labels.shape != (n,):
+        raise ValueError(f"{owner}: labels must have shape ({n},), one class per sample; got {tuple(labels.shape)}")
+    if bool((labels < 0).any()):
+        raise ValueError(f"{owner}: labels must be class indices >= 0, got {int(labels.min())}")
+    return labels.to(x.device, torch.long)
+
+
+def _check_classes(owner: str, logits: torch.Tensor, y: torch.Tensor) -> None:
+    if logits.dim() != 2 or logits.shape[0] != y.shape[0]:
+        raise ValueError(f"{owner}: cross-entropy needs logits of shape (N, classes); the model returned "
+                         f"{tuple(logits.shape)}. Pass loss= for other outputs")
+    if bool((y >= logits.shape[1]).any()):
+        raise ValueError(f"{owner}: label {int(y.max())} is out of range for a model with {logits.shape[1]} "
+                         "outputs")
+
+
+@contextlib.contextmanager
+def _eval_mode(model) -> Iterator[None]:
+    """Every submodule in eval mode inside; each module's own flag restored after (mixed modes survive)."""
+    if not isinstance(model, nn.Module):
+        yield
+        return
+    modes = [(m, m.training) for m in model.modules()]
+    try:
+        model.eval()
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training
