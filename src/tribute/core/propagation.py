@@ -684,10 +684,14 @@ class Propagation:
         positions = [i for i, a in enumerate(args) if tagged(a)]
         keys = [k for k, v in kwargs.items() if tagged(v)]
         inputs = [args[i] for i in positions] + [kwargs[k] for k in keys]
+        # the closures keep the other arguments only: holding the inputs would make a reference cycle
+        # (output → its backward node → closure → input, which for ``x += y`` is the output itself)
+        rest = [None if i in positions else a for i, a in enumerate(args)]
+        rest_kw = {k: None if k in keys else v for k, v in kwargs.items()}
 
         def with_inputs(f):
             def call(*xs):
-                a, kw = list(args), dict(kwargs)
+                a, kw = list(rest), dict(rest_kw)
                 for i, v in zip(positions, xs[: len(positions)], strict=True):
                     a[i] = v
                 for k, v in zip(keys, xs[len(positions):], strict=True):
