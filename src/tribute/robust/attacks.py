@@ -174,7 +174,7 @@ def _attack(model, inputs, labels, *, norm, eps, step_size, steps, random_start,
         raise TypeError(f"{owner}: model must be a callable nn.Module, got {type(model).__name__}")
     check_inputs(model, inputs)
     x = inputs.detach()
-    lo, hi = _check_bounds(owner, x, bounds)
+    lo, hi = check_bounds(owner, x, bounds)
     y = _check_labels(owner, x, labels, custom_loss=loss is not None)
     loss_fn = loss if loss is not None else _cross_entropy
     streams = SampleStreams(x, seed) if random_start else None
@@ -185,14 +185,14 @@ def _attack(model, inputs, labels, *, norm, eps, step_size, steps, random_start,
         for rows in chunk_rows(x.shape[0], batch_size):
             sample = torch.arange(rows.start, rows.stop)
             x0 = x[rows.start:rows.stop]
-            xt = x0 if streams is None else _project(x0 + _ball_draw(streams, sample, x0, eps, norm), x0, eps,
+            xt = x0 if streams is None else project(x0 + _ball_draw(streams, sample, x0, eps, norm), x0, eps,
                                                      norm, lo, hi)
             for t in range(steps):
                 g = _loss_gradient(model, input_transform, loss_fn, xt, y[rows.start:rows.stop], owner,
                                    check=t == 0)
                 if targeted:
                     g = -g
-                xt = _project(xt + step_size * _ascent_direction(g, norm), x0, eps, norm, lo, hi)
+                xt = project(xt + step_size * _ascent_direction(g, norm), x0, eps, norm, lo, hi)
             out[rows.start:rows.stop] = xt
     return out
 
@@ -242,7 +242,7 @@ def _ball_draw(streams: SampleStreams, sample: torch.Tensor, x0: torch.Tensor, e
     return (direction * radius.view(_per_sample(z))).to(x0.dtype)
 
 
-def _project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str, lo, hi) -> torch.Tensor:
+def project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str, lo, hi) -> torch.Tensor:
     """Π onto {‖x − x0‖_p ≤ ε} then onto [lo, hi]; then any rounding excess is removed (see module docstring)."""
     if norm == "linf":
         x = torch.maximum(torch.minimum(x, x0 + eps), x0 - eps)
@@ -281,7 +281,7 @@ def _per_sample(t: torch.Tensor) -> tuple[int, ...]:
     return (-1,) + (1,) * (t.dim() - 1)
 
 
-def _check_bounds(owner: str, x: torch.Tensor, bounds):
+def check_bounds(owner: str, x: torch.Tensor, bounds):
     if bounds is None:
         return None, None
     if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:

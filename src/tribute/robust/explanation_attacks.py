@@ -70,8 +70,7 @@ from ..core.registry import get_method
 from ..core.targets import Target
 from ..metrics.common import as_map
 from ..metrics.similarity import center_of_mass, check_k, topk_intersection
-from .attacks import _check_bounds as check_bounds
-from .attacks import _project as project
+from .attacks import check_bounds, project
 
 __all__ = [
     "DEFAULT_SURROGATE_BETA",
@@ -117,7 +116,7 @@ def _check_inputs(inputs) -> torch.Tensor:
     return inputs.detach()
 
 
-def _project(x: torch.Tensor, x0: torch.Tensor, eps: float, box) -> torch.Tensor:
+def _project_linf(x: torch.Tensor, x0: torch.Tensor, eps: float, box) -> torch.Tensor:
     """Onto the L∞ ball around x0 and the bounds, exactly in the input's dtype (shared with the model attacks)."""
     return project(x, x0, eps, "linf", *box)
 
@@ -142,7 +141,7 @@ def random_sign_perturbation(inputs: torch.Tensor, *, eps: float, bounds=None, s
     streams = SampleStreams(x, seed)
     u = streams.draw("uniform", torch.arange(x.shape[0]), tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
     signs = torch.where(u < 0.5, -torch.ones_like(u), torch.ones_like(u))
-    return _project(x + eps * signs, x, eps, box)
+    return _project_linf(x + eps * signs, x, eps, box)
 
 
 # -- explanations: the real one and its differentiable surrogate ------------------------------------------------
@@ -288,7 +287,7 @@ def _ascend(ex, chunk: _Chunk, pred, eps, steps, step_size, bounds, objective, s
                     f"the attack objective has a zero gradient for samples {rows[:10]}: their explanation is "
                     "locally constant in the input (a ReLU network without a softplus surrogate?); they stay put",
                     RuntimeWarning, stacklevel=4)
-        candidate = _project(x + step_size * grad.sign(), x0, eps, bounds)
+        candidate = _project_linf(x + step_size * grad.sign(), x0, eps, bounds)
         keep = ex.predict(candidate) == pred  # a step that changes the label is undone (Algorithm 1)
         x = torch.where(keep.view(expand), candidate, x)
         s = score(ex, x, chunk)
