@@ -275,6 +275,12 @@ def _z_signed(op, x, w, b, x_negative: bool, negative_part: bool = True, z: torc
     return zp, zn
 
 
+def _ratio(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
+    """r / stab(d), dividing in place into the stabiliser's fresh tensor."""
+    den = stab(d, STABILIZER)
+    return torch.div(r, den, out=den)
+
+
 def _has_negative(x: torch.Tensor) -> bool:
     return bool((x < 0).any())
 
@@ -312,8 +318,13 @@ class AlphaBeta(LinearRule):
         w, b = layer.params()
         x_negative = _has_negative(x)
         zp, zn = _z_signed(layer.op, x, w, b, x_negative, negative_part=self.beta != 0, z=layer.output(z))
-        s_plus = r / stab(zp, STABILIZER)
-        s_minus = r / stab(zn, STABILIZER) if self.beta else None
+        s_plus = _ratio(r, zp)
+        s_minus = _ratio(r, zn) if self.beta else None
+        if not x_negative:  # x ≥ 0: x ⊙ (α Jᵀ_{w⁺} s₊ − β Jᵀ_{w⁻} s₋), accumulated in place
+            g = _vjp(layer.op, x, _pos(w), s_plus).mul_(self.alpha)
+            if self.beta:
+                g.sub_(_vjp(layer.op, x, _neg(w), s_minus), alpha=self.beta)
+            return g.mul_(x)
         pos, neg = _signed_split(layer.op, x, w, s_plus, s_minus, x_negative)
         return self.alpha * pos - self.beta * neg if self.beta else self.alpha * pos
 
@@ -355,7 +366,8 @@ class Gamma(LinearRule):
         s_pos, s_neg = torch.where(positive, s, 0.0), torch.where(z < 0, s, 0.0)
         if not x_negative:  # x ≥ 0: (x w)^± = x w^±, so each sign needs one transposed layer, W + γW^±
             g = self.gamma
-            return x * (_vjp(layer.op, x, w + g * _pos(w), s_pos) + _vjp(layer.op, x, w + g * _neg(w), s_neg))
+            grad = _vjp(layer.op, x, w + g * _pos(w), s_pos)
+            return grad.add_(_vjp(layer.op, x, w + g * _neg(w), s_neg)).mul_(x)
         plain = x * _vjp(layer.op, x, w, s_pos + s_neg)
         pos, _ = _signed_split(layer.op, x, w, s_pos, None, x_negative)
         _, neg = _signed_split(layer.op, x, w, None, s_neg, x_negative)
