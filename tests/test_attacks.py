@@ -410,3 +410,16 @@ def test_bad_inputs_raise_clear_errors():
         fgsm(model, torch.tensor([[float("nan")] * 6, [0.0] * 6], dtype=torch.float64), y, eps=0.1)
     with pytest.raises(ValueError, match="eps must be > 0"):
         fgsm(model, torch.rand(2, 6, dtype=torch.float64), y, eps=0)
+
+
+def test_the_engine_counts_an_attacks_passes():
+    """One forward and one backward row per sample and step: PGD's cost shows in tribute.count_passes."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 3)).eval()
+    x, y = torch.rand(5, 6), torch.tensor([0, 1, 2, 0, 1])
+    with tribute.count_passes() as passes:
+        pgd(model, x, y, norm="l2", eps=0.1, step_size=0.05, steps=4, seed=0)
+    assert (passes.forward_rows, passes.backward_rows) == (5 * 4, 5 * 4)
+    with tribute.count_passes() as passes:
+        fgsm(model, x, y, eps=0.1)
+    assert (passes.forward_rows, passes.backward_rows) == (5, 5)

@@ -61,9 +61,13 @@ def count_passes() -> Iterator[PassCount]:
         del stack[next(i for i, d in enumerate(stack) if d is c)]
 
 
-def _record(forward: int = 0, backward: int = 0) -> None:
+def record_passes(forward: int = 0, backward: int = 0) -> None:
+    """Add rows to every active :func:`count_passes` block (for code that runs the model itself, e.g. attacks)."""
     for c in _counters():
         c.add(forward, backward)
+
+
+_record = record_passes
 
 
 # Modules whose output depends on ``training``: attributing through them in train mode mixes samples

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import options as opt
-from ..core.engine import check_inputs, chunk_rows, default_batch_size
+from ..core.engine import check_inputs, chunk_rows, default_batch_size, record_passes
 from ..core.randomness import SampleStreams
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -217,6 +217,7 @@ def _loss_gradient(model, input_transform, loss_fn, x, y, owner, check) -> torch
         raise RuntimeError(f"{owner}: the loss does not depend on the input through autograd "
                            "(a torch.no_grad() or .detach() in the model or the loss?)")
     (g,) = torch.autograd.grad(losses.sum(), leaf)
+    record_passes(forward=x.shape[0], backward=x.shape[0])
     return g
 
 
