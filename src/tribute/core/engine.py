@@ -226,6 +226,8 @@ def forward_under_rules(forward: Forward, leaf: torch.Tensor, *, rules: RuleSet,
         with (propagation.track_modules(forward.model) if propagation else contextlib.nullcontext()), \
                 (within(mode) if within is not None else contextlib.nullcontext()):
             out = forward(leaf)
+    if hasattr(propagation, "finish"):  # the ops handler's last word on the output (LRP's gradient form)
+        out = propagation.finish(out)
     if strict and rules != GRADIENT:
         if not coverage.ruled:
             seen = ", ".join(sorted(coverage.plain)) or "none"

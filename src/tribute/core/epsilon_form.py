@@ -1,0 +1,317 @@
+"""ε-LRP composites as a modified gradient (the "gradient form" of :mod:`tribute.core.propagation`).
+
+Write the relevance at every tensor v as R_v = v ⊙ t_v, t the relevance per unit of v.  Then
+
+- the ε rule at a linear layer z = Wx + b (batch norm merged), R_x = x ⊙ Wᵀ(R_z / stab(z)), reads
+  t_x = Wᵀ(t_z ⊙ z / stab(z));
+- the Norm rule at an op linear in its inputs (additions, means, pooling, unmerged batch norm) reads the same
+  with the op's Jacobian, t_in = Jᵀ(t_y ⊙ y / stab(y));
+- ReLU's pass rule, R_z = R_y, reads t_z = t_y ⊙ y / z = t_y ⊙ 1[z > 0]: ReLU's own gradient;
+- moves (reshapes, concatenation, max pooling) pass t as their gradient does.
+
+So an ε composite is x ⊙ (the plain gradient, with the backward signal scaled by v / stab(v) at the output v
+of every linear layer and every Norm op).  A ReLU reading such a v takes both factors at once,
+1[v > 0]·v / stab(v) = y / (y + ε) with y = ReLU(v), computed in the forward pass; any other reader scales
+its own edge by |v| / (|v| + ε) (= v / stab(v) exactly, the signs cancel); the factors distribute over the
+readers because the relevance of v is the sum over them.  The model's output, the last linear layer's, is
+scaled by 1 / stab(out) for the backward pass that starts from R = S_c(x).
+
+This needs a few elementwise passes per layer where the relevance form needs several, and autograd's own
+backward passes for the rest.  It covers models whose nonlinearities are ReLUs and whose ops the relevance
+form handles with these rules; anything else raises :class:`Unsupported` during the forward pass and the
+caller falls back to the relevance form, which gives the same relevance.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from .propagation import (
+    _BILINEAR,
+    _MOVES,
+    _PROPORTIONAL,
+    STABILIZER,
+    Composite,
+    Epsilon,
+    LayerCall,
+    Propagation,
+    parse_linear,
+    stab,
+)
+from .rules import Rule
+
+_EPS = "_tribute_eps"  # the stabiliser a tensor's readers owe it (it is a linear layer's or Norm op's output)
+_PRODUCER = "_tribute_producer"  # the linear-layer call that made it (batch norm may merge into it)
+_IN_PLACE_ADD = {"add_": 1.0, "__iadd__": 1.0, "sub_": -1.0, "__isub__": -1.0}
+
+
+class Unsupported(Exception):
+    """The gradient form does not cover this model; the relevance form must run instead."""
+
+
+def covers(composite: Any) -> bool:
+    """Whether ``composite`` puts the ε rule on every linear layer (the only composites this form computes)."""
+    if type(composite) is not Composite:  # a subclass may assign rules some other way
+        return False
+    rules = [composite.conv, composite.dense, composite.first, *composite.by_name.values()]
+    return all(r is None or type(r) is Epsilon for r in rules) and composite.conv is not None
+
+
+class EpsilonForm:
+    """The ``ops`` of a rule set computing an ε composite in the gradient form."""
+
+    def __init__(self, composite: Composite):
+        self.composite = composite
+
+    def start(self) -> GradientForm:
+        return GradientForm(self.composite)
+
+    def key(self) -> tuple:
+        return ("gradient_form", self.composite.key())
+
+
+class _Producer:
+    """A linear layer's output: how many ops read it, and whether batch norm was merged into it."""
+
+    __slots__ = ("readers", "merged")
+
+    def __init__(self):
+        self.readers = 0
+        self.merged = False
+
+    def read(self) -> None:
+        if self.merged:  # batch norm merged into the layer, and now something else reads the layer's output
+            raise Unsupported("a linear layer's output is read by batch norm and by another op")
+        self.readers += 1
+
+
+class _EdgeFactor(torch.autograd.Function):
+    """Identity forward; the backward signal scaled by |v| / (|v| + ε) (one reader's share of v / stab(v))."""
+
+    @staticmethod
+    def forward(ctx, v, eps: float):
+        a = v.detach().abs()
+        ctx.save_for_backward(torch.div(a, a + eps))
+        return v.view_as(v)
+
+    @staticmethod
+    def backward(ctx, g):
+        (factor,) = ctx.saved_tensors
+        return g * factor, None
+
+
+class _OutputFactor(torch.autograd.Function):
+    """Identity forward; the backward signal divided by stab(out): the start R = S_c at the output over it."""
+
+    @staticmethod
+    def forward(ctx, out, eps: float):
+        ctx.save_for_backward(stab(out.detach(), eps))
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, g):
+        (den,) = ctx.saved_tensors
+        return g / den, None
+
+
+class _FusedRelu(torch.autograd.Function):
+    """y = ReLU(v) (in place if asked); backward g · y / (y + ε), the ReLU and v's stabiliser in one factor."""
+
+    @staticmethod
+    def forward(ctx, v, eps: float, inplace: bool):
+        y = v.relu_() if inplace else v.relu()
+        ctx.save_for_backward(torch.div(y, y + eps))
+        if inplace:
+            ctx.mark_dirty(v)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        (factor,) = ctx.saved_tensors
+        return g * factor, None, None
+
+
+class _InPlaceAdd(torch.autograd.Function):
+    """``a += sign·alpha·b`` (an in-place residual addition), with the readers' factors of a and b."""
+
+    @staticmethod
+    def forward(ctx, a, b, scale: float, eps_a, eps_b):
+        ctx.factors = [None if e is None else _share(t, e) for t, e in ((a, eps_a), (b, eps_b))]
+        ctx.scale, ctx.b_shape = scale, b.shape
+        a.add_(b, alpha=scale)
+        ctx.mark_dirty(a)
+        return a
+
+    @staticmethod
+    def backward(ctx, g):
+        fa, fb = ctx.factors
+        ga = g if fa is None else g * fa
+        gb = g * ctx.scale if fb is None else g * fb * ctx.scale
+        return ga, _sum_to(gb, ctx.b_shape), None, None, None
+
+
+def _share(v: torch.Tensor, eps: float) -> torch.Tensor:
+    a = v.detach().abs()
+    return torch.div(a, a + eps)
+
+
+def _sum_to(g: torch.Tensor, shape) -> torch.Tensor:
+    return g if g.shape == shape else g.sum_to_size(shape)
+
+
+class FusedEpsilonRelu(Rule):
+    """The gradient form's rule at nonlinearities: ReLUs only (see the module doc); anything else is
+    :class:`Unsupported`."""
+
+    name = "epsilon_form"
+    saves_input = False
+
+    def apply(self, nl, z, params, phase):
+        return self._relu(nl, z, inplace=False)
+
+    def apply_inplace(self, nl, z, params, phase):
+        self._relu(nl, z, inplace=True)
+        for attr in (_EPS, _PRODUCER):  # z now holds the ReLU's output: nothing is owed to it any more
+            if hasattr(z, attr):
+                delattr(z, attr)
+        return True
+
+    @staticmethod
+    def _relu(nl, z, *, inplace: bool):
+        if nl.name != "relu":
+            raise Unsupported(f"the gradient form needs ReLU nonlinearities, got {nl.name}")
+        producer = getattr(z, _PRODUCER, None)
+        if producer is not None:
+            producer.read()
+        eps = getattr(z, _EPS, None)
+        if eps is None:  # relu of a tensor no stabiliser is owed to: its plain gradient is the pass rule
+            return z.relu_() if inplace else z.relu()
+        return _FusedRelu.apply(z, eps, inplace)
+
+    def forward_derivative(self, nl, gy, saved, params):
+        raise RuntimeError("LRP composites do not support differentiable=True")
+
+
+class GradientForm(Propagation):
+    """The op handler of one forward pass in the gradient form (module tracking as in the relevance form)."""
+
+    def count_consumers(self, args, kwargs, tagged) -> None:  # readers are counted where they matter
+        pass
+
+    def before_write(self, t) -> None:  # nothing is kept by reference
+        pass
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """The model's output, scaled for the backward pass that starts from R = S_c (see module doc)."""
+        eps = getattr(out, _EPS, None)
+        if eps is None:
+            raise Unsupported("the model's output is not the output of a linear layer or a linear op")
+        return _OutputFactor.apply(out, eps)
+
+    def handle(self, func, args, kwargs, tagged, name):
+        parsed = parse_linear(func, args, kwargs)
+        if parsed is not None:
+            kind, x, w, b, op = parsed
+            if not tagged(x) or tagged(w) or tagged(b):
+                raise Unsupported(f"{name} with a weight on the input's path")
+            module = self.module_stack[-1] if self.module_stack else None
+            layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module)
+            self.count += 1
+            out = op(self._edge(x), w, b)
+            setattr(out, _EPS, self.composite.rule(layer).epsilon)
+            setattr(out, _PRODUCER, _Producer())
+            return out
+        suffix = name.rsplit(".", 1)[-1]
+        if suffix == "batch_norm":
+            return self._batch_norm(func, args, kwargs)
+        tagged_args = [a for a in list(args) + list(kwargs.values()) if tagged(a)]
+        if suffix in _MOVES:
+            return self._move(func, args, kwargs, tagged, tagged_args)
+        if suffix in _IN_PLACE_ADD:
+            return self._in_place_add(args, kwargs, tagged, _IN_PLACE_ADD[suffix])
+        if suffix in _PROPORTIONAL and not (suffix in _BILINEAR and len(tagged_args) > 1):
+            out = func(*self._edges(args, tagged), **{k: self._edge(v) if tagged(v) else v for k, v in kwargs.items()})
+            _owe(out, STABILIZER)
+            return out
+        out = func(*args, **kwargs)
+        if isinstance(out, torch.Tensor) or (isinstance(out, (list, tuple))
+                                             and any(isinstance(o, torch.Tensor) for o in out)):
+            raise Unsupported(f"{name} has no rule in the gradient form")
+        return out  # metadata (x.shape, x.dim()) carries no relevance
+
+    def _edge(self, v):
+        """v as one reader sees it: scaled by its share of v / stab(v) if a stabiliser is owed to v."""
+        if not isinstance(v, torch.Tensor):
+            return v
+        producer = getattr(v, _PRODUCER, None)
+        if producer is not None:
+            producer.read()
+        eps = getattr(v, _EPS, None)
+        return v if eps is None else _EdgeFactor.apply(v, eps)
+
+    def _edges(self, args, tagged):
+        return [self._edge(a) if tagged(a) else a for a in args]
+
+    def _move(self, func, args, kwargs, tagged, tagged_args):
+        """Moves pass what is owed to their output, when they read one tensor (a view, a max pooling)."""
+        if len(tagged_args) != 1:
+            return func(*self._edges(args, tagged), **kwargs)
+        (v,) = tagged_args
+        producer = getattr(v, _PRODUCER, None)
+        if producer is not None:
+            producer.read()
+        out = func(*args, **kwargs)
+        eps = getattr(v, _EPS, None)
+        if eps is not None:
+            _owe(out, eps)
+        return out
+
+    def _in_place_add(self, args, kwargs, tagged, sign: float):
+        a, b = args[0], (args[1] if len(args) > 1 else kwargs.get("other"))
+        alpha = kwargs.get("alpha", args[2] if len(args) > 2 else 1)
+        if not tagged(a) or not isinstance(b, torch.Tensor) or not isinstance(alpha, (int, float)):
+            raise Unsupported("an in-place addition into a tensor off the input's path")
+        eps_b = None
+        if tagged(b):
+            for t in (a, b):
+                producer = getattr(t, _PRODUCER, None)
+                if producer is not None:
+                    producer.read()
+            eps_b = getattr(b, _EPS, None)
+        else:
+            producer = getattr(a, _PRODUCER, None)
+            if producer is not None:
+                producer.read()
+            b = b.detach()
+        out = _InPlaceAdd.apply(a, b, sign * alpha, getattr(a, _EPS, None), eps_b)
+        setattr(out, _EPS, STABILIZER)
+        if hasattr(out, _PRODUCER):
+            delattr(out, _PRODUCER)
+        return out
+
+    def _batch_norm(self, func, args, kwargs):
+        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+        p = dict(zip(names, args, strict=False))
+        p.update(kwargs)
+        if p.get("training", False):
+            raise ValueError("LRP needs batch norm in eval mode (running statistics); call model.eval()")
+        z = p["input"]
+        producer = getattr(z, _PRODUCER, None)
+        if producer is not None and producer.readers == 0:  # merged into the layer: z's stabiliser moves on
+            producer.readers, producer.merged = 1, True
+            out = func(*args, **kwargs)
+            setattr(out, _EPS, getattr(z, _EPS))
+            return out
+        out = func(self._edge(z), *args[1:], **kwargs) if args else func(**{**kwargs, "input": self._edge(z)})
+        _owe(out, STABILIZER)
+        return out
+
+
+def _owe(out, eps: float) -> None:
+    if isinstance(out, torch.Tensor):
+        setattr(out, _EPS, eps)
+    elif isinstance(out, (list, tuple)):
+        for o in out:
+            _owe(o, eps)
