@@ -92,8 +92,7 @@ class _EdgeFactor(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, v, eps: float):
-        a = v.detach().abs()
-        ctx.save_for_backward(torch.div(a, a + eps))
+        ctx.save_for_backward(_share(v, eps))
         return v.view_as(v)
 
     @staticmethod
@@ -122,7 +121,8 @@ class _FusedRelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, eps: float, inplace: bool):
         y = v.relu_() if inplace else v.relu()
-        ctx.save_for_backward(torch.div(y, y + eps))
+        den = y + eps
+        ctx.save_for_backward(torch.div(y, den, out=den))
         if inplace:
             ctx.mark_dirty(v)
         return y
@@ -148,13 +148,17 @@ class _InPlaceAdd(torch.autograd.Function):
     def backward(ctx, g):
         fa, fb = ctx.factors
         ga = g if fa is None else g * fa
-        gb = g * ctx.scale if fb is None else g * fb * ctx.scale
+        gb = g if fb is None else g * fb
+        if ctx.scale != 1:
+            gb = gb * ctx.scale
         return ga, _sum_to(gb, ctx.b_shape), None, None, None
 
 
 def _share(v: torch.Tensor, eps: float) -> torch.Tensor:
+    """|v| / (|v| + ε), which is v / stab(v) exactly: the signs cancel."""
     a = v.detach().abs()
-    return torch.div(a, a + eps)
+    den = a + eps
+    return torch.div(a, den, out=den)
 
 
 def _sum_to(g: torch.Tensor, shape) -> torch.Tensor:
