@@ -37,6 +37,7 @@ from .propagation import (
     Epsilon,
     LayerCall,
     Propagation,
+    batch_norm_arguments,
     parse_linear,
     stab,
 )
@@ -296,12 +297,7 @@ class GradientForm(Propagation):
         return out
 
     def _batch_norm(self, func, args, kwargs):
-        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-        p = dict(zip(names, args, strict=False))
-        p.update(kwargs)
-        if p.get("training", False):
-            raise ValueError("LRP needs batch norm in eval mode (running statistics); call model.eval()")
-        z = p["input"]
+        z = batch_norm_arguments(args, kwargs)["input"]
         producer = getattr(z, _PRODUCER, None)
         if producer is not None and producer.readers == 0:  # merged into the layer: z's stabiliser moves on
             producer.readers, producer.merged = 1, True

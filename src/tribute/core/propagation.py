@@ -590,6 +590,16 @@ class Composite:
         return f"Composite({self.name!r}, first={self.first}, conv={self.conv}, dense={self.dense})"
 
 
+def batch_norm_arguments(args, kwargs) -> dict[str, Any]:
+    """``F.batch_norm``'s arguments by name; LRP refuses train mode (its statistics mix the batch)."""
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    p = dict(zip(names, args, strict=False))
+    p.update(kwargs)
+    if p.get("training", False):
+        raise ValueError("LRP needs batch norm in eval mode (running statistics); call model.eval()")
+    return p
+
+
 def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
@@ -715,11 +725,7 @@ class Propagation:
         return _NormFunction.apply(with_inputs(func), self.keep, inplace, *inputs)
 
     def _batch_norm(self, func, args, kwargs):
-        names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
-        p = dict(zip(names, args, strict=False))
-        p.update(kwargs)
-        if p.get("training", False):
-            raise ValueError("LRP needs batch norm in eval mode (running statistics); call model.eval()")
+        p = batch_norm_arguments(args, kwargs)
         z = p["input"]
         inv = torch.rsqrt(p["running_var"].detach() + p.get("eps", 1e-5))
         gamma = p.get("weight")
