@@ -44,10 +44,10 @@ from typing import Any, NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.overrides import TorchFunctionMode, resolve_name
+from torch.overrides import TorchFunctionMode
 
 from .engine import Forward, _record, end_phases, forward_under_rules, gradient_leaf
-from .interception import Coverage
+from .interception import Coverage, op_name
 from .rules import GRADIENT, RuleSet
 from .targets import Target
 
@@ -154,7 +154,7 @@ def _outputs(out: Any) -> list[tuple[int | None, torch.Tensor]]:
 
 
 def _func_name(func: Any) -> str:
-    name = resolve_name(func) or getattr(func, "__name__", None) or repr(func)
+    name = op_name(func)
     return name.rsplit(".", 1)[-1]
 
 
