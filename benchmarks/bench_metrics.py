@@ -37,12 +37,8 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import platform
 import sys
-import time
-import warnings
 from collections.abc import Callable
 
 import numpy as np
@@ -51,27 +47,17 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import quantus  # noqa: E402
-from common import CpuMonitor, fixture_vs_resnet_options, interleaved_medians, source_version  # noqa: E402
-from models import random_inputs, resnet18_cifar  # noqa: E402
+from common import CpuMonitor, fixture_then_resnet, interleaved_medians  # noqa: E402
 
 import tribute  # noqa: E402
 from tribute.core.engine import default_batch_size  # noqa: E402
 from tribute.metrics import deletion, insertion, pixel_perturbation, road  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKGROUND_LIMIT = 0.2
 STEPS = 16
 PATCH = 4
 ROAD_PERCENT = list(range(10, 100, 10))
 
-
-def fashion():
-    path = os.path.join(ROOT, "tests", "fixtures", "fashion", "model.py")
-    spec = importlib.util.spec_from_file_location("bench_metrics_fashion", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    images, labels = module.samples()
-    return module.load(), images, labels
 
 
 def forward_floor(model, x: torch.Tensor, rows_per_image: int) -> Callable[[], object]:
@@ -172,27 +158,12 @@ def measure(label: str, model, x, y, repeats: int, monitor: CpuMonitor) -> list[
 
 
 def main() -> None:
-    repeats, resnet = fixture_vs_resnet_options(__doc__)
-    warnings.filterwarnings("ignore")
-    t0 = time.perf_counter()
-    print("tribute perturbation metrics vs Quantus")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, quantus {quantus.__version__}, "
-          f"numpy {np.__version__}, tribute {tribute.__version__} at commit {source_version()}; {os.cpu_count()} "
-          f"CPUs, torch threads {torch.get_num_threads()}; {repeats} timed rounds (ROAD fewer), sides interleaved, "
-          "median reported")
-    print()
-    monitor = CpuMonitor()
-    model, images, labels = fashion()
-    speedups = measure("Fashion-MNIST CNN (trained fixture)", model, images, labels, repeats, monitor)
-    if resnet:
-        x = random_inputs(16)
-        speedups += measure("CIFAR ResNet-18 (random init)", resnet18_cifar(), x, torch.arange(16) % 10,
-                            max(3, repeats // 2), monitor)
+    speedups = [s for part in fixture_then_resnet(__doc__, "tribute perturbation metrics vs Quantus", measure,
+                                                  rounds_note=" (ROAD fewer)") for s in part]
     met = sum(s >= 10 for s in speedups)
     print(f"goal 10x faster than Quantus: met in {met} of {len(speedups)} comparisons.  The curves are bound by "
           "the forward passes both sides must make (tribute/floor column); only where Quantus does extra work "
           "per image (ROAD's sparse solves) can the gap be large.")
-    print(f"total {time.perf_counter() - t0:.0f} s")
 
 
 if __name__ == "__main__":

@@ -36,7 +36,6 @@ Run from the repository root::
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import platform
 import sys
@@ -51,24 +50,15 @@ import captum.attr as ca  # noqa: E402
 import captum.metrics as cm  # noqa: E402
 import quantus  # noqa: E402
 from common import CpuMonitor, agreement, interleaved_medians, source_version  # noqa: E402
-from models import random_inputs, resnet18_cifar  # noqa: E402
+from models import fashion_fixture, random_inputs, resnet18_cifar  # noqa: E402
 
 import tribute  # noqa: E402
 from tribute.core.engine import default_batch_size  # noqa: E402
 from tribute.metrics import draw_ball, draw_perturbations, infidelity, max_sensitivity  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SIGMA, INFD_SAMPLES = 0.1, 100
 RADIUS, SENS_SAMPLES = 0.02, 10
 
-
-def fashion_fixture(n: int):
-    path = os.path.join(ROOT, "tests", "fixtures", "fashion", "model.py")
-    spec = importlib.util.spec_from_file_location("bench_fashion_fixture", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    images, labels = module.samples()
-    return module.load(), images[:n], labels[:n]
 
 
 def gaussian_perturb(inputs):

@@ -41,12 +41,8 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import importlib.util
 import os
-import platform
 import sys
-import time
-import warnings
 
 import numpy as np
 import torch
@@ -54,24 +50,14 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import quantus  # noqa: E402
-from common import CpuMonitor, fixture_vs_resnet_options, interleaved_medians, source_version  # noqa: E402
-from models import random_inputs, resnet18_cifar  # noqa: E402
+from common import CpuMonitor, fixture_then_resnet, interleaved_medians  # noqa: E402
 
 import tribute  # noqa: E402
 from tribute.metrics import parameter_randomisation  # noqa: E402
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BACKGROUND_LIMIT = 0.2
 QUANTUS_SEED = 42
 
-
-def fashion_fixture():
-    path = os.path.join(ROOT, "tests", "fixtures", "fashion", "model.py")
-    spec = importlib.util.spec_from_file_location("bench_fashion_fixture", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    images, labels = module.samples()
-    return module.load(), images, labels
 
 
 def gradient_np(model, inputs, targets, **_):
@@ -161,22 +147,7 @@ def measure(label: str, model, x, y, repeats: int, monitor: CpuMonitor) -> None:
 
 
 def main() -> None:
-    repeats, resnet = fixture_vs_resnet_options(__doc__)
-    warnings.filterwarnings("ignore")
-    t0 = time.perf_counter()
-    print("tribute sanity check (cascading parameter randomisation) vs Quantus MPRT")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, quantus {quantus.__version__}, "
-          f"tribute {tribute.__version__} at commit {source_version()}; {os.cpu_count()} CPUs, torch threads "
-          f"{torch.get_num_threads()}; {repeats} timed rounds, sides interleaved, median reported")
-    print()
-    monitor = CpuMonitor()
-    model, images, labels = fashion_fixture()
-    measure("Fashion-MNIST CNN (trained fixture)", model, images, labels, repeats, monitor)
-    if resnet:
-        x = random_inputs(16)
-        measure("CIFAR ResNet-18 (random init)", resnet18_cifar(), x, torch.arange(16) % 10, max(3, repeats // 2),
-                monitor)
-    print(f"total {time.perf_counter() - t0:.0f} s")
+    fixture_then_resnet(__doc__, "tribute sanity check (cascading parameter randomisation) vs Quantus MPRT", measure)
 
 
 if __name__ == "__main__":

@@ -121,10 +121,20 @@ def interleaved_medians(sides: list[Callable[[], object]], repeats: int) -> list
     return [statistics.median(t) for t in times]
 
 
-def fixture_vs_resnet_options(description: str) -> tuple[int, bool]:
-    """The options of the benchmarks that time the Fashion-MNIST fixture and optionally the CIFAR ResNet-18
-    (``--quick``, ``--resnet``/``--no-resnet``, ``--repeats``, ``--threads``); returns (repeats, resnet) and
-    sets torch's thread count."""
+def fixture_then_resnet(description: str, title: str, measure: Callable, *, rounds_note: str = "") -> list:
+    """The driver of the benchmarks that time tribute against Quantus: their options (``--quick``,
+    ``--resnet``/``--no-resnet``, ``--repeats``, ``--threads``), a header with the versions, then
+    ``measure(label, model, inputs, labels, repeats, monitor)`` on the Fashion-MNIST fixture and, unless
+    ``--quick``, on the CIFAR ResNet-18 (16 random images, half the repeats).  Returns the measures' results."""
+    import platform
+    import warnings
+
+    import numpy as np
+    import quantus
+    from models import fashion_fixture, random_inputs, resnet18_cifar
+
+    import tribute
+
     ap = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="Fashion-MNIST only, 3 repeats")
     ap.add_argument("--resnet", dest="resnet", action="store_true", default=None, help="also the CIFAR ResNet-18")
@@ -134,4 +144,21 @@ def fixture_vs_resnet_options(description: str) -> tuple[int, bool]:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 7)
-    return repeats, (not args.quick) if args.resnet is None else args.resnet
+    resnet = (not args.quick) if args.resnet is None else args.resnet
+    warnings.filterwarnings("ignore")
+    t0 = time.perf_counter()
+    print(title)
+    print(f"python {platform.python_version()}, torch {torch.__version__}, quantus {quantus.__version__}, "
+          f"numpy {np.__version__}, tribute {tribute.__version__} at commit {source_version()}; {os.cpu_count()} "
+          f"CPUs, torch threads {torch.get_num_threads()}; {repeats} timed rounds{rounds_note}, sides interleaved, "
+          "median reported")
+    print()
+    monitor = CpuMonitor()
+    model, images, labels = fashion_fixture()
+    results = [measure("Fashion-MNIST CNN (trained fixture)", model, images, labels, repeats, monitor)]
+    if resnet:
+        x = random_inputs(16)
+        results.append(measure("CIFAR ResNet-18 (random init)", resnet18_cifar(), x, torch.arange(16) % 10,
+                               max(3, repeats // 2), monitor))
+    print(f"total {time.perf_counter() - t0:.0f} s")
+    return results

@@ -16,6 +16,8 @@ checks that both give identical logits.
 from __future__ import annotations
 
 import copy
+import importlib.util
+import pathlib
 
 import torch
 from torch import nn
@@ -134,3 +136,14 @@ def random_inputs(n: int, seed: int = 1) -> torch.Tensor:
     """``n`` CIFAR-shaped inputs with pixel-like statistics (roughly normalised images)."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn((n, *INPUT_SHAPE), generator=g)
+
+
+def fashion_fixture(n: int | None = None) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """The committed Fashion-MNIST CNN (tests/fixtures/fashion, eval mode) and its stored test images and
+    labels (the first ``n``, or all 64), loaded from the fixture's own ``model.py``."""
+    path = pathlib.Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "fashion" / "model.py"
+    spec = importlib.util.spec_from_file_location("bench_fashion_fixture", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    images, labels = module.samples()
+    return module.load(), images[:n], labels[:n]

@@ -117,3 +117,11 @@ def fixture_module(folder: str, name: str = "model"):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def fashion_fixture(n: int | None = None, dtype: torch.dtype = torch.float32):
+    """The committed Fashion-MNIST CNN (tests/fixtures/fashion, eval mode) in ``dtype``, and the first ``n`` of its
+    stored held-out images (in [0, 1]) and their labels."""
+    module = fixture_module("fashion")
+    images, labels = module.samples()
+    return module.load().to(dtype), images[:n].to(dtype), labels[:n]

@@ -45,7 +45,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import fixture_module, mlp
+from conftest import fashion_fixture, fixture_module, mlp
 from torch import nn
 
 import tribute
@@ -189,9 +189,7 @@ def test_manipulation_output_term_matters():
 # -- the surrogate is the engine's differentiable softplus network ----------------------------------------------
 def test_softplus_saliency_is_differentiable_through_the_fashion_cnn():
     # conv, batch norm, ReLU → softplus_β: the derivative of the smoothed gradient against finite differences
-    module = fixture_module("fashion")
-    model = module.load().double()
-    x = module.samples()[0][:2].double()
+    model, x, _ = fashion_fixture(2, torch.float64)
     g = torch.Generator().manual_seed(0)
     u, v = torch.randn(x.shape, generator=g, dtype=x.dtype), torch.randn(x.shape, generator=g, dtype=x.dtype)
     options = {"target": 3, "softplus_beta": 10.0}
@@ -214,9 +212,7 @@ def test_softplus_saliency_is_differentiable_through_the_fashion_cnn():
 
 # -- batching, seeding, invariance ----------------------------------------------------------------------------
 def test_samples_are_attacked_independently_of_batch_mates():
-    module = fixture_module("fashion")
-    model = module.load().double()
-    x = module.samples()[0][:4].double()
+    model, x, _ = fashion_fixture(4, torch.float64)
     options = {"k": 30, "eps": EPS, "steps": 4, "bounds": BOUNDS}
     whole = ea.topk_attack(model, x, batch_size=4, **options)
     alone = ea.topk_attack(model, x, batch_size=1, **options)
@@ -237,9 +233,7 @@ class Normalised(nn.Module):
 
 
 def test_input_transform_equals_a_model_that_normalises_itself():
-    module = fixture_module("fashion")
-    model = module.load().double()
-    x = module.samples()[0][:3].double()
+    model, x, _ = fashion_fixture(3, torch.float64)
     normalise = tribute.Normalize([0.3], [0.35])
     options = {"eps": EPS, "steps": 3, "bounds": BOUNDS}
     separate = ea.center_attack(model, x, input_transform=normalise, **options)

@@ -18,7 +18,7 @@ import copy
 
 import pytest
 import torch
-from conftest import fixture_module, mlp, residual_cnns
+from conftest import fashion_fixture, fixture_module, mlp, residual_cnns
 from torch import nn
 
 import tribute
@@ -85,9 +85,7 @@ def test_integrated_gradients_is_complete(case):
         x = torch.rand(3, 3, 8, 8, generator=g, dtype=torch.float64)
         steps, allowed = 256, RELU_GAP
     else:
-        module = fixture_module("fashion")
-        model = module.load().double()
-        x = module.samples()[0][:3].double()
+        model, x, _ = fashion_fixture(3, torch.float64)
         steps, allowed = 256, RELU_GAP
     t = predicted(model, x)
     for baseline in ("zero", "mean"):
@@ -179,9 +177,7 @@ def test_default_subset_sizes():
 # -- input invariance ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def fashion():
-    module = fixture_module("fashion")
-    images, labels = module.samples()
-    return module.load(), images[:8], labels[:8]
+    return fashion_fixture(8)
 
 
 def test_absorb_shift_is_exact_and_leaves_the_model_alone(fashion):

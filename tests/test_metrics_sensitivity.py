@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from conftest import fixture_module, residual_cnns
+from conftest import fashion_fixture, residual_cnns
 from torch import nn
 
 import tribute
@@ -132,9 +132,7 @@ def test_agrees_with_captum_sensitivity_max(norm, ord_, method):
 
 @pytest.fixture(scope="module")
 def fashion():
-    fm = fixture_module("fashion")
-    x, labels = fm.samples()
-    return fm.load(), x[:8], labels[:8]
+    return fashion_fixture(8)
 
 
 def test_smoothgrad_lowers_max_sensitivity_on_a_relu_cnn(fashion):

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from . import options as opt
 from .randomness import SampleStreams
 
 NAMES = ("zero", "mean", "blur", "uniform", "gaussian")
@@ -77,15 +78,7 @@ def make_baseline(spec: Any, x: torch.Tensor, options: dict | None = None, seed:
         if not isinstance(spec, torch.Tensor):
             raise TypeError(f"a baseline callable must return a tensor, got {type(spec).__name__}")
     if isinstance(spec, torch.Tensor):
-        try:
-            b = torch.broadcast_to(spec.to(x.device, x.dtype), x.shape)
-        except RuntimeError:
-            raise ValueError(
-                f"baseline of shape {tuple(spec.shape)} does not broadcast to the inputs' shape {tuple(x.shape)}"
-            ) from None
-        if not bool(torch.isfinite(b).all()):
-            raise ValueError("the baseline contains NaN or inf")
-        return b
+        return opt.broadcast_tensor("the baseline", spec, x, x.shape, "the inputs' shape")
     x = x.detach()
     if spec == "zero":
         return torch.zeros_like(x)

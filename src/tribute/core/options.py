@@ -100,3 +100,17 @@ def validate(schema: dict[str, Option], given: dict[str, Any], owner: str) -> di
             )
         out[name] = schema[name].check(name, value)
     return out
+
+
+def broadcast_tensor(name: str, value: torch.Tensor, like: torch.Tensor, shape: tuple, what: str) -> torch.Tensor:
+    """``value`` on ``like``'s device and dtype, broadcast to ``shape`` (``what`` names that shape in errors);
+    a tensor that does not broadcast, or holds NaN or inf, is an error naming ``name``."""
+    try:
+        b = torch.broadcast_to(value.to(like.device, like.dtype), shape)
+    except RuntimeError:
+        raise ValueError(
+            f"{name} of shape {tuple(value.shape)} does not broadcast to {what} {tuple(shape)}"
+        ) from None
+    if not bool(torch.isfinite(b).all()):
+        raise ValueError(f"{name} contains NaN or inf")
+    return b

@@ -88,3 +88,6 @@ def _refuse_zero(norms: torch.Tensor, what: str, owner: str) -> None:
         rows = zero.nonzero().flatten().tolist()
         raise ValueError(f"{owner}: the {what} is zero for samples {rows[:10]}{'…' if len(rows) > 10 else ''}, "
                          "where the alignment is undefined")
+
+
+__all__ = ["alignment", "cosine_alignment"]

@@ -313,15 +313,7 @@ def _check_shift(shift, example: torch.Tensor) -> torch.Tensor:
         shift = torch.tensor(float(shift), dtype=example.dtype)  # not float32 first: 0.7 must stay 0.7
     if not isinstance(shift, torch.Tensor):
         raise TypeError(f"shift must be a number or a tensor, got {type(shift).__name__}")
-    try:
-        m = torch.broadcast_to(shift.to(example.device, example.dtype), example.shape[1:])
-    except RuntimeError:
-        raise ValueError(
-            f"shift of shape {tuple(shift.shape)} does not broadcast to one input's shape {tuple(example.shape[1:])}"
-        ) from None
-    if not bool(torch.isfinite(m).all()):
-        raise ValueError("shift contains NaN or inf")
-    return m
+    return opt.broadcast_tensor("shift", shift, example, example.shape[1:], "one input's shape")
 
 
 def _conv_of_constant(conv: nn.Module, per_channel: torch.Tensor) -> torch.Tensor:

@@ -174,3 +174,6 @@ def class_sensitivity(
     scores[versus == targets[:, None]] = float("nan")
     out = scores.nanmean(dim=1) if aggregate == "mean" else scores
     return out.to(inputs.device, inputs.dtype if inputs.is_floating_point() else torch.get_default_dtype())
+
+
+__all__ = ["class_sensitivity", "other_classes"]

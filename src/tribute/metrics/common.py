@@ -116,3 +116,6 @@ def derived_seed(seed: int | None, purpose: str) -> int | None:
         return None
     digest = hashlib.blake2b(f"{seed}/{purpose}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**62 - 1)
+
+
+__all__ = ["as_explainer", "as_map", "check_attributions", "resolve_target"]

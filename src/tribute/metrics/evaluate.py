@@ -522,4 +522,4 @@ def _batch_target(model, x: torch.Tensor, y, target, offset: int):
     return resolve_target(model, x, target)
 
 
-__all__ = ["EvaluationTable", "METRICS", "MetricSpec", "efficiency", "evaluate", "metric_names", "named_metrics"]
+__all__ = ["EvaluationTable", "efficiency", "evaluate", "metric_names"]

@@ -349,4 +349,4 @@ def _scores(outputs: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return outputs.gather(1, target.to(outputs.device).view(-1, 1)).squeeze(1).double()
 
 
-__all__ = ["CONVENTIONS", "PERTURBATIONS", "draw_perturbations", "infidelity"]
+__all__ = ["draw_perturbations", "infidelity"]

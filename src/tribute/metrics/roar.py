@@ -590,5 +590,4 @@ def _modify(x, ranks, ids, k, keep, fill, replacement, noise, seed, batch_size) 
     return torch.cat(out)
 
 
-__all__ = ["DEFAULT_TRAINING", "NamedMethod", "RoarResult", "kar", "method_label", "named_methods",
-           "random_attribution", "roar"]
+__all__ = ["RoarResult", "kar", "random_attribution", "roar"]

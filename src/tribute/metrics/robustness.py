@@ -243,6 +243,5 @@ def _scaled(values: torch.Tensor, phi0: torch.Tensor, norm: str, relative: bool,
     return values.to(device=inputs.device, dtype=inputs.dtype)
 
 
-__all__ = ["BALLS", "NOISE_KEY", "NORMS", "avg_sensitivity", "draw_ball", "explanation_changes", "local_lipschitz",
-           "max_sensitivity"]
+__all__ = ["avg_sensitivity", "draw_ball", "explanation_changes", "local_lipschitz", "max_sensitivity"]
 

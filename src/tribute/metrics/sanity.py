@@ -660,3 +660,7 @@ def compare_maps(measures: dict[str, Callable], a: torch.Tensor, b: torch.Tensor
             raise ValueError(f"similarity {name!r} must return one value per sample, shape ({a.shape[0]},); got {got}")
         rows.append(s.detach().to("cpu", torch.float64))
     return torch.stack(rows)
+
+
+__all__ = ["SanityResult", "label_randomisation", "parameter_layers", "parameter_randomisation", "randomisation_steps",
+           "randomised_copy"]

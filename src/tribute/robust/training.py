@@ -11,7 +11,6 @@ progress bar and the history.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -35,15 +34,9 @@ def adversarial_train(
     eps: float,
     steps: int,
     step_size: float | None = None,
-    epochs: int,
-    lr: float | Callable[[int], float],
-    optimizer: str | Callable = "sgd",
-    momentum: float | None = None,
-    weight_decay: float = 0.0,
-    batch_size: int | None = None,
-    seed: int = 0,
     bounds: tuple | None = None,
     random_start: bool = True,
+    seed: int = 0,
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     input_transform: Callable | None = None,
     eval_data=None,
@@ -51,10 +44,7 @@ def adversarial_train(
     eval_step_size: float | None = None,
     eval_batch_size: int = 256,
     metrics: dict[str, Callable[[nn.Module], float]] | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    resume: bool = True,
-    progress: bool = True,
-    log: Callable[[dict[str, float]], Any] | None = None,
+    **training: Any,
 ) -> History:
     """Train ``model`` on PGD adversarial examples of its own training batches (Madry et al. 2018, eq 2.1).
 
@@ -92,15 +82,21 @@ def adversarial_train(
         PGD of the robust-accuracy evaluation (default: ``steps`` and 2.5 · ε / eval_steps), with a random start
         seeded once, so every epoch is evaluated against the same draws.  For a robustness claim, evaluate the
         final model with a stronger attack (more steps, several restarts).
-    epochs, lr, optimizer, momentum, weight_decay, batch_size, seed, eval_batch_size, metrics, checkpoint,
-    resume, progress, log
-        As in :func:`tribute.training.fit`.
+    seed, eval_batch_size, metrics
+        As in :func:`tribute.training.fit` (``seed`` also seeds the attacks' random starts).
+    **training
+        The trainer's own options, passed to :func:`tribute.training.fit`: ``epochs`` and ``lr`` (required),
+        ``optimizer``, ``momentum``, ``weight_decay``, ``batch_size``, ``checkpoint``, ``resume``, ``progress``,
+        ``log``.
 
     Returns
     -------
     History
         Per-epoch ``loss``, ``train_accuracy``, and with ``eval_data`` ``accuracy`` and ``robust_accuracy``.
     """
+    taken = sorted({"perturb", "config"} & set(training))
+    if taken:
+        raise TypeError(f"adversarial_train sets fit's {', '.join(taken)} itself (the PGD attack and its settings)")
     norm = opt.choice(NORMS)("norm", norm)
     eps = opt.real(0.0, low_open=True)("eps", eps)
     steps = opt.integer(1)("steps", steps)
@@ -129,10 +125,8 @@ def adversarial_train(
                             input_transform=input_transform)
 
         metrics["robust_accuracy"] = robust_accuracy
-    return fit(model, train_data, epochs=epochs, lr=lr, optimizer=optimizer, momentum=momentum,
-               weight_decay=weight_decay, batch_size=batch_size, seed=seed, loss=loss, perturb=perturb,
-               input_transform=input_transform, eval_data=eval_data, eval_batch_size=eval_batch_size,
-               metrics=metrics, checkpoint=checkpoint, resume=resume, progress=progress, log=log,
+    return fit(model, train_data, seed=seed, loss=loss, perturb=perturb, input_transform=input_transform,
+               eval_data=eval_data, eval_batch_size=eval_batch_size, metrics=metrics, **training,
                config={"norm": norm, "eps": eps, "steps": steps, "step_size": step_size, "random_start": random_start,
                        "bounds": bounds, "eval_steps": eval_steps, "eval_step_size": eval_step_size,
                        "custom_loss": loss is not None})
