@@ -11,10 +11,11 @@ from ..core import options as opt
 from ..core.engine import Forward, accumulate
 from ..core.epsilon_form import EpsilonForm, FusedEpsilonRelu, Unsupported, covers
 from ..core.method import Method
-from ..core.propagation import AlphaBeta, Box, Composite, Epsilon, Flat, Gamma, PassRelevance, ZPlus
+from ..core.propagation import AlphaBeta, Box, Composite, Epsilon, Flat, Gamma, PassRelevance, WithWeights, ZPlus
 from ..core.registry import register
 from ..core.rules import EpsilonRatio, RuleSet
 from ..core.targets import Target
+from ..core.weight_cache import WeightCache
 from .gradient import GradientAtInput
 
 
@@ -111,6 +112,11 @@ class LRP(Method):
         ``high``, γ on convolutions, ε on dense layers).
     epsilon, gamma, alpha, beta : the rules' parameters (defaults 1e-6, 0.25, 2, 1).
     low, high : bounds of the input (pixel space; a number, per-channel sequence or tensor) for zᴮ.
+    cache_weights : keep the weights the rules derive from the model's (batch norm merged, W⁺, W + γW⁺, …)
+        between chunks and calls of this explainer (default True), at the cost of holding up to about two
+        copies of the parameters per rule.  They are rederived whenever a parameter or batch norm
+        statistic they came from changes (see :mod:`tribute.core.weight_cache`); ``explainer.weights.clear()``
+        drops them.
     """
 
     options = {
@@ -121,7 +127,12 @@ class LRP(Method):
         "beta": opt.Option(1.0, opt.real(0)),
         "low": opt.Option(None, opt.anything),
         "high": opt.Option(None, opt.anything),
+        "cache_weights": opt.Option(True, opt.boolean),
     }
+
+    def __init__(self, model, **options):
+        super().__init__(model, **options)
+        self.weights = WeightCache()
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         if o.differentiable:
@@ -130,7 +141,8 @@ class LRP(Method):
             raise ValueError(f"the αβ rule needs alpha − beta = 1, got alpha={o.alpha}, beta={o.beta}")
         composite = _composite(o, x.shape, o.input_transform)
         name = f"lrp[{getattr(composite, 'name', 'custom')}]"
-        rules = RuleSet(name, {"*": PassRelevance()}, ops=composite)
+        rules = RuleSet(name, {"*": PassRelevance()},
+                        ops=WithWeights(composite, self.weights if o.cache_weights else None))
         # ε everywhere: the same relevance as x ⊙ a modified gradient, in fewer passes (core.epsilon_form)
         fast = None if o.strict or not covers(composite) else \
             RuleSet(name, {"*": FusedEpsilonRelu()}, ops=EpsilonForm(composite))

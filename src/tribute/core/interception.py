@@ -194,9 +194,8 @@ class RuleMode(TorchFunctionMode):
 
             name = op_name(func)
             n_unruled = len(prop.unruled)
-            out = prop.handle(func, args, kwargs, tagged, name)
+            out = prop.handle(func, args, kwargs, tagged, name)  # counts the reads of what it handles
             if out is not NotImplemented:
-                prop.count_consumers(args, kwargs, tagged)
                 _tag(out, self.token)
                 if self.coverage is not None:
                     self.coverage.ruled[name] += 1
@@ -208,6 +207,8 @@ class RuleMode(TorchFunctionMode):
         out = func(*args, **kwargs)
         if prop is not None and _holds_tensor(out):  # metadata queries (x.dim(), x.shape) read no values
             prop.count_consumers(args, kwargs, tagged)
+        elif unruled:
+            prop.unruled.pop()  # a metadata query has no gradient to be plain about
         _tag(out, self.token)
         if self.coverage is not None and _holds_tensor(out):
             if prop is not None:
@@ -234,6 +235,9 @@ class RuleMode(TorchFunctionMode):
             )
         if self.coverage is not None:
             (self.coverage.ruled if rule is not None else self.coverage.plain)[nl.name] += 1
+        read = getattr(self.propagation, "read_by_nonlinearity", None)
+        if read is not None:
+            read(z, nl.name)
         if rule is not None and inplace:
             if self.propagation is not None:
                 self.propagation.before_write(z)

@@ -19,7 +19,7 @@ Stabiliser: stab_e(d) = d + e·sign(d) with sign(0) = +1, added, never clipped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .rules import Rule
+from .weight_cache import WeightCache
 
 STABILIZER = 1e-6
 
@@ -79,6 +80,25 @@ _LINEAR_FORMS: dict[Any, str] = {
 }
 
 
+_UNSET = object()
+
+
+@dataclass
+class PassFacts:
+    """What one forward pass learned about the relevance its backward pass will carry."""
+
+    #: every rule and op downstream of the first layer gives an input relevance ∝ its value (R = x ⊙ …):
+    #: ε, z⁺, αβ, γ, the Norm rule, moves and ReLUs.  Flat, w², zᴮ (past the first layer), other
+    #: nonlinearities' pass rule, or an output that a linear op did not make, end it; so do ops with no
+    #: rule (their plain gradient), listed in ``plain``.
+    proportional: bool = True
+    plain: list[str] = field(default_factory=list)
+
+    @property
+    def all_proportional(self) -> bool:
+        return self.proportional and not self.plain
+
+
 @dataclass
 class LayerCall:
     """One call of a linear layer during the forward pass, with what rules and composites need."""
@@ -90,9 +110,18 @@ class LayerCall:
     index: int  # position among the linear-layer calls on the input's path (0 = the first layer)
     name: str  # the module's name in the model ("" if called functionally outside any module)
     module: nn.Module | None
-    consumers: int = 0
+    consumers: int = 0  # ops that read the layer's own output z
     bn: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
     graph: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (x leaf, z) of the forward
+    cache: WeightCache | None = field(default=None, repr=False)
+    # who reads the (merged) output: reads in all, and by a ReLU (see :attr:`relu_only`)
+    z_relu_reads: int = 0
+    out_reads: int = 0
+    out_relu_reads: int = 0
+    z_version: int = -1  # the version of z, and of the merged output, when they were made (a write ends them)
+    out_version: int = -1
+    facts: PassFacts | None = field(default=None, repr=False)
+    _entry: Any = field(default=_UNSET, repr=False)
 
     @property
     def first(self) -> bool:
@@ -102,6 +131,29 @@ class LayerCall:
     def merged(self) -> bool:
         """Batch norm is merged only into a layer whose output nothing but that batch norm reads."""
         return self.bn is not None and self.consumers == 1
+
+    @property
+    def relu_only(self) -> bool:
+        """Whether the relevance at the (merged) output is zero wherever that output is ≤ 0.
+
+        It is when a ReLU is the output's only reader and every rule downstream gives relevance in proportion
+        to its input's value (R = x ⊙ …; :attr:`PassFacts.proportional`): then the ReLU's output y carries
+        no relevance where y = 0, and the pass rule hands that on to z ≤ 0."""
+        if self.facts is None or not self.facts.all_proportional:
+            return False
+        if self.merged:
+            return self.out_reads == 1 and self.out_relu_reads == 1
+        return self.consumers == 1 and self.z_relu_reads == 1
+
+    def derived(self, name: Hashable, make: Callable[[torch.Tensor, torch.Tensor | None], tuple]) -> tuple:
+        """``make(W, b)`` for the layer's (merged) parameters, kept in the explainer's weight cache while
+        the parameters and batch norm statistics it came from are unchanged."""
+        if self.cache is None:
+            return make(*self.params())
+        if self._entry is _UNSET:
+            values = self.bn if self.merged else (None, None)
+            self._entry = self.cache.entry((self.weight, self.bias), values)
+        return self.cache.get(self._entry, name, lambda: make(*self.params()))
 
     def transpose(self, s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """Jᵀs for the layer's own (merged) weights, reusing the forward pass's graph when there is one."""
@@ -224,6 +276,9 @@ class LinearRule:
     """Base class of LRP rules at a linear layer: ``relevance(layer, x, z, R) -> R_in``."""
 
     name = "linear_rule"
+    #: whether the relevance it gives an input is its value times something finite (R = x ⊙ …), so zero
+    #: where the input is zero (see :class:`PassFacts`)
+    proportional = False
 
     def relevance(self, layer: LayerCall, x: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -282,13 +337,29 @@ def _ratio(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
 
 
 def _has_negative(x: torch.Tensor) -> bool:
-    return bool((x < 0).any())
+    return bool(x.min() < 0)  # one reduction, no mask
+
+
+def _bias(b: torch.Tensor | None, add: float, like: torch.Tensor, layer: LayerCall) -> torch.Tensor | None:
+    """``b + add`` per output channel (a layer without a bias gets the constant)."""
+    if add == 0:
+        return b
+    if b is not None:
+        return b + add
+    n = like.shape[-1] if layer.kind == "dense" else like.shape[1]
+    return like.new_full((n,), add)
+
+
+def _positive_part(layer: LayerCall, z: torch.Tensor) -> Callable:
+    """``make(W, b)`` of (W⁺, b⁺ + ε): the layer with them gives z⁺ + ε, which is > 0 for x ≥ 0."""
+    return lambda w, b: (_pos(w), _bias(None if b is None else _pos(b), STABILIZER, z, layer))
 
 
 class Epsilon(LinearRule):
     """ε rule (seed 001 Eq 15): R_i = x_i Σ_j w_ij R_j / stab_ε(z_j), the bias inside z."""
 
     name = "epsilon"
+    proportional = True
 
     def __init__(self, epsilon: float = 1e-6):
         if not epsilon > 0:
@@ -308,6 +379,7 @@ class AlphaBeta(LinearRule):
     """
 
     name = "alpha_beta"
+    proportional = True
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0):
         if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-12:
@@ -315,17 +387,29 @@ class AlphaBeta(LinearRule):
         self.alpha, self.beta = float(alpha), float(beta)
 
     def relevance(self, layer, x, z, r):
-        w, b = layer.params()
-        x_negative = _has_negative(x)
-        zp, zn = _z_signed(layer.op, x, w, b, x_negative, negative_part=self.beta != 0, z=layer.output(z))
+        if _has_negative(x):
+            return self._signed(layer, x, z, r)
+        # x ≥ 0: (x w)^± = x w^±, so R = x ⊙ (α Jᵀ_{w⁺} s₊ − β Jᵀ_{w⁻} s₋), with s₊ = R / (z⁺ + ε) and
+        # s₋ = R / (z⁻ − ε); the layer with (W⁺, b⁺ + ε) gives z⁺ + ε at once, and z − that = z⁻ − ε.
+        wp, bp = layer.derived("positive_part", _positive_part(layer, z))
+        zp = layer.op(x, wp, bp)
+        if not self.beta:  # z⁺: α = 1
+            return _vjp(layer.op, x, wp, torch.div(r, zp, out=zp)).mul_(x)
+        # z⁻ ≤ 0: clamping at −ε keeps rounding in z − z⁺ from flipping its sign (where z⁻ = 0 every
+        # contribution (x w)⁻ is 0, so that entry's denominator does not matter)
+        sn = torch.sub(layer.output(z), zp).clamp_(max=-STABILIZER)
+        sn = torch.div(r, sn, out=sn)
+        sp = torch.div(r, zp, out=zp)
+        a, b = self.alpha, self.beta
+        wa, wb = layer.derived(("alpha_beta", a, b), lambda w, _: (a * _pos(w), b * _neg(w)))
+        return _vjp(layer.op, x, wa, sp).sub_(_vjp(layer.op, x, wb, sn)).mul_(x)
+
+    def _signed(self, layer, x, z, r):
+        w, b = layer.derived("params", lambda w, b: (w, b))
+        zp, zn = _z_signed(layer.op, x, w, b, True, negative_part=self.beta != 0)
         s_plus = _ratio(r, zp)
         s_minus = _ratio(r, zn) if self.beta else None
-        if not x_negative:  # x ≥ 0: x ⊙ (α Jᵀ_{w⁺} s₊ − β Jᵀ_{w⁻} s₋), accumulated in place
-            g = _vjp(layer.op, x, _pos(w), s_plus).mul_(self.alpha)
-            if self.beta:
-                g.sub_(_vjp(layer.op, x, _neg(w), s_minus), alpha=self.beta)
-            return g.mul_(x)
-        pos, neg = _signed_split(layer.op, x, w, s_plus, s_minus, x_negative)
+        pos, neg = _signed_split(layer.op, x, w, s_plus, s_minus, True)
         return self.alpha * pos - self.beta * neg if self.beta else self.alpha * pos
 
 
@@ -348,6 +432,7 @@ class Gamma(LinearRule):
     """
 
     name = "gamma"
+    proportional = True
 
     def __init__(self, gamma: float = 0.25):
         if not gamma >= 0:
@@ -355,22 +440,39 @@ class Gamma(LinearRule):
         self.gamma = float(gamma)
 
     def relevance(self, layer, x, z, r):
-        w, b = layer.params()
+        if _has_negative(x):
+            return self._signed(layer, x, z, r)
+        # x ≥ 0: (x w)^± = x w^±, so each sign of z needs one transposed layer, W + γW^±
+        g, op = self.gamma, layer.op
+        if layer.relu_only:
+            # R = 0 where z ≤ 0 (LayerCall.relu_only): only z > 0 counts, where z + γz⁺ > 0.  The layer with
+            # (W + γW⁺, b + γb⁺ + ε) gives that plus ε; clamping at ε leaves it and keeps z ≤ 0 finite
+            wg, bg = layer.derived(("gamma_up", g), lambda w, b: (
+                w + g * _pos(w), _bias(None if b is None else b + g * _pos(b), STABILIZER, z, layer)))
+            den = op(x, wg, bg).clamp_(min=STABILIZER)
+            return _vjp(op, x, wg, torch.div(r, den, out=den)).mul_(x)
+        zo = layer.output(z)
+        wu, bu = layer.derived(("gamma_part", g), lambda w, b: (g * _pos(w), None if b is None else g * _pos(b)))
+        u = op(x, wu, bu)  # γz⁺
+        up = torch.add(zo, u).add_(STABILIZER).masked_fill_(zo <= 0, float("inf"))  # z + γz⁺ + ε where z > 0
+        down = u.sub_(zo, alpha=1 + g).add_(STABILIZER).masked_fill_(zo >= 0, float("inf"))  # −(z + γz⁻ − ε)
+        # where z < 0: z⁻ = z − z⁺ for x ≥ 0; s₋ = R / (z + γz⁻ − ε) = −R / down, the sign in the weight
+        w_up, w_down = layer.derived(("gamma", g), lambda w, _: (w + g * _pos(w), -(w + g * _neg(w))))
+        grad = _vjp(op, x, w_up, torch.div(r, up, out=up))
+        return grad.add_(_vjp(op, x, w_down, torch.div(r, down, out=down))).mul_(x)
+
+    def _signed(self, layer, x, z, r):
+        w, b = layer.derived("params", lambda w, b: (w, b))
         z = layer.output(z)
-        x_negative = _has_negative(x)
-        zp, zn = _z_signed(layer.op, x, w, b, x_negative, z=z)
+        zp, zn = _z_signed(layer.op, x, w, b, True)
         # one stabilised ratio for both signs: z + γz⁺ where z > 0, z + γz⁻ where z < 0 (z = 0 drops R)
         positive = z > 0
         den = stab(torch.where(positive, zp, zn).mul_(self.gamma).add_(z), STABILIZER)
         s = torch.div(r, den, out=den)
         s_pos, s_neg = torch.where(positive, s, 0.0), torch.where(z < 0, s, 0.0)
-        if not x_negative:  # x ≥ 0: (x w)^± = x w^±, so each sign needs one transposed layer, W + γW^±
-            g = self.gamma
-            grad = _vjp(layer.op, x, w + g * _pos(w), s_pos)
-            return grad.add_(_vjp(layer.op, x, w + g * _neg(w), s_neg)).mul_(x)
         plain = x * _vjp(layer.op, x, w, s_pos + s_neg)
-        pos, _ = _signed_split(layer.op, x, w, s_pos, None, x_negative)
-        _, neg = _signed_split(layer.op, x, w, None, s_neg, x_negative)
+        pos, _ = _signed_split(layer.op, x, w, s_pos, None, True)
+        _, neg = _signed_split(layer.op, x, w, None, s_neg, True)
         return plain + self.gamma * (pos + neg)
 
 
@@ -577,9 +679,9 @@ class Composite:
             return self.first
         return self.dense if layer.kind == "dense" else self.conv
 
-    def start(self) -> Propagation:
-        """The handler for one forward pass."""
-        return Propagation(self)
+    def start(self, cache: WeightCache | None = None) -> Propagation:
+        """The handler for one forward pass (``cache``: where layers keep the weights their rules derive)."""
+        return Propagation(self, cache=cache)
 
     def key(self) -> tuple:
         return (type(self).__name__, self.conv.key(), self.dense.key(),
@@ -588,6 +690,19 @@ class Composite:
 
     def __repr__(self) -> str:
         return f"Composite({self.name!r}, first={self.first}, conv={self.conv}, dense={self.dense})"
+
+
+class WithWeights:
+    """A composite whose forward passes keep the weights their rules derive in ``cache`` (None: none kept)."""
+
+    def __init__(self, composite: Composite, cache: WeightCache | None):
+        self.composite, self.cache = composite, cache
+
+    def start(self) -> Propagation:
+        return self.composite.start(cache=self.cache)
+
+    def key(self) -> tuple:
+        return self.composite.key()
 
 
 def batch_norm_arguments(args, kwargs) -> dict[str, Any]:
@@ -604,15 +719,29 @@ def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
+_LAYER = "_tribute_layer"  # on a linear layer's output z: its LayerCall
+_OUT = "_tribute_merged_out"  # on the output of batch norm right after a linear layer: that LayerCall
+_NORM = "_tribute_norm_version"  # on the output of a Norm-rule op: its version when made
+
+
+def _made_here(t, attr: str, version_of) -> Any:
+    """The mark ``attr`` on ``t`` if ``t`` still holds what was marked (no in-place write since)."""
+    mark = getattr(t, attr, None)
+    return mark if mark is not None and t._version == version_of(mark) else None
+
+
 class Propagation:
     """The op handler of an LRP rule set: one instance per forward pass (it numbers the layers)."""
 
-    def __init__(self, composite: Composite, names: dict[int, str] | None = None):
+    def __init__(self, composite: Composite, names: dict[int, str] | None = None,
+                 cache: WeightCache | None = None):
         self.composite = composite
         self.names = names or {}  # id(module) → name
+        self.cache = cache
+        self.facts = PassFacts()
         self.count = 0
         self.module_stack: list[nn.Module] = []
-        self.unruled: list[str] = []
+        self.unruled: list[str] = self.facts.plain  # ops with no rule that made tensors (plain gradient)
         self._kept: dict[int, list[Kept]] = {}  # storage address → tensors kept by reference there
 
     def keep(self, t: torch.Tensor) -> Kept:
@@ -655,14 +784,38 @@ class Propagation:
         return tracking()
 
     def count_consumers(self, args, kwargs, tagged: Callable[[Any], bool]) -> None:
-        """Note every read of a linear layer's output (batch norm merges only into a sole reader's layer)."""
+        """Note every read of a linear layer's output (batch norm merges only into a sole reader's layer)
+        and of its merged output."""
         for a in list(args) + list(kwargs.values()):
             if isinstance(a, (list, tuple)):
                 self.count_consumers(a, {}, tagged)
             elif tagged(a):
-                layer = getattr(a, "_tribute_layer", None)
-                if layer is not None:
-                    layer.consumers += 1
+                self._read(a, relu=False)
+
+    def read_by_nonlinearity(self, z: torch.Tensor, name: str) -> None:
+        """A nonlinearity reads ``z`` (before an in-place call writes it)."""
+        if name != "relu":
+            self.facts.proportional = False  # its pass rule may give relevance where z = 0 (sigmoid)
+        self._read(z, relu=name == "relu")
+
+    @staticmethod
+    def _read(t: torch.Tensor, relu: bool) -> None:
+        layer = _made_here(t, _LAYER, lambda m: m.z_version)
+        if layer is not None:
+            layer.consumers += 1
+            layer.z_relu_reads += relu
+        layer = _made_here(t, _OUT, lambda m: m.out_version)
+        if layer is not None:
+            layer.out_reads += 1
+            layer.out_relu_reads += relu
+
+    def finish(self, out: torch.Tensor) -> torch.Tensor:
+        """The model's output: relevance starts ∝ its value only if a linear op made it (see PassFacts)."""
+        if not any(_made_here(out, attr, version) is not None
+                   for attr, version in ((_LAYER, lambda m: m.z_version), (_OUT, lambda m: m.out_version),
+                                         (_NORM, lambda m: m))):
+            self.facts.proportional = False
+        return out
 
     def handle(self, func, args, kwargs, tagged: Callable[[Any], bool], name: str):
         """The op's output with its LRP rule, or ``NotImplemented`` to run it plainly (moves, max pooling,
@@ -672,14 +825,21 @@ class Propagation:
             kind, x, w, b, op = parsed
             if not tagged(x) or tagged(w) or tagged(b):
                 return NotImplemented
+            self.count_consumers(args, kwargs, tagged)
             module = self.module_stack[-1] if self.module_stack else None
-            layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module)
+            layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module,
+                              cache=self.cache, facts=self.facts)
             self.count += 1
-            y = _LinearLayerFunction.apply(x, layer, self.composite.rule(layer), self.keep)
-            y._tribute_layer = layer
+            rule = self.composite.rule(layer)
+            if not (layer.first or getattr(rule, "proportional", False)):
+                self.facts.proportional = False
+            y = _LinearLayerFunction.apply(x, layer, rule, self.keep)
+            setattr(y, _LAYER, layer)
+            layer.z_version = y._version
             return y
         suffix = name.rsplit(".", 1)[-1]
         if suffix == "batch_norm":
+            self.count_consumers(args, kwargs, tagged)
             return self._batch_norm(func, args, kwargs)
         if suffix in _MOVES:
             return NotImplemented
@@ -690,13 +850,17 @@ class Propagation:
             if base in _BILINEAR and n_tagged > 1:
                 self.unruled.append(name)
                 return NotImplemented
+            self.count_consumers(args, kwargs, tagged)  # before an in-place op writes its first input
             if inplace:
                 self.before_write(args[0])
                 out = self._proportional(getattr(torch, base), args, kwargs, tagged, inplace_func=func)
                 if out is not args[0]:  # args[0] was not on the input's path: write the result into it
                     args[0].copy_(out)
-                return args[0]
-            return self._proportional(func, args, kwargs, tagged)
+                out = args[0]
+            else:
+                out = self._proportional(func, args, kwargs, tagged)
+            setattr(out, _NORM, out._version)
+            return out
         self.unruled.append(name)
         return NotImplemented
 
@@ -732,9 +896,15 @@ class Propagation:
         scale = inv if gamma is None else gamma.detach() * inv
         beta = p.get("bias")
         shift = -p["running_mean"].detach() * scale + (0 if beta is None else beta.detach())
-        layer = getattr(z, "_tribute_layer", None)
+        layer = _made_here(z, _LAYER, lambda m: m.z_version)
         if layer is not None:
             layer.bn = (scale, shift)  # merged at backward time if nothing else read the layer's output
         else:  # not right after a linear layer: an affine map with the Norm rule
             layer = LayerCall("none", lambda *a: None, scale, None, -1, "", None)
-        return _BatchNormFunction.apply(z, layer, scale, shift, self.keep)
+        out = _BatchNormFunction.apply(z, layer, scale, shift, self.keep)
+        if layer.index >= 0:
+            setattr(out, _OUT, layer)
+            layer.out_version = out._version
+        else:
+            setattr(out, _NORM, out._version)
+        return out

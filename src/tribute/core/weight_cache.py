@@ -1,0 +1,165 @@
+"""Weights that LRP rules derive from a layer's parameters, kept between calls of one explainer.
+
+The z⁺, αβ and γ rules work with W⁺, W + γW⁺ and batch norm merged into the layer before them: one full
+pass over the model's parameters per call, which on a batch-1 ResNet-18 costs more than a forward and a
+backward pass together.  An explainer keeps them in a :class:`WeightCache` and reuses them while the
+parameters they came from are unchanged.
+
+"Unchanged" is checked on every use, never assumed: the parameter tensor is the same object (a weak
+reference, so the cache never keeps a model alive), its version counter has not moved (every in-place
+write through autograd's view of the tensor moves it: optimiser steps, ``load_state_dict``,
+``torch.nn.init``, ``p.copy_`` under ``no_grad``), its storage is the same (``p.data = …``), and, for
+writes through ``p.data`` that bypass the version counter, a sample of its entries still equals the
+sample taken when the weights were derived.  Small tensors (batch norm statistics) are compared whole.
+A write through ``.data`` that changes none of the sampled entries is the one case this cannot see;
+``WeightCache.clear()`` (or ``cache_weights=False``) covers it.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Sequence
+
+import torch
+
+# Entries of a large tensor compared on every use (spread evenly over it); tensors up to SMALL entries
+# are compared whole.
+_PROBES = 64
+_SMALL = 4096
+# Derived tensors kept per layer: a caller that keeps changing a rule's parameter (γ) cannot grow the
+# cache without bound.
+_PER_LAYER = 8
+
+
+class _Source:
+    """What a derived tensor was computed from: one tensor's identity, version, storage and contents."""
+
+    __slots__ = ("version", "pointer", "index", "sample")
+
+    def __init__(self, t: torch.Tensor):
+        t = t.detach()
+        self.version = t._version
+        self.pointer = t.data_ptr()
+        flat = t.view(-1)
+        if flat.numel() <= _SMALL:
+            self.index = None
+            self.sample = flat.clone()
+        else:
+            self.index = torch.linspace(0, flat.numel() - 1, _PROBES, device=t.device).long()
+            self.sample = flat[self.index]
+
+    def matches(self, t: torch.Tensor) -> bool:
+        if t._version != self.version or t.data_ptr() != self.pointer:
+            return False
+        flat = t.detach().view(-1)
+        return torch.equal(flat if self.index is None else flat[self.index], self.sample)
+
+
+class _Entry:
+    __slots__ = ("refs", "sources", "values", "derived", "nbytes")
+
+    def __init__(self, sources: Sequence[torch.Tensor | None], values: Sequence[torch.Tensor | None]):
+        self.refs = tuple(None if s is None else weakref.ref(s) for s in sources)
+        self.sources = tuple(None if s is None else _Source(s) for s in sources)
+        self.values = tuple(None if v is None else v.detach().clone() for v in values)
+        self.derived: OrderedDict[Hashable, tuple] = OrderedDict()
+        self.nbytes = 0
+
+    def valid(self, sources, values) -> bool:
+        for ref, src, s in zip(self.refs, self.sources, sources, strict=True):
+            if (ref is None) != (s is None):
+                return False
+            if s is not None and (ref() is not s or not src.matches(s)):
+                return False
+        for kept, v in zip(self.values, values, strict=True):
+            if (kept is None) != (v is None):
+                return False
+            if v is not None and not (kept.shape == v.shape and torch.equal(kept, v.detach())):
+                return False
+        return True
+
+
+def _cacheable(t: torch.Tensor | None) -> bool:
+    return t is None or (t.is_contiguous() and not t.is_sparse and t.layout == torch.strided)
+
+
+def _nbytes(value) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (tuple, list)):
+        return sum(_nbytes(v) for v in value)
+    return 0
+
+
+class WeightCache:
+    """Derived weights by layer, valid while their sources are unchanged (see the module doc).
+
+    ``max_bytes`` bounds what is kept (least recently used first out); ``None`` keeps everything the
+    layers of one model derive (a few copies of its parameters at most, :data:`_PER_LAYER` per layer).
+    """
+
+    def __init__(self, max_bytes: int | None = None):
+        self.max_bytes = max_bytes
+        self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = self.misses = 0
+
+    @property
+    def nbytes(self) -> int:
+        return sum(e.nbytes for e in self._entries.values())
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def entry(self, sources: Sequence[torch.Tensor | None],
+              values: Sequence[torch.Tensor | None] = ()) -> _Entry | None:
+        """The entry of the layer whose parameters are ``sources`` (and whose batch norm gives ``values``),
+        emptied if anything it was derived from changed; None if these tensors cannot be cached."""
+        if not all(_cacheable(s) for s in sources):
+            return None
+        key = tuple(None if s is None else id(s) for s in sources)
+        with self._lock:
+            e = self._entries.get(key)
+            if e is None or not e.valid(sources, values):
+                e = _Entry(sources, values)
+                self._entries[key] = e
+                self._prune_dead()
+            self._entries.move_to_end(key)
+            return e
+
+    def get(self, entry: _Entry | None, name: Hashable, make: Callable[[], tuple]) -> tuple:
+        """``make()`` for this layer, computed once while the entry stays valid."""
+        if entry is None:
+            return make()
+        with self._lock:
+            value = entry.derived.get(name)
+            if value is not None:
+                entry.derived.move_to_end(name)
+                self.hits += 1
+                return value
+        value = make()
+        with self._lock:
+            self.misses += 1
+            entry.derived[name] = value
+            entry.nbytes += _nbytes(value)
+            while len(entry.derived) > _PER_LAYER:
+                _, old = entry.derived.popitem(last=False)
+                entry.nbytes -= _nbytes(old)
+            self._evict()
+        return value
+
+    def _prune_dead(self) -> None:
+        dead = [k for k, e in self._entries.items() if any(r is not None and r() is None for r in e.refs)]
+        for k in dead:
+            del self._entries[k]
+
+    def _evict(self) -> None:
+        if self.max_bytes is None:
+            return
+        total = self.nbytes
+        while total > self.max_bytes and self._entries:
+            _, e = self._entries.popitem(last=False)
+            total -= e.nbytes
