@@ -243,6 +243,7 @@ class RuleMode(TorchFunctionMode):
                 self.propagation.before_write(z)
             if rule.apply_inplace(nl, z, params, self.phase):
                 _tag(z, self.token)
+                self._made(z, nl)
                 return z
         if rule is None:
             y = nl(z, **params)
@@ -258,7 +259,13 @@ class RuleMode(TorchFunctionMode):
                 z._tribute_twins = y._tribute_twins
             y = z
         _tag(y, self.token)
+        self._made(y, nl)
         return y
+
+    def _made(self, y, nl) -> None:
+        made = getattr(self.propagation, "made_by_nonlinearity", None)
+        if made is not None:
+            made(y, nl.name)
 
     def _record(self, func, n_tagged: int) -> None:
         name = op_name(func)

@@ -27,20 +27,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .rules import Rule
+from .rules import Rule, stab
 from .weight_cache import WeightCache
 
 STABILIZER = 1e-6
-
-
-def stab(d: torch.Tensor, e: float) -> torch.Tensor:
-    """d + e·sign(d) with sign(0) = +1 (−0.0 counts as 0).
-
-    Written as ±e chosen by the sign, then d added in place: three passes over d where
-    ``where(d >= 0, d + e, d − e)`` takes four and allocates three temporaries; the sums are the same.
-    """
-    e_pos, e_neg = d.new_tensor(e), d.new_tensor(-e)
-    return torch.where(d >= 0, e_pos, e_neg).add_(d)
 
 
 class Kept:
@@ -52,15 +42,31 @@ class Kept:
     write the interception could not see is caught by the version counter and reported, never used.
     """
 
-    __slots__ = ("tensor", "version")
+    __slots__ = ("tensor", "version", "unneeded")
 
-    def __init__(self, tensor: torch.Tensor):
+    def __init__(self, tensor: torch.Tensor, unneeded: Callable[[], bool] | None = None):
         self.tensor = tensor.detach()
         self.version = tensor._version
+        #: asked when the tensor is about to be overwritten: True drops it instead of copying (it has a
+        #: cheaper source, and the write shows it will not be wanted)
+        self.unneeded = unneeded
 
-    def copy(self) -> None:
-        self.tensor = self.tensor.clone()
+    def geometry(self) -> tuple:
+        t = self.tensor
+        return t.shape, t.stride(), t.storage_offset(), t.dtype
+
+    def copy(self, clone: torch.Tensor | None = None) -> None:
+        """Hold a copy from now on (``clone``: one already made of the same view)."""
+        self.tensor = self.tensor.clone() if clone is None else clone
         self.version = self.tensor._version
+
+    def drop(self) -> None:
+        self.tensor = None
+
+    def get_or_none(self) -> torch.Tensor | None:
+        """The tensor, or None if it was dropped or written where the interception could not see."""
+        t = self.tensor
+        return t if t is not None and t._version == self.version else None
 
     def get(self) -> torch.Tensor:
         if self.tensor._version != self.version:
@@ -120,6 +126,8 @@ class LayerCall:
     out_relu_reads: int = 0
     z_version: int = -1  # the version of z, and of the merged output, when they were made (a write ends them)
     out_version: int = -1
+    out_kept: Kept | None = field(default=None, repr=False)  # the merged output (batch norm's), by reference
+    nonnegative_input: bool = False  # the input is a ReLU's output, unchanged since
     facts: PassFacts | None = field(default=None, repr=False)
     _entry: Any = field(default=_UNSET, repr=False)
 
@@ -131,6 +139,11 @@ class LayerCall:
     def merged(self) -> bool:
         """Batch norm is merged only into a layer whose output nothing but that batch norm reads."""
         return self.bn is not None and self.consumers == 1
+
+    def sole_relu_read(self) -> bool:
+        """Whether a ReLU is the only op that read the merged output so far (asked as that ReLU overwrites it
+        in place: nothing can read it after, and the rule will not need it if :attr:`relu_only` holds)."""
+        return self.out_reads == 1 and self.out_relu_reads == 1
 
     @property
     def relu_only(self) -> bool:
@@ -177,6 +190,9 @@ class LayerCall:
         """The (merged) layer's output from ``z``, the output of the layer itself (before batch norm)."""
         if not self.merged:
             return z
+        kept = None if self.out_kept is None else self.out_kept.get_or_none()
+        if kept is not None:  # batch norm's own output, still there or copied before it was overwritten
+            return kept
         scale, shift = self.bn
         shape = (1, -1) + (1,) * (z.dim() - 2)
         return torch.addcmul(shift.view(shape), z, scale.view(shape))
@@ -291,53 +307,17 @@ class LinearRule:
         return f"{type(self).__name__}({args})"
 
 
-def _signed_split(op, x, w, s_plus, s_minus, x_negative: bool):
-    """Σ over the four sign combinations: x⁺ ⊙ Jᵀ_{w⁺}s₊ + x⁻ ⊙ Jᵀ_{w⁻}s₊ (and the crossed terms for s₋).
-
-    Returns (positive part, negative part): contributions (x w)⁺ weighted by s_plus and (x w)⁻ by s_minus.
-    Inputs with no negative entry (after a ReLU) need half the transposed convolutions.
-    """
-    wp, wn = _pos(w), _neg(w)
-    xp = _pos(x) if x_negative else x
-    pos = xp * _vjp(op, x, wp, s_plus) if s_plus is not None else 0
-    neg = xp * _vjp(op, x, wn, s_minus) if s_minus is not None else 0
-    if x_negative:
-        xn = _neg(x)
-        if s_plus is not None:
-            pos = pos + xn * _vjp(op, x, wn, s_plus)
-        if s_minus is not None:
-            neg = neg + xn * _vjp(op, x, wp, s_minus)
-    return pos, neg
+def _sign_parts(x: torch.Tensor, layer: LayerCall) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(x⁺, x⁻), or (x, None) when x ≥ 0 (after a ReLU), where (x w)^± = x w^± and half the terms vanish."""
+    if layer.nonnegative_input or not bool(x.min() < 0):  # known, or one reduction (no mask)
+        return x, None
+    return _pos(x), _neg(x)
 
 
-def _z_signed(op, x, w, b, x_negative: bool, negative_part: bool = True, z: torch.Tensor | None = None):
-    """(z⁺, z⁻): Σ (x w)⁺ + b⁺ and Σ (x w)⁻ + b⁻; z⁻ is None unless ``negative_part``.
-
-    For x ≥ 0 the two add up to the layer's output z = Σ x w + b, so given ``z`` the second costs a
-    subtraction instead of a convolution (rounding: an absolute error of order ulp(|z⁺|)).
-    """
-    wp, wn = _pos(w), _neg(w)
-    xp = _pos(x) if x_negative else x
-    zp = op(xp, wp, None if b is None else _pos(b))
-    if negative_part and z is not None and not x_negative:
-        return zp, z - zp
-    zn = op(xp, wn, None if b is None else _neg(b)) if negative_part else None
-    if x_negative:
-        xn = _neg(x)
-        zp = zp + op(xn, wn, None)
-        if negative_part:
-            zn = zn + op(xn, wp, None)
-    return zp, zn
-
-
-def _ratio(r: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """r / stab(d), dividing in place into the stabiliser's fresh tensor."""
-    den = stab(d, STABILIZER)
-    return torch.div(r, den, out=den)
-
-
-def _has_negative(x: torch.Tensor) -> bool:
-    return bool(x.min() < 0)  # one reduction, no mask
+def _signed_layer(op, xp: torch.Tensor, xn: torch.Tensor | None, w_pos, w_neg, bias) -> torch.Tensor:
+    """op(x⁺, w_pos) + op(x⁻, w_neg) + bias: with (W⁺, W⁻) the sum of the positive products (x w)⁺."""
+    out = op(xp, w_pos, bias)
+    return out if xn is None else out.add_(op(xn, w_neg, None))
 
 
 def _bias(b: torch.Tensor | None, add: float, like: torch.Tensor, layer: LayerCall) -> torch.Tensor | None:
@@ -350,9 +330,10 @@ def _bias(b: torch.Tensor | None, add: float, like: torch.Tensor, layer: LayerCa
     return like.new_full((n,), add)
 
 
-def _positive_part(layer: LayerCall, z: torch.Tensor) -> Callable:
-    """``make(W, b)`` of (W⁺, b⁺ + ε): the layer with them gives z⁺ + ε, which is > 0 for x ≥ 0."""
-    return lambda w, b: (_pos(w), _bias(None if b is None else _pos(b), STABILIZER, z, layer))
+def _positive_part(layer: LayerCall, z: torch.Tensor, scale: float = 1.0) -> Callable:
+    """``make(W, b)`` of (c·W⁺, c·b⁺ + ε), c = ``scale``: with x⁺ (and c·W⁻ for x⁻) the layer gives
+    c·z⁺ + ε, z⁺ = Σ (x w)⁺ + b⁺ ≥ 0."""
+    return lambda w, b: (scale * _pos(w), _bias(None if b is None else scale * _pos(b), STABILIZER, z, layer))
 
 
 class Epsilon(LinearRule):
@@ -387,30 +368,28 @@ class AlphaBeta(LinearRule):
         self.alpha, self.beta = float(alpha), float(beta)
 
     def relevance(self, layer, x, z, r):
-        if _has_negative(x):
-            return self._signed(layer, x, z, r)
-        # x ≥ 0: (x w)^± = x w^±, so R = x ⊙ (α Jᵀ_{w⁺} s₊ − β Jᵀ_{w⁻} s₋), with s₊ = R / (z⁺ + ε) and
-        # s₋ = R / (z⁻ − ε); the layer with (W⁺, b⁺ + ε) gives z⁺ + ε at once, and z − that = z⁻ − ε.
+        # R = x⁺ ⊙ (α Jᵀ_{w⁺} s₊ − β Jᵀ_{w⁻} s₋) + x⁻ ⊙ (α Jᵀ_{w⁻} s₊ − β Jᵀ_{w⁺} s₋), s₊ = R / (z⁺ + ε),
+        # s₋ = R / (z⁻ − ε); z⁺ + ε from one layer with (W⁺, b⁺ + ε) (and W⁻ on x⁻), z⁻ − ε = z − that
+        op, a, b = layer.op, self.alpha, self.beta
+        xp, xn = _sign_parts(x, layer)
         wp, bp = layer.derived("positive_part", _positive_part(layer, z))
-        zp = layer.op(x, wp, bp)
-        if not self.beta:  # z⁺: α = 1
-            return _vjp(layer.op, x, wp, torch.div(r, zp, out=zp)).mul_(x)
+        wn = None if xn is None else layer.derived("negative_weight", lambda w, _: (_neg(w),))[0]
+        zp = _signed_layer(op, xp, xn, wp, wn, bp)
+        if not b:  # z⁺: α = 1
+            sp = torch.div(r, zp, out=zp)
+            grad = _vjp(op, x, wp, sp).mul_(xp)
+            return grad if xn is None else grad.add_(_vjp(op, x, wn, sp).mul_(xn))
         # z⁻ ≤ 0: clamping at −ε keeps rounding in z − z⁺ from flipping its sign (where z⁻ = 0 every
         # contribution (x w)⁻ is 0, so that entry's denominator does not matter)
         sn = torch.sub(layer.output(z), zp).clamp_(max=-STABILIZER)
         sn = torch.div(r, sn, out=sn)
         sp = torch.div(r, zp, out=zp)
-        a, b = self.alpha, self.beta
         wa, wb = layer.derived(("alpha_beta", a, b), lambda w, _: (a * _pos(w), b * _neg(w)))
-        return _vjp(layer.op, x, wa, sp).sub_(_vjp(layer.op, x, wb, sn)).mul_(x)
-
-    def _signed(self, layer, x, z, r):
-        w, b = layer.derived("params", lambda w, b: (w, b))
-        zp, zn = _z_signed(layer.op, x, w, b, True, negative_part=self.beta != 0)
-        s_plus = _ratio(r, zp)
-        s_minus = _ratio(r, zn) if self.beta else None
-        pos, neg = _signed_split(layer.op, x, w, s_plus, s_minus, True)
-        return self.alpha * pos - self.beta * neg if self.beta else self.alpha * pos
+        grad = _vjp(op, x, wa, sp).sub_(_vjp(op, x, wb, sn)).mul_(xp)
+        if xn is None:
+            return grad
+        wa, wb = layer.derived(("alpha_beta_crossed", a, b), lambda w, _: (a * _neg(w), b * _pos(w)))
+        return grad.add_(_vjp(op, x, wa, sp).sub_(_vjp(op, x, wb, sn)).mul_(xn))
 
 
 class ZPlus(AlphaBeta):
@@ -440,40 +419,39 @@ class Gamma(LinearRule):
         self.gamma = float(gamma)
 
     def relevance(self, layer, x, z, r):
-        if _has_negative(x):
-            return self._signed(layer, x, z, r)
-        # x ≥ 0: (x w)^± = x w^±, so each sign of z needs one transposed layer, W + γW^±
         g, op = self.gamma, layer.op
-        if layer.relu_only:
-            # R = 0 where z ≤ 0 (LayerCall.relu_only): only z > 0 counts, where z + γz⁺ > 0.  The layer with
-            # (W + γW⁺, b + γb⁺ + ε) gives that plus ε; clamping at ε leaves it and keeps z ≤ 0 finite
+        xp, xn = _sign_parts(x, layer)
+        if xn is None and layer.relu_only:
+            # R = 0 where z ≤ 0 (LayerCall.relu_only): only z > 0 counts, where z + γz⁺ > 0.  For x ≥ 0 the
+            # layer with (W + γW⁺, b + γb⁺ + ε) gives that plus ε; clamping at ε leaves it and keeps z ≤ 0
+            # finite.  One transposed layer, W + γW⁺
             wg, bg = layer.derived(("gamma_up", g), lambda w, b: (
                 w + g * _pos(w), _bias(None if b is None else b + g * _pos(b), STABILIZER, z, layer)))
             den = op(x, wg, bg).clamp_(min=STABILIZER)
             return _vjp(op, x, wg, torch.div(r, den, out=den)).mul_(x)
         zo = layer.output(z)
-        wu, bu = layer.derived(("gamma_part", g), lambda w, b: (g * _pos(w), None if b is None else g * _pos(b)))
-        u = op(x, wu, bu)  # γz⁺
-        up = torch.add(zo, u).add_(STABILIZER).masked_fill_(zo <= 0, float("inf"))  # z + γz⁺ + ε where z > 0
-        down = u.sub_(zo, alpha=1 + g).add_(STABILIZER).masked_fill_(zo >= 0, float("inf"))  # −(z + γz⁻ − ε)
-        # where z < 0: z⁻ = z − z⁺ for x ≥ 0; s₋ = R / (z + γz⁻ − ε) = −R / down, the sign in the weight
-        w_up, w_down = layer.derived(("gamma", g), lambda w, _: (w + g * _pos(w), -(w + g * _neg(w))))
-        grad = _vjp(op, x, w_up, torch.div(r, up, out=up))
-        return grad.add_(_vjp(op, x, w_down, torch.div(r, down, out=down))).mul_(x)
-
-    def _signed(self, layer, x, z, r):
-        w, b = layer.derived("params", lambda w, b: (w, b))
-        z = layer.output(z)
-        zp, zn = _z_signed(layer.op, x, w, b, True)
-        # one stabilised ratio for both signs: z + γz⁺ where z > 0, z + γz⁻ where z < 0 (z = 0 drops R)
-        positive = z > 0
-        den = stab(torch.where(positive, zp, zn).mul_(self.gamma).add_(z), STABILIZER)
-        s = torch.div(r, den, out=den)
-        s_pos, s_neg = torch.where(positive, s, 0.0), torch.where(z < 0, s, 0.0)
-        plain = x * _vjp(layer.op, x, w, s_pos + s_neg)
-        pos, _ = _signed_split(layer.op, x, w, s_pos, None, True)
-        _, neg = _signed_split(layer.op, x, w, None, s_neg, True)
-        return plain + self.gamma * (pos + neg)
+        wu, bu = layer.derived(("gamma_part", g), _positive_part(layer, z, g))
+        wun = None if xn is None else layer.derived(("gamma_part_negative", g), lambda w, _: (g * _neg(w),))[0]
+        u = _signed_layer(op, xp, xn, wu, wun, bu)  # γz⁺ + ε
+        # masks by arithmetic (a comparison and torch.where cost five elementwise passes each): with σ = sign z,
+        # [z > 0] = max(σ, 0) and [z < 0] = [z > 0] − σ; z = 0 is in neither (its relevance is dropped)
+        sigma = torch.sign(zo)
+        up_mask = sigma.clamp(min=0)
+        down_mask = torch.sub(up_mask, sigma, out=sigma)
+        # where z > 0: z + γz⁺ + ε; where z < 0: −(z + γz⁻ − ε) = γz⁺ − (1 + γ)z + ε (z⁻ = z − z⁺), both > ε
+        # there; clamped at ε elsewhere, where the mask zeroes the ratio.  s₋ = R / (z + γz⁻ − ε) = −R / down
+        up = torch.add(zo, u).clamp_(min=STABILIZER)
+        down = u.sub_(zo, alpha=1 + g).clamp_(min=STABILIZER)
+        sp = torch.div(r, up, out=up).mul_(up_mask)
+        sd = torch.div(r, down, out=down).mul_(down_mask)  # −s₋
+        if xn is None:  # x ≥ 0: (x w)^± = x w^±, so each sign of z needs one transposed layer, W + γW^±
+            w_up, w_down = layer.derived(("gamma", g), lambda w, _: (w + g * _pos(w), -(w + g * _neg(w))))
+            return _vjp(op, x, w_up, sp).add_(_vjp(op, x, w_down, sd)).mul_(x)
+        # R = x ⊙ Wᵀ(s₊ + s₋) + γ (x⁺ ⊙ A + x⁻ ⊙ B) with A = W⁺ᵀs₊ + W⁻ᵀs₋, B = W⁻ᵀs₊ + W⁺ᵀs₋; Wᵀ(s₊ + s₋) = A + B
+        wp, wn = layer.derived("signs", lambda w, _: (_pos(w), _neg(w)))
+        pa = _vjp(op, x, wp, sp).sub_(_vjp(op, x, wn, sd))
+        pb = _vjp(op, x, wn, sp).sub_(_vjp(op, x, wp, sd))
+        return torch.add(pa, pb).mul_(x).add_(pa.mul_(xp).add_(pb.mul_(xn)), alpha=g)
 
 
 class Box(LinearRule):
@@ -565,25 +543,31 @@ class _NormFunction(torch.autograd.Function):
     for an addition or a pooling costs less than copying inputs and output in the forward pass."""
 
     @staticmethod
-    def forward(ctx, op, keep, inplace_op, *inputs):
-        ctx.op = op
+    def forward(ctx, op, prop: Propagation, inplace_op, additive: bool, *inputs):
+        ctx.op, ctx.additive = op, additive
+        ctx.kept = [prop.keep(t) for t in inputs]
         if inplace_op is None:
-            ctx.kept = [keep(t) for t in inputs]
             return op(*(t.detach() for t in inputs))
-        # ``x += y`` with x the first input: keep x's old value, then write the result straight into x
+        # ``x += y`` with x the first input: keep x's old value (one copy, shared with whatever else kept x),
+        # then write the result straight into x
         target = inputs[0]
-        ctx.kept = [Kept(target.clone()), *(keep(t) for t in inputs[1:])]
+        prop.before_write(target)
         inplace_op(*inputs)
         ctx.mark_dirty(target)
         return target
 
     @staticmethod
     def backward(ctx, r):
+        if ctx.additive:  # y = a + b: R_a = a ⊙ s, R_b = b ⊙ s with s = R / stab(y), no graph needed
+            a, b = (k.get() for k in ctx.kept)
+            s = stab(torch.add(a, b), STABILIZER)
+            s = torch.div(r, s, out=s)
+            return None, None, None, None, a * s, s.mul_(b)
         with torch.enable_grad():
             xs = [k.get().detach().requires_grad_() for k in ctx.kept]
             y = ctx.op(*xs)
             grads = torch.autograd.grad(y, xs, r / stab(y.detach(), STABILIZER), allow_unused=True)
-        out = [None, None, None]
+        out = [None, None, None, None]
         for x, g in zip(xs, grads, strict=True):
             out.append(None if g is None else x.detach() * g)
         return tuple(out)
@@ -722,6 +706,7 @@ def _storage(t: torch.Tensor) -> int:
 _LAYER = "_tribute_layer"  # on a linear layer's output z: its LayerCall
 _OUT = "_tribute_merged_out"  # on the output of batch norm right after a linear layer: that LayerCall
 _NORM = "_tribute_norm_version"  # on the output of a Norm-rule op: its version when made
+_NONNEGATIVE = "_tribute_nonnegative"  # on a ReLU's output: its version when made
 
 
 def _made_here(t, attr: str, version_of) -> Any:
@@ -744,17 +729,25 @@ class Propagation:
         self.unruled: list[str] = self.facts.plain  # ops with no rule that made tensors (plain gradient)
         self._kept: dict[int, list[Kept]] = {}  # storage address → tensors kept by reference there
 
-    def keep(self, t: torch.Tensor) -> Kept:
+    def keep(self, t: torch.Tensor, unneeded: Callable[[], bool] | None = None) -> Kept:
         """Keep ``t`` for the backward pass by reference; :meth:`before_write` copies it if need be."""
-        k = Kept(t)
+        k = Kept(t, unneeded)
         self._kept.setdefault(_storage(t), []).append(k)
         return k
 
     def before_write(self, t) -> None:
-        """An in-place op is about to write into ``t``: copy what is kept in its storage first."""
+        """An in-place op is about to write into ``t``: copy what is kept in its storage first (one copy
+        per view, shared by everything that kept it)."""
         if isinstance(t, torch.Tensor) and self._kept:
+            clones: dict[tuple, torch.Tensor] = {}
             for k in self._kept.pop(_storage(t), ()):
-                k.copy()
+                if k.unneeded is not None and k.unneeded():
+                    k.drop()
+                    continue
+                geometry = k.geometry()
+                if geometry not in clones:
+                    clones[geometry] = k.tensor.clone()
+                k.copy(clones[geometry])
 
     def track_modules(self, model: nn.Module):
         """Context: keep a stack of the modules running, so composites can address layers by name."""
@@ -791,6 +784,11 @@ class Propagation:
                 self.count_consumers(a, {}, tagged)
             elif tagged(a):
                 self._read(a, relu=False)
+
+    def made_by_nonlinearity(self, y: torch.Tensor, name: str) -> None:
+        """A nonlinearity made ``y`` (in place or not): a ReLU's output is ≥ 0 until something writes it."""
+        if name == "relu":
+            setattr(y, _NONNEGATIVE, y._version)
 
     def read_by_nonlinearity(self, z: torch.Tensor, name: str) -> None:
         """A nonlinearity reads ``z`` (before an in-place call writes it)."""
@@ -831,6 +829,7 @@ class Propagation:
                               cache=self.cache, facts=self.facts)
             self.count += 1
             rule = self.composite.rule(layer)
+            layer.nonnegative_input = _made_here(x, _NONNEGATIVE, lambda v: v) is not None
             if not (layer.first or getattr(rule, "proportional", False)):
                 self.facts.proportional = False
             y = _LinearLayerFunction.apply(x, layer, rule, self.keep)
@@ -851,22 +850,24 @@ class Propagation:
                 self.unruled.append(name)
                 return NotImplemented
             self.count_consumers(args, kwargs, tagged)  # before an in-place op writes its first input
-            if inplace:
+            additive = base == "add" and len(args) == 2 and not kwargs and n_tagged == 2 and \
+                args[0].shape == args[1].shape
+            if inplace and tagged(args[0]):  # written in place by the Norm rule's node, which keeps the old value
+                out = self._proportional(getattr(torch, base), args, kwargs, tagged, inplace_func=func,
+                                         additive=additive)
+            elif inplace:  # args[0] is not on the input's path: write the result into it
                 self.before_write(args[0])
-                out = self._proportional(getattr(torch, base), args, kwargs, tagged, inplace_func=func)
-                if out is not args[0]:  # args[0] was not on the input's path: write the result into it
-                    args[0].copy_(out)
-                out = args[0]
+                out = args[0].copy_(self._proportional(getattr(torch, base), args, kwargs, tagged))
             else:
-                out = self._proportional(func, args, kwargs, tagged)
+                out = self._proportional(func, args, kwargs, tagged, additive=additive)
             setattr(out, _NORM, out._version)
             return out
         self.unruled.append(name)
         return NotImplemented
 
-    def _proportional(self, func, args, kwargs, tagged, inplace_func=None):
+    def _proportional(self, func, args, kwargs, tagged, inplace_func=None, additive: bool = False):
         """The op under the Norm rule; ``inplace_func`` (the op's in-place form, writing into ``args[0]``)
-        is used when ``args[0]`` is on the input's path."""
+        is used when ``args[0]`` is on the input's path.  ``additive``: the op is a + b, same shapes."""
         positions = [i for i, a in enumerate(args) if tagged(a)]
         keys = [k for k, v in kwargs.items() if tagged(v)]
         inputs = [args[i] for i in positions] + [kwargs[k] for k in keys]
@@ -886,7 +887,7 @@ class Propagation:
             return call
 
         inplace = with_inputs(inplace_func) if inplace_func is not None and positions[:1] == [0] else None
-        return _NormFunction.apply(with_inputs(func), self.keep, inplace, *inputs)
+        return _NormFunction.apply(with_inputs(func), self, inplace, additive, *inputs)
 
     def _batch_norm(self, func, args, kwargs):
         p = batch_norm_arguments(args, kwargs)
@@ -905,6 +906,9 @@ class Propagation:
         if layer.index >= 0:
             setattr(out, _OUT, layer)
             layer.out_version = out._version
+            # the merged layer's output: γ and αβ read it; kept by reference (an in-place ReLU that is its only
+            # reader drops it rather than copying it: then the rule reads z > 0 only, or recomputes it)
+            layer.out_kept = self.keep(out, unneeded=layer.sole_relu_read)
         else:
             setattr(out, _NORM, out._version)
         return out

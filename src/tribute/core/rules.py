@@ -26,8 +26,18 @@ from .nonlinearities import Nonlinearity, is_rectifier, rectifier_gate
 
 
 def sign0(z: torch.Tensor) -> torch.Tensor:
-    """sign(z) with sign(0) = +1, so that z + ε·sign0(z) is never zero for ε > 0."""
-    return torch.where(z >= 0, 1.0, -1.0).to(z.dtype)
+    """sign(z) with sign(0) = +1, so that z + ε·sign0(z) is never zero for ε > 0.
+
+    ``z + 0.0`` turns −0.0 into +0.0 (IEEE), so −0.0 counts as 0 too.  Arithmetic rather than a mask: on
+    CPU ``torch.where`` on a comparison runs about five times slower than an elementwise op."""
+    return torch.copysign(z.new_ones(()), z + 0.0)
+
+
+def stab(d: torch.Tensor, e: float) -> torch.Tensor:
+    """d + e·sign0(d): the stabilised denominator, never zero, in three elementwise passes and no mask."""
+    s = torch.add(d, 0.0)
+    torch.copysign(d.new_tensor(e), s, out=s)
+    return s.add_(d)
 
 
 def derivative(nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any]) -> torch.Tensor:
@@ -165,7 +175,7 @@ class EpsilonRatio(Rule):
         if nl.name == "relu":  # y ≥ 0 and y = z where z > 0: y / (y + ε) is the ratio
             den = y + self.epsilon
         else:
-            den = torch.where(z >= 0, z.new_tensor(self.epsilon), z.new_tensor(-self.epsilon)).add_(z)
+            den = stab(z, self.epsilon)
         return torch.div(y, den, out=den)
 
     def backward(self, nl, gy, saved, params):
