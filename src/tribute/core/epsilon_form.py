@@ -122,16 +122,18 @@ class _FusedRelu(torch.autograd.Function):
     @staticmethod
     def forward(ctx, v, eps: float, inplace: bool):
         y = v.relu_() if inplace else v.relu()
-        den = y + eps
-        ctx.save_for_backward(torch.div(y, den, out=den))
+        ctx.eps = eps
+        # y itself, not the factor: the next layer's node keeps y alive anyway, so this holds no extra memory
+        ctx.save_for_backward(y)
         if inplace:
             ctx.mark_dirty(v)
         return y
 
     @staticmethod
     def backward(ctx, g):
-        (factor,) = ctx.saved_tensors
-        return g * factor, None, None
+        (y,) = ctx.saved_tensors
+        factor = y + ctx.eps
+        return torch.div(y, factor, out=factor).mul_(g), None, None
 
 
 class _InPlaceAdd(torch.autograd.Function):

@@ -161,6 +161,9 @@ class RuleMode(TorchFunctionMode):
         self.phase = Phase()
         self.propagation = None
 
+    def _is_tagged(self, a) -> bool:
+        return isinstance(a, torch.Tensor) and getattr(a, _TAG, None) is self.token
+
     def tag(self, t: torch.Tensor) -> None:
         """Put ``t`` on the input's path of the current pass (e.g. a layer's replaced output)."""
         _tag(t, self.token)
@@ -188,10 +191,8 @@ class RuleMode(TorchFunctionMode):
                 return self._nonlinearity(form.nonlinearity, z, params, inplace)
         prop = self.propagation
         unruled = False
+        tagged = self._is_tagged
         if prop is not None:
-            def tagged(a):
-                return _tagged(a, self.token)
-
             name = op_name(func)
             n_unruled = len(prop.unruled)
             out = prop.handle(func, args, kwargs, tagged, name)  # counts the reads of what it handles

@@ -930,11 +930,12 @@ class Propagation:
     def _batch_norm(self, func, args, kwargs):
         p = batch_norm_arguments(args, kwargs)
         z = p["input"]
-        inv = torch.rsqrt(p["running_var"].detach() + p.get("eps", 1e-5))
-        gamma = p.get("weight")
-        scale = inv if gamma is None else gamma.detach() * inv
-        beta = p.get("bias")
-        shift = -p["running_mean"].detach() * scale + (0 if beta is None else beta.detach())
+        scale = torch.add(p["running_var"].detach(), p.get("eps", 1e-5)).rsqrt_()  # γ / σ
+        gamma, beta, mean = p.get("weight"), p.get("bias"), p["running_mean"].detach()
+        if gamma is not None:
+            scale.mul_(gamma.detach())
+        # β − μ·γ/σ
+        shift = torch.mul(mean, scale).neg_() if beta is None else torch.addcmul(beta.detach(), mean, scale, value=-1)
         layer = _made_here(z, _LAYER, lambda m: m.z_version)
         if layer is not None:
             layer.bn = (scale, shift)  # merged at backward time if nothing else read the layer's output
