@@ -65,11 +65,9 @@ def keep_copies(self, t, unneeded=None):
     return Kept(t.clone())
 
 
-def sign_parts_by_values(x, layer):
-    """``_sign_parts`` deciding by the values only (no knowledge from ReLU marks)."""
-    if not bool(x.min() < 0):
-        return x, None
-    return x.clamp(min=0), x.clamp(max=0)
+def nonnegative_by_values(x, layer):
+    """``_nonnegative`` deciding by the values only (no knowledge from ReLU marks)."""
+    return not bool(x.min() < 0)
 
 
 @contextmanager
@@ -78,7 +76,7 @@ def fast_paths_off():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(LayerCall, "relu_only", property(lambda layer: False))
         mp.setattr(Propagation, "keep", keep_copies)
-        mp.setattr(propagation, "_sign_parts", sign_parts_by_values)
+        mp.setattr(propagation, "_nonnegative", nonnegative_by_values)
         yield
 
 
@@ -711,7 +709,7 @@ def test_relu_output_left_alone_is_known_non_negative(rule):
     assert [layer.nonnegative_input for layer in seen] == [True]
     assert_same(got, relu_then_conv_by_hand(net, x, 4, name, param))
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(propagation, "_sign_parts", sign_parts_by_values)
+        mp.setattr(propagation, "_nonnegative", nonnegative_by_values)
         assert_same(got, tribute.explain(net, x, "lrp", target=4, composite=comp))
 
 
@@ -735,7 +733,7 @@ def test_relu_output_written_in_a_deeper_model_equals_the_sign_check_by_values(c
     x = torch.rand(3, 2, 5, 5, dtype=DT, generator=torch.Generator().manual_seed(12))
     got = tribute.explain(net, x, "lrp", target=1, composite=composite)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(propagation, "_sign_parts", sign_parts_by_values)
+        mp.setattr(propagation, "_nonnegative", nonnegative_by_values)
         assert_same(got, tribute.explain(net, x, "lrp", target=1, composite=composite))
 
 
