@@ -286,6 +286,8 @@ def accumulate(
             r = torch.arange(rows.start, rows.stop)
             sample, draw = r // k, r % k
             c = contribution(sample, draw)
+            if len(chunks) == 1 and k == 1:  # one chunk of the samples in order: c is the total
+                return c
             if total is None:
                 total = c.new_zeros((n, *c.shape[1:]))
             total = total.index_add(0, sample.to(c.device), c)

@@ -120,6 +120,11 @@ def resolve_layer(model: nn.Module, layer: str | nn.Module) -> ModuleSite:
                 f"layer {layer!r}: after '#' comes the call's index, an integer >= 0 (e.g. {name + '#0'!r})"
             )
         call = int(idx)
+    if name:
+        try:  # walks the dotted path; listing every module is only needed for the error message
+            return ModuleSite(name, model.get_submodule(name), call)
+        except AttributeError:
+            pass
     modules = {n: m for n, m in model.named_modules() if n}
     if name not in modules:
         near = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
@@ -313,9 +318,11 @@ class Capture:
     """What :func:`capture` recorded: the activation, the tensor to differentiate at, the layer's input."""
 
     def __init__(self, site: Site, *, grad: bool, replace: torch.Tensor | None,
-                 tag: Callable[[torch.Tensor], None] | None, keep_input: bool):
+                 tag: Callable[[torch.Tensor], None] | None, keep_input: bool, graph_from_here: bool = False):
         self.site = site
         self.grad = grad
+        #: the forward pass runs without a graph up to the layer, which starts it (see :func:`capture`)
+        self.graph_from_here = graph_from_here
         self.replace = replace
         self.tag = tag
         self.keep_input = keep_input
@@ -345,6 +352,9 @@ class Capture:
             if not self.grad:
                 self.value = out.detach().clone()
                 return None
+            if self.graph_from_here:
+                torch.set_grad_enabled(True)  # the rest of the forward pass records; capture() restores the mode
+                out = out.detach().requires_grad_()
             # downstream continues with a copy: in-place ops there cannot overwrite the recorded output
             self.value = self.grad_wrt = out
             return out.clone()
@@ -419,9 +429,34 @@ class _CaptureMode(PathMode):
         return out
 
 
+def _capture_module(site: ModuleSite, cap: Capture, keep_input: bool) -> Iterator[Capture]:
+    """Hooks on the module that record its wanted call into ``cap``, removed also on error."""
+    want = 0 if site.call is None else site.call
+
+    def pre_hook(module, args, kwargs):
+        if cap.calls == want:
+            cap.take_input(args, kwargs)
+
+    def hook(module, args, out):
+        k = cap.calls
+        cap.calls += 1
+        return cap.take(out) if k == want else None
+
+    handles = []
+    try:
+        if keep_input:
+            handles.append(site.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
+        handles.append(site.module.register_forward_hook(hook))
+        yield cap
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @contextlib.contextmanager
 def capture(site: Site, x: torch.Tensor, *, grad: bool = False, replace: torch.Tensor | None = None,
-            tag: Callable[[torch.Tensor], None] | None = None, keep_input: bool = False) -> Iterator[Capture]:
+            tag: Callable[[torch.Tensor], None] | None = None, keep_input: bool = False,
+            graph_from_here: bool = False) -> Iterator[Capture]:
     """Record ``site``'s activation during the forward pass of ``x`` run inside this block.
 
     With ``grad=True`` the recorded ``grad_wrt`` is a tensor on the autograd graph whose gradient is
@@ -429,30 +464,22 @@ def capture(site: Site, x: torch.Tensor, *, grad: bool = False, replace: torch.T
     by that tensor (same shape), and ``tag`` is called on what the network continues with (to put it on a
     rule engine's input path).  On leaving the block, a layer that was never called, or a module called
     more than once without a named call, raises :class:`LayerError`.  Hooks and modes are removed also
-    when the forward pass fails.
+    when the forward pass fails.  ``graph_from_here`` (a module's output, no replacement): the forward pass
+    runs without recording a graph until the layer, whose output starts one as a leaf (∂S/∂A needs nothing
+    before it); the grad mode is restored on leaving the block.
     """
-    cap = Capture(site, grad=grad, replace=replace, tag=tag, keep_input=keep_input)
+    cap = Capture(site, grad=grad, replace=replace, tag=tag, keep_input=keep_input,
+                  graph_from_here=graph_from_here and grad and replace is None and isinstance(site, ModuleSite))
+    if cap.graph_from_here:
+        with torch.no_grad():
+            try:
+                yield from _capture_module(site, cap, keep_input)
+            finally:
+                torch.set_grad_enabled(False)  # the hook turned it on: no_grad's exit restores the caller's mode
+        cap.check()
+        return
     if isinstance(site, ModuleSite):
-        want = 0 if site.call is None else site.call
-
-        def pre_hook(module, args, kwargs):
-            if cap.calls == want:
-                cap.take_input(args, kwargs)
-
-        def hook(module, args, out):
-            k = cap.calls
-            cap.calls += 1
-            return cap.take(out) if k == want else None
-
-        handles = []
-        try:
-            if keep_input:
-                handles.append(site.module.register_forward_pre_hook(pre_hook, with_kwargs=True))
-            handles.append(site.module.register_forward_hook(hook))
-            yield cap
-        finally:
-            for h in handles:
-                h.remove()
+        yield from _capture_module(site, cap, keep_input)
     else:
         mode = _CaptureMode(cap)
         mode.mark(x)
@@ -509,7 +536,9 @@ def layer_gradient_rows(
                 if mode is not None:
                     def tag(t):  # the replacement starts the input's path anew for the rules
                         phases.append(mode.tag_input(t, create_graph))
-                with capture(site, inp, grad=True, replace=replace, tag=tag) as c:
+                # plain gradients need no graph before the layer: the forward pass records from it on
+                plain = mode is None and not create_graph
+                with capture(site, inp, grad=True, replace=replace, tag=tag, graph_from_here=plain) as c:
                     holder["cap"] = c
                     yield c
 
