@@ -367,6 +367,38 @@ class _SignedInput:
         return [a.sub_(b) for a, b in zip(p, q, strict=True)]
 
 
+class _TwoSignals:
+    """Two signals s₁, s₂ of a layer's output shape, taken back through two weights at once: W₁ᵀs₁ + W₂ᵀs₂.
+
+    For a convolution without groups and a dense layer, s₁ and s₂ are written side by side on the output-channel
+    axis of one buffer (``first``, ``second``) and meet [W₁; W₂] stacked (cached so): one transposed layer with
+    twice the channels.  Measured on ResNet-18 layer shapes, ratios included: 0-16% faster than two at batch 1
+    and 0-10% at batch 32.  Other layers take the two one by one (``first``/``second`` are None: the signals are
+    fresh tensors).
+    """
+
+    def __init__(self, layer: LayerCall, like: torch.Tensor):
+        self.layer = layer
+        self.stacked = layer.kind in ("conv", "dense") and layer.op.groups == 1
+        self.first = self.second = self.buffer = None
+        if self.stacked:
+            dim = like.dim() - 1 if layer.kind == "dense" else 1
+            shape = list(like.shape)
+            shape[dim] *= 2
+            self.buffer = like.new_empty(shape)
+            self.first, self.second = self.buffer.chunk(2, dim)
+
+    def transpose(self, x: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, name: Hashable,
+                  make: Callable) -> torch.Tensor:
+        """W₁ᵀs₁ + W₂ᵀs₂ with ``make(W, b) -> (W₁, W₂)`` (cached)."""
+        layer = self.layer
+        if self.stacked:
+            w = layer.derived(("stacked", name), lambda w, b: (torch.cat(make(w, b), 0),))[0]
+            return _vjp(layer.op, x, w, self.buffer)
+        w1, w2 = layer.derived(name, make)
+        return _vjp(layer.op, x, w1, s1).add_(_vjp(layer.op, x, w2, s2))
+
+
 def _bias(b: torch.Tensor | None, add: float, like: torch.Tensor, layer: LayerCall) -> torch.Tensor | None:
     """``b + add`` per output channel (a layer without a bias gets the constant)."""
     if add == 0:
@@ -424,17 +456,17 @@ class AlphaBeta(LinearRule):
             zp = op(x, wp, bp)
         else:
             zp = signed.forward(layer.derived("signs", lambda w, _: (_pos(w), _neg(w))), bp)
+        if signed is None and not b:  # z⁺ (α = 1) for x ≥ 0
+            return _vjp(op, x, wp, torch.div(r, zp, out=zp)).mul_(x)
+        pair = _TwoSignals(layer, r) if signed is None else None
         if b:
             # z⁻ ≤ 0: clamping at −ε keeps rounding in z − z⁺ from flipping its sign (where z⁻ = 0 every
             # contribution (x w)⁻ is 0, so that entry's denominator does not matter)
             sn = torch.sub(layer.output(z), zp).clamp_(max=-STABILIZER)
-            sn = torch.div(r, sn, out=sn)
-        sp = torch.div(r, zp, out=zp)
-        if signed is None:
-            if not b:  # z⁺: α = 1
-                return _vjp(op, x, wp, sp).mul_(x)
-            wa, wb = layer.derived(("alpha_beta", a, b), lambda w, _: (a * _pos(w), b * _neg(w)))
-            return _vjp(op, x, wa, sp).sub_(_vjp(op, x, wb, sn)).mul_(x)
+            sn = torch.div(r, sn, out=sn if pair is None or pair.second is None else pair.second)
+        sp = torch.div(r, zp, out=zp if pair is None or pair.first is None else pair.first)
+        if signed is None:  # x ≥ 0: x ⊙ (α W⁺ᵀs₊ − β W⁻ᵀs₋)
+            return pair.transpose(x, sp, sn, ("alpha_beta", a, b), lambda w, _: (a * _pos(w), -b * _neg(w))).mul_(x)
         parts = signed.transpose(sp, layer.derived(("alpha_signs", a), lambda w, _: (a * _pos(w), a * _neg(w))))
         if b:
             parts = signed.difference(parts, signed.transpose(
@@ -494,11 +526,12 @@ class Gamma(LinearRule):
         # there; clamped at ε elsewhere, where the mask zeroes the ratio.  s₋ = R / (z + γz⁻ − ε) = −R / down
         up = torch.add(zo, u).clamp_(min=STABILIZER)
         down = u.sub_(zo, alpha=1 + g).clamp_(min=STABILIZER)
-        sp = torch.div(r, up, out=up).mul_(up_mask)
-        sd = torch.div(r, down, out=down).mul_(down_mask)  # −s₋
-        if signed is None:  # x ≥ 0: (x w)^± = x w^±, so each sign of z needs one transposed layer, W + γW^±
-            w_up, w_down = layer.derived(("gamma", g), lambda w, _: (w + g * _pos(w), -(w + g * _neg(w))))
-            return _vjp(op, x, w_up, sp).add_(_vjp(op, x, w_down, sd)).mul_(x)
+        pair = _TwoSignals(layer, r) if signed is None else None
+        sp = torch.div(r, up, out=up if pair is None or pair.first is None else pair.first).mul_(up_mask)
+        sd = torch.div(r, down, out=down if pair is None or pair.second is None else pair.second).mul_(down_mask)
+        if signed is None:  # x ≥ 0: (x w)^± = x w^±, so each sign of z has its transposed layer, W + γW^±
+            return pair.transpose(x, sp, sd, ("gamma", g),
+                                  lambda w, _: (w + g * _pos(w), -(w + g * _neg(w)))).mul_(x)  # sd = −s₋
         # R = x ⊙ Wᵀ(s₊ + s₋) + γ (x⁺ ⊙ A + x⁻ ⊙ B) with A = W⁺ᵀs₊ + W⁻ᵀs₋, B = W⁻ᵀs₊ + W⁺ᵀs₋ (so
         # Wᵀ(s₊ + s₋) = A + B); (A, B) = (W⁺ᵀs₊, W⁻ᵀs₊) − (W⁻ᵀ(−s₋), W⁺ᵀ(−s₋))
         wp, wn = layer.derived("signs", lambda w, _: (_pos(w), _neg(w)))
