@@ -503,14 +503,19 @@ class Gamma(LinearRule):
     def relevance(self, layer, x, z, r):
         g, op = self.gamma, layer.op
         signed = None if _nonnegative(x, layer) else _SignedInput(layer, x)
-        if signed is None and layer.relu_only:
-            # R = 0 where z ≤ 0 (LayerCall.relu_only): only z > 0 counts, where z + γz⁺ > 0.  For x ≥ 0 the
-            # layer with (W + γW⁺, b + γb⁺ + ε) gives that plus ε; clamping at ε leaves it and keeps z ≤ 0
-            # finite.  One transposed layer, W + γW⁺
+        if layer.relu_only:
+            # R = 0 where z ≤ 0 (LayerCall.relu_only): only z > 0 counts, where z + γz⁺ > 0.  The contributions
+            # there, x w + γ(x w)⁺ = x⁺(w + γw⁺) + x⁻(w + γw⁻), sum to it: the layer with (W + γW⁺, b + γb⁺ + ε)
+            # on x⁺ (and W + γW⁻ on x⁻) gives it plus ε; clamping at ε leaves it and keeps z ≤ 0 finite.
+            # One transposed layer, W + γW⁺, for x ≥ 0 (two for signed x)
             wg, bg = layer.derived(("gamma_up", g), lambda w, b: (
                 w + g * _pos(w), _bias(None if b is None else b + g * _pos(b), STABILIZER, z, layer)))
-            den = op(x, wg, bg).clamp_(min=STABILIZER)
-            return _vjp(op, x, wg, torch.div(r, den, out=den)).mul_(x)
+            if signed is None:
+                den = op(x, wg, bg).clamp_(min=STABILIZER)
+                return _vjp(op, x, wg, torch.div(r, den, out=den)).mul_(x)
+            weights = (wg, layer.derived(("gamma_up_negative", g), lambda w, _: (w + g * _neg(w),))[0])
+            den = signed.forward(weights, bg).clamp_(min=STABILIZER)
+            return signed.weigh(signed.transpose(torch.div(r, den, out=den), weights))
         zo = layer.output(z)
         wu, bu = layer.derived(("gamma_part", g), _positive_part(layer, z, g))
         if signed is None:
