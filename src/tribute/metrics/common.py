@@ -36,11 +36,16 @@ def as_explainer(method, **options: Any) -> Explainer:
     :class:`Method` instance is used as it is (its model is replaced by the model given, so the same
     method can explain randomised copies); any other callable is used as it is.
     """
-    if isinstance(method, str):
-        klass = get_method(method)
-        return lambda model, inputs, target: klass(model, **options).attribute(inputs, target)
-    if isinstance(method, type) and issubclass(method, Method):
-        return lambda model, inputs, target: method(model, **options).attribute(inputs, target)
+    if isinstance(method, str) or (isinstance(method, type) and issubclass(method, Method)):
+        klass = get_method(method) if isinstance(method, str) else method
+        last: list = []  # (model, instance) of the latest call: chunks of one model share an instance (and what
+        # it keeps between calls, e.g. LRP's derived weights)
+
+        def explain(model, inputs, target):
+            if not last or last[0] is not model:
+                last[:] = [model, klass(model, **options)]
+            return last[1].attribute(inputs, target)
+        return explain
     if isinstance(method, Method):
         def explain_with(model, inputs, target):
             m = method if model is method.model else _rebind(method, model)
