@@ -687,27 +687,29 @@ def record_layers(options):
     return Recording(conv=rule, dense=rule), seen
 
 
-@pytest.mark.parametrize("rule", RULES_BY_HAND)
-@pytest.mark.parametrize("write", ["sub_", "view_sub_"])
-def test_relu_output_made_negative_in_place_takes_the_signed_path(rule, write):
+def relu_then_conv_case(write, rule):
+    """LRP of ``ReluThenConv(write)`` under ``rule``: (net, x, composite, result, the conv's non-negative mark),
+    after checking the result against the rule written out by hand."""
     net = ReluThenConv(write).to(DT).eval()
     x = torch.randn(2, 2, 5, 5, dtype=DT, generator=torch.Generator().manual_seed(10))
     name, param, options = RULES_BY_HAND[rule]
     comp, seen = record_layers(options)
     got = tribute.explain(net, x, "lrp", target=4, composite=comp)
-    assert [layer.nonnegative_input for layer in seen] == [False]
     assert_same(got, relu_then_conv_by_hand(net, x, 4, name, param))
+    return net, x, comp, got, [layer.nonnegative_input for layer in seen]
+
+
+@pytest.mark.parametrize("rule", RULES_BY_HAND)
+@pytest.mark.parametrize("write", ["sub_", "view_sub_"])
+def test_relu_output_made_negative_in_place_takes_the_signed_path(rule, write):
+    *_, marks = relu_then_conv_case(write, rule)
+    assert marks == [False]
 
 
 @pytest.mark.parametrize("rule", RULES_BY_HAND)
 def test_relu_output_left_alone_is_known_non_negative(rule):
-    net = ReluThenConv("none").to(DT).eval()
-    x = torch.randn(2, 2, 5, 5, dtype=DT, generator=torch.Generator().manual_seed(10))
-    name, param, options = RULES_BY_HAND[rule]
-    comp, seen = record_layers(options)
-    got = tribute.explain(net, x, "lrp", target=4, composite=comp)
-    assert [layer.nonnegative_input for layer in seen] == [True]
-    assert_same(got, relu_then_conv_by_hand(net, x, 4, name, param))
+    net, x, comp, got, marks = relu_then_conv_case("none", rule)
+    assert marks == [True]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(propagation, "_nonnegative", nonnegative_by_values)
         assert_same(got, tribute.explain(net, x, "lrp", target=4, composite=comp))
