@@ -45,7 +45,7 @@ from tribute.core.propagation import (
     WSquare,
     ZPlus,
 )
-from tribute.core.weight_cache import _PER_LAYER, _PROBES, _SMALL
+from tribute.core.weight_cache import _PER_LAYER, _SMALL, sampled_positions
 
 DT = torch.float64
 
@@ -161,7 +161,7 @@ def _assign_data_same_samples(net, x):
     # equal at every sampled entry, at another address: only the storage check can see it
     w = net.fc1.weight
     n = w.numel()
-    sampled = set(torch.linspace(0, n - 1, _PROBES).long().tolist())
+    sampled = set(sampled_positions(n))
     new = w.detach().clone()
     new.view(-1)[[i for i in range(n) if i not in sampled]] *= -1.0
     w.data = new
@@ -213,7 +213,7 @@ def test_clear_covers_a_write_through_data_between_the_sampled_entries():
     ex = tribute.LRP(net, composite="gamma")
     ex(x, target=1)
     n = net.fc1.weight.numel()
-    sampled = set(torch.linspace(0, n - 1, _PROBES).long().tolist())
+    sampled = set(sampled_positions(n))
     index = next(i for i in range(n) if i not in sampled)
     net.fc1.weight.data.view(-1)[index] += 3.0
     ex.weights.clear()

@@ -9,7 +9,7 @@ import torch
 
 from ..core import options as opt
 from ..core.engine import Forward, accumulate
-from ..core.epsilon_form import EpsilonForm, FusedEpsilonRelu, Unsupported, covers
+from ..core.epsilon_form import EpsilonForm, FusedEpsilonRelu, MergePlan, Replan, Unsupported, covers
 from ..core.method import Method
 from ..core.propagation import AlphaBeta, Box, Composite, Epsilon, Flat, Gamma, PassRelevance, WithWeights, ZPlus
 from ..core.registry import register
@@ -133,6 +133,7 @@ class LRP(Method):
     def __init__(self, model, **options):
         super().__init__(model, **options)
         self.weights = WeightCache()
+        self._plan = MergePlan()  # where batch norm merged last time (ε composites, core.epsilon_form)
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         if o.differentiable:
@@ -141,11 +142,12 @@ class LRP(Method):
             raise ValueError(f"the αβ rule needs alpha − beta = 1, got alpha={o.alpha}, beta={o.beta}")
         composite = _composite(o, x.shape, o.input_transform)
         name = f"lrp[{getattr(composite, 'name', 'custom')}]"
+        cache = self.weights if o.cache_weights else None
         rules = RuleSet(name, {"*": PassRelevance()},
-                        ops=WithWeights(composite, self.weights if o.cache_weights else None))
+                        ops=WithWeights(composite, cache))
         # ε everywhere: the same relevance as x ⊙ a modified gradient, in fewer passes (core.epsilon_form)
         fast = None if o.strict or not covers(composite) else \
-            RuleSet(name, {"*": FusedEpsilonRelu()}, ops=EpsilonForm(composite))
+            RuleSet(name, {"*": FusedEpsilonRelu()}, ops=EpsilonForm(composite, cache, self._plan))
         transform, forward = o.input_transform, self._forward
         self._forward = Forward(self.model)  # relevance is taken at the model's own input
         try:
@@ -159,6 +161,9 @@ class LRP(Method):
                 if fast is not None:
                     try:
                         return rows * self._gradients(rows, target, sample, o, rules=fast, relevance=True)
+                    except Replan:  # the model ran differently from the pass the plan came from
+                        self._plan.clear()
+                        return contribution(sample, _)
                     except Unsupported:
                         fast = None  # this model needs the relevance form
                 return self._gradients(rows, target, sample, o, rules=rules, relevance=True)

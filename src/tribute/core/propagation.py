@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .rules import Rule, stab
-from .weight_cache import WeightCache
+from .weight_cache import PassCache, WeightCache
 
 STABILIZER = 1e-6
 
@@ -121,7 +121,7 @@ class LayerCall:
     consumers: int = 0  # ops that read the layer's own output z
     bn: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)
     graph: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False)  # (x leaf, z) of the forward
-    cache: WeightCache | None = field(default=None, repr=False)
+    cache: PassCache | None = field(default=None, repr=False)
     # who reads the (merged) output: reads in all, and by a ReLU (see :attr:`relu_only`)
     z_relu_reads: int = 0
     out_reads: int = 0
@@ -206,15 +206,19 @@ class LayerCall:
         w, b = self.weight.detach(), None if self.bias is None else self.bias.detach()
         if not self.merged:
             return w, b
-        scale, shift = self.bn
-        if self.kind == "conv_transpose":  # weight (in, out / groups, …): output channel g·(out / groups) + j
-            g = self.op.groups
-            k = (1,) * (w.dim() - 2)
-            w = (w.view(g, -1, *w.shape[1:]) * scale.view(g, 1, -1, *k)).view(w.shape)
-        else:
-            w = w * scale.view(-1, *(1,) * (w.dim() - 1))
-        b = shift if b is None else b * scale + shift
-        return w, b
+        return fold_affine(self.kind, self.op.groups, w, b, *self.bn)
+
+
+def fold_affine(kind: str, groups: int, w: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor,
+                shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(W', b') of the layer followed by y ↦ scale·y + shift per output channel (batch norm merged)."""
+    if kind == "conv_transpose":  # weight (in, out / groups, …): output channel g·(out / groups) + j
+        k = (1,) * (w.dim() - 2)
+        w = (w.view(groups, -1, *w.shape[1:]) * scale.view(groups, 1, -1, *k)).view(w.shape)
+    else:
+        w = w * scale.view(-1, *(1,) * (w.dim() - 1))
+    b = shift if b is None else b * scale + shift
+    return w, b
 
 
 def parse_linear(func, args, kwargs) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None, Callable] | None:
@@ -793,6 +797,17 @@ def batch_norm_arguments(args, kwargs) -> dict[str, Any]:
     return p
 
 
+def batch_norm_affine(p: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, shift) per channel of eval-mode batch norm with arguments ``p``: y = scale·x + shift."""
+    scale = torch.add(p["running_var"].detach(), p.get("eps", 1e-5)).rsqrt_()  # γ / σ
+    gamma, beta, mean = p.get("weight"), p.get("bias"), p["running_mean"].detach()
+    if gamma is not None:
+        scale.mul_(gamma.detach())
+    # β − μ·γ/σ
+    shift = torch.mul(mean, scale).neg_() if beta is None else torch.addcmul(beta.detach(), mean, scale, value=-1)
+    return scale, shift
+
+
 def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
@@ -816,7 +831,7 @@ class Propagation:
                  cache: WeightCache | None = None):
         self.composite = composite
         self.names = names or {}  # id(module) → name
-        self.cache = cache
+        self.cache = None if cache is None else cache.for_pass()  # every layer's samples compared at once
         self.facts = PassFacts()
         self.count = 0
         self.module_stack: list[nn.Module] = []
@@ -994,12 +1009,7 @@ class Propagation:
     def _batch_norm(self, func, args, kwargs):
         p = batch_norm_arguments(args, kwargs)
         z = p["input"]
-        scale = torch.add(p["running_var"].detach(), p.get("eps", 1e-5)).rsqrt_()  # γ / σ
-        gamma, beta, mean = p.get("weight"), p.get("bias"), p["running_mean"].detach()
-        if gamma is not None:
-            scale.mul_(gamma.detach())
-        # β − μ·γ/σ
-        shift = torch.mul(mean, scale).neg_() if beta is None else torch.addcmul(beta.detach(), mean, scale, value=-1)
+        scale, shift = batch_norm_affine(p)
         layer = _made_here(z, _LAYER, lambda m: m.z_version)
         if layer is not None:
             layer.bn = (scale, shift)  # merged at backward time if nothing else read the layer's output
