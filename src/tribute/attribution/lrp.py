@@ -9,7 +9,8 @@ import torch
 
 from ..core import options as opt
 from ..core.engine import Forward, accumulate
-from ..core.epsilon_form import EpsilonForm, FusedEpsilonRelu, MergePlan, Replan, Unsupported, covers
+from ..core.epsilon_form import EpsilonForm, FusedEpsilonRelu, Unsupported, covers
+from ..core.merge_plan import MergePlan, Replan
 from ..core.method import Method
 from ..core.propagation import AlphaBeta, Box, Composite, Epsilon, Flat, Gamma, PassRelevance, WithWeights, ZPlus
 from ..core.registry import register
@@ -133,7 +134,7 @@ class LRP(Method):
     def __init__(self, model, **options):
         super().__init__(model, **options)
         self.weights = WeightCache()
-        self._plan = MergePlan()  # where batch norm merged last time (ε composites, core.epsilon_form)
+        self._plan = MergePlan()  # where batch norm merged last time (core.merge_plan)
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         if o.differentiable:
@@ -143,8 +144,7 @@ class LRP(Method):
         composite = _composite(o, x.shape, o.input_transform)
         name = f"lrp[{getattr(composite, 'name', 'custom')}]"
         cache = self.weights if o.cache_weights else None
-        rules = RuleSet(name, {"*": PassRelevance()},
-                        ops=WithWeights(composite, cache))
+        rules = RuleSet(name, {"*": PassRelevance()}, ops=WithWeights(composite, cache, self._plan))
         # ε everywhere: the same relevance as x ⊙ a modified gradient, in fewer passes (core.epsilon_form)
         fast = None if o.strict or not covers(composite) else \
             RuleSet(name, {"*": FusedEpsilonRelu()}, ops=EpsilonForm(composite, cache, self._plan))
@@ -166,7 +166,11 @@ class LRP(Method):
                         return contribution(sample, _)
                     except Unsupported:
                         fast = None  # this model needs the relevance form
-                return self._gradients(rows, target, sample, o, rules=rules, relevance=True)
+                try:
+                    return self._gradients(rows, target, sample, o, rules=rules, relevance=True)
+                except Replan:
+                    self._plan.clear()
+                    return contribution(sample, _)
 
             return accumulate(x.shape[0], 1, contribution, batch_size=o.batch_size)
         finally:

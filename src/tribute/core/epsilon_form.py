@@ -21,26 +21,17 @@ backward passes for the rest.  It covers models whose nonlinearities are ReLUs a
 form handles with these rules; anything else raises :class:`Unsupported` during the forward pass and the
 caller falls back to the relevance form, which gives the same relevance.
 
-Batch norm after a linear layer is merged for the rule (its stabiliser moves on to its output), but the pass
-that first meets a model still runs it: only then does it learn that nothing else reads the layer's output.
-That pass leaves a :class:`MergePlan`; the explainer's next passes compute those layers with the merged
-weights (W', b') from its weight cache and the batch-norm call hands its input on as its output, which saves
-a batch-norm op forward and backward per layer (7% of a ResNet-18's forward and backward).  The plan is
-checked as the pass runs and a mismatch raises :class:`Replan` (see there).  What no check can see is a read
-of the layer's raw output *after* its batch norm (the two are one tensor then); the pass that makes a plan
-refuses such a model (:class:`Unsupported`), so it could only happen to a model whose forward pass does so
-on some inputs and not on others.  Models with forward hooks, which would see the merged values, and
-explainers with ``cache_weights=False`` use no plan.
+Batch norm merged into the layer before it is planned from the explainer's earlier passes
+(:mod:`tribute.core.merge_plan`).
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any
 
 import torch
-from torch import nn
 
+from .merge_plan import Merge, MergePlan, Replan
 from .propagation import (
     _BILINEAR,
     _MOVES,
@@ -50,14 +41,12 @@ from .propagation import (
     Epsilon,
     LayerCall,
     Propagation,
-    batch_norm_affine,
     batch_norm_arguments,
-    fold_affine,
     parse_linear,
     stab,
 )
 from .rules import Rule
-from .weight_cache import PassCache, WeightCache
+from .weight_cache import WeightCache
 
 _EPS = "_tribute_eps"  # the stabiliser a tensor's readers owe it (it is a linear layer's or Norm op's output)
 _PRODUCER = "_tribute_producer"  # the linear-layer call that made it (batch norm may merge into it)
@@ -66,67 +55,6 @@ _IN_PLACE_ADD = {"add_": 1.0, "__iadd__": 1.0, "sub_": -1.0, "__isub__": -1.0}
 
 class Unsupported(Exception):
     """The gradient form does not cover this model; the relevance form must run instead."""
-
-
-class Replan(Exception):
-    """The model ran differently from the pass its :class:`MergePlan` came from (a layer's output read first by
-    something other than the batch norm that was merged into it); run the pass again without the plan."""
-
-
-_NORM_TENSORS = ("running_mean", "running_var", "weight", "bias")
-
-
-def _ref(t):
-    return None if t is None else weakref.ref(t)
-
-
-def _is(ref, t) -> bool:
-    return t is None if ref is None else ref() is t
-
-
-class _Merge:
-    """Batch norm merged into one linear-layer call: the layer's parameters and the norm's, by weak reference."""
-
-    __slots__ = ("weight", "bias", "norm", "eps")
-
-    def __init__(self, weight, bias, norm: dict[str, Any]):
-        self.weight, self.bias = _ref(weight), _ref(bias)
-        self.norm = tuple(_ref(norm.get(k)) for k in _NORM_TENSORS)
-        self.eps = float(norm.get("eps", 1e-5))
-
-    def same_layer(self, weight, bias) -> bool:
-        return _is(self.weight, weight) and _is(self.bias, bias)
-
-    def same_norm(self, norm: dict[str, Any]) -> bool:
-        return float(norm.get("eps", 1e-5)) == self.eps and all(
-            _is(r, norm.get(k)) for r, k in zip(self.norm, _NORM_TENSORS, strict=True))
-
-    def weights(self, cache: PassCache, kind: str, groups: int, weight, bias) -> tuple | None:
-        """(W', b') from the cache (derived on a miss), or None if a norm tensor is gone or cannot be cached."""
-        norm = [None if r is None else r() for r in self.norm]
-        if any(r is not None and t is None for r, t in zip(self.norm, norm, strict=True)):
-            return None
-        entry = cache.entry((weight, bias, *norm), tag=("batch_norm", kind, groups, self.eps))
-        if entry is None:
-            return None
-
-        def make():
-            p = dict(zip(_NORM_TENSORS, norm, strict=True), eps=self.eps)
-            return fold_affine(kind, groups, weight.detach(), None if bias is None else bias.detach(),
-                               *batch_norm_affine(p))
-
-        return cache.get(entry, "batch_norm_merged", make)
-
-
-class MergePlan:
-    """Which linear-layer calls (by position on the input's path) batch norm merged into in the last complete
-    pass of one explainer (see the module doc)."""
-
-    def __init__(self):
-        self.merges: dict[int, _Merge] = {}
-
-    def clear(self) -> None:
-        self.merges = {}
 
 
 def covers(composite: Any) -> bool:
@@ -157,7 +85,7 @@ class _Producer:
 
     __slots__ = ("layer", "readers", "merged", "planned")
 
-    def __init__(self, layer: LayerCall, planned: _Merge | None):
+    def __init__(self, layer: LayerCall, planned: Merge | None):
         self.layer, self.planned = layer, planned
         self.readers = 0
         self.merged = False
@@ -287,15 +215,7 @@ class GradientForm(Propagation):
     """The op handler of one forward pass in the gradient form (module tracking as in the relevance form)."""
 
     def __init__(self, composite: Composite, cache: WeightCache | None = None, plan: MergePlan | None = None):
-        super().__init__(composite, cache=cache)
-        self.plan = plan
-        self.merges: dict[int, _Merge] = {}  # this pass's, the next plan
-
-    def track_modules(self, model):
-        # the first sight of the model: forward hooks would see a planned layer's merged output
-        if self.plan is not None and _has_forward_hooks(model):
-            self.plan = None
-        return super().track_modules(model)
+        super().__init__(composite, cache=cache, plan=plan)
 
     def count_consumers(self, args, kwargs, tagged) -> None:  # readers are counted where they matter
         pass
@@ -321,13 +241,12 @@ class GradientForm(Propagation):
             module = self.module_stack[-1] if self.module_stack else None
             layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module)
             self.count += 1
-            planned = self.plan.merges.get(layer.index) if self.plan is not None else None
-            merged = None
-            if planned is not None and planned.same_layer(w, b):
-                merged = planned.weights(self.cache, kind, op.groups, w, b)
-            if merged is None:
-                out, planned = op(self._edge(x), w, b), None
+            found = None if self.plan is None else self.plan.planned(layer.index, kind, op.groups, w, b, self.cache)
+            planned = None
+            if found is None:
+                out = op(self._edge(x), w, b)
             else:
+                planned, merged = found
                 out = op(self._edge(x), *merged)
             setattr(out, _EPS, self.composite.rule(layer).epsilon)
             setattr(out, _PRODUCER, _Producer(layer, planned))
@@ -415,20 +334,11 @@ class GradientForm(Propagation):
             out = func(*args, **kwargs)
             setattr(out, _EPS, getattr(z, _EPS))
             if self.plan is not None:
-                self.merges[producer.layer.index] = _Merge(producer.layer.weight, producer.layer.bias, p)
+                self.merges[producer.layer.index] = Merge(producer.layer.weight, producer.layer.bias, p)
             return out
         out = func(self._edge(z), *args[1:], **kwargs) if args else func(**{**kwargs, "input": self._edge(z)})
         _owe(out, STABILIZER)
         return out
-
-
-def _has_forward_hooks(model) -> bool:
-    if not isinstance(model, nn.Module):
-        return False
-    hooks = nn.modules.module
-    if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
-        return True
-    return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
 def _owe(out, eps: float) -> None:

@@ -75,6 +75,17 @@ def op_name(func) -> str:
     return name
 
 
+# Queries that read a tensor's metadata, never its values: answered without looking at the call (batch norm
+# alone asks ``input.dim()`` once per layer).
+_METADATA = frozenset({
+    torch.Tensor.dim, torch.Tensor.size, torch.Tensor.numel, torch.Tensor.stride, torch.Tensor.is_contiguous,
+    torch.Tensor.ndimension, torch.Tensor.nelement, torch.Tensor.element_size, torch.Tensor.is_floating_point,
+    torch.Tensor.is_complex, torch.Tensor.storage_offset,
+    *(getattr(torch.Tensor, a).__get__ for a in ("shape", "ndim", "dtype", "device", "is_cuda", "layout",
+                                                  "requires_grad", "is_sparse", "is_quantized", "is_meta")),
+})
+
+
 def _tagged(x, token) -> bool:
     return isinstance(x, torch.Tensor) and getattr(x, _TAG, None) is token
 
@@ -181,6 +192,8 @@ class RuleMode(TorchFunctionMode):
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if func in _METADATA:
+            return func(*args, **kwargs)
         n_tagged = _count_tagged(args, kwargs, self.token)
         if not n_tagged:
             return func(*args, **kwargs)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .merge_plan import Merge, MergePlan, Replan, batch_norm_affine, fold_affine, has_forward_hooks
 from .rules import Rule, stab
 from .weight_cache import PassCache, WeightCache
 
@@ -131,6 +132,8 @@ class LayerCall:
     out_kept: Kept | None = field(default=None, repr=False)  # the merged output (batch norm's), by reference
     nonnegative_input: bool = False  # the input is a ReLU's output, unchanged since
     facts: PassFacts | None = field(default=None, repr=False)
+    # the planned batch norm (core.merge_plan) this layer ran with merged, until that norm reads its output
+    pending: Merge | None = field(default=None, repr=False)
     _entry: Any = field(default=_UNSET, repr=False)
 
     @property
@@ -207,18 +210,6 @@ class LayerCall:
         if not self.merged:
             return w, b
         return fold_affine(self.kind, self.op.groups, w, b, *self.bn)
-
-
-def fold_affine(kind: str, groups: int, w: torch.Tensor, b: torch.Tensor | None, scale: torch.Tensor,
-                shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(W', b') of the layer followed by y ↦ scale·y + shift per output channel (batch norm merged)."""
-    if kind == "conv_transpose":  # weight (in, out / groups, …): output channel g·(out / groups) + j
-        k = (1,) * (w.dim() - 2)
-        w = (w.view(groups, -1, *w.shape[1:]) * scale.view(groups, 1, -1, *k)).view(w.shape)
-    else:
-        w = w * scale.view(-1, *(1,) * (w.dim() - 1))
-    b = shift if b is None else b * scale + shift
-    return w, b
 
 
 def parse_linear(func, args, kwargs) -> tuple[str, torch.Tensor, torch.Tensor, torch.Tensor | None, Callable] | None:
@@ -761,9 +752,10 @@ class Composite:
         """Whether :meth:`rule` reads a layer's module or name (``by_name``, or a subclass's own ``rule``)."""
         return bool(self.by_name) or type(self).rule is not Composite.rule
 
-    def start(self, cache: WeightCache | None = None) -> Propagation:
-        """The handler for one forward pass (``cache``: where layers keep the weights their rules derive)."""
-        return Propagation(self, cache=cache)
+    def start(self, cache: WeightCache | None = None, plan: MergePlan | None = None) -> Propagation:
+        """The handler for one forward pass (``cache``: where layers keep the weights their rules derive; ``plan``:
+        where batch norm merged in an earlier pass, :mod:`tribute.core.merge_plan`)."""
+        return Propagation(self, cache=cache, plan=plan)
 
     def key(self) -> tuple:
         return (type(self).__name__, self.conv.key(), self.dense.key(),
@@ -775,13 +767,14 @@ class Composite:
 
 
 class WithWeights:
-    """A composite whose forward passes keep the weights their rules derive in ``cache`` (None: none kept)."""
+    """A composite whose forward passes keep the weights their rules derive in ``cache`` (None: none kept) and
+    follow ``plan`` (where batch norm merged before)."""
 
-    def __init__(self, composite: Composite, cache: WeightCache | None):
-        self.composite, self.cache = composite, cache
+    def __init__(self, composite: Composite, cache: WeightCache | None, plan: MergePlan | None = None):
+        self.composite, self.cache, self.plan = composite, cache, plan
 
     def start(self) -> Propagation:
-        return self.composite.start(cache=self.cache)
+        return self.composite.start(cache=self.cache, plan=self.plan)
 
     def key(self) -> tuple:
         return self.composite.key()
@@ -795,17 +788,6 @@ def batch_norm_arguments(args, kwargs) -> dict[str, Any]:
     if p.get("training", False):
         raise ValueError("LRP needs batch norm in eval mode (running statistics); call model.eval()")
     return p
-
-
-def batch_norm_affine(p: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(scale, shift) per channel of eval-mode batch norm with arguments ``p``: y = scale·x + shift."""
-    scale = torch.add(p["running_var"].detach(), p.get("eps", 1e-5)).rsqrt_()  # γ / σ
-    gamma, beta, mean = p.get("weight"), p.get("bias"), p["running_mean"].detach()
-    if gamma is not None:
-        scale.mul_(gamma.detach())
-    # β − μ·γ/σ
-    shift = torch.mul(mean, scale).neg_() if beta is None else torch.addcmul(beta.detach(), mean, scale, value=-1)
-    return scale, shift
 
 
 def _storage(t: torch.Tensor) -> int:
@@ -828,10 +810,14 @@ class Propagation:
     """The op handler of an LRP rule set: one instance per forward pass (it numbers the layers)."""
 
     def __init__(self, composite: Composite, names: dict[int, str] | None = None,
-                 cache: WeightCache | None = None):
+                 cache: WeightCache | None = None, plan: MergePlan | None = None):
         self.composite = composite
         self.names = names or {}  # id(module) → name
         self.cache = None if cache is None else cache.for_pass()  # every layer's samples compared at once
+        # where batch norm merged last time (core.merge_plan); merged weights live in the cache
+        self.plan = plan if cache is not None else None
+        self.merges: dict[int, Merge] = {}  # this pass's merges: the next plan
+        self._norms: list[tuple[LayerCall, Merge]] = []  # batch norms right after a layer, merged if sole reader
         self.facts = PassFacts()
         self.count = 0
         self.module_stack: list[nn.Module] = []
@@ -862,6 +848,8 @@ class Propagation:
         """Context: keep a stack of the modules running, so composites can address layers by name."""
         import contextlib
 
+        if self.plan is not None and has_forward_hooks(model):  # they would see a planned layer's merged output
+            self.plan = None
         if not self.composite.needs_modules():  # global module hooks slow every module call down
             return contextlib.nullcontext()
         self.names = {id(m): n for n, m in model.named_modules()} if isinstance(model, nn.Module) else {}
@@ -911,6 +899,8 @@ class Propagation:
     def _read(t: torch.Tensor, relu: bool) -> None:
         layer = _made_here(t, _LAYER, lambda m: m.z_version)
         if layer is not None:
+            if layer.pending is not None:
+                raise Replan("a linear layer's output was read before the batch norm merged into it last time")
             layer.consumers += 1
             layer.z_relu_reads += relu
         layer = _made_here(t, _OUT, lambda m: m.out_version)
@@ -924,6 +914,11 @@ class Propagation:
                    for attr, version in ((_LAYER, lambda m: m.z_version), (_OUT, lambda m: m.out_version),
                                          (_NORM, lambda m: m))):
             self.facts.proportional = False
+        if self.plan is not None:
+            for layer, merge in self._norms:  # batch norm merges into a layer its output's sole reader
+                if layer.merged:
+                    self.merges[layer.index] = merge
+            self.plan.merges = self.merges
         return out
 
     def handle(self, func, args, kwargs, tagged: Callable[[Any], bool], name: str):
@@ -937,8 +932,13 @@ class Propagation:
                 return NotImplemented
             self.count_consumers(args, kwargs, tagged)
             module = self.module_stack[-1] if self.module_stack else None
+            found = None if self.plan is None else self.plan.planned(self.count, kind, op.groups, w, b, self.cache)
+            pending = None
+            if found is not None:  # a layer with batch norm merged, run so: its output is batch norm's
+                self.cache.discard((w, b), tag=(kind, op.groups))  # what its rules derived from W unmerged
+                pending, (w, b) = found
             layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module,
-                              cache=self.cache, facts=self.facts)
+                              cache=self.cache, facts=self.facts, pending=pending)
             self.count += 1
             rule = self.composite.rule(layer)
             layer.nonnegative_input = _made_here(x, _NONNEGATIVE, lambda v: v) is not None
@@ -950,8 +950,7 @@ class Propagation:
             return y
         suffix = name.rsplit(".", 1)[-1]
         if suffix == "batch_norm":
-            self.count_consumers(args, kwargs, tagged)
-            return self._batch_norm(func, args, kwargs)
+            return self._batch_norm(func, args, kwargs, tagged)
         if suffix in _MOVES:
             return NotImplemented
         inplace = suffix in _INPLACE
@@ -1006,13 +1005,21 @@ class Propagation:
         inplace = with_inputs(inplace_func) if inplace_func is not None and positions[:1] == [0] else None
         return _NormFunction.apply(with_inputs(func), self, inplace, additive, *inputs)
 
-    def _batch_norm(self, func, args, kwargs):
+    def _batch_norm(self, func, args, kwargs, tagged):
         p = batch_norm_arguments(args, kwargs)
         z = p["input"]
-        scale, shift = batch_norm_affine(p)
         layer = _made_here(z, _LAYER, lambda m: m.z_version)
+        if layer is not None and layer.pending is not None:  # the layer ran with this norm merged (its plan)
+            if not layer.pending.same_norm(p):
+                raise Replan("a different batch norm read a linear layer's output than last time")
+            self.merges[layer.index], layer.pending = layer.pending, None
+            return z  # read from now on as the layer's own output, with nothing merged into it
+        self.count_consumers(args, kwargs, tagged)
+        scale, shift = batch_norm_affine(p)
         if layer is not None:
             layer.bn = (scale, shift)  # merged at backward time if nothing else read the layer's output
+            if self.plan is not None:
+                self._norms.append((layer, Merge(layer.weight, layer.bias, p)))
         else:  # not right after a linear layer: an affine map with the Norm rule
             layer = LayerCall("none", lambda *a: None, scale, None, -1, "", None)
         out = _BatchNormFunction.apply(z, layer, scale, shift, self.keep)

@@ -166,6 +166,12 @@ class WeightCache:
             self._entries.move_to_end(key)
             return e
 
+    def discard(self, sources: Sequence[torch.Tensor | None], tag: Hashable = ()) -> None:
+        """Forget the entry of these tensors (a layer now used in another form, batch norm merged into it)."""
+        key = (*(None if s is None else id(s) for s in sources), tag)
+        with self._lock:
+            self._entries.pop(key, None)
+
     def get(self, entry: _Entry | None, name: Hashable, make: Callable[[], tuple]) -> tuple:
         """``make()`` for this layer, computed once while the entry stays valid."""
         if entry is None:
@@ -215,3 +221,6 @@ class PassCache:
 
     def get(self, entry: _Entry | None, name: Hashable, make: Callable[[], tuple]) -> tuple:
         return self.cache.get(entry, name, make)
+
+    def discard(self, sources: Sequence[torch.Tensor | None], tag: Hashable = ()) -> None:
+        self.cache.discard(sources, tag)
