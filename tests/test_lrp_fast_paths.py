@@ -60,7 +60,7 @@ def differs(a, b):
     return (a - b).abs().max().item() > 1e-6 * b.abs().max().item()
 
 
-def keep_copies(self, t, unneeded=None):
+def keep_copies(self, t, unneeded=None, rectify=False):
     """``Propagation.keep`` that copies at once instead of keeping a reference."""
     return Kept(t.clone())
 
@@ -294,11 +294,12 @@ _RELU_ONLY = LayerCall.relu_only
 
 def shortcut_taken(run):
     """``run()`` and the positions (``LayerCall.index``) of the layers whose γ rule took the shortcut."""
-    taken = []
+    taken, asked = [], set()
 
     def counting(layer):
         value = _RELU_ONLY.fget(layer)
-        if value:
+        if value and id(layer) not in asked:  # a layer may be asked more than once
+            asked.add(id(layer))
             taken.append(layer.index)
         return value
 

@@ -220,7 +220,7 @@ class GradientForm(Propagation):
     def count_consumers(self, args, kwargs, tagged) -> None:  # readers are counted where they matter
         pass
 
-    def before_write(self, t) -> None:  # nothing is kept by reference
+    def before_write(self, t, writer=None) -> None:  # nothing is kept by reference
         pass
 
     def finish(self, out: torch.Tensor) -> torch.Tensor:

@@ -254,7 +254,7 @@ class RuleMode(TorchFunctionMode):
             read(z, nl.name)
         if rule is not None and inplace:
             if self.propagation is not None:
-                self.propagation.before_write(z)
+                self.propagation.before_write(z, writer=nl.name)
             if rule.apply_inplace(nl, z, params, self.phase):
                 _tag(z, self.token)
                 self._made(z, nl)
@@ -267,7 +267,7 @@ class RuleMode(TorchFunctionMode):
             y = rule.apply(nl, src, params, self.phase)
         if inplace:
             if self.propagation is not None:
-                self.propagation.before_write(z)
+                self.propagation.before_write(z, writer=nl.name)
             z.copy_(y)
             if hasattr(y, "_tribute_twins"):  # differences carried beside the tensor (DeepLIFT RevealCancel)
                 z._tribute_twins = y._tribute_twins

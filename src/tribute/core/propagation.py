@@ -45,14 +45,17 @@ class Kept:
     say a ReLU's output is still ≥ 0).
     """
 
-    __slots__ = ("tensor", "version", "unneeded")
+    __slots__ = ("tensor", "version", "unneeded", "rectify", "rectified")
 
-    def __init__(self, tensor: torch.Tensor, unneeded: Callable[[], bool] | None = None):
+    def __init__(self, tensor: torch.Tensor, unneeded: Callable[[], bool] | None = None, rectify: bool = False):
         self.tensor = tensor.detach()
         self.version = tensor._version
         #: asked when the tensor is about to be overwritten: True drops it instead of copying (it has a
         #: cheaper source, and the write shows it will not be wanted)
         self.unneeded = unneeded
+        #: if unneeded and the write is a ReLU's, keep what it writes instead of dropping it (``rectified``)
+        self.rectify = rectify
+        self.rectified = False
 
     def geometry(self) -> tuple:
         t = self.tensor
@@ -144,6 +147,11 @@ class LayerCall:
     def merged(self) -> bool:
         """Batch norm is merged only into a layer whose output nothing but that batch norm reads."""
         return self.bn is not None and self.consumers == 1
+
+    def only_read_by_relu(self) -> bool:
+        """Whether a ReLU is the only op that read the layer's own output so far (asked as that ReLU overwrites it
+        in place: nothing can read it after)."""
+        return self.consumers == 1 and self.z_relu_reads == 1
 
     def sole_relu_read(self) -> bool:
         """Whether a ReLU is the only op that read the merged output so far (asked as that ReLU overwrites it
@@ -316,6 +324,10 @@ class LinearRule:
     #: whether the relevance it gives an input is its value times something finite (R = x ⊙ …), so zero
     #: where the input is zero (see :class:`PassFacts`)
     proportional = False
+    #: whether, where no relevance reaches z ≤ 0 (:attr:`LayerCall.relu_only`), ReLU(z) in place of z gives the
+    #: same relevance (z then only matters where it is > 0, and a zero denominator stays finite); a layer
+    #: whose output an in-place ReLU overwrote recomputes z for a rule that does not say so
+    positive_z_suffices = False
 
     def relevance(self, layer: LayerCall, x: torch.Tensor, z: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -415,6 +427,7 @@ class Epsilon(LinearRule):
 
     name = "epsilon"
     proportional = True
+    positive_z_suffices = True
 
     def __init__(self, epsilon: float = 1e-6):
         if not epsilon > 0:
@@ -435,6 +448,7 @@ class AlphaBeta(LinearRule):
 
     name = "alpha_beta"
     proportional = True
+    positive_z_suffices = True
 
     def __init__(self, alpha: float = 2.0, beta: float = 1.0):
         if alpha < 0 or beta < 0 or abs(alpha - beta - 1) > 1e-12:
@@ -489,6 +503,7 @@ class Gamma(LinearRule):
 
     name = "gamma"
     proportional = True
+    positive_z_suffices = True
 
     def __init__(self, gamma: float = 0.25):
         if not gamma >= 0:
@@ -545,6 +560,7 @@ class Box(LinearRule):
     The bias cancels.  Bounds are in the model's input space (after any input transform)."""
 
     name = "box"
+    positive_z_suffices = True  # z unused
 
     def __init__(self, low, high):
         self.low = torch.as_tensor(low, dtype=torch.float64)
@@ -573,6 +589,7 @@ class Flat(LinearRule):
     R_i = Σ_j c_ij R_j / Σ_i' c_i'j with c_ij = 1 where input i feeds output j.  Ignores x, w and b."""
 
     name = "flat"
+    positive_z_suffices = True  # z unused
 
     def relevance(self, layer, x, z, r):
         w, _ = layer.params()
@@ -588,6 +605,7 @@ class WSquare(LinearRule):
     """
 
     name = "wsquare"
+    positive_z_suffices = True  # z unused
 
     def relevance(self, layer, x, z, r):
         w, b = layer.params()
@@ -612,13 +630,22 @@ class _LinearLayerFunction(torch.autograd.Function):
             z = layer.op(x.detach(), layer.weight.detach(), bias)
         ctx.layer, ctx.rule = layer, rule
         ctx.save_for_backward(x)
-        ctx.z = keep(z)
+        # an in-place ReLU that is z's only reader turns it into ReLU(z) rather than copying it first
+        ctx.z = keep(z, unneeded=layer.only_read_by_relu, rectify=True)
         return z.detach()
 
     @staticmethod
     def backward(ctx, r):
         (x,) = ctx.saved_tensors
-        return ctx.rule.relevance(ctx.layer, x.detach(), ctx.z.get(), r), None, None, None
+        layer, rule, kept = ctx.layer, ctx.rule, ctx.z
+        x = x.detach()
+        # rectified: the ReLU that overwrote z was its only reader, so with every rule downstream proportional no
+        # relevance reaches z ≤ 0 (relu_only); dropped: overwritten by another op after only a ReLU read it
+        if kept.tensor is None or (kept.rectified and not (layer.facts.all_proportional and rule.positive_z_suffices)):
+            z = layer.op(x, layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
+        else:
+            z = kept.get()
+        return rule.relevance(layer, x, z, r), None, None, None
 
 
 class _NormFunction(torch.autograd.Function):
@@ -823,21 +850,26 @@ class Propagation:
         self.module_stack: list[nn.Module] = []
         self.unruled: list[str] = self.facts.plain  # ops with no rule that made tensors (plain gradient)
         self._kept: dict[int, list[Kept]] = {}  # storage address → tensors kept by reference there
+        self._rectifying: list[Kept] = []  # kept tensors a ReLU is writing in place right now
 
-    def keep(self, t: torch.Tensor, unneeded: Callable[[], bool] | None = None) -> Kept:
+    def keep(self, t: torch.Tensor, unneeded: Callable[[], bool] | None = None, rectify: bool = False) -> Kept:
         """Keep ``t`` for the backward pass by reference; :meth:`before_write` copies it if need be."""
-        k = Kept(t, unneeded)
+        k = Kept(t, unneeded, rectify)
         self._kept.setdefault(_storage(t), []).append(k)
         return k
 
-    def before_write(self, t) -> None:
-        """An in-place op is about to write into ``t``: copy what is kept in its storage first (one copy
-        per view, shared by everything that kept it)."""
+    def before_write(self, t, writer: str | None = None) -> None:
+        """An in-place op (the nonlinearity ``writer``, if one) is about to write into ``t``: copy what is kept
+        in its storage first (one copy per view, shared by everything that kept it)."""
         if isinstance(t, torch.Tensor) and self._kept:
             clones: dict[tuple, torch.Tensor] = {}
             for k in self._kept.pop(_storage(t), ()):
                 if k.unneeded is not None and k.unneeded():
-                    k.drop()
+                    if k.rectify and writer == "relu":  # kept as ReLU(t): see made_by_nonlinearity
+                        k.rectified = True
+                        self._rectifying.append(k)
+                    else:
+                        k.drop()
                     continue
                 geometry = k.geometry()
                 if geometry not in clones:
@@ -888,6 +920,10 @@ class Propagation:
         """A nonlinearity made ``y`` (in place or not): a ReLU's output is ≥ 0 until something writes it."""
         if name == "relu":
             setattr(y, _NONNEGATIVE, y._version)
+        for k in self._rectifying:  # what a ReLU just wrote in place of a kept tensor is kept now
+            k.version = k.tensor._version
+            self._kept.setdefault(_storage(k.tensor), []).append(k)
+        self._rectifying.clear()
 
     def read_by_nonlinearity(self, z: torch.Tensor, name: str) -> None:
         """A nonlinearity reads ``z`` (before an in-place call writes it)."""

@@ -109,7 +109,7 @@ class _Pass:
     def count_consumers(self, args, kwargs, tagged) -> None:
         pass
 
-    def before_write(self, t) -> None:  # keeps nothing by reference
+    def before_write(self, t, writer=None) -> None:  # keeps nothing by reference
         pass
 
     def handle(self, func, args, kwargs, tagged, name):
