@@ -1,4 +1,4 @@
-"""The ε gradient form's merge plan (tribute.core.epsilon_form.MergePlan) and the weight cache's all-at-once sampling.
+"""The merge plan (tribute.core.merge_plan), in both forms of LRP, and the weight cache's all-at-once sampling.
 
 An explainer's first pass learns which linear layers batch norm merges into; its next passes compute those layers
 with the merged weights and skip the batch-norm op.  Every later pass must give what a pass without the plan gives
@@ -28,6 +28,21 @@ def relevance_form(net, x, target, eps=1e-6):
     return tribute.explain(net, x, "lrp", target=target, composite=comp)
 
 
+# ε in the gradient form, ε in the relevance form, and the relevance form's other rules
+COMPOSITES = {
+    "epsilon": {"composite": "epsilon"},
+    "epsilon_relevance_form": {"composite": RelevanceForm(conv=Epsilon(1e-6), dense=Epsilon(1e-6))},
+    "zplus": {"composite": "zplus"},
+    "gamma": {"composite": "gamma"},
+    "alpha_beta": {"composite": "alpha_beta"},
+}
+
+
+def without_plan(net, x, target, config):
+    """The relevance from an explainer that keeps nothing (so plans nothing)."""
+    return tribute.LRP(net, cache_weights=False, **COMPOSITES[config])(x, target=target)
+
+
 def close(a, b):
     torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-13 * b.abs().max().item())
 
@@ -54,18 +69,22 @@ def images(n=3, seed=1):
     return torch.randn(n, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
 
 
+@pytest.mark.parametrize("config", COMPOSITES)
 @pytest.mark.parametrize("style", ["modules", "inplace_reused", "functional", "method"])
-def test_the_second_call_skips_batch_norm_and_gives_the_same_relevance(style):
+def test_the_second_call_skips_batch_norm_and_gives_the_same_relevance(style, config):
     net, x, t = residual_cnns()[style], images(), torch.tensor([0, 2, 4])
     n_norms = sum(isinstance(m, nn.BatchNorm2d) for m in net.modules())
-    ex = tribute.LRP(net, composite="epsilon")
+    ex = tribute.LRP(net, **COMPOSITES[config])
     first_kernels, first = batch_norm_kernels(ex, x, t)
-    assert first_kernels >= n_norms > 0 and len(ex._plan.merges) == n_norms
+    assert len(ex._plan.merges) == n_norms > 0
     second_kernels, second = batch_norm_kernels(ex, x, t)
     assert second_kernels == 0  # every batch norm merged into its layer's weights
-    reference = relevance_form(net, x, t)
+    reference = without_plan(net, x, t, config)
     close(first, reference)
     close(second, reference)
+    if config == "epsilon":
+        assert first_kernels >= n_norms
+        close(second, relevance_form(net, x, t))
 
 
 def test_cache_weights_false_uses_no_plan():
@@ -98,11 +117,12 @@ class Switching(nn.Module):
         return self.fc(torch.relu(z).flatten(1))
 
 
+@pytest.mark.parametrize("config", COMPOSITES)
 @pytest.mark.parametrize("change", ["read_before_the_norm", "another_norm"])
-def test_a_model_that_runs_differently_is_replanned(change):
+def test_a_model_that_runs_differently_is_replanned(change, config):
     torch.manual_seed(0)
     net, x = Switching().double().eval(), images(2)
-    ex = tribute.LRP(net, composite="epsilon")
+    ex = tribute.LRP(net, **COMPOSITES[config])
     ex(x, target=3)
     assert list(ex._plan.merges) == [0]
     if change == "read_before_the_norm":
@@ -110,16 +130,17 @@ def test_a_model_that_runs_differently_is_replanned(change):
     else:
         net.use_b = True
     after = ex(x, target=3)
-    close(after, relevance_form(net, x, 3))
+    close(after, without_plan(net, x, 3, config))
     assert list(ex._plan.merges) == ([] if change == "read_before_the_norm" else [0])
-    close(ex(x, target=3), relevance_form(net, x, 3))  # and with the new plan
+    close(ex(x, target=3), without_plan(net, x, 3, config))  # and with the new plan
 
 
+@pytest.mark.parametrize("config", COMPOSITES)
 @pytest.mark.parametrize("change", ["running_var_through_data", "affine_in_place", "replaced_norm_weight"])
-def test_merged_weights_follow_changes_of_the_batch_norm(change):
+def test_merged_weights_follow_changes_of_the_batch_norm(change, config):
     torch.manual_seed(0)
     net, x = Switching().double().eval(), images(2)
-    ex = tribute.LRP(net, composite="epsilon")
+    ex = tribute.LRP(net, **COMPOSITES[config])
     before = ex(x, target=3)
     ex(x, target=3)  # the plan and merged weights are in use now
     if change == "running_var_through_data":
@@ -130,25 +151,26 @@ def test_merged_weights_follow_changes_of_the_batch_norm(change):
     else:
         net.bn_a.weight = nn.Parameter(net.bn_a.weight.detach() * -1.0)
     after = ex(x, target=3)
-    close(after, relevance_form(net, x, 3))
+    close(after, without_plan(net, x, 3, config))
     assert not torch.allclose(after, before)
 
 
-def test_forward_hooks_see_the_model_s_own_values():
+@pytest.mark.parametrize("config", ["epsilon", "gamma"])
+def test_forward_hooks_see_the_model_s_own_values(config):
     """A hook on the layer would see batch norm's values under a plan: models with hooks run without one."""
     net, x = residual_cnns()["modules"], images()
     seen = []
     conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
     handle = conv.register_forward_hook(lambda m, i, out: seen.append(out.detach().clone()))
     try:
-        ex = tribute.LRP(net, composite="epsilon")
+        ex = tribute.LRP(net, **COMPOSITES[config])
         ex(x, target=1)
         kernels, a = batch_norm_kernels(ex, x, 1)
-        assert kernels > 0
+        assert kernels > 0 or config != "epsilon"  # (the relevance form runs batch norm as its own affine map)
         with torch.no_grad():
             plain = conv(x)
         assert torch.equal(seen[-1], plain)
-        close(a, relevance_form(net, x, 1))
+        close(a, without_plan(net, x, 1, config))
     finally:
         handle.remove()
 

@@ -6,7 +6,9 @@ modified-gradient view), so the attribution is the signal arriving at the input,
 - a linear layer (conv, transposed conv, dense) z = Wx + b, called as a module or functionally,
   redistributes R_j over its inputs with the rule a composite assigns it (:class:`LinearRule` subclasses);
 - batch norm right after a linear layer whose output nothing else reads is merged into that layer
-  (W' = W·γ/σ, b' = (b − μ)·γ/σ + β) and passes relevance unchanged; the model is not modified;
+  (W' = W·γ/σ, b' = (b − μ)·γ/σ + β) and passes relevance unchanged; the model is not modified (from an
+  explainer's second call on, such layers run with W', b' and the batch-norm op is skipped:
+  :mod:`tribute.core.merge_plan`);
 - every other op that is linear or affine in the input's path — residual additions, means, average
   pooling, scaling, unmerged batch norm — splits relevance in proportion to the contributions of its
   inputs (the "Norm" rule R_i = x_i Σ_j ∂z_j/∂x_i R_j / z_j, stabilised), so an addition x + y gives
