@@ -53,11 +53,12 @@ def sampled(t: torch.Tensor) -> torch.Tensor:
 class _Source:
     """What a derived tensor was computed from: one tensor's identity, version, storage and contents."""
 
-    __slots__ = ("version", "pointer", "probe", "sample")
+    __slots__ = ("version", "pointer", "probe", "sample", "group")
 
     def __init__(self, t: torch.Tensor):
         self.version = t._version
         self.pointer = t.data_ptr()
+        self.group = (t.dtype, t.device)  # samples are compared together by dtype and device
         self.probe = sampled(t)  # a view into t's storage: it shows t's entries as they are now
         self.sample = self.probe.clone()
 
@@ -142,10 +143,12 @@ class WeightCache:
         for e in entries:
             for src in e.sources:
                 if src is not None:
-                    groups.setdefault((src.sample.dtype, src.sample.device), []).append(src)
-        for srcs in groups.values():
-            if not torch.equal(torch.cat([s.probe for s in srcs]), torch.cat([s.sample for s in srcs])):
-                return frozenset()  # something changed: each entry compares its own samples when used
+                    groups.setdefault(src.group, []).append(src)
+        # a pass starts inside the engine's torch-function mode: these tensors are not the model's business
+        with torch._C.DisableTorchFunction():
+            for srcs in groups.values():
+                if not torch.equal(torch.cat([s.probe for s in srcs]), torch.cat([s.sample for s in srcs])):
+                    return frozenset()  # something changed: each entry compares its own samples when used
         return frozenset(entries)
 
     def entry(self, sources: Sequence[torch.Tensor | None], values: Sequence[torch.Tensor | None] = (),
