@@ -90,6 +90,17 @@ def _tagged(x, token) -> bool:
     return isinstance(x, torch.Tensor) and getattr(x, _TAG, None) is token
 
 
+def _any_tagged(args, kwargs, token) -> bool:
+    """Whether an argument is tagged (stops at the first: every op on the path asks this)."""
+    for a in args:
+        if isinstance(a, torch.Tensor):
+            if getattr(a, _TAG, None) is token:
+                return True
+        elif isinstance(a, (list, tuple)) and any(_tagged(b, token) for b in a):
+            return True
+    return any(_tagged(a, token) for a in kwargs.values()) if kwargs else False
+
+
 def _count_tagged(args, kwargs, token) -> int:
     n = 0
     for a in args:
@@ -194,8 +205,7 @@ class RuleMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _METADATA:
             return func(*args, **kwargs)
-        n_tagged = _count_tagged(args, kwargs, self.token)
-        if not n_tagged:
+        if not _any_tagged(args, kwargs, self.token):
             return func(*args, **kwargs)
         form = call_form(func)
         if form is not None:
@@ -228,7 +238,7 @@ class RuleMode(TorchFunctionMode):
             if prop is not None:
                 (self.coverage.unruled if unruled else self.coverage.linear)[name] += 1
             else:
-                self._record(func, n_tagged)
+                self._record(func, _count_tagged(args, kwargs, self.token))
         return out
 
     def _nonlinearity(self, nl, z, params, inplace):

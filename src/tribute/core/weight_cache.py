@@ -157,12 +157,13 @@ class WeightCache:
         tells apart uses of the same parameters that derive different tensors), emptied if anything it was
         derived from changed; None if these tensors cannot be cached.  ``sampled_now``: entries whose samples
         were just compared."""
-        if not all(_cacheable(s) for s in sources):
-            return None
         key = (*(None if s is None else id(s) for s in sources), tag)
         with self._lock:
             e = self._entries.get(key)
             if e is None or not e.valid(sources, values, e in sampled_now):
+                if not all(_cacheable(s) for s in sources):  # (an entry is only made of cacheable tensors)
+                    self._entries.pop(key, None)
+                    return None
                 e = _Entry(sources, values)
                 self._entries[key] = e
                 self._prune_dead()
