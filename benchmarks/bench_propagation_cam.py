@@ -6,8 +6,10 @@ For batch sizes 1 and 32 it times, in one process on one machine:
     at the batch size, and one forward-only pass per row at the chunk size Score-CAM runs;
 (b) tribute LRP with the composites "epsilon", "epsilon_plus" (z+ on convolutions, epsilon on dense),
     "gamma" and "alpha_beta" (one explainer per composite, called repeatedly as over a dataset: it keeps the
-    weights its rules derive, W+, W + gamma W+, batch norm merged; the "cold" rows time a new explainer per call,
-    which derives them every time), against Captum's LRP with the corresponding rules (``CAPTUM_RULES``: EpsilonRule,
+    weights its rules derive, W+, W + gamma W+, batch norm merged, and from its second call runs the layers batch
+    norm merges into with the merged weights, skipping the batch-norm ops; the "cold" rows time a new explainer
+    per call, which derives them every time and runs batch norm), against Captum's LRP with the corresponding
+    rules (``CAPTUM_RULES``: EpsilonRule,
     Alpha1_Beta0_Rule, GammaRule, IdentityRule, with tribute's epsilon, gamma and stabiliser) set as
     ``module.rule`` on a copy of the model with one non-in-place ReLU per call (``separate_relus``, same
     weights).  Captum has no alpha-beta(2,1) rule: that row times Captum's epsilon rules, and says so.
@@ -246,10 +248,9 @@ def cases(model, captum_model, addition_model, x, target) -> list[Case]:
         lrp_cases.append(Case(f"lrp {composite}", lrp(composite), captum_lrp(captum_model, rules),
                               f"LRP(separate-ReLU copy): {rules.note}", "fb", limit, "lrp", reference,
                               rules.same_definition))
-        if composite != "epsilon":  # the epsilon composite derives no weights (core.epsilon_form)
-            lrp_cases.append(Case(f"lrp {composite} cold", lrp_cold(composite), None,
-                                  "— (first call of a new explainer: no derived weights kept yet)", "fb", limit,
-                                  "lrp-cold"))
+        lrp_cases.append(Case(f"lrp {composite} cold", lrp_cold(composite), None,
+                              "— (first call of a new explainer: no derived weights kept yet)", "fb", limit,
+                              "lrp-cold"))
     return lrp_cases + [
         Case("gradcam layer4", lambda: tribute.explain(model, x, "gradcam", target=target, layer="layer4"),
              captum_gradcam, "LayerGradCam(layer4, relu) + interpolate bilinear", "fb", 1.1, "cam",
