@@ -117,10 +117,10 @@ class LRP(Method):
         between chunks and calls of this explainer (default True), at the cost of holding copies of the
         parameters (on a ResNet-18: 1× for ε, 2.84× for z⁺, 3.44× for γ, 4× for αβ).  From the second call on,
         layers that batch norm merges into run with the merged weights and the batch-norm ops are skipped
-        (:mod:`tribute.core.merge_plan`); a stride-1 convolution's transposed layer runs as a convolution with
-        the rotated derived weight, kept in its place (:func:`tribute.core.propagation.rotate`).  The weights are rederived whenever a parameter or batch norm
-        statistic they came from changes (see :mod:`tribute.core.weight_cache`); ``explainer.weights.clear()``
-        drops them.
+        (:mod:`tribute.core.merge_plan`); a stride-1 convolution's transposed layer runs as a convolution
+        with the rotated derived weight, kept in its place (:func:`tribute.core.propagation.rotate`).  The
+        weights are rederived whenever a parameter or batch norm statistic they came from changes (see
+        :mod:`tribute.core.weight_cache`); ``explainer.weights.clear()`` drops them.
     """
 
     options = {
