@@ -13,6 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import tribute
 from tribute.core.propagation import LayerOp, parse_linear, rotate
@@ -85,3 +86,26 @@ def test_lrp_with_rotated_weights_equals_lrp_with_transposed_layers(composite):
     expected = tribute.LRP(net, composite=composite, cache_weights=False)(x, target=2)  # keeps nothing: plain
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13 * expected.abs().max().item())
     torch.testing.assert_close(ex(x, target=2), expected, rtol=1e-10, atol=1e-13 * expected.abs().max().item())
+
+
+class Kernels(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.names: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.names.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_epsilon_gradient_form_runs_rotated_convolutions_backward():
+    """The ε composite's backward pass is autograd's, except at stride-1 convolutions: there the convolution with
+    the rotated weight, which must give the same relevance."""
+    net = Mixed().to(DT).eval()
+    x = torch.randn(3, 3, 8, 8, dtype=DT, generator=torch.Generator().manual_seed(2))
+    ex = tribute.LRP(net, composite="epsilon")
+    with Kernels() as k:
+        got = ex(x, target=1)
+    assert sum(n.startswith("convolution_backward") for n in k.names) == 2  # stride 2, and grouped
+    expected = tribute.LRP(net, composite="epsilon", cache_weights=False)(x, target=1)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13 * expected.abs().max().item())

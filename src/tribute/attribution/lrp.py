@@ -115,7 +115,7 @@ class LRP(Method):
     low, high : bounds of the input (pixel space; a number, per-channel sequence or tensor) for zᴮ.
     cache_weights : keep the weights the rules derive from the model's (batch norm merged, W⁺, W + γW⁺, …)
         between chunks and calls of this explainer (default True), at the cost of holding copies of the
-        parameters (on a ResNet-18: 1× for ε, 2.84× for z⁺, 3.44× for γ, 4× for αβ).  From the second call on,
+        parameters (on a ResNet-18: 1.84× for ε, 2.84× for z⁺, 3.44× for γ, 4× for αβ).  From the second call on,
         layers that batch norm merges into run with the merged weights and the batch-norm ops are skipped
         (:mod:`tribute.core.merge_plan`); a stride-1 convolution's transposed layer runs as a convolution
         with the rotated derived weight, kept in its place (:func:`tribute.core.propagation.rotate`).  The

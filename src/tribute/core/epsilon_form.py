@@ -22,7 +22,9 @@ form handles with these rules; anything else raises :class:`Unsupported` during 
 caller falls back to the relevance form, which gives the same relevance.
 
 Batch norm merged into the layer before it is planned from the explainer's earlier passes
-(:mod:`tribute.core.merge_plan`).
+(:mod:`tribute.core.merge_plan`).  With a weight cache, a stride-1 convolution's backward pass is the convolution
+with its rotated weight (:attr:`tribute.core.propagation.LayerOp.rotated_adjoint`), which on CPU runs faster than
+autograd's transposed convolution (at batch 1 on ResNet-18 it makes the whole ε pass 9% faster).
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from .propagation import (
     Propagation,
     batch_norm_arguments,
     parse_linear,
+    rotate,
     stab,
 )
 from .rules import Rule
@@ -124,6 +127,19 @@ class _OutputFactor(torch.autograd.Function):
     def backward(ctx, g):
         (den,) = ctx.saved_tensors
         return g / den, None
+
+
+class _RotatedConvolution(torch.autograd.Function):
+    """A stride-1 convolution op(x, W, b) whose backward pass convolves with R = rotate(W) (LayerOp.rotated_adjoint)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b, op, conv, r):
+        ctx.conv, ctx.r = conv, r
+        return op(x, w, b)
+
+    @staticmethod
+    def backward(ctx, g):
+        return ctx.conv(g, ctx.r), None, None, None, None, None
 
 
 class _FusedRelu(torch.autograd.Function):
@@ -244,10 +260,11 @@ class GradientForm(Propagation):
             found = None if self.plan is None else self.plan.planned(layer.index, kind, op.groups, w, b, self.cache)
             planned = None
             if found is None:
-                out = op(self._edge(x), w, b)
+                out = self._linear(op, self._edge(x), w, b)
             else:
-                planned, merged = found
-                out = op(self._edge(x), *merged)
+                self.cache.discard((w,), tag="rotated")  # kept for the layer's own weight before the plan
+                planned, merged, entry = found
+                out = self._linear(op, self._edge(x), *merged, entry=entry)
             setattr(out, _EPS, self.composite.rule(layer).epsilon)
             setattr(out, _PRODUCER, _Producer(layer, planned))
             return out
@@ -268,6 +285,18 @@ class GradientForm(Propagation):
                                              and any(isinstance(o, torch.Tensor) for o in out)):
             raise Unsupported(f"{name} has no rule in the gradient form")
         return out  # metadata (x.shape, x.dim()) carries no relevance
+
+    def _linear(self, op, x, w, b, entry=None):
+        """op(x, w, b); for a convolution whose transposed layer is a convolution with rotate(w) (stride 1, …),
+        with that as its backward pass, rotate(w) kept in the cache (measured faster than autograd's own): in
+        ``entry`` if w was derived there, else in an entry of its own."""
+        conv = None if self.cache is None else op.rotated_adjoint(w.shape)
+        if conv is not None and entry is None:
+            entry = self.cache.entry((w,), tag="rotated")
+        if conv is None or entry is None:
+            return op(x, w, b)
+        (r,) = self.cache.get(entry, "rotated", lambda: (rotate(w.detach()),))
+        return _RotatedConvolution.apply(x, w.detach(), None if b is None else b.detach(), op, conv, r)
 
     def _edge(self, v):
         """v as one reader sees it: scaled by its share of v / stab(v) if a stabiliser is owed to v."""

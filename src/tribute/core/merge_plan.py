@@ -85,7 +85,8 @@ class Merge:
             _is(r, norm.get(k)) for r, k in zip(self.norm, _NORM_TENSORS, strict=True))
 
     def weights(self, cache: PassCache, kind: str, groups: int, weight, bias) -> tuple | None:
-        """(W', b') from the cache (derived on a miss), or None if a norm tensor is gone or cannot be cached."""
+        """((W', b'), the cache entry they are kept in) (derived on a miss), or None if a norm tensor is gone or
+        the tensors cannot be cached."""
         norm = [None if r is None else r() for r in self.norm]
         if any(r is not None and t is None for r, t in zip(self.norm, norm, strict=True)):
             return None
@@ -98,7 +99,7 @@ class Merge:
             return fold_affine(kind, groups, weight.detach(), None if bias is None else bias.detach(),
                                *batch_norm_affine(p))
 
-        return cache.get(entry, "batch_norm_merged", make)
+        return cache.get(entry, "batch_norm_merged", make), entry
 
 
 class MergePlan:
@@ -112,13 +113,13 @@ class MergePlan:
         self.merges = {}
 
     def planned(self, index: int, kind: str, groups: int, weight, bias, cache: PassCache) -> tuple | None:
-        """(the merge, (W', b')) if batch norm merged into linear call ``index`` last time and this call is the
-        same layer; else None."""
+        """(the merge, (W', b'), their cache entry) if batch norm merged into linear call ``index`` last time and
+        this call is the same layer; else None."""
         m = self.merges.get(index)
         if m is None or not m.same_layer(weight, bias):
             return None
         merged = m.weights(cache, kind, groups, weight, bias)
-        return None if merged is None else (m, merged)
+        return None if merged is None else (m, *merged)
 
 
 def has_forward_hooks(model) -> bool:

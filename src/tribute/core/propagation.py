@@ -1024,7 +1024,7 @@ class Propagation:
             pending = None
             if found is not None:  # a layer with batch norm merged, run so: its output is batch norm's
                 self.cache.discard((w, b), tag=(kind, op.groups))  # what its rules derived from W unmerged
-                pending, (w, b) = found
+                pending, (w, b), _ = found
             layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module,
                               cache=self.cache, facts=self.facts, pending=pending)
             self.count += 1
