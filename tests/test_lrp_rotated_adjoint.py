@@ -80,10 +80,16 @@ def test_lrp_with_rotated_weights_equals_lrp_with_transposed_layers(composite):
     net = Mixed().to(DT).eval()
     x = torch.randn(3, 3, 8, 8, dtype=DT, generator=torch.Generator().manual_seed(1))
     ex = tribute.LRP(net, composite=composite)
+
+    def rotated():
+        return [k for e in ex.weights._entries.values() for k in e.derived if k[0] == "rotated"]
+
+    first = ex(x, target=2)
+    assert rotated() == []  # a first call derives no rotated weights: it would use each once
     got = ex(x, target=2)
-    rotated = [k for e in ex.weights._entries.values() for k in e.derived if k[0] == "rotated"]
-    assert len(rotated) == 3  # the stride-1, one-group convolutions after the first (its input is signed)
+    assert len(rotated()) == 3  # the stride-1, one-group convolutions after the first (its input is signed)
     expected = tribute.LRP(net, composite=composite, cache_weights=False)(x, target=2)  # keeps nothing: plain
+    torch.testing.assert_close(first, expected, rtol=1e-10, atol=1e-13 * expected.abs().max().item())
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13 * expected.abs().max().item())
     torch.testing.assert_close(ex(x, target=2), expected, rtol=1e-10, atol=1e-13 * expected.abs().max().item())
 
@@ -105,7 +111,11 @@ def test_epsilon_gradient_form_runs_rotated_convolutions_backward():
     x = torch.randn(3, 3, 8, 8, dtype=DT, generator=torch.Generator().manual_seed(2))
     ex = tribute.LRP(net, composite="epsilon")
     with Kernels() as k:
+        first = ex(x, target=1)
+    assert sum(n.startswith("convolution_backward") for n in k.names) == 6  # a first call rotates nothing
+    with Kernels() as k:
         got = ex(x, target=1)
     assert sum(n.startswith("convolution_backward") for n in k.names) == 2  # stride 2, and grouped
     expected = tribute.LRP(net, composite="epsilon", cache_weights=False)(x, target=1)
+    torch.testing.assert_close(first, expected, rtol=1e-10, atol=1e-13 * expected.abs().max().item())
     torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-13 * expected.abs().max().item())

@@ -293,7 +293,7 @@ class GradientForm(Propagation):
         conv = None if self.cache is None else op.rotated_adjoint(w.shape)
         if conv is not None and entry is None:
             entry = self.cache.entry((w,), tag="rotated")
-        if conv is None or entry is None:
+        if conv is None or not self.cache.warm(entry):  # (not on an explainer's first call: a copy of w, once)
             return op(x, w, b)
         (r,) = self.cache.get(entry, "rotated", lambda: (rotate(w.detach()),))
         return _RotatedConvolution.apply(x, w.detach(), None if b is None else b.detach(), op, conv, r)

@@ -178,22 +178,28 @@ class LayerCall:
         the parameters and batch norm statistics it came from are unchanged."""
         if self.cache is None:
             return make(*self.params())
+        return self.cache.get(self._cache_entry(), name, lambda: make(*self.params()))
+
+    def _cache_entry(self):
         if self._entry is _UNSET:
             values = self.bn if self.merged else (None, None)
             # the kind and groups fix which dimension holds the outputs: a weight shared by a convolution and a
             # transposed one derives different biases for each
             self._entry = self.cache.entry((self.weight, self.bias), values, tag=(self.kind, self.op.groups))
-        return self.cache.get(self._entry, name, lambda: make(*self.params()))
+        return self._entry
 
     def transposed(self, name: Hashable, s: torch.Tensor, x: torch.Tensor, w: torch.Tensor | None = None,
                    make: Callable | None = None) -> torch.Tensor:
         """Jᵀs for the weight ``w`` this layer derived as ``name`` (or that ``make(W, b)`` gives, derived here).
 
         Where it is the same map, this is a convolution of s with rotate(w), derived once and kept in w's place
-        (:attr:`LayerOp.rotated_adjoint`: measured faster than the transposed convolution)."""
+        (:attr:`LayerOp.rotated_adjoint`: measured faster than the transposed convolution), from the explainer's
+        second call on: a single call would pay for a copy of w it uses once."""
         conv = None if self.cache is None else self.op.rotated_adjoint((w if w is not None else self.weight).shape)
-        if conv is not None:
+        if conv is not None and self.cache.warm(self._cache_entry()):  # not on an explainer's first call
             (r,) = self.derived(("rotated", name), lambda W, b: (rotate(w if w is not None else make(W, b)),))
+            if w is None:
+                self.cache.forget(self._entry, name)  # kept by the first call, superseded
             return conv(s, r)
         if w is None:
             (w,) = self.derived(name, lambda W, b: (make(W, b),))

@@ -176,6 +176,13 @@ class WeightCache:
         with self._lock:
             self._entries.pop(key, None)
 
+    def forget(self, entry: _Entry | None, name: Hashable) -> None:
+        """Drop what ``entry`` keeps as ``name`` (superseded by another form of it)."""
+        if entry is not None:
+            with self._lock:
+                value = entry.derived.pop(name, None)
+                entry.nbytes -= _nbytes(value)
+
     def get(self, entry: _Entry | None, name: Hashable, make: Callable[[], tuple]) -> tuple:
         """``make()`` for this layer, computed once while the entry stays valid."""
         if entry is None:
@@ -228,3 +235,11 @@ class PassCache:
 
     def discard(self, sources: Sequence[torch.Tensor | None], tag: Hashable = ()) -> None:
         self.cache.discard(sources, tag)
+
+    def forget(self, entry: _Entry | None, name: Hashable) -> None:
+        self.cache.forget(entry, name)
+
+    def warm(self, entry: _Entry | None) -> bool:
+        """Whether ``entry`` was kept from an earlier pass (and found unchanged): worth deriving more for, where a
+        one-off call would pay for a copy it uses once."""
+        return entry is not None and entry in self.sampled_now
