@@ -121,6 +121,8 @@ class WeightCache:
         self._entries: OrderedDict[tuple, _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self.hits = self.misses = 0
+        # the entries last sampled together, and per dtype and device their probes and samples side by side
+        self._stacked: tuple[list, list[tuple[list[torch.Tensor], torch.Tensor]]] = ([], [])
 
     @property
     def nbytes(self) -> int:
@@ -129,6 +131,7 @@ class WeightCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._stacked = ([], [])
 
     def for_pass(self) -> PassCache:
         """This cache for one forward pass: the samples of every entry are compared now, all at once."""
@@ -139,15 +142,21 @@ class WeightCache:
         with self._lock:
             self._prune_dead()
             entries = list(self._entries.values())
-        groups: dict[tuple, list[_Source]] = {}
-        for e in entries:
-            for src in e.sources:
-                if src is not None:
-                    groups.setdefault(src.group, []).append(src)
+            kept, stacked = self._stacked
         # a pass starts inside the engine's torch-function mode: these tensors are not the model's business
         with torch._C.DisableTorchFunction():
-            for srcs in groups.values():
-                if not torch.equal(torch.cat([s.probe for s in srcs]), torch.cat([s.sample for s in srcs])):
+            if len(kept) != len(entries) or any(a is not b for a, b in zip(kept, entries, strict=True)):
+                groups: dict[tuple, list[_Source]] = {}
+                for e in entries:
+                    for src in e.sources:
+                        if src is not None:
+                            groups.setdefault(src.group, []).append(src)
+                # the samples side by side once, while the entries stay the same (they hold the kept ones alive)
+                stacked = [([s.probe for s in srcs], torch.cat([s.sample for s in srcs])) for srcs in groups.values()]
+                with self._lock:
+                    self._stacked = (entries, stacked)
+            for probes, samples in stacked:
+                if not torch.equal(torch.cat(probes), samples):
                     return frozenset()  # something changed: each entry compares its own samples when used
         return frozenset(entries)
 
