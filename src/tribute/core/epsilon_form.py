@@ -264,7 +264,7 @@ class GradientForm(Propagation):
             else:
                 self.cache.discard((w,), tag="rotated")  # kept for the layer's own weight before the plan
                 planned, merged, entry = found
-                out = self._linear(op, self._edge(x), *merged, entry=entry)
+                out = self._linear(op, self._edge(x), *merged, entry=entry, planned=True)
             setattr(out, _EPS, self.composite.rule(layer).epsilon)
             setattr(out, _PRODUCER, _Producer(layer, planned))
             return out
@@ -286,14 +286,15 @@ class GradientForm(Propagation):
             raise Unsupported(f"{name} has no rule in the gradient form")
         return out  # metadata (x.shape, x.dim()) carries no relevance
 
-    def _linear(self, op, x, w, b, entry=None):
+    def _linear(self, op, x, w, b, entry=None, planned: bool = False):
         """op(x, w, b); for a convolution whose transposed layer is a convolution with rotate(w) (stride 1, …),
         with that as its backward pass, rotate(w) kept in the cache (measured faster than autograd's own): in
         ``entry`` if w was derived there, else in an entry of its own."""
         conv = None if self.cache is None else op.rotated_adjoint(w.shape)
         if conv is not None and entry is None:
             entry = self.cache.entry((w,), tag="rotated")
-        if conv is None or not self.cache.warm(entry):  # (not on an explainer's first call: a copy of w, once)
+        # not on an explainer's first call (a copy of w used once); a planned layer shows the explainer is reused
+        if conv is None or not (planned or self.cache.warm(entry)):
             return op(x, w, b)
         (r,) = self.cache.get(entry, "rotated", lambda: (rotate(w.detach()),))
         return _RotatedConvolution.apply(x, w.detach(), None if b is None else b.detach(), op, conv, r)

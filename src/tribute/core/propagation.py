@@ -139,6 +139,7 @@ class LayerCall:
     facts: PassFacts | None = field(default=None, repr=False)
     # the planned batch norm (core.merge_plan) this layer ran with merged, until that norm reads its output
     pending: Merge | None = field(default=None, repr=False)
+    planned: bool = field(default=False, repr=False)  # run with batch norm merged by an earlier pass's plan
     _entry: Any = field(default=_UNSET, repr=False)
 
     @property
@@ -196,7 +197,8 @@ class LayerCall:
         (:attr:`LayerOp.rotated_adjoint`: measured faster than the transposed convolution), from the explainer's
         second call on: a single call would pay for a copy of w it uses once."""
         conv = None if self.cache is None else self.op.rotated_adjoint((w if w is not None else self.weight).shape)
-        if conv is not None and self.cache.warm(self._cache_entry()):  # not on an explainer's first call
+        # not on an explainer's first call; a layer run as planned (batch norm merged) shows the explainer is reused
+        if conv is not None and (self.planned or self.cache.warm(self._cache_entry())):
             (r,) = self.derived(("rotated", name), lambda W, b: (rotate(w if w is not None else make(W, b)),))
             if w is None:
                 self.cache.forget(self._entry, name)  # kept by the first call, superseded
@@ -1032,7 +1034,7 @@ class Propagation:
                 self.cache.discard((w, b), tag=(kind, op.groups))  # what its rules derived from W unmerged
                 pending, (w, b), _ = found
             layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module,
-                              cache=self.cache, facts=self.facts, pending=pending)
+                              cache=self.cache, facts=self.facts, pending=pending, planned=pending is not None)
             self.count += 1
             rule = self.composite.rule(layer)
             layer.nonnegative_input = _made_here(x, _NONNEGATIVE, lambda v: v) is not None
