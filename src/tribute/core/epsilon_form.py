@@ -112,7 +112,7 @@ class _EdgeFactor(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (factor,) = ctx.saved_tensors
-        return g * factor, None
+        return factor.mul_(g), None  # the factor is this node's own and needed once
 
 
 class _OutputFactor(torch.autograd.Function):
@@ -126,7 +126,7 @@ class _OutputFactor(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         (den,) = ctx.saved_tensors
-        return g / den, None
+        return torch.div(g, den, out=den), None  # the denominator is this node's own and needed once
 
 
 class _RotatedConvolution(torch.autograd.Function):
@@ -175,9 +175,9 @@ class _InPlaceAdd(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, g):
-        fa, fb = ctx.factors
-        ga = g if fa is None else g * fa
-        gb = g if fb is None else g * fb
+        fa, fb = ctx.factors  # this node's own and needed once: multiplied in place
+        ga = g if fa is None else fa.mul_(g)
+        gb = g if fb is None else fb.mul_(g)
         if ctx.scale != 1:
             gb = gb * ctx.scale
         return ga, _sum_to(gb, ctx.b_shape), None, None, None
