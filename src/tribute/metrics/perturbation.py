@@ -282,7 +282,8 @@ def perturbation_curve(model: nn.Module, inputs: torch.Tensor, attributions: tor
                        insert: bool, order: str, replacement, replacement_options: dict | None, patch_size,
                        steps: int, fractions, score: str, reduce: str | None, seed: int | None,
                        batch_size: int | None, progress: bool | str, summary: str) -> PerturbationCurve:
-    """The shared engine of :func:`pixel_perturbation`, :func:`deletion` and :func:`insertion`.
+    """The shared engine of :func:`pixel_perturbation`, :func:`deletion` and :func:`insertion`, which pass it
+    their own arguments by name (``**locals()`` as their first statement) and fix the rest.
 
     Row (i, k) is the input i with the first ``count_k`` units of its ranking taken from the end image and
     the others from the start image: start = x and end = the replacement image for removal (``insert=False``),
@@ -359,11 +360,7 @@ def pixel_perturbation(model: nn.Module, inputs: torch.Tensor, attributions: tor
     Fashion-MNIST fixture the signed gradient's MoRF AOPC is above a random map's with ``"zero"`` and below it
     with ``"mean"`` (tests/test_metrics_perturbation.py).
     """
-    return perturbation_curve(
-        model, inputs, attributions, target, insert=False, order=order, replacement=replacement,
-        replacement_options=replacement_options, patch_size=patch_size, steps=steps, fractions=fractions,
-        score=score, reduce=reduce, seed=seed, batch_size=batch_size, progress=progress, summary="aopc",
-    )
+    return perturbation_curve(**locals(), insert=False, summary="aopc")  # its arguments, as given
 
 
 def deletion(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *,
@@ -375,11 +372,7 @@ def deletion(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor,
     Options as in :func:`pixel_perturbation`; the replacement defaults to ``"zero"`` (RISE's black pixels).
     ``score`` of the result is the AUC (N,) over the removed fraction in [0, 1]: lower is better.
     """
-    return perturbation_curve(
-        model, inputs, attributions, target, insert=False, order="morf", replacement=replacement,
-        replacement_options=replacement_options, patch_size=patch_size, steps=steps, fractions=fractions,
-        score=score, reduce=reduce, seed=seed, batch_size=batch_size, progress=progress, summary="auc",
-    )
+    return perturbation_curve(**locals(), insert=False, order="morf", summary="auc")
 
 
 def insertion(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *,
@@ -392,11 +385,7 @@ def insertion(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor
     ``replacement_options``, default a tenth of the larger side).  ``fractions`` are the fractions inserted.
     ``score`` of the result is the AUC (N,) over the inserted fraction in [0, 1]: higher is better.
     """
-    return perturbation_curve(
-        model, inputs, attributions, target, insert=True, order="morf", replacement=replacement,
-        replacement_options=replacement_options, patch_size=patch_size, steps=steps, fractions=fractions,
-        score=score, reduce=reduce, seed=seed, batch_size=batch_size, progress=progress, summary="auc",
-    )
+    return perturbation_curve(**locals(), insert=True, order="morf", summary="auc")
 
 
 __all__ = ["PerturbationCurve", "deletion", "insertion", "pixel_perturbation"]
