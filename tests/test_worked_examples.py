@@ -1,12 +1,12 @@
 """Claims of the papers, worked by hand and checked in float64.
 
 Each test states its expected value and how it was worked out in a comment; the method must reproduce it.
-Ancona et al. (2018), "Towards better understanding of gradient-based attribution methods", gives the
-multiplicative counterexample (§3, after Eq 19), the max(x₁, x₂) example (§4.2, Table 2) and the gradient
-form of ε-LRP (Prop 1); Sundararajan et al. (2017) the saturation example f = 1 − ReLU(1 − x) (§2.1, also
-Nielsen et al. 2022, §2.1); Adebayo et al. (2018) the cascading randomisation check; Erion et al. (2021)
-expected gradients; Kindermans et al. (2019) input invariance.
-"""
+Ancona, Ceolini, Öztireli and Gross (2019), "Gradient-based attribution methods" (a chapter of *Explainable
+AI*, Springer LNCS 11700, built on Ancona et al. 2018, ICLR), give the multiplicative counterexample (§3.2,
+after Eq 19), the max(x₁, x₂) example (§4.2, Table 2) and the gradient form of ε-LRP (Prop 1); Sundararajan
+et al. (2017) the saturation example f = 1 − ReLU(1 − x) (also Nielsen et al. 2022, §2.1); Adebayo et al.
+(2018) the cascading randomisation check; Erion et al. (2021) expected gradients; Kindermans et al. (2019)
+input invariance."""
 
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ def tensor(*rows) -> torch.Tensor:
     return torch.tensor(rows, dtype=DT)
 
 
-# -- Ancona et al. (2018): h(x₁, x₂) = ReLU(x₁ − 1) · ReLU(x₂) -----------------------------------------------------
+# -- Ancona et al. (2019), §3.2: h(x₁, x₂) = ReLU(x₁ − 1) · ReLU(x₂) -----------------------------------------------
 class Product(nn.Module):
     """h = ReLU(x₁ − 1) · ReLU(x₂), the product of two input-dependent units."""
 
@@ -90,7 +90,7 @@ def test_product_gradient_x_input_and_epsilon_lrp_are_6_and_4():
     # (DeepLIFT on this product needs a rule for products of two input-dependent tensors; not asserted here.)
 
 
-# -- Ancona et al. (2018), §4.2 and Table 2: y = max(x₁, x₂) --------------------------------------------------------
+# -- Ancona et al. (2019), §4.2 and Table 2: y = max(x₁, x₂) -------------------------------------------------------
 class MaxOp(nn.Module):
     def forward(self, x):
         return x.max(dim=1, keepdim=True).values
@@ -129,7 +129,7 @@ def test_max_attribution_jumps_from_x2_to_x1(net, method, e):
     torch.testing.assert_close(below, tensor([2.0, 0.0]), rtol=0, atol=2e-12 / e)
 
 
-# -- Sundararajan et al. (2017): saturation, f = 1 − ReLU(1 − x) -------------------------------------------------
+# -- Sundararajan et al. (2017): saturation, f = 1 − ReLU(1 − x) ---------------------------------------------------
 class Saturating(nn.Module):
     def forward(self, x):
         return 1 - torch.relu(1 - x)
@@ -150,7 +150,7 @@ def test_saturation_gradient_is_zero_while_ig_and_deeplift_give_the_difference()
     assert dl.item() == pytest.approx(1.0, abs=1e-15)
 
 
-# -- Ancona et al. (2018), Prop 1: ε-LRP = x ⊙ ∂^g S/∂x with g = f(z)/(z + ε sign z), on sigmoid and softplus ---------
+# -- Ancona et al. (2019), Prop 1: ε-LRP = x ⊙ ∂^g S/∂x with g = f(z)/(z + ε sign z), on sigmoid and softplus ------
 def seeded_mlp(act: nn.Module) -> nn.Sequential:
     """4 → 6 → 5 → 3 with ``act`` after the two hidden layers; weights N(0, 1), biases N(0, 0.5²)."""
     net = nn.Sequential(nn.Linear(4, 6), act, nn.Linear(6, 5), act, nn.Linear(5, 3)).to(DT).eval()
@@ -236,7 +236,7 @@ def test_epsilon_lrp_on_one_sigmoid_unit_by_hand():
     assert 4.9e5 < lrp.item() < 5.1e5
 
 
-# -- Erion et al. (2021): expected gradients against a plain Monte Carlo of its definition ---------------------------
+# -- Erion et al. (2021): expected gradients against a plain Monte Carlo of its definition -------------------------
 def path_terms(net, x, refs, target, j, alpha):
     """(x − x̄) ⊙ ∂S(x̄ + α(x − x̄))/∂x for one draw (reference index j, α) per row, by autograd."""
     ref = refs[j]
@@ -284,7 +284,7 @@ def test_expected_gradients_is_unbiased_within_its_standard_error():
     assert (eg - exact).abs().max() > 1e-6  # an estimate, not the expectation
 
 
-# -- Kindermans et al. (2019): SmoothGrad is input-invariant when both inputs draw the same noise --------------------
+# -- Kindermans et al. (2019): SmoothGrad is input-invariant when both inputs draw the same noise ------------------
 def shifted(net: nn.Sequential, c: torch.Tensor) -> nn.Sequential:
     """f'(x) = f(x − c): the shift absorbed in the first bias, b' = b − W c."""
     out = copy.deepcopy(net)
