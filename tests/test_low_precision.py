@@ -93,3 +93,13 @@ def test_epsilon_lrp_in_float16_needs_an_epsilon_float16_can_hold(reference):
     a = tribute.explain(net, images, "lrp_epsilon", target=1, epsilon=1e-4)
     expected = tribute.explain(reference[0], reference[1], "lrp_epsilon", target=1, epsilon=1e-4)
     assert a.dtype == torch.float16 and relative_error(a, expected) < 0.01
+
+
+def test_cam_in_bfloat16_agrees_with_float32():
+    torch.manual_seed(0)  # cam needs a global-average-pooling + linear head
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 3)).eval()
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = tribute.explain(net, x, "cam", target=1)
+    a = tribute.explain(net.to(torch.bfloat16), x.bfloat16(), "cam", target=1)
+    assert a.dtype == torch.bfloat16 and relative_error(a, expected.double()) < 0.02
