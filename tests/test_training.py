@@ -213,7 +213,7 @@ def test_checkpoints_are_written_after_every_epoch_atomically(tmp_path):
         state = torch.load(path, weights_only=True)
         done.append(state["epochs_done"])
         assert state["history"][-1]["loss"] == record["loss"]
-        assert set(state) == {"format", "epochs_done", "settings", "model", "optimizer", "history"}
+        assert set(state) == {"format", "epochs_done", "settings", "model", "optimizer", "history", "digest"}
     model = nn.Linear(10, 3)
     fit(model, (x, y), epochs=3, lr=0.1, batch_size=8, checkpoint=path, log=check, progress=False)
     assert done == [1, 2, 3]

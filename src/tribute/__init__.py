@@ -8,6 +8,7 @@ from . import attribution, metrics, robust, training
 from .attribution import *  # noqa: F403  (every method class; attribution.__all__ names them)
 from .core import (
     Coverage,
+    DisconnectedInputError,
     LayerError,
     Method,
     NonFiniteAttributionError,
@@ -28,7 +29,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     *attribution.__all__,
-    "Coverage", "LayerError", "Method", "NonFiniteAttributionError", "Normalize", "PassCount", "count_passes",
+    "Coverage", "DisconnectedInputError", "LayerError", "Method", "NonFiniteAttributionError", "Normalize",
+    "PassCount", "count_passes",
     "explain", "get_method", "known_nonlinearities", "methods", "reduce", "register_nonlinearity",
     "attacks", "evaluate", "metrics", "robust", "training",
 ]

@@ -24,7 +24,6 @@ import hashlib
 import inspect
 import math
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -34,10 +33,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import checkpoint as checkpoint_file
+from .checkpoint import CheckpointError
+
 Perturb = Callable[..., torch.Tensor]
 
 OPTIMIZERS = ("sgd", "adam")
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2  # 2: with a digest (tribute.checkpoint)
+_CHECKPOINT_KEYS = {"format", "epochs_done", "settings", "model", "optimizer", "history"}
 
 
 @dataclass
@@ -142,7 +145,8 @@ def fit(
         ``metric(model) -> float`` evaluated after each epoch with the model in eval mode, recorded by name.
     checkpoint : path, optional
         Written atomically after each epoch (model and optimizer state, epochs done, history, seed and the
-        settings that must match on resumption).
+        settings that must match on resumption), with a digest that resumption verifies: a damaged file is
+        refused with an error naming it (:mod:`tribute.checkpoint`).
     resume : bool
         If ``checkpoint`` exists, continue from it (settings must match) instead of starting afresh.
     progress : bool
@@ -423,38 +427,35 @@ def _cuda_devices(device: torch.device) -> list[int]:
 
 
 def _save_checkpoint(path, model, opt, settings, epochs_done, history) -> None:
-    """torch.save to a temporary file beside ``path``, then an atomic rename: never a half-written checkpoint."""
-    state = {"format": CHECKPOINT_FORMAT, "epochs_done": epochs_done, "settings": settings,
-             "model": model.state_dict(), "optimizer": opt.state_dict(), "history": history.records}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".checkpoint-", suffix=".tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    checkpoint_file.save(path, {"format": CHECKPOINT_FORMAT, "epochs_done": epochs_done, "settings": settings,
+                                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                                "history": history.records})
 
 
 def _load_checkpoint(path, model, opt, settings, epochs) -> tuple[int, History]:
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path} is not a tribute training checkpoint (format {CHECKPOINT_FORMAT})")
+    """Resume from ``path``: its digest, format, settings and shapes are checked before the model is touched."""
+    state = checkpoint_file.load(path)
+    if state.get("format") != CHECKPOINT_FORMAT or set(state) != _CHECKPOINT_KEYS:
+        raise CheckpointError(f"{path} is not a tribute training checkpoint (format {CHECKPOINT_FORMAT}); "
+                              "delete it or pass resume=False to start over")
     different = {k: (state["settings"].get(k), v) for k, v in settings.items() if state["settings"].get(k) != v}
     if different:
         detail = ", ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, (a, b) in different.items())
-        raise ValueError(f"the checkpoint {path} was written with other settings ({detail}); pass resume=False "
-                         "to start afresh, or another checkpoint path")
+        raise CheckpointError(f"the checkpoint {path} was written with other settings ({detail}); pass "
+                              "resume=False to start afresh, or another checkpoint path")
     done = int(state["epochs_done"])
     if done > epochs:
-        raise ValueError(f"the checkpoint {path} has {done} epochs done, more than epochs={epochs}")
-    model.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
+        raise CheckpointError(f"the checkpoint {path} has {done} epochs done, more than epochs={epochs}")
+    own, stored = model.state_dict(), state["model"]
+    if stored.keys() != own.keys() or any(stored[k].shape != v.shape for k, v in own.items()):
+        raise CheckpointError(f"the checkpoint {path} holds the weights of another model (other parameter names "
+                              "or shapes); pass this model's checkpoint, or resume=False to start over")
+    try:
+        opt.load_state_dict(state["optimizer"])  # checks its groups before it changes anything
+    except (ValueError, KeyError) as e:
+        raise CheckpointError(f"the checkpoint {path} holds another optimizer's state ({e}); pass resume=False "
+                              "to start over") from None
+    model.load_state_dict(stored)
     return done, History([dict(r) for r in state["history"]])
 
 

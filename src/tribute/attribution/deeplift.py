@@ -8,7 +8,7 @@ import torch
 
 from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
-from ..core.engine import accumulate
+from ..core.engine import accumulate, disconnected
 from ..core.interception import apply_rules
 from ..core.method import Method
 from ..core.registry import register
@@ -98,6 +98,8 @@ class DeepLiftRevealCancel(Method):
             s = target.scores(diff, sample)  # the score's difference is linear in the output's
             if target.fn is not None:  # a callable target need not be linear: check it on the totals
                 torch.testing.assert_close(s.detach(), score, rtol=1e-4, atol=1e-6)
+            if not s.requires_grad:
+                raise disconnected()
             mp, mn = torch.autograd.grad(s.sum(), [dp, dn], allow_unused=True)
             mp = torch.zeros_like(dp) if mp is None else mp
             mn = torch.zeros_like(dn) if mn is None else mn

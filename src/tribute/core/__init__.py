@@ -1,6 +1,6 @@
 """The engine: interception of nonlinearities, backward rules, targets, batching.  Knows no method."""
 
-from .engine import PassCount, count_passes
+from .engine import DisconnectedInputError, PassCount, count_passes
 from .interception import Coverage, apply_rules
 from .layers import LayerError, find_default_layer, resolve_layer
 from .method import Method, NonFiniteAttributionError
@@ -11,7 +11,8 @@ from .rules import GRADIENT, Rule, RuleSet
 from .transforms import Normalize
 
 __all__ = [
-    "GRADIENT", "REDUCTIONS", "Coverage", "LayerError", "Method", "NonFiniteAttributionError", "Normalize",
+    "GRADIENT", "REDUCTIONS", "Coverage", "DisconnectedInputError", "LayerError", "Method",
+    "NonFiniteAttributionError", "Normalize",
     "PassCount", "Rule", "RuleSet", "apply_rules", "count_passes", "explain", "find_default_layer", "get_method",
     "known_nonlinearities", "methods", "reduce", "register", "register_nonlinearity", "resolve_layer",
 ]

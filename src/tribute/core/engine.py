@@ -187,18 +187,55 @@ def gradient_rows(
         if target.needs_argmax:
             target.set_argmax(scored)
         s = target.scores(scored, sample)
-        if not s.requires_grad:
-            raise RuntimeError(
-                "the score does not depend on the input through autograd (is there a torch.no_grad(), "
-                ".detach() or reentrant checkpoint in forward()?)"
-            )
         try:
             start = s.detach() if relevance else torch.ones_like(s)
-            (g,) = torch.autograd.grad(s, leaf, start, create_graph=create_graph)
+            g = score_gradient(s, leaf, start, create_graph=create_graph)
         finally:
             end_phases(phases)
     _record(backward=out.shape[0])
     return g
+
+
+class DisconnectedInputError(RuntimeError):
+    """The score does not reach the tensor attributed to through autograd, so its gradient there is undefined.
+
+    Raised by every gradient-based method instead of autograd's "appears to not have been used in the graph":
+    the model's forward cuts the input off the graph (``x.detach()``, layers under ``torch.no_grad()``, a
+    reentrant checkpoint) or its output is constant.  The model's *values* may well depend on the input;
+    only its gradient, which these methods read, does not.
+    """
+
+
+def disconnected(what: str = "the input") -> DisconnectedInputError:
+    """The one message for a score that does not reach ``what``."""
+    return DisconnectedInputError(
+        f"the score does not depend on {what} through autograd, so its gradient there is not defined (is there "
+        "a torch.no_grad(), .detach() or reentrant checkpoint in forward(), or is the output constant?)"
+    )
+
+
+def score_gradient(score: torch.Tensor, wrt: torch.Tensor, start: torch.Tensor | None = None, *,
+                   create_graph: bool = False, what: str = "the input") -> torch.Tensor:
+    """∂⟨start, score⟩/∂wrt; :class:`DisconnectedInputError` where the score does not reach ``wrt``."""
+    if not (score.requires_grad and wrt.requires_grad):
+        raise disconnected(what)
+    (g,) = torch.autograd.grad(score, wrt, start, create_graph=create_graph, allow_unused=True)
+    if g is None:
+        raise disconnected(what)
+    return g
+
+
+def narrow_range_reason(dtype: torch.dtype) -> str | None:
+    """Why a method's non-finite result may be ``dtype``'s fault: float16's narrow range; None for other dtypes.
+
+    bfloat16 has float32's range (only fewer digits), so it overflows where float32 would.
+    """
+    if dtype != torch.float16:
+        return None
+    info = torch.finfo(dtype)
+    return (f"in {dtype}, whose range (largest {info.max:.6g}, smallest {info.tiny:.3g}) is too narrow for an "
+            "intermediate quotient or product of this method (e.g. a stabiliser ε that rounds to 0): run the "
+            "model and inputs in torch.bfloat16 or torch.float32")
 
 
 def gradient_leaf(rows: torch.Tensor, create_graph: bool) -> torch.Tensor:

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .engine import Forward, _record, end_phases, forward_under_rules, gradient_leaf
+from .engine import Forward, _record, disconnected, end_phases, forward_under_rules, gradient_leaf, score_gradient
 from .interception import Coverage, op_name
 from .rules import GRADIENT, RuleSet
 from .targets import Target
@@ -549,11 +549,9 @@ def layer_gradient_rows(
             if target.needs_argmax:
                 target.set_argmax(scored)
             s = target.scores(scored, sample)
-            (g,) = torch.autograd.grad(s.sum(), cap.grad_wrt, create_graph=create_graph, allow_unused=True)
+            g = score_gradient(s.sum(), cap.grad_wrt, create_graph=create_graph, what=site.describe())
         finally:
             end_phases(phases)
-    if g is None:
-        raise LayerError(f"the score does not depend on {site.describe()}: its gradient there is not defined")
     _record(backward=out.shape[0])
     return LayerRows(g, cap.value, s, out)
 
@@ -657,9 +655,13 @@ def bias_gradient_rows(forward: Forward, rows: torch.Tensor, target: Target, sam
         if target.needs_argmax:
             target.set_argmax(out)
         s = target.scores(out, sample)
-        zs = [z for _, z, _ in mode.layers]
-        grads = torch.autograd.grad(s.sum(), [inp, *zs], create_graph=create_graph, allow_unused=True)
+        live = [layer for layer in mode.layers if layer[1].requires_grad]  # not those run under no_grad
+        if not s.requires_grad:
+            raise disconnected()
+        grads = torch.autograd.grad(s.sum(), [inp, *(z for _, z, _ in live)], create_graph=create_graph,
+                                    allow_unused=True)
+    if grads[0] is None:
+        raise disconnected()
     _record(backward=out.shape[0])
-    kept = [(k, b, g) for (k, _, b), g in zip(mode.layers, grads[1:], strict=True) if g is not None]
-    gx = grads[0] if grads[0] is not None else torch.zeros_like(inp)
-    return BiasRows(gx, [g for _, _, g in kept], [b for _, b, _ in kept], [k for k, _, _ in kept], s)
+    kept = [(k, b, g) for (k, _, b), g in zip(live, grads[1:], strict=True) if g is not None]
+    return BiasRows(grads[0], [g for _, _, g in kept], [b for _, b, _ in kept], [k for k, _, _ in kept], s)

@@ -16,7 +16,16 @@ import torch
 from torch import nn
 
 from . import options as opt
-from .engine import Forward, PassCount, check_inputs, check_model, count_passes, default_batch_size, gradient_rows
+from .engine import (
+    Forward,
+    PassCount,
+    check_inputs,
+    check_model,
+    count_passes,
+    default_batch_size,
+    gradient_rows,
+    narrow_range_reason,
+)
 from .interception import Coverage
 from .rules import GRADIENT, RuleSet
 from .targets import Target
@@ -81,9 +90,11 @@ class Method:
         bad = ~torch.isfinite(a)
         if bool(bad.any()):
             rows = bad.flatten(1).any(1).nonzero().flatten().tolist()
+            reason = narrow_range_reason(inputs.dtype) or ("a gradient was evaluated where it is singular "
+                                                           "(e.g. sqrt or log at 0)")
             raise NonFiniteAttributionError(
                 f"{self.name or type(self).__name__} produced NaN or inf attributions for samples {rows[:10]}: "
-                "a gradient was evaluated where it is singular (e.g. sqrt or log at 0)"
+                f"{reason}"
             )
         return a.to(inputs.dtype)
 

@@ -2,7 +2,9 @@
 
 Each sample gets its own ``torch.Generator``, seeded from ``seed`` and the sample's own bytes, so a
 sample draws the same noise alone or in any batch, at any position, with any chunk size.  The global
-RNG is never touched.
+RNG is never touched.  The bytes are read through a ``uint8`` view of the tensor, which works for every
+dtype (bfloat16 has no numpy counterpart) and, for the dtypes numpy has, are the very bytes numpy's
+``tobytes`` gives: float32 and float64 samples keep the streams they always had.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ class SampleStreams:
         data = x.detach().to("cpu").contiguous()
         self.generators = []
         for i in range(x.shape[0]):
-            h = hashlib.blake2b(data[i].numpy().tobytes(), digest_size=8, key=str(seed).encode()[:64])
+            h = hashlib.blake2b(_raw_bytes(data[i]), digest_size=8, key=str(seed).encode()[:64])
             g = torch.Generator()
             g.manual_seed(int.from_bytes(h.digest(), "little") & (2**63 - 1))
             self.generators.append(g)
@@ -40,6 +42,11 @@ class SampleStreams:
             raise ValueError(f"unknown draw kind {kind!r}")
         rows = [draw(shape, generator=self.generators[i], dtype=torch.float64) for i in sample.tolist()]
         return torch.stack(rows).to(device=device, dtype=dtype)
+
+
+def _raw_bytes(t: torch.Tensor) -> bytes:
+    """The bytes of a contiguous CPU tensor in memory order, for any dtype."""
+    return t.reshape(-1).view(torch.uint8).numpy().tobytes()
 
 
 def draw_references(streams: SampleStreams, sample: torch.Tensor, n_refs: int, *, dtype, device):

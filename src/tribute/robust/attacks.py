@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..core import options as opt
-from ..core.engine import check_inputs, chunk_rows, default_batch_size, record_passes
+from ..core.engine import DisconnectedInputError, check_inputs, chunk_rows, default_batch_size, record_passes
 from ..core.randomness import SampleStreams
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -213,10 +213,10 @@ def _loss_gradient(model, input_transform, loss_fn, x, y, owner, check) -> torch
     if not isinstance(losses, torch.Tensor) or losses.shape != (x.shape[0],):
         got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
         raise ValueError(f"{owner}: loss must return one loss per sample, shape ({x.shape[0]},); got {got}")
-    if not losses.requires_grad:
-        raise RuntimeError(f"{owner}: the loss does not depend on the input through autograd "
-                           "(a torch.no_grad() or .detach() in the model or the loss?)")
-    (g,) = torch.autograd.grad(losses.sum(), leaf)
+    g = torch.autograd.grad(losses.sum(), leaf, allow_unused=True)[0] if losses.requires_grad else None
+    if g is None:
+        raise DisconnectedInputError(f"{owner}: the loss does not depend on the input through autograd "
+                                     "(a torch.no_grad() or .detach() in the model or the loss?)")
     record_passes(forward=x.shape[0], backward=x.shape[0])
     return g
 
