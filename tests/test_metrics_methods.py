@@ -257,3 +257,35 @@ def test_smoothgrad_of_the_gradient_is_input_invariant_with_the_same_noise(fashi
 
 def input_invariance_of(model, x, y, method, **options):
     return metrics.input_invariance(model, x, method, -1.0, target=y, **options)
+
+
+# -- the trainer hook (ROAR and label randomisation) ------------------------------------------------------------
+def test_the_trainer_hook_passes_a_seed_to_a_train_fn_that_takes_one_and_checks_the_result():
+    from tribute.training import trainer
+
+    seen = []
+
+    def with_seed(model, x, y, *, seed):
+        seen.append(seed)
+
+    def without_seed(model, x, y):
+        seen.append("none")
+        return model
+
+    model, x, y = small_mlp(), torch.zeros(2, 5, dtype=DT), torch.tensor([0, 1])
+    assert trainer(with_seed, owner="roar")(model, x, y, 7) is model  # None: trained in place
+    assert trainer(without_seed, owner="roar")(model, x, y, 7) is model
+    assert seen == [7, "none"]
+    with pytest.raises(TypeError, match="train_fn must return the trained nn.Module or None, got int"):
+        trainer(lambda m, x, y: 3, owner="roar")(model, x, y, 0)
+    with pytest.raises(TypeError, match="a train_fn takes its own"):
+        trainer(without_seed, {"epochs": 1}, owner="roar")
+    with pytest.raises(TypeError, match="label_randomisation trains with tribute.training.fit.*epochs and lr"):
+        trainer(None, {}, owner="label_randomisation", required=("epochs", "lr"))
+    with pytest.raises(TypeError, match="the trainer's seed is roar's seed="):
+        trainer(None, {"seed": 1}, owner="roar")
+    # label randomisation hands its seed to a train_fn that takes one, as ROAR does
+    seen.clear()
+    metrics.label_randomisation(small_mlp(), torch.randn(3, 5, dtype=DT), "gradient", train_data=(x, y),
+                                train_fn=with_seed, seed=5)
+    assert seen == [5]

@@ -254,7 +254,7 @@ def evaluate(
         Inputs (N, ...) alone, an (inputs, labels) pair of tensors, or a re-iterable of batches (each inputs
         or an (inputs, labels, ...) tuple, e.g. a ``DataLoader``).
     methods : list
-        Registry names (``"random"``: :func:`tribute.metrics.roar.random_attribution`), Method classes or
+        Registry names (``"random"``: :func:`tribute.metrics.methods.random_attribution`), Method classes or
         instances, callables ``(model, inputs, target) -> attributions``, ``(label, method)`` pairs or
         ``(label, method, options)`` triples.
     metrics : list

@@ -231,7 +231,7 @@ def roar(
     model_factory : callable, optional
         ``model_factory() -> nn.Module``, a fresh untrained model; called with torch's CPU generator seeded from
         the repeat's initialisation seed (then restored).  Default: a deep copy of ``model`` with every
-        parameter re-initialised as :func:`tribute.metrics.sanity.reinitialise` does (PyTorch's default
+        parameter re-initialised as :func:`tribute.metrics.reinitialise.reinitialise` does (PyTorch's default
         initialisation) and batch-norm statistics reset.
     reference : also train on the unmodified data (the t = 0 accuracy).
     repeats : independent repeats (initialisation and training seeds differ; Hooker et al. use 5).

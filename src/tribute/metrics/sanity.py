@@ -181,7 +181,7 @@ def parameter_randomisation(
     inputs : Tensor
         (N, ...) the samples to explain, batch first.
     method : str, Method or callable
-        The explanation method (see :func:`tribute.metrics.common.as_explainer`); ``method_options`` are
+        The explanation method (see :func:`tribute.metrics.methods.resolve_method`); ``method_options`` are
         passed to a method name or class.
     target : None, int, 1-D tensor or callable
         The class explained; ``None``: the trained model's prediction, fixed for every randomised model.
@@ -267,7 +267,8 @@ def label_randomisation(
         The training inputs (M, ...) and their integer labels (M,).
     train_fn : callable, optional
         ``train_fn(model_copy, train_inputs, train_labels)`` trains the copy and returns it (or None when it
-        trained ``model_copy`` in place); the result is put in eval mode.  Default: :func:`tribute.training.fit`
+        trained ``model_copy`` in place); the result is put in eval mode.  If it takes a ``seed`` keyword it gets
+        ``seed`` (:func:`tribute.training.trainer`, the hook ROAR uses too).  Default: :func:`tribute.training.fit`
         with ``seed`` and ``train_options``.
     train_options : dict, optional
         Options of :func:`tribute.training.fit` for the default trainer; at least ``epochs`` and ``lr``
