@@ -188,7 +188,7 @@ def fit(
                 "momentum": momentum, "weight_decay": float(weight_decay), "batch_size": batches.batch_size,
                 "samples": batches.samples, "lr": lr if isinstance(lr, (int, float)) else "schedule",
                 "perturb": perturb is not None, **_plain_config(config)}
-    pass_seed = perturb is not None and _accepts_seed(perturb)
+    pass_seed = perturb is not None and accepts_seed(perturb)
 
     history = History()
     start = 0
@@ -292,6 +292,62 @@ def accuracy(
     if seen == 0:
         raise ValueError("data hold no samples")
     return correct / seen
+
+
+# -- the trainer hook: a user's train function, or fit ----------------------------------------------------------
+def accepts_seed(fn) -> bool:
+    """Whether ``fn`` takes a ``seed`` keyword (by name or through ``**kwargs``): then tribute passes one."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "seed" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+Trainer = Callable[[nn.Module, torch.Tensor, torch.Tensor, int], nn.Module]
+
+
+def trainer(train_fn=None, train_options: dict | None = None, *, owner: str, defaults: dict | None = None,
+            required: tuple[str, ...] = ()) -> Trainer:
+    """``train(model, inputs, labels, seed) -> trained model``: the user's ``train_fn`` or :func:`fit`.
+
+    The one hook through which the functions that retrain a model (ROAR, label randomisation) accept a user's
+    training.  ``train_fn(model, inputs, labels)`` trains ``model`` and returns it (or None when it trained it in
+    place); if it takes a ``seed`` keyword (:func:`accepts_seed`) it gets the caller's seed.  Without one,
+    :func:`fit` trains with ``defaults`` updated by ``train_options`` (which must name ``required``; the seed
+    comes from the caller, never from ``train_options``).  ``owner`` names the caller in errors.
+    """
+    if train_fn is not None:
+        if not callable(train_fn):
+            raise TypeError(f"train_fn must be a callable (model, inputs, labels) -> model, got "
+                            f"{type(train_fn).__name__}")
+        if train_options:
+            raise TypeError("train_options are options of the built-in trainer tribute.training.fit; a train_fn "
+                            "takes its own")
+        seeded = accepts_seed(train_fn)
+        return lambda m, x, y, seed: _trained(m, train_fn(m, x, y, seed=seed) if seeded else train_fn(m, x, y))
+    if not isinstance(train_options, dict | None):
+        raise TypeError(f"train_options must be a dict, got {type(train_options).__name__}")
+    options = {"progress": False, **(defaults or {}), **(train_options or {})}
+    missing = [k for k in required if k not in options]
+    if missing:
+        raise TypeError(f"{owner} trains with tribute.training.fit unless train_fn= is given: pass train_options "
+                        f"with {' and '.join(missing)} (e.g. {{'epochs': 30, 'lr': 0.003, 'optimizer': 'adam'}}), or "
+                        "a train_fn(model, inputs, labels) -> model")
+    if "seed" in (train_options or {}):
+        raise TypeError(f"train_options: the trainer's seed is {owner}'s seed=")
+
+    def train(m, x, y, seed):
+        fit(m, (x, y), seed=seed, **options)
+        return m
+    return train
+
+
+def _trained(model: nn.Module, result) -> nn.Module:
+    trained = model if result is None else result
+    if not isinstance(trained, nn.Module):
+        raise TypeError(f"train_fn must return the trained nn.Module or None, got {type(trained).__name__}")
+    return trained
 
 
 class _Batches:
@@ -412,14 +468,6 @@ def _derive(seed: int, *parts) -> int:
     """A 63-bit seed from ``seed`` and ``parts``: independent streams for each (purpose, epoch, batch)."""
     h = hashlib.blake2b(repr((seed, *parts)).encode(), digest_size=8)
     return int.from_bytes(h.digest(), "little") & (2**63 - 1)
-
-
-def _accepts_seed(fn) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return "seed" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def _cuda_devices(device: torch.device) -> list[int]:

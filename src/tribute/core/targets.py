@@ -25,31 +25,13 @@ class Target:
         self.fn: Callable | None = None
         self.index: torch.Tensor | None = None
         self.n = n
-        if target is None:
-            pass
-        elif callable(target) and not isinstance(target, torch.Tensor):
+        kind = check_target(target, samples=n)
+        if kind == "callable":
             self.fn = target
-        elif isinstance(target, bool):
-            raise TypeError("target must be an int, a 1-D tensor of ints, a callable or None; got a bool")
-        elif isinstance(target, int):
+        elif kind == "int":
             self.index = torch.full((n,), target, dtype=torch.long)
-        elif isinstance(target, torch.Tensor):
-            if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
-                raise TypeError(f"a target tensor must hold integers, got dtype {target.dtype}")
-            if target.dim() == 0:
-                target = target.expand(n)
-            if target.dim() != 1 or target.shape[0] != n:
-                raise ValueError(
-                    f"a target tensor needs one class per sample: expected shape ({n},), "
-                    f"got {tuple(target.shape)}"
-                )
-            self.index = target.detach().to("cpu", torch.long)
-        else:
-            raise TypeError(
-                f"target must be an int, a 1-D tensor of ints, a callable or None; got {type(target).__name__}"
-            )
-        if self.index is not None and bool((self.index < 0).any()):
-            raise IndexError(f"target classes must be >= 0, got {self.index.min().item()}")
+        elif kind == "tensor":
+            self.index = target.detach().to("cpu", torch.long).expand(n)
 
     @property
     def needs_argmax(self) -> bool:
@@ -86,6 +68,63 @@ class Target:
         t.n, t.fn = len(sample), self.fn
         t.index = None if self.index is None else self.index[sample.cpu()]
         return t
+
+
+#: what :func:`check_target` says a target is
+TARGET_KINDS = ("none", "label", "int", "tensor", "callable")
+
+
+def check_target(target, *, samples: int | None = None, label: bool = False,
+                 refuse: dict[str, str] | None = None) -> str:
+    """Check a user's ``target`` before any forward pass and say which kind it is (one of :data:`TARGET_KINDS`).
+
+    Every entry point that takes a target checks it here, so the same target gets the same verdict everywhere:
+    a bool is refused, class indices must be integers >= 0, a tensor is 0-D or 1-D (with ``samples`` entries
+    when ``samples`` is given).  ``label=True`` also accepts ``"label"`` (the data's labels, for the functions
+    that take data sets).  ``refuse`` maps a kind to the reason a family cannot use it (e.g. ROAR: ``{"tensor":
+    "one tensor cannot serve both the training and the test set"}``); the error states that reason.
+    """
+    kind = _kind(target, label)
+    if kind == "tensor":
+        _check_tensor(target, samples)
+    elif kind == "int" and target < 0:
+        raise IndexError(f"target classes must be >= 0, got {target}")
+    if refuse and kind in refuse:
+        raise ValueError(f"a target {_DESCRIPTIONS[kind]} is not accepted here: {refuse[kind]}")
+    return kind
+
+
+_DESCRIPTIONS = {"none": "None", "label": "'label'", "int": "int", "tensor": "tensor", "callable": "callable"}
+
+
+def _kind(target, label: bool) -> str:
+    accepted = "an int, a 1-D tensor of ints, a callable" + (", 'label'" if label else "") + " or None"
+    if target is None:
+        return "none"
+    if isinstance(target, str):
+        if label and target == "label":
+            return "label"
+        raise TypeError(f"target must be {accepted}; got the string {target!r}")
+    if isinstance(target, torch.Tensor):
+        return "tensor"
+    if callable(target):
+        return "callable"
+    if isinstance(target, bool):
+        raise TypeError(f"target must be {accepted}; got a bool")
+    if isinstance(target, int):
+        return "int"
+    raise TypeError(f"target must be {accepted}; got {type(target).__name__}")
+
+
+def _check_tensor(target: torch.Tensor, samples: int | None) -> None:
+    if target.is_floating_point() or target.is_complex() or target.dtype == torch.bool:
+        raise TypeError(f"a target tensor must hold integers, got dtype {target.dtype}")
+    if target.dim() > 1 or (samples is not None and target.dim() == 1 and target.shape[0] != samples):
+        expected = f"({samples},)" if samples is not None else "(N,)"
+        raise ValueError(f"a target tensor needs one class per sample: expected shape {expected}, "
+                         f"got {tuple(target.shape)}")
+    if target.numel() and bool((target < 0).any()):
+        raise IndexError(f"target classes must be >= 0, got {target.min().item()}")
 
 
 def _check_logits(outputs: torch.Tensor, rows: int) -> None:

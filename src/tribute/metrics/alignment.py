@@ -24,7 +24,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from .common import as_explainer, check_attributions
+from ..core.engine import check_model
+from .common import check_attributions
+from .methods import resolve_method
 
 
 def alignment(model: nn.Module, inputs: torch.Tensor, target=None, *, method="gradient",
@@ -72,9 +74,10 @@ def cosine_alignment(model: nn.Module, inputs: torch.Tensor, target=None, *, met
 
 
 def _input_and_saliency(model, inputs, target, method, input_transform, batch_size):
+    check_model(model)  # before any forward pass: a refused model is left as it was
     given = {"input_transform": input_transform, "batch_size": batch_size}
-    explainer = as_explainer(method, **{k: v for k, v in given.items() if v is not None})
-    saliency = check_attributions(inputs, explainer(model, inputs, target))
+    explain = resolve_method(method, {k: v for k, v in given.items() if v is not None}).bind(model)
+    saliency = check_attributions(inputs, explain(inputs, target))
     if saliency.shape != inputs.shape:
         raise ValueError(f"the alignment needs a saliency map of the input's shape {tuple(inputs.shape)}; the method "
                          f"returned {tuple(saliency.shape)}")

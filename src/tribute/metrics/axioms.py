@@ -33,8 +33,10 @@ from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import check_inputs, check_model, default_batch_size
 from ..core.randomness import SampleStreams
-from .common import as_explainer, check_attributions, derived_seed, resolve_target
+from .common import check_attributions, derived_seed, resolve_target
+from .methods import resolve_method
 from .perturbation import TargetScore, evaluate_rows, unit_ids
+from .registry import ATTRIBUTIONS, register_metric
 
 DISTANCES = ("relative_l2", "l2", "max_abs")
 
@@ -50,6 +52,7 @@ def _setup(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, b
     return a, base.detach(), batch_size or default_batch_size(inputs)
 
 
+@register_metric("completeness_gap", takes=ATTRIBUTIONS, better="lower", absolute=True)
 def completeness_gap(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *,
                      baseline=0, baseline_options: dict | None = None, score: str = "logit",
                      seed: int | None = None, batch_size: int | None = None) -> torch.Tensor:
@@ -141,6 +144,7 @@ def _check_ns(ns, features: int) -> list[int]:
     return list(ns)
 
 
+@register_metric("sensitivity_n", takes=ATTRIBUTIONS, better="higher")
 def sensitivity_n(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *, ns=None,
                   samples: int = 100, baseline=0, baseline_options: dict | None = None, score: str = "logit",
                   seed: int | None = None, batch_size: int | None = None,
@@ -341,28 +345,25 @@ def _pad_with_shift(conv: nn.Module, per_channel: torch.Tensor) -> None:
     conv.register_forward_pre_hook(pad_with_shift)
 
 
-def _targets(model: nn.Module, inputs: torch.Tensor, target, batch_size: int | None):
-    if callable(target) and not isinstance(target, torch.Tensor):
-        return target
-    return resolve_target(model, inputs, target, batch_size=batch_size)
-
-
 def _outputs(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
     with torch.no_grad():
         return torch.cat([model(c) for c in x.split(batch_size)])
 
 
 def input_invariance(model: nn.Module, inputs: torch.Tensor, method, shift, target=None, *,
-                     layer: str | None = None, distance: str = "relative_l2", batch_size: int | None = None,
-                     **options) -> torch.Tensor:
+                     layer: str | None = None, distance: str = "relative_l2", seed: int | None = 0,
+                     batch_size: int | None = None, **options) -> torch.Tensor:
     """Input invariance (Kindermans et al. 2017): distance between the attribution of x on ``model`` and that
     of x + shift on a copy whose first layer absorbs the shift (:func:`absorb_shift`).
 
     Parameters
     ----------
     method : a registry name, a Method or a callable ``(model, inputs, target) -> attributions``; ``options``
-        go to the method (e.g. ``baseline="mean"``).  A method that draws noise seeds it from the input's
-        bytes, so x and x + shift get different draws: compare stochastic methods with care.
+        go to the method (e.g. ``baseline="mean"``).  A method that draws noise (SmoothGrad and its variants)
+        gets ``seed`` and the *unshifted* input as its noise key for both calls, so x and x + shift see the
+        same noise draws and the same σ, as in Kindermans et al.'s mean-shift setting (a plain callable cannot
+        be given a key: its draws are its own business).
+    seed : seeds a method that draws noise, unless its options set one (deterministic methods draw nothing).
     shift : a number or a tensor broadcastable to one input (e.g. per channel, shape (C, 1, 1)).
     target : fixed once on ``model`` at x (None: its prediction) and used for both.
     layer : the layer that absorbs the shift (default: the first nn.Linear / nn.Conv on the input).
@@ -375,25 +376,29 @@ def input_invariance(model: nn.Module, inputs: torch.Tensor, method, shift, targ
     check_model(model)
     check_inputs(model, inputs)
     how = opt.choice(DISTANCES)("distance", distance)
-    explain = as_explainer(method, **options)
+    seed = opt.optional(opt.integer(0))("seed", seed)
+    resolved = resolve_method(method, options)
     x = inputs.detach()
     bs = opt.optional(opt.integer(1))("batch_size", batch_size) or default_batch_size(x)
     shifted = absorb_shift(model, shift, x, layer=layer)
     x_shifted = x + _check_shift(shift, x)
     _check_equal_function(_outputs(model, x, bs), _outputs(shifted, x_shifted, bs), None, "input invariance")
-    t = _targets(model, x, target, bs)
-    return attribution_distance(explain(model, x, t), explain(shifted, x_shifted, t), how)
+    t = resolve_target(model, x, target, batch_size=bs, keep_callable=True)
+    at_x = resolved.bind(model, seed=seed)(x, t, noise_key=x)
+    at_shifted = resolved.bind(shifted, seed=seed)(x_shifted, t, noise_key=x)  # the same noise as at x
+    return attribution_distance(at_x, at_shifted, how)
 
 
 def implementation_invariance(model_a: nn.Module, model_b: nn.Module, inputs: torch.Tensor, method, target=None,
-                              *, distance: str = "relative_l2", tolerance: float | None = None,
+                              *, distance: str = "relative_l2", tolerance: float | None = None, seed: int | None = 0,
                               batch_size: int | None = None, **options) -> torch.Tensor:
     """Implementation invariance (Sundararajan et al. 2017): distance between the attributions of two
     functionally equal models.
 
     The models must agree on ``inputs`` to ``tolerance`` × (1 + max |f|) (default √eps of the dtype), or
     the comparison is refused.  ``target`` is fixed on ``model_a`` (None: its prediction).  ``method``,
-    ``distance`` and ``options`` as in :func:`input_invariance`.
+    ``distance``, ``seed`` and ``options`` as in :func:`input_invariance` (a method that draws noise draws the
+    same noise for both models).
 
     Returns
     -------
@@ -404,12 +409,14 @@ def implementation_invariance(model_a: nn.Module, model_b: nn.Module, inputs: to
         check_inputs(mdl, inputs)
     how = opt.choice(DISTANCES)("distance", distance)
     opt.optional(opt.real(0))("tolerance", tolerance)
-    explain = as_explainer(method, **options)
+    seed = opt.optional(opt.integer(0))("seed", seed)
+    resolved = resolve_method(method, options)
     x = inputs.detach()
     bs = opt.optional(opt.integer(1))("batch_size", batch_size) or default_batch_size(x)
     _check_equal_function(_outputs(model_a, x, bs), _outputs(model_b, x, bs), tolerance, "implementation invariance")
-    t = _targets(model_a, x, target, bs)
-    return attribution_distance(explain(model_a, x, t), explain(model_b, x, t), how)
+    t = resolve_target(model_a, x, target, batch_size=bs, keep_callable=True)
+    explained = [resolved.bind(m, seed=seed)(x, t, noise_key=x) for m in (model_a, model_b)]
+    return attribution_distance(*explained, how)
 
 
 __all__ = [

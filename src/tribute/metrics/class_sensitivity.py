@@ -33,9 +33,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..core.engine import check_model
 from ..core.randomness import SampleStreams
 from ..core.reduce import check_reduce
-from .common import as_explainer, resolve_target
+from .common import resolve_target
+from .methods import resolve_method
+from .registry import METHOD, register_metric
 from .sanity import as_maps, compare_maps, similarity_functions
 
 #: attribution elements per call of the method; more classes than fit are explained in several calls
@@ -91,6 +94,7 @@ def other_classes(targets: torch.Tensor, classes: int, others="all", *, inputs: 
     return others
 
 
+@register_metric("class_sensitivity", takes=METHOD, better="lower")
 def class_sensitivity(
     model: nn.Module,
     inputs: torch.Tensor,
@@ -113,7 +117,7 @@ def class_sensitivity(
     inputs : Tensor
         (N, ...) batch first.
     method : str, Method or callable
-        The explanation method (:func:`tribute.metrics.common.as_explainer`); ``method_options`` go to a
+        The explanation method (:func:`tribute.metrics.methods.resolve_method`); ``method_options`` go to a
         method name or class.
     target : None, int or 1-D tensor
         The class t of each sample (the true labels, say); ``None``: the model's prediction.
@@ -139,6 +143,7 @@ def class_sensitivity(
         (N,) or (N, K), in the inputs' floating dtype (float32 for integer inputs), on their device; computed
         in float64.
     """
+    check_model(model)  # before any forward pass: a refused model is left as it was
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a tensor (batch first), got {type(inputs).__name__}")
     if inputs.dim() == 0 or inputs.shape[0] == 0:
@@ -150,7 +155,7 @@ def class_sensitivity(
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     ((_, compare),) = similarity_functions({"similarity": similarity}).items()
-    explainer = as_explainer(method, **(method_options or {}))
+    explain = resolve_method(method, method_options).bind(model)
     targets = resolve_target(model, inputs, target, batch_size=batch_size).cpu()
     with torch.no_grad():
         classes = model(inputs[:1]).shape[1]
@@ -165,7 +170,7 @@ def class_sensitivity(
     for first in range(0, 1 + k, per_call):
         block = all_targets[first:first + per_call]
         x = inputs.repeat(len(block), *([1] * (inputs.dim() - 1)))
-        m = as_maps(x, explainer(model, x, block.reshape(-1).to(inputs.device)), reduce)
+        m = as_maps(x, explain(x, block.reshape(-1).to(inputs.device)), reduce)
         maps.append(m.reshape(len(block), n, *m.shape[1:]))
     maps = torch.cat(maps)  # (1 + K, N, *map)
     # all K comparisons in one call of the (per-row) similarity: row j·N + i compares sample i with class j

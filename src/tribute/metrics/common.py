@@ -1,11 +1,11 @@
-"""What every metric shares: turning ``method`` into an explainer, and checking attributions.
+"""What every metric shares: fixing the target class once, and checking attributions.
 
 Two kinds of metric (as in Xplique):
 
 - metrics of *given* attributions: ``metric(model, inputs, attributions, target=None, **options)``;
 - metrics of a *method*: ``metric(model, inputs, method, target=None, **options)``, where ``method`` is a
-  registry name (``"integrated_gradients"``), a :class:`tribute.Method` instance, or any callable
-  ``(model, inputs, target) -> attributions``.
+  registry name (``"integrated_gradients"``), a :class:`tribute.Method` class or instance, or any callable
+  ``(model, inputs, target) -> attributions`` (resolved by :func:`tribute.metrics.methods.resolve_method`).
 
 Per-sample metrics return (N,) tensors.  Attributions may have the input's shape or, for images, be one
 map per sample, (N, 1, H, W): :func:`as_map` turns either into the map a metric needs (the shared
@@ -15,76 +15,39 @@ map per sample, (N, 1, H, W): :func:`as_map` turns either into the map a metric 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
-from typing import Any
 
 import torch
 from torch import nn
 
-from ..core.method import Method
+from ..core.engine import check_model
 from ..core.reduce import reduce as reduce_channels
-from ..core.registry import get_method
-from ..core.targets import Target
+from ..core.targets import Target, check_target
 
-Explainer = Callable[[nn.Module, torch.Tensor, Any], torch.Tensor]
-
-
-def as_explainer(method, **options: Any) -> Explainer:
-    """``method`` as a callable ``(model, inputs, target) -> attributions``.
-
-    A registry name or a :class:`Method` subclass is instantiated per model with ``options``; a
-    :class:`Method` instance is used as it is (its model is replaced by the model given, so the same
-    method can explain randomised copies); any other callable is used as it is.
-    """
-    if isinstance(method, str) or (isinstance(method, type) and issubclass(method, Method)):
-        klass = get_method(method) if isinstance(method, str) else method
-        last: list = []  # (model, instance) of the latest call: chunks of one model share an instance (and what
-        # it keeps between calls, e.g. LRP's derived weights)
-
-        def explain(model, inputs, target):
-            if not last or last[0] is not model:
-                last[:] = [model, klass(model, **options)]
-            return last[1].attribute(inputs, target)
-        return explain
-    if isinstance(method, Method):
-        def explain_with(model, inputs, target):
-            m = method if model is method.model else _rebind(method, model)
-            return m.attribute(inputs, target, **options)
-        return explain_with
-    if callable(method):
-        if options:
-            raise TypeError(f"options {sorted(options)} can only be given with a method name or Method class")
-        return method
-    raise TypeError(
-        f"method must be a registered name, a tribute Method or a callable (model, inputs, target) -> "
-        f"attributions; got {type(method).__name__}"
-    )
+#: why a metric that compares one class's scores refuses a callable target
+CLASSES_NEEDED = "this metric needs class indices (an int, a tensor of ints or None)"
 
 
-def _rebind(method: Method, model: nn.Module) -> Method:
-    m = type(method).__new__(type(method))
-    m.__dict__.update(method.__dict__)
-    m.model = model
-    return m
-
-
-def resolve_target(model: nn.Module, inputs: torch.Tensor, target, *, batch_size: int | None = None) -> torch.Tensor:
+def resolve_target(model: nn.Module, inputs: torch.Tensor, target, *, batch_size: int | None = None,
+                   keep_callable: bool = False):
     """``target`` as one class index per sample: None → the model's prediction on ``inputs``.
 
     Metrics compare scores across perturbed inputs, so the class must be fixed once, on the clean input.
-    Callable targets are kept as they are by callers that support them; this function needs ints.
+    A callable target (a contrast) is returned as it is with ``keep_callable=True`` (callers that score any
+    output) and refused otherwise.  The model is checked (eval mode where it matters) before its first forward
+    pass, so a refused model is not changed.
     """
-    n = inputs.shape[0]
-    t = Target(target, n)
-    if t.fn is not None:
-        raise TypeError("this metric needs class indices as target (an int, a tensor of ints or None)")
-    if t.needs_argmax:
-        with torch.no_grad():
-            chunks = inputs.split(batch_size or n)
-            out = torch.cat([model(c) for c in chunks])
-        t.set_argmax(out)
+    check_model(model)
+    kind = check_target(target, samples=inputs.shape[0], refuse=None if keep_callable else {"callable": CLASSES_NEEDED})
+    if kind == "callable":
+        return target
+    t = Target(target, inputs.shape[0])
     with torch.no_grad():
-        c = model(inputs[:1]).shape[1]
+        if t.needs_argmax:
+            out = torch.cat([model(c) for c in inputs.split(batch_size or inputs.shape[0])])
+            t.set_argmax(out)
+        else:
+            out = model(inputs[:1])
+    c = out.shape[1]
     if bool((t.index >= c).any()):
         raise IndexError(f"target class {int(t.index.max())} is out of range for a model with {c} outputs")
     return t.index.to(inputs.device)
@@ -123,4 +86,4 @@ def derived_seed(seed: int | None, purpose: str) -> int | None:
     return int.from_bytes(digest, "little") & (2**62 - 1)
 
 
-__all__ = ["as_explainer", "as_map", "check_attributions", "resolve_target"]
+__all__ = ["as_map", "check_attributions", "resolve_target"]

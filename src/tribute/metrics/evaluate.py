@@ -7,7 +7,8 @@ are kept (:attr:`EvaluationTable.scores`), with the curves of the perturbation m
 mean ± sample standard deviation over the samples per method × metric, next to the efficiency columns:
 wall time and rows through the model per sample for the attribution alone.
 
-Metrics by name, and which direction is better:
+Metrics by name (:func:`tribute.metrics.metric_specs` lists them with what each declares next to its code), and
+which direction is better:
 
 - ``aopc_morf`` (higher), ``aopc_lerf`` (lower): AOPC of the MoRF / LeRF pixel-perturbation curve (Samek et al.
   2017, Eq 12; :func:`tribute.metrics.pixel_perturbation`);
@@ -35,72 +36,27 @@ from the seed and the sample's bytes, so a sample's scores do not depend on its 
 from __future__ import annotations
 
 import csv
-import difflib
 import inspect
 import json
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..core import options as opt
-from ..core.engine import PassCount, count_passes
-from .axioms import completeness_gap, sensitivity_n
-from .class_sensitivity import class_sensitivity
+from ..core.engine import PassCount, check_model, count_passes
+from ..core.targets import check_target
 from .common import check_attributions, derived_seed, resolve_target
-from .infidelity import infidelity
-from .perturbation import deletion, insertion, pixel_perturbation
-from .road import road
-from .roar import NamedMethod, named_methods
-from .robustness import avg_sensitivity, local_lipschitz, max_sensitivity
+from .methods import ResolvedMethod, named_methods
+from .registry import ATTRIBUTIONS, METHOD, MetricSpec, get_metric
+from .registry import metric_names as metric_names  # where it was first published
 
-ATTRIBUTIONS, METHOD = "attributions", "method"
 DEFAULT_BATCH = 64
 FORMAT = "tribute.evaluate/1"
-
-
-@dataclass(frozen=True)
-class MetricSpec:
-    """A per-sample metric: ``fn(model, inputs, attributions or method, target, **options)``."""
-
-    fn: Callable
-    kind: str
-    better: str = ""
-    options: dict[str, Any] = field(default_factory=dict)
-    absolute: bool = False  # report |score| (the completeness gap)
-
-    def takes(self, option: str) -> bool:
-        try:
-            params = inspect.signature(self.fn).parameters
-        except (TypeError, ValueError):
-            return False
-        return option in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-METRICS: dict[str, MetricSpec] = {
-    "aopc_morf": MetricSpec(pixel_perturbation, ATTRIBUTIONS, "higher", {"order": "morf"}),
-    "aopc_lerf": MetricSpec(pixel_perturbation, ATTRIBUTIONS, "lower", {"order": "lerf"}),
-    "deletion": MetricSpec(deletion, ATTRIBUTIONS, "lower"),
-    "insertion": MetricSpec(insertion, ATTRIBUTIONS, "higher"),
-    "road_morf": MetricSpec(road, ATTRIBUTIONS, "higher", {"order": "morf"}),
-    "road_lerf": MetricSpec(road, ATTRIBUTIONS, "lower", {"order": "lerf"}),
-    "infidelity": MetricSpec(infidelity, ATTRIBUTIONS, "lower"),
-    "completeness_gap": MetricSpec(completeness_gap, ATTRIBUTIONS, "lower", absolute=True),
-    "sensitivity_n": MetricSpec(sensitivity_n, ATTRIBUTIONS, "higher"),
-    "max_sensitivity": MetricSpec(max_sensitivity, METHOD, "lower"),
-    "avg_sensitivity": MetricSpec(avg_sensitivity, METHOD, "lower"),
-    "local_lipschitz": MetricSpec(local_lipschitz, METHOD, "lower"),
-    "class_sensitivity": MetricSpec(class_sensitivity, METHOD, "lower"),
-}
-
-
-def metric_names() -> list[str]:
-    """The metrics :func:`evaluate` knows by name."""
-    return sorted(METRICS)
 
 
 # -- the table ---------------------------------------------------------------------------------------------------
@@ -298,7 +254,7 @@ def evaluate(
         Inputs (N, ...) alone, an (inputs, labels) pair of tensors, or a re-iterable of batches (each inputs
         or an (inputs, labels, ...) tuple, e.g. a ``DataLoader``).
     methods : list
-        Registry names (``"random"``: :func:`tribute.metrics.roar.random_attribution`), Method classes or
+        Registry names (``"random"``: :func:`tribute.metrics.methods.random_attribution`), Method classes or
         instances, callables ``(model, inputs, target) -> attributions``, ``(label, method)`` pairs or
         ``(label, method, options)`` triples.
     metrics : list
@@ -322,19 +278,16 @@ def evaluate(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_model(model)  # before any forward pass: a refused model is left as it was
     seed = opt.integer(0)("seed", seed)
     opt.boolean("progress", progress)
     items = named_methods(methods)
     specs = named_metrics(metrics)
     batches, count = _batches(data, batch_size)
-    _check_target(target)
-
-    scores: dict[tuple[str, str], list[torch.Tensor]] = {(m.label, k): [] for m in items for k in specs}
-    curves: dict[tuple[str, str], list[torch.Tensor]] = {}
-    seconds = {m.label: 0.0 for m in items}
-    passes = {m.label: PassCount() for m in items}
-    explainers = {m.label: m.explainer(derived_seed(seed, "method")) for m in items}
-    samples = 0
+    if check_target(target, label=True) == "tensor" and target.dim() != 1:
+        raise ValueError(f"a target tensor needs one class per sample of the data, shape (N,); got "
+                         f"{tuple(target.shape)}")
+    run = _Run(model, items, specs, seed)
     bar = None
     if progress:
         from tqdm.auto import tqdm
@@ -344,39 +297,59 @@ def evaluate(
         for x, y in batches:
             if x.dim() == 0 or x.shape[0] == 0:
                 continue
-            t = _batch_target(model, x, y, target, samples)
-            if samples == 0:  # one untimed, uncounted call first: lazy set-up costs are not the method's
-                for m in items:
-                    explainers[m.label](model, x[:1], t[:1] if isinstance(t, torch.Tensor) else t)
-            samples += x.shape[0]
-            for m in items:
-                start = time.perf_counter()
-                with count_passes() as counted:
-                    a = explainers[m.label](model, x, t)
-                seconds[m.label] += time.perf_counter() - start
-                passes[m.label].add(counted.forward_rows, counted.backward_rows)
-                try:
-                    a = check_attributions(x, a)
-                except (TypeError, ValueError) as e:
-                    raise type(e)(f"method {m.label!r}: {e}") from None
-                for label, spec in specs.items():
-                    value, curve = _run_metric(label, spec, model, x, a, m, t, seed)
-                    scores[m.label, label].append(value)
-                    if curve is not None:
-                        curves.setdefault((m.label, label), []).append(curve)
+            run.batch(x, _batch_target(model, x, y, target, run.samples))
     finally:
         if bar is not None:
             bar.close()
-    if samples == 0:
+    if run.samples == 0:
         raise ValueError("data hold no samples: nothing to evaluate")
-    if isinstance(target, torch.Tensor) and target.shape[0] != samples:
-        raise ValueError(f"target has {target.shape[0]} entries but the data hold {samples} samples")
-    return EvaluationTable(
-        methods=tuple(m.label for m in items), metrics=tuple(specs), better={k: s.better for k, s in specs.items()},
-        scores={key: torch.cat(v) if v else torch.empty(0, dtype=torch.float64) for key, v in scores.items()},
-        curves={key: torch.cat(v) for key, v in curves.items()}, seconds=seconds,
-        forward_rows={k: p.forward_rows for k, p in passes.items()},
-        backward_rows={k: p.backward_rows for k, p in passes.items()}, samples=samples, seed=seed)
+    if isinstance(target, torch.Tensor) and target.shape[0] != run.samples:
+        raise ValueError(f"target has {target.shape[0]} entries but the data hold {run.samples} samples")
+    return run.table()
+
+
+class _Run:
+    """What :func:`evaluate` gathers batch by batch: per-sample scores, curves, time and pass counts per method."""
+
+    def __init__(self, model: nn.Module, items: list[ResolvedMethod], specs: dict[str, MetricSpec], seed: int):
+        self.model, self.items, self.specs, self.seed = model, items, specs, seed
+        self.explainers = {m.label: m.bind(model, seed=derived_seed(seed, "method")) for m in items}
+        self.scores: dict[tuple[str, str], list[torch.Tensor]] = {(m.label, k): [] for m in items for k in specs}
+        self.curves: dict[tuple[str, str], list[torch.Tensor]] = {}
+        self.seconds = {m.label: 0.0 for m in items}
+        self.passes = {m.label: PassCount() for m in items}
+        self.samples = 0
+
+    def batch(self, x: torch.Tensor, t) -> None:
+        """Every method's attributions of one batch (timed, counted) and every metric of them."""
+        if self.samples == 0:  # one untimed, uncounted call first: lazy set-up costs are not the method's
+            for m in self.items:
+                self.explainers[m.label](x[:1], t[:1] if isinstance(t, torch.Tensor) else t)
+        self.samples += x.shape[0]
+        for m in self.items:
+            start = time.perf_counter()
+            with count_passes() as counted:
+                a = self.explainers[m.label](x, t)
+            self.seconds[m.label] += time.perf_counter() - start
+            self.passes[m.label].add(counted.forward_rows, counted.backward_rows)
+            try:
+                a = check_attributions(x, a)
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"method {m.label!r}: {e}") from None
+            for label, spec in self.specs.items():
+                value, curve = _run_metric(label, spec, self.model, x, a, m, t, self.seed)
+                self.scores[m.label, label].append(value)
+                if curve is not None:
+                    self.curves.setdefault((m.label, label), []).append(curve)
+
+    def table(self) -> EvaluationTable:
+        return EvaluationTable(
+            methods=tuple(m.label for m in self.items), metrics=tuple(self.specs),
+            better={k: s.better for k, s in self.specs.items()},
+            scores={key: torch.cat(v) if v else torch.empty(0, dtype=torch.float64) for key, v in self.scores.items()},
+            curves={key: torch.cat(v) for key, v in self.curves.items()}, seconds=self.seconds,
+            forward_rows={k: p.forward_rows for k, p in self.passes.items()},
+            backward_rows={k: p.backward_rows for k, p in self.passes.items()}, samples=self.samples, seed=self.seed)
 
 
 def efficiency(model: nn.Module, data, methods: Sequence = ("gradient",), **options) -> EvaluationTable:
@@ -405,12 +378,7 @@ def named_metrics(metrics) -> dict[str, MetricSpec]:
                                 f"{item!r}")
             label, item, options = item[0], item[1], (item[2] if len(item) == 3 else {})
         if isinstance(item, str):
-            if item not in METRICS:
-                near = difflib.get_close_matches(item, METRICS, n=3, cutoff=0.5)
-                hint = f"; did you mean {' or '.join(map(repr, near))}?" if near else ""
-                raise ValueError(f"unknown metric {item!r}{hint} Known metrics: {', '.join(metric_names())} "
-                                 "(or a callable)")
-            base = METRICS[item]
+            base = get_metric(item)
             spec = MetricSpec(base.fn, base.kind, base.better, {**base.options, **options}, base.absolute)
             label = item if label is None else label
         elif callable(item):
@@ -434,7 +402,7 @@ def _callable_kind(fn) -> str:
     return METHOD if len(params) >= 3 and params[2].name == "method" else ATTRIBUTIONS
 
 
-def _run_metric(label: str, spec: MetricSpec, model, x, a, method: NamedMethod, target, seed: int):
+def _run_metric(label: str, spec: MetricSpec, model, x, a, method: ResolvedMethod, target, seed: int):
     """(N,) float64 scores on the CPU and the (N, K+1) curve if the metric has one."""
     options = dict(spec.options)
     if "seed" not in options and spec.takes("seed"):
@@ -496,16 +464,6 @@ def _split(item) -> tuple[torch.Tensor, torch.Tensor | None]:
     raise TypeError(f"data must yield input tensors or (inputs, labels) batches, got {type(item).__name__}")
 
 
-def _check_target(target) -> None:
-    if target is None or target == "label" or callable(target):
-        return
-    if isinstance(target, int) and not isinstance(target, bool):
-        return
-    if isinstance(target, torch.Tensor) and target.dim() == 1 and not target.is_floating_point():
-        return
-    raise ValueError(f"target must be None, 'label', an int, a 1-D integer tensor or a callable; got {target!r}")
-
-
 def _batch_target(model, x: torch.Tensor, y, target, offset: int):
     """The batch's target, fixed once: class indices (or the user's callable)."""
     if target == "label":
@@ -517,9 +475,7 @@ def _batch_target(model, x: torch.Tensor, y, target, offset: int):
         if part.shape[0] != x.shape[0]:
             raise ValueError(f"target has {target.shape[0]} entries, fewer than the samples of the data")
         return resolve_target(model, x, part.to(x.device))
-    if callable(target):
-        return target
-    return resolve_target(model, x, target)
+    return resolve_target(model, x, target, keep_callable=True)
 
 
-__all__ = ["EvaluationTable", "efficiency", "evaluate", "metric_names"]
+__all__ = ["EvaluationTable", "efficiency", "evaluate"]

@@ -75,6 +75,7 @@ from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import Forward, check_inputs, check_model, chunk_rows, default_batch_size
 from ..core.randomness import SampleStreams
 from .common import check_attributions, derived_seed, resolve_target
+from .registry import ATTRIBUTIONS, register_metric
 
 CONVENTIONS = ("gradient", "salience")
 #: the built-in perturbations and their options (None: chosen from the input, see the module doc)
@@ -87,6 +88,7 @@ PERTURBATIONS: dict[str, dict[str, Any]] = {
 DEFAULT_SAMPLES = 100
 
 
+@register_metric("infidelity", takes=ATTRIBUTIONS, better="lower")
 def infidelity(
     model: nn.Module,
     inputs: torch.Tensor,

@@ -49,6 +49,7 @@ from ..core.engine import Forward, check_inputs, check_model, chunk_rows, defaul
 from ..core.reduce import check_reduce
 from ..core.targets import Target
 from .common import as_map, check_attributions, resolve_target
+from .registry import ATTRIBUTIONS, register_metric
 
 SCORES = ("probability", "logit")
 ORDERS = ("morf", "lerf")
@@ -325,6 +326,8 @@ def finish(curve: torch.Tensor, pred: torch.Tensor, fractions: torch.Tensor, sco
     return result
 
 
+@register_metric("aopc_morf", takes=ATTRIBUTIONS, better="higher", options={"order": "morf"})
+@register_metric("aopc_lerf", takes=ATTRIBUTIONS, better="lower", options={"order": "lerf"})
 def pixel_perturbation(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *,
                        order: str = "morf", replacement="mean", replacement_options: dict | None = None,
                        patch_size=1, steps: int = 20, fractions=None, score: str = "probability",
@@ -363,6 +366,7 @@ def pixel_perturbation(model: nn.Module, inputs: torch.Tensor, attributions: tor
     return perturbation_curve(**locals(), insert=False, summary="aopc")  # its arguments, as given
 
 
+@register_metric("deletion", takes=ATTRIBUTIONS, better="lower")
 def deletion(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *,
              replacement="zero", replacement_options: dict | None = None, patch_size=1, steps: int = 20,
              fractions=None, score: str = "probability", reduce: str | None = "sum", seed: int | None = None,
@@ -375,6 +379,7 @@ def deletion(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor,
     return perturbation_curve(**locals(), insert=False, order="morf", summary="auc")
 
 
+@register_metric("insertion", takes=ATTRIBUTIONS, better="higher")
 def insertion(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *,
               replacement="blur", replacement_options: dict | None = None, patch_size=1, steps: int = 20,
               fractions=None, score: str = "probability", reduce: str | None = "sum", seed: int | None = None,

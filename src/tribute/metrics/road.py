@@ -44,6 +44,7 @@ from .perturbation import (
     unit_ids,
     unit_ranks,
 )
+from .registry import ATTRIBUTIONS, register_metric
 
 #: the neighbour weights of Rong et al.'s imputation: 1/6 for direct and 1/12 for diagonal neighbours
 NEIGHBOUR_WEIGHTS = ((1 / 12, 1 / 6, 1 / 12), (1 / 6, 0.0, 1 / 6), (1 / 12, 1 / 6, 1 / 12))
@@ -167,6 +168,8 @@ _IMPUTE_ELEMENTS = 2**19
 DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+@register_metric("road_morf", takes=ATTRIBUTIONS, better="higher", options={"order": "morf"})
+@register_metric("road_lerf", takes=ATTRIBUTIONS, better="lower", options={"order": "lerf"})
 def road(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *,
          fractions=DEFAULT_FRACTIONS, order: str = "morf", noise: float = 0.01, patch_size=1,
          score: str = "probability", reduce: str | None = "sum", seed: int | None = None,

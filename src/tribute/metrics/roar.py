@@ -41,7 +41,6 @@ the same initialisation and the same training seed, so rows differ only by the d
 from __future__ import annotations
 
 import csv
-import functools
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -52,12 +51,14 @@ import torch
 from torch import nn
 
 from ..core import options as opt
-from ..core.method import Method
-from ..core.randomness import SampleStreams
-from ..core.registry import get_method
-from ..core.registry import methods as registered_methods
-from .common import as_explainer, check_attributions, derived_seed, resolve_target
+from ..core.engine import check_model
+from ..core.targets import check_target
+from ..training import accuracy, trainer
+from .common import check_attributions, derived_seed, resolve_target
+from .methods import RANDOM, named_methods, random_attribution, resolve_method
 from .perturbation import check_fractions, element_mask, unit_counts, unit_ids, unit_ranks
+from .reinitialise import randomised_copy
+from .road import noisy_linear_imputation
 
 MODES = ("roar", "kar", "both")
 UNITS = ("pixel", "value")
@@ -67,114 +68,9 @@ DEFAULT_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 #: digits they train an MLP 64-64-10 to a test accuracy of 0.94 and a two-convolution CNN to 0.85 (measured);
 #: pass ``train_options`` that train your model well (every row of ROAR is trained the same way)
 DEFAULT_TRAINING: dict[str, Any] = {"epochs": 20, "lr": 1e-3, "optimizer": "adam", "batch_size": 64}
-RANDOM = "random"
-
-
-# -- methods: names, labels, the random baseline ----------------------------------------------------------------
-def random_attribution(model: nn.Module, inputs: torch.Tensor, target=None, *, seed: int | None = 0) -> torch.Tensor:
-    """Uniform noise on [0, 1) of the inputs' shape: the random ranking of ROAR's baseline row.
-
-    Each sample draws from its own stream (seeded from ``seed`` and the sample's bytes, see
-    :class:`tribute.core.randomness.SampleStreams`), so a sample gets the same map in any batch.  ``model`` and
-    ``target`` are ignored; they make this a method callable ``(model, inputs, target)``.
-    """
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1 or inputs.shape[0] == 0:
-        raise ValueError("random_attribution needs a non-empty batch of inputs")
-    streams = SampleStreams(inputs, seed)
-    return streams.draw("uniform", torch.arange(inputs.shape[0]), tuple(inputs.shape[1:]), dtype=inputs.dtype,
-                        device=inputs.device)
-
-
-@dataclass(frozen=True)
-class NamedMethod:
-    """A method to run, its label and the options for a name or Method class."""
-
-    label: str
-    method: Any
-    options: dict[str, Any]
-
-    def explainer(self, seed: int | None) -> Callable:
-        """``(model, inputs, target) -> attributions``, with ``seed`` given to a method that takes one."""
-        if self.method is random_attribution:
-            return functools.partial(random_attribution, seed=seed)
-        schema, preset = _schema(self.method)
-        options = dict(self.options)
-        if schema is not None and "seed" in schema and "seed" not in options and preset.get("seed") is None:
-            options["seed"] = seed
-        return as_explainer(self.method, **options)
-
-
-def _schema(method) -> tuple[dict | None, dict]:
-    """The method's option schema and the options an instance already fixes (None: a plain callable)."""
-    from .robustness import _Explainer
-
-    return _Explainer._schema(method)
-
-
-def method_label(method) -> str:
-    """A method's name for tables: the registry name, a Method's name, a callable's ``__name__``."""
-    if isinstance(method, str):
-        return method
-    if isinstance(method, functools.partial):
-        return method_label(method.func)
-    return getattr(method, "name", None) or getattr(method, "__name__", None) or type(method).__name__
-
-
-def named_methods(methods, *, name: str = "methods") -> list[NamedMethod]:
-    """The user's ``methods`` as labelled methods, checked.
-
-    Each item is a registry name (``"random"``, if no method of that name is registered, is
-    :func:`random_attribution`), a :class:`tribute.Method` class or instance, a callable
-    ``(model, inputs, target) -> attributions``, a ``(label, method)`` pair or a ``(label, method, options)``
-    triple (options for a name or Method class).  Unknown names raise a ValueError naming the nearest ones;
-    two methods with the same label are an error.
-    """
-    if isinstance(methods, (str, Method)) or (callable(methods) and not isinstance(methods, Sequence)):
-        methods = [methods]
-    if not isinstance(methods, Sequence):
-        raise TypeError(f"{name} must be a list of method names, Methods, callables or (label, method) pairs; "
-                        f"got {type(methods).__name__}")
-    if len(methods) == 0:
-        raise ValueError(f"{name} is empty: give at least one method")
-    out: list[NamedMethod] = []
-    for item in methods:
-        label, options = None, {}
-        if isinstance(item, tuple):
-            if len(item) not in (2, 3) or not isinstance(item[0], str):
-                raise TypeError(f"{name}: a tuple must be (label, method) or (label, method, options); got {item!r}")
-            if len(item) == 3 and not isinstance(item[2], dict):
-                raise TypeError(f"{name}: the options of {item[0]!r} must be a dict, got {type(item[2]).__name__}")
-            label, item, options = item[0], item[1], (item[2] if len(item) == 3 else {})
-        out.append(_named(label, item, options, name))
-    return _unique(out, name)
-
-
-def _named(label, method, options, name) -> NamedMethod:
-    if isinstance(method, str):
-        if method == RANDOM and RANDOM not in registered_methods():
-            method = random_attribution
-        else:
-            get_method(method)  # an unknown name raises here, with the nearest names
-    elif not (callable(method) or isinstance(method, Method)):
-        raise TypeError(f"{name}: a method must be a registered name, a tribute Method or a callable "
-                        f"(model, inputs, target) -> attributions; got {type(method).__name__}")
-    label = method_label(method) if label is None else label
-    if label == "random_attribution":
-        label = RANDOM
-    if options and not (isinstance(method, str) or (isinstance(method, type) and issubclass(method, Method))
-                        or isinstance(method, Method)):
-        raise TypeError(f"{name}: options for {label!r} can only be given with a method name or Method")
-    return NamedMethod(label, method, dict(options))
-
-
-def _unique(items: list[NamedMethod], name: str) -> list[NamedMethod]:
-    seen: set[str] = set()
-    for m in items:
-        if m.label in seen:
-            raise ValueError(f"{name}: two methods are labelled {m.label!r}; pass (label, method) pairs to tell "
-                             "them apart")
-        seen.add(m.label)
-    return items
+#: the target kinds ROAR cannot use, and why
+REFUSED_TARGETS = {"tensor": "one tensor cannot serve both the training and the test set; pass 'label', None, "
+                             "a class index or a callable"}
 
 
 # -- the result --------------------------------------------------------------------------------------------------
@@ -335,7 +231,7 @@ def roar(
     model_factory : callable, optional
         ``model_factory() -> nn.Module``, a fresh untrained model; called with torch's CPU generator seeded from
         the repeat's initialisation seed (then restored).  Default: a deep copy of ``model`` with every
-        parameter re-initialised as :func:`tribute.metrics.sanity.reinitialise` does (PyTorch's default
+        parameter re-initialised as :func:`tribute.metrics.reinitialise.reinitialise` does (PyTorch's default
         initialisation) and batch-norm statistics reset.
     reference : also train on the unmodified data (the t = 0 accuracy).
     repeats : independent repeats (initialisation and training seeds differ; Hooker et al. use 5).
@@ -348,93 +244,34 @@ def roar(
     RoarResult
     """
     t0 = time.perf_counter()
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    x_train, y_train = _check_data("train_data", train_data)
-    x_test, y_test = _check_data("test_data", test_data)
+    _check_models(model, model_factory)
+    (x_train, y_train), (x_test, y_test) = _check_data("train_data", train_data), _check_data("test_data", test_data)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise ValueError(f"train_data and test_data inputs differ in shape: {tuple(x_train.shape[1:])} and "
                          f"{tuple(x_test.shape[1:])}")
     fractions_t = check_fractions(fractions, closed=False)
-    opt.choice(MODES)("mode", mode)
-    opt.choice(UNITS)("unit", unit)
-    opt.choice(REPLACEMENTS)("replacement", replacement)
-    opt.boolean("absolute", absolute)
-    opt.boolean("reference", reference)
-    opt.boolean("progress", progress)
-    opt.real(0)("noise", noise)
-    repeats = opt.integer(1)("repeats", repeats)
-    seed = opt.integer(0)("seed", seed)
-    batch_size = opt.optional(opt.integer(1))("batch_size", batch_size) or 256
-    if replacement == "noisy_linear" and x_train.dim() != 4:
-        raise ValueError(f"replacement='noisy_linear' imputes pixels of (N, C, H, W) images; the inputs have shape "
-                         f"{tuple(x_train.shape)}")
-    _check_target(target)
-    if model_factory is not None and not callable(model_factory):
-        raise TypeError(f"model_factory must be a callable () -> nn.Module, got {type(model_factory).__name__}")
-    train = _trainer(train_fn, train_options)
-    tests = ("roar", "kar") if mode == "both" else (mode,)
-
+    repeats, seed, batch_size = _check_options(mode, unit, replacement, absolute, reference, progress, noise, x_train,
+                                               repeats, seed, batch_size)
+    check_target(target, label=True, refuse=REFUSED_TARGETS)
+    train = trainer(train_fn, train_options, owner="roar", defaults=DEFAULT_TRAINING)
     items = named_methods(methods)
     if RANDOM not in [m.label for m in items]:
-        items.append(NamedMethod(RANDOM, random_attribution, {}))
-    method_seed = derived_seed(seed, "method")
+        items.append(resolve_method(random_attribution))
     ids, units = unit_ids(_ranked_shape(x_train, unit), patch_size)
-    counts = unit_counts(fractions_t, units)
-    bad = [(float(t), int(k)) for t, k in zip(fractions_t, counts, strict=True) if not 0 < k < units]
-    if bad:
-        raise ValueError(f"fractions: {bad[0][0]} of {units} {unit} units rounds to {bad[0][1]}; every fraction must "
-                         f"remove at least one unit and keep at least one")
-    fill = _channel_mean(x_train)
-    imputation_seed = derived_seed(seed, "imputation")
+    counts = _unit_counts(fractions_t, units, unit)
 
-    ranks: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for m in items:
-        explainer = m.explainer(method_seed)
-        ranks[m.label] = tuple(
-            _ranks(model, explainer, m.label, x, y, target, unit, absolute, ids, units, batch_size)
-            for x, y in ((x_train, y_train), (x_test, y_test)))
-
-    from ..training import accuracy
-
+    ranks = {m.label: tuple(_ranks(m.bind(model, seed=derived_seed(seed, "method")), m.label, *data, target, unit,
+                                   absolute, ids, units, batch_size) for data in ((x_train, y_train), (x_test, y_test)))
+             for m in items}
     original = accuracy(model, (x_test, y_test), batch_size=batch_size)
-    total = repeats * (len(tests) * len(items) * len(counts) + int(reference))
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-        bar = tqdm(total=total, desc="ROAR/KAR", unit="model")
-    runs: dict[tuple[str, str], list[list[float]]] = {(t, m.label): [] for t in tests for m in items}
-    references: list[float] = []
-    try:
-        for r in range(repeats):
-            init_seed, train_seed = derived_seed(seed, f"init/{r}"), derived_seed(seed, f"train/{r}")
-
-            def retrained_accuracy(xtr, xte, seeds=(init_seed, train_seed)):
-                acc = _retrained_accuracy(model, model_factory, train, seeds, (xtr, y_train), (xte, y_test),
-                                          batch_size)
-                if bar is not None:
-                    bar.update(1)
-                return acc
-
-            if reference:
-                references.append(retrained_accuracy(x_train, x_test))
-            for test in tests:
-                for m in items:
-                    row = []
-                    for k in counts.tolist():
-                        modified = [_modify(x, rk, ids, k, test == "kar", fill, replacement, noise, imputation_seed,
-                                            batch_size) for x, rk in zip((x_train, x_test), ranks[m.label],
-                                                                           strict=True)]
-                        row.append(retrained_accuracy(*modified))
-                    runs[test, m.label].append(row)
-    finally:
-        if bar is not None:
-            bar.close()
+    removal = _Removal(ids, _channel_mean(x_train), replacement, noise, derived_seed(seed, "imputation"), batch_size)
+    retrain = _Retraining(model, model_factory, train, (x_train, y_train), (x_test, y_test), batch_size)
+    tests = ("roar", "kar") if mode == "both" else (mode,)
+    runs, references = retrain.all(tests, ranks, counts, removal, repeats, seed, reference, progress)
     info = {"unit": unit, "absolute": absolute, "patch_size": patch_size, "replacement": replacement,
-            "noise": noise if replacement == "noisy_linear" else None, "target": target if isinstance(
-                target, (str, int, type(None))) else "callable", "train samples": int(x_train.shape[0]),
-            "test samples": int(x_test.shape[0]), "units": units, "repeats": repeats, "seed": seed,
-            "training": "train_fn" if train_fn is not None else repr({**DEFAULT_TRAINING, **(train_options or {})}),
+            "noise": noise if replacement == "noisy_linear" else None, "target": _target_name(target),
+            "train samples": int(x_train.shape[0]), "test samples": int(x_test.shape[0]), "units": units,
+            "repeats": repeats, "seed": seed, "training": _training_name(train_fn, train_options),
             "seconds": round(time.perf_counter() - t0, 3)}
     return RoarResult(
         tests=tests, methods=tuple(m.label for m in items), fractions=tuple(fractions_t.tolist()),
@@ -467,49 +304,121 @@ def _check_data(name: str, data) -> tuple[torch.Tensor, torch.Tensor]:
     return x.detach(), y
 
 
-def _check_target(target) -> None:
-    if target is None or target == "label" or callable(target):
-        return
-    if isinstance(target, int) and not isinstance(target, bool) and target >= 0:
-        return
-    raise ValueError(f"target must be 'label', None (the predicted class), a class index >= 0 or a callable; got "
-                     f"{target!r} (a tensor cannot serve both the training and the test set)")
+def _check_models(model, model_factory) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    check_model(model)  # before any forward pass: a refused model is left as it was
+    if model_factory is not None and not callable(model_factory):
+        raise TypeError(f"model_factory must be a callable () -> nn.Module, got {type(model_factory).__name__}")
 
 
-def _trainer(train_fn, train_options) -> Callable:
-    """``train(model, x, y, seed) -> model | None`` from the user's ``train_fn`` or the built-in trainer."""
-    if train_fn is not None:
-        from ..training import _accepts_seed
-        from .sanity import _trainer as checked_train_fn  # the same checks as label randomisation's
-
-        train_fn = checked_train_fn(train_fn, 0, train_options)
-        takes_seed = _accepts_seed(train_fn)
-        return lambda m, x, y, s: train_fn(m, x, y, seed=s) if takes_seed else train_fn(m, x, y)
-    if not isinstance(train_options, dict | None):
-        raise TypeError(f"train_options must be a dict, got {type(train_options).__name__}")
-    options = dict(train_options or {})
-    if "seed" in options:
-        raise TypeError("train_options: the trainer's seed comes from roar's seed=")
-    from ..training import fit
-
-    options = {**DEFAULT_TRAINING, "progress": False, **options}
-
-    def train(m, x, y, s):
-        fit(m, (x, y), seed=s, **options)
-        return m
-    return train
+def _target_name(target) -> str | int | None:
+    return target if isinstance(target, (str, int, type(None))) else "callable"
 
 
-def _retrained_accuracy(model, model_factory, train, seeds, train_data, test_data, batch_size) -> float:
-    """Accuracy on ``test_data`` of a fresh model trained on ``train_data`` (seeds: initialisation, training)."""
-    from ..training import accuracy
+def _training_name(train_fn, train_options) -> str:
+    return "train_fn" if train_fn is not None else repr({**DEFAULT_TRAINING, **(train_options or {})})
 
-    fresh = _fresh_model(model, model_factory, seeds[0])
-    trained = train(fresh, *train_data, seeds[1])
-    trained = fresh if trained is None else trained
-    if not isinstance(trained, nn.Module):
-        raise TypeError(f"train_fn must return the trained nn.Module or None, got {type(trained).__name__}")
-    return accuracy(trained.eval(), test_data, batch_size=batch_size)
+
+def _check_options(mode, unit, replacement, absolute, reference, progress, noise, x_train, repeats, seed,
+                   batch_size) -> tuple[int, int, int]:
+    """The options checked; returns the repeats, the seed and the batch size (default 256)."""
+    opt.choice(MODES)("mode", mode)
+    opt.choice(UNITS)("unit", unit)
+    opt.choice(REPLACEMENTS)("replacement", replacement)
+    opt.boolean("absolute", absolute)
+    opt.boolean("reference", reference)
+    opt.boolean("progress", progress)
+    opt.real(0)("noise", noise)
+    if replacement == "noisy_linear" and x_train.dim() != 4:
+        raise ValueError(f"replacement='noisy_linear' imputes pixels of (N, C, H, W) images; the inputs have shape "
+                         f"{tuple(x_train.shape)}")
+    return (opt.integer(1)("repeats", repeats), opt.integer(0)("seed", seed),
+            opt.optional(opt.integer(1))("batch_size", batch_size) or 256)
+
+
+def _unit_counts(fractions: torch.Tensor, units: int, unit: str) -> torch.Tensor:
+    """Units removed at each fraction; each must remove at least one unit and keep at least one."""
+    counts = unit_counts(fractions, units)
+    bad = [(float(t), int(k)) for t, k in zip(fractions, counts, strict=True) if not 0 < k < units]
+    if bad:
+        raise ValueError(f"fractions: {bad[0][0]} of {units} {unit} units rounds to {bad[0][1]}; every fraction must "
+                         f"remove at least one unit and keep at least one")
+    return counts
+
+
+@dataclass(frozen=True)
+class _Removal:
+    """How the top-k units of a sample are removed (or, for KAR, kept): which units, and what replaces them."""
+
+    ids: torch.Tensor
+    fill: torch.Tensor
+    replacement: str
+    noise: float
+    seed: int | None
+    batch_size: int
+
+    def __call__(self, x: torch.Tensor, ranks: torch.Tensor, k: int, keep: bool) -> torch.Tensor:
+        """``x`` with the top-k units of each sample replaced (or, with ``keep``, all the others)."""
+        out = []
+        for first in range(0, x.shape[0], self.batch_size):
+            xb = x[first:first + self.batch_size]
+            top = element_mask(ranks[first:first + self.batch_size].long(), self.ids,
+                               torch.full((xb.shape[0],), k))
+            removed = (~top if keep else top).to(xb.device)
+            if self.replacement == "mean":
+                out.append(torch.where(removed, self.fill, xb))
+            else:
+                out.append(noisy_linear_imputation(xb, removed, noise=self.noise, seed=self.seed))
+        return torch.cat(out)
+
+
+@dataclass(frozen=True)
+class _Retraining:
+    """Fresh models trained on modified training data and tested on equally modified test data."""
+
+    model: nn.Module
+    model_factory: Callable | None
+    train: Callable
+    train_data: tuple[torch.Tensor, torch.Tensor]
+    test_data: tuple[torch.Tensor, torch.Tensor]
+    batch_size: int
+
+    def accuracy(self, x_train: torch.Tensor, x_test: torch.Tensor, seeds: tuple[int, int]) -> float:
+        """Accuracy on ``x_test`` of a fresh model trained on ``x_train`` (seeds: initialisation, training)."""
+        fresh = _fresh_model(self.model, self.model_factory, seeds[0])
+        trained = self.train(fresh, x_train, self.train_data[1], seeds[1])
+        return accuracy(trained.eval(), (x_test, self.test_data[1]), batch_size=self.batch_size)
+
+    def all(self, tests, ranks, counts, removal: _Removal, repeats: int, seed: int, reference: bool, progress: bool):
+        """Every (test, method) row of every repeat, and the reference accuracies."""
+        total = repeats * (len(tests) * len(ranks) * len(counts) + int(reference))
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+            bar = tqdm(total=total, desc="ROAR/KAR", unit="model")
+        runs: dict[tuple[str, str], list[list[float]]] = {(t, label): [] for t in tests for label in ranks}
+        references: list[float] = []
+        data = (self.train_data[0], self.test_data[0])
+        try:
+            for r in range(repeats):
+                seeds = (derived_seed(seed, f"init/{r}"), derived_seed(seed, f"train/{r}"))
+                if reference:
+                    references.append(self.accuracy(*data, seeds))
+                    if bar is not None:
+                        bar.update(1)
+                for test, label in runs:
+                    row = []
+                    for k in counts.tolist():
+                        modified = [removal(x, rk, k, test == "kar") for x, rk in zip(data, ranks[label], strict=True)]
+                        row.append(self.accuracy(*modified, seeds))
+                        if bar is not None:
+                            bar.update(1)
+                    runs[test, label].append(row)
+        finally:
+            if bar is not None:
+                bar.close()
+        return runs, references
 
 
 def _fresh_model(model: nn.Module, model_factory, init_seed: int) -> nn.Module:
@@ -523,8 +432,6 @@ def _fresh_model(model: nn.Module, model_factory, init_seed: int) -> nn.Module:
         if fresh is model:
             raise ValueError("model_factory returned the user's model itself; it must build a new one")
         return fresh
-    from .sanity import randomised_copy
-
     try:
         fresh = randomised_copy(model, [""], seed=init_seed)
     except ValueError as e:
@@ -549,7 +456,7 @@ def _channel_mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=dims, keepdim=True)
 
 
-def _ranks(model, explainer, label, x, y, target, unit, absolute, ids, units, batch_size) -> torch.Tensor:
+def _ranks(explain, label, x, y, target, unit, absolute, ids, units, batch_size) -> torch.Tensor:
     """(N, units) int32: each unit's position in the ranking (0 = top) by the method's attribution scores."""
     out = []
     for first in range(0, x.shape[0], batch_size):
@@ -557,10 +464,10 @@ def _ranks(model, explainer, label, x, y, target, unit, absolute, ids, units, ba
         if target == "label":
             t = y[first:first + batch_size].to(xb.device)
         elif target is None:
-            t = resolve_target(model, xb, None)
+            t = resolve_target(explain.model, xb, None)
         else:
             t = target
-        a = explainer(model, xb, t)
+        a = explain(xb, t)
         try:
             a = check_attributions(xb, a)
         except (TypeError, ValueError) as e:
@@ -575,19 +482,4 @@ def _ranks(model, explainer, label, x, y, target, unit, absolute, ids, units, ba
     return torch.cat(out)
 
 
-def _modify(x, ranks, ids, k, keep, fill, replacement, noise, seed, batch_size) -> torch.Tensor:
-    """``x`` with the top-k units of each sample replaced (or, with ``keep``, all the others)."""
-    out = []
-    for first in range(0, x.shape[0], batch_size):
-        xb = x[first:first + batch_size]
-        top = element_mask(ranks[first:first + batch_size].long(), ids, torch.full((xb.shape[0],), k))
-        removed = (~top if keep else top).to(xb.device)
-        if replacement == "mean":
-            out.append(torch.where(removed, fill, xb))
-        else:
-            from .road import noisy_linear_imputation
-            out.append(noisy_linear_imputation(xb, removed, noise=noise, seed=seed))
-    return torch.cat(out)
-
-
-__all__ = ["RoarResult", "kar", "random_attribution", "roar"]
+__all__ = ["RoarResult", "kar", "roar"]

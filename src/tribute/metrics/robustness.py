@@ -25,7 +25,7 @@ noise instead of the inputs) gets the clean inputs as key at every perturbed poi
 identical noise draws (common random numbers) and the score measures the explanation's change alone.
 
 ``method`` is a registry name, a :class:`tribute.Method` class or instance, or a callable
-``(model, inputs, target) -> attributions`` (see :mod:`tribute.metrics.common`); ``method_options`` go to
+``(model, inputs, target) -> attributions`` (see :mod:`tribute.metrics.methods`); ``method_options`` go to
 a name, class or instance, not to a plain callable.  Perturbed points go through the method in chunks of
 ``batch_size`` points (also the method's own ``batch_size`` unless set in ``method_options``).
 """
@@ -37,17 +37,17 @@ from torch import nn
 
 from ..core import options as opt
 from ..core.engine import check_inputs, check_model, chunk_rows, default_batch_size
-from ..core.method import Method
 from ..core.randomness import SampleStreams
-from ..core.registry import get_method
-from .common import as_explainer, derived_seed, resolve_target
+from .common import derived_seed, resolve_target
+from .methods import NOISE_KEY as NOISE_KEY  # the option's name, documented here too
+from .methods import resolve_method
+from .registry import METHOD, register_metric
 
 NORMS = ("l2", "l1", "linf")
 BALLS = ("linf", "l2")
-#: the option through which a stochastic method takes the tensor that keys its noise (module doc)
-NOISE_KEY = "noise_key"
 
 
+@register_metric("max_sensitivity", takes=METHOD, better="lower")
 def max_sensitivity(model: nn.Module, inputs: torch.Tensor, method, target=None, *, radius: float = 0.02,
                     samples: int = 10, norm: str = "l2", ball: str = "linf", relative: bool = False,
                     seed: int | None = 0, batch_size: int | None = None,
@@ -88,6 +88,7 @@ def max_sensitivity(model: nn.Module, inputs: torch.Tensor, method, target=None,
     return _scaled(change.amax(1), phi0, norm, relative, inputs)
 
 
+@register_metric("avg_sensitivity", takes=METHOD, better="lower")
 def avg_sensitivity(model: nn.Module, inputs: torch.Tensor, method, target=None, *, radius: float = 0.02,
                     samples: int = 10, norm: str = "l2", ball: str = "linf", relative: bool = False,
                     seed: int | None = 0, batch_size: int | None = None,
@@ -103,6 +104,7 @@ def avg_sensitivity(model: nn.Module, inputs: torch.Tensor, method, target=None,
     return _scaled(change.mean(1), phi0, norm, relative, inputs)
 
 
+@register_metric("local_lipschitz", takes=METHOD, better="lower")
 def local_lipschitz(model: nn.Module, inputs: torch.Tensor, method, target=None, *, radius: float = 0.02,
                     samples: int = 10, norm: str = "l2", ball: str = "linf", seed: int | None = 0,
                     batch_size: int | None = None, method_options: dict | None = None) -> torch.Tensor:
@@ -151,9 +153,9 @@ def explanation_changes(model: nn.Module, inputs: torch.Tensor, method, target=N
     if method_options is not None and not isinstance(method_options, dict):
         raise TypeError(f"method_options must be a dict or None, got {type(method_options).__name__}")
     x = inputs.detach()
+    explain = resolve_method(method, method_options).bind(model, seed=seed, batch_size=batch_size)
     target = resolve_target(model, x, target, batch_size=batch_size)
-    explain = _Explainer(method, method_options or {}, seed, batch_size)
-    phi0 = _checked(explain(model, x, target, x), x.shape[0], None)
+    phi0 = _checked(explain(x, target, noise_key=x), x.shape[0], None)
     streams = SampleStreams(x, derived_seed(seed, "robustness perturbations"))
     n = x.shape[0]
     change = torch.empty(n, samples, dtype=torch.float64)
@@ -163,39 +165,10 @@ def explanation_changes(model: nn.Module, inputs: torch.Tensor, method, target=N
         sample, draw = r // samples, r % samples
         on = sample.to(x.device)
         delta = _ball_rows(streams, sample, x, radius, ball)
-        phi = _checked(explain(model, x[on] + delta, target[sample.to(target.device)], x[on]), len(r), phi0.shape)
+        phi = _checked(explain(x[on] + delta, target[sample.to(target.device)], noise_key=x[on]), len(r), phi0.shape)
         change[sample, draw] = _norm(phi - phi0[sample.to(phi0.device)], norm).cpu()
         step[sample, draw] = _norm(delta, norm).cpu()
     return phi0, change, step
-
-
-class _Explainer:
-    """The method as ``(model, rows, target, key) -> attributions``, with the metric's seed, chunk size and
-    noise key passed to a method that takes them."""
-
-    def __init__(self, method, options: dict, seed: int | None, batch_size: int):
-        schema, preset = self._schema(method)
-        self.method, self.options = method, dict(options)
-        for name, value in (("seed", seed), ("batch_size", batch_size)):
-            if schema is not None and name in schema and name not in self.options and preset.get(name) is None:
-                self.options[name] = value
-        self.keyed = schema is not None and NOISE_KEY in schema and NOISE_KEY not in self.options
-        as_explainer(method, **self.options)  # fail early on a bad method or options
-
-    @staticmethod
-    def _schema(method) -> tuple[dict | None, dict]:
-        """The method's options and those already fixed by an instance (None: a plain callable)."""
-        if isinstance(method, str):
-            return get_method(method).schema(), {}
-        if isinstance(method, type) and issubclass(method, Method):
-            return method.schema(), {}
-        if isinstance(method, Method):
-            return method.schema(), dict(getattr(method, "_defaults", {}))
-        return None, {}
-
-    def __call__(self, model, rows, target, key) -> torch.Tensor:
-        options = {**self.options, NOISE_KEY: key} if self.keyed else self.options
-        return as_explainer(self.method, **options)(model, rows, target)
 
 
 def _checked(phi, rows: int, shape) -> torch.Tensor:

@@ -56,19 +56,17 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core.engine import check_inputs, check_model, default_batch_size
-from ..core.method import Method
 from ..core.randomness import SampleStreams
 from ..core.reduce import check_reduce
-from ..core.registry import get_method
 from ..core.targets import Target
 from ..metrics.common import as_map
+from ..metrics.methods import BoundMethod, ResolvedMethod, resolve_method
 from ..metrics.similarity import center_of_mass, check_k, topk_intersection
 from .attacks import check_bounds, project
 
@@ -146,11 +144,12 @@ def random_sign_perturbation(inputs: torch.Tensor, *, eps: float, bounds=None, s
 
 # -- explanations: the real one and its differentiable surrogate ------------------------------------------------
 @dataclass
-class _Explainer:
+class _Maps:
+    """The importance maps of one resolved method on the attacked model: real (off the graph) and surrogate."""
+
     model: nn.Module
-    klass: type[Method]
-    options: dict[str, Any]
-    surrogate_options: dict[str, Any]
+    real_method: BoundMethod
+    surrogate_method: BoundMethod
     reduce: str | None
     input_transform: Callable | None
     batch_size: int
@@ -167,52 +166,33 @@ class _Explainer:
         with torch.no_grad():
             return self.outputs(x).argmax(1)
 
-    def _map(self, x, cls, options, differentiable):
-        method = self.klass(self.model, input_transform=self.input_transform, batch_size=self.batch_size,
-                            differentiable=differentiable, **options)
-        phi = method.attribute(x, cls)
+    def _map(self, explain: BoundMethod, x, cls):
+        phi = explain(x, cls)
         m = phi if self.reduce is None else as_map(phi, self.reduce)
         return m.abs()
 
     def real(self, x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
         """The importance map |reduce(φ(x))| of the unmodified model, detached."""
-        return self._map(x.detach(), cls, self.options, False).detach()
+        return self._map(self.real_method, x.detach(), cls).detach()
 
     def surrogate(self, x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
         """The importance map of the surrogate (softplus_β ReLUs), on the autograd graph back to x."""
-        return self._map(x, cls, self.surrogate_options, True)
+        return self._map(self.surrogate_method, x, cls)
 
 
-def _explainer(model, method, method_options, surrogate_beta, reduce, input_transform, batch_size, x) -> _Explainer:
-    check_model(model)
-    if isinstance(method, str):
-        klass = get_method(method)
-    elif isinstance(method, type) and issubclass(method, Method):
-        klass = method
-    else:
-        raise TypeError(f"method must be a registered method name or a tribute Method class, got {method!r}")
-    if klass.returns == "layer":
-        raise ValueError(f"method {klass.name!r} attributes to a layer; the attacks need maps of the input")
-    options = dict(method_options or {})
-    if "differentiable" in options:
-        raise TypeError("method_options may not set 'differentiable': the attack needs the map both on and off the "
-                        "autograd graph")
-    for reserved in ("input_transform", "batch_size"):
-        if reserved in options:
-            raise TypeError(f"method_options may not set {reserved!r}: pass {reserved}= to the attack itself")
-    klass(model, **options)  # validates the options now, with the method's own error messages
-    smoothable = "softplus_beta" in klass.schema()
-    surrogate = dict(options)
-    if isinstance(surrogate_beta, str):
-        if surrogate_beta != "auto":
-            raise ValueError(f"surrogate_beta must be 'auto', None or a number > 0, got {surrogate_beta!r}")
-        if smoothable and options.get("softplus_beta") is None:
-            surrogate["softplus_beta"] = DEFAULT_SURROGATE_BETA
-    elif surrogate_beta is not None:
-        if not smoothable:
-            raise ValueError(f"surrogate_beta needs a method with the softplus_beta option ({klass.name!r} has none);"
-                             " pass surrogate_beta=None or 'auto'")
-        surrogate["softplus_beta"] = _positive("surrogate_beta", surrogate_beta)
+def _maps(model, method, method_options, surrogate_beta, reduce, input_transform, batch_size, x) -> _Maps:
+    check_model(model)  # before any forward pass: a refused model is left as it was
+    resolved = resolve_method(method, method_options)
+    if resolved.klass is None:
+        raise TypeError(f"method must be a registered method name or a tribute Method class, got {method!r}: the "
+                        "attacks differentiate the explanation, which a plain callable cannot promise")
+    if resolved.klass.returns == "layer":
+        raise ValueError(f"method {resolved.klass.name!r} attributes to a layer; the attacks need maps of the input")
+    for reserved in ("differentiable", "input_transform", "batch_size"):
+        if reserved in resolved.options:
+            raise TypeError(f"method_options may not set {reserved!r}: " + (
+                "the attack needs the map both on and off the autograd graph" if reserved == "differentiable"
+                else f"pass {reserved}= to the attack itself"))
     check_reduce("reduce", reduce)
     check_inputs(model, x)
     if batch_size is None:
@@ -221,10 +201,30 @@ def _explainer(model, method, method_options, surrogate_beta, reduce, input_tran
         raise ValueError(f"batch_size must be None or an integer >= 1, got {batch_size!r}")
     if input_transform is not None and not callable(input_transform):
         raise TypeError(f"input_transform must be callable or None, got {type(input_transform).__name__}")
-    return _Explainer(model, klass, options, surrogate, reduce, input_transform, batch_size)
+    fixed = {"input_transform": input_transform, "batch_size": batch_size}
+    real = resolved.bind(model, differentiable=False, **fixed)  # validates the options, with the method's messages
+    surrogate = _surrogate(resolved, surrogate_beta).bind(model, differentiable=True, **fixed)
+    return _Maps(model, real, surrogate, reduce, input_transform, batch_size)
 
 
-def _classes(ex: _Explainer, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
+def _surrogate(resolved: ResolvedMethod, surrogate_beta) -> ResolvedMethod:
+    """The method whose map gives the attack direction: softplus_β ReLUs where the method has that option."""
+    smoothable = "softplus_beta" in resolved.klass.schema()
+    if isinstance(surrogate_beta, str):
+        if surrogate_beta != "auto":
+            raise ValueError(f"surrogate_beta must be 'auto', None or a number > 0, got {surrogate_beta!r}")
+        if smoothable and {**resolved.preset, **resolved.options}.get("softplus_beta") is None:
+            return resolved.with_options(softplus_beta=DEFAULT_SURROGATE_BETA)
+        return resolved
+    if surrogate_beta is None:
+        return resolved
+    if not smoothable:
+        raise ValueError(f"surrogate_beta needs a method with the softplus_beta option ({resolved.klass.name!r} has "
+                         "none); pass surrogate_beta=None or 'auto'")
+    return resolved.with_options(softplus_beta=_positive("surrogate_beta", surrogate_beta))
+
+
+def _classes(ex: _Maps, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
     """The predicted labels on the clean inputs and the explained classes (``target``, default: predicted)."""
     with torch.no_grad():
         out = torch.cat([ex.outputs(c) for c in x.split(ex.batch_size)])
@@ -250,10 +250,10 @@ class _Chunk:
     extra: dict[str, torch.Tensor]
 
 
-Objective = Callable[[_Explainer, torch.Tensor, _Chunk], torch.Tensor]
+Objective = Callable[[_Maps, torch.Tensor, _Chunk], torch.Tensor]
 
 
-def _attack(ex: _Explainer, x: torch.Tensor, target, *, eps: float, steps: int, step_size: float,
+def _attack(ex: _Maps, x: torch.Tensor, target, *, eps: float, steps: int, step_size: float,
             bounds, objective: Objective, score: Objective, prepare: Callable) -> torch.Tensor:
     """Projected signed ascent of ``objective`` (surrogate), per sample; keeps label-preserving steps and returns
     the iterate with the highest ``score`` (real model), the clean input if no step helped."""
@@ -308,7 +308,7 @@ def _validate_common(owner, model, inputs, eps, steps, step_size, bounds, method
         step_size = 2.5 * eps / steps
     step_size = _positive("step_size", step_size)
     box = check_bounds(owner, x, bounds)
-    ex = _explainer(model, method, method_options, surrogate_beta, reduce, input_transform, batch_size, x)
+    ex = _maps(model, method, method_options, surrogate_beta, reduce, input_transform, batch_size, x)
     return x, eps, steps, step_size, box, ex
 
 
@@ -335,7 +335,7 @@ _DOC_COMMON = """eps : float
     target : None, int or Tensor (N,)
         The explained class; default the class predicted on the clean input (also the label that must not
         change).
-    method : str or Method class
+    method : str, Method class or Method instance
         The explanation (``"saliency"``; any method that accepts ``differentiable=True``).
     method_options : dict or None
         Options of the method (e.g. ``{"softplus_beta": β}``: the β-smoothing defence).
