@@ -179,22 +179,32 @@ class LRP(Method):
         return accumulate(x.shape[0], 1, contribution, batch_size=o.batch_size)
 
 
+def _fixed_composite(method: str, composite: str, rule: str, *unused: str) -> dict[str, opt.Option]:
+    """The options of ``method``, :class:`LRP` with one composite: that composite, and every parameter its rule
+    has no use for (and ``composite=`` itself) refused, never accepted and ignored."""
+    refuse = {n: f"{method} applies {rule} on every linear layer, which uses no {n}; lrp takes it with a composite "
+                 "that does" for n in unused}
+    refuse["composite"] = f"{method} is lrp with composite={composite!r}; pass other composites to lrp"
+    return {n: opt.Option(composite if n == "composite" else LRP.options[n].default, opt.refused(why))
+            for n, why in refuse.items()}
+
+
 @register("lrp_zplus")
 class LRPZPlus(LRP):
     """LRP with the z⁺ rule on every linear layer (Montavon et al. 2017)."""
 
-    options = {"composite": opt.Option("zplus", _check_composite)}
+    options = _fixed_composite("lrp_zplus", "zplus", "the z⁺ rule", "epsilon", "gamma", "alpha", "beta", "low", "high")
 
 
 @register("lrp_alpha_beta")
 class LRPAlphaBeta(LRP):
     """LRP with the αβ rule on every linear layer (Bach et al. 2015); ``alpha``, ``beta`` (α − β = 1)."""
 
-    options = {"composite": opt.Option("alpha_beta", _check_composite)}
+    options = _fixed_composite("lrp_alpha_beta", "alpha_beta", "the αβ rule", "epsilon", "gamma", "low", "high")
 
 
 @register("lrp_gamma")
 class LRPGamma(LRP):
     """LRP with the γ rule on every linear layer (Montavon et al. 2019); ``gamma``."""
 
-    options = {"composite": opt.Option("gamma", _check_composite)}
+    options = _fixed_composite("lrp_gamma", "gamma", "the γ rule", "epsilon", "alpha", "beta", "low", "high")

@@ -90,7 +90,7 @@ def refused(reason: str) -> Callable[[str, Any], Any]:
     """The check of an option a subclass inherits but has no use for: any value given is an error saying
     ``reason`` (an option must never be accepted and ignored)."""
     def check(name, v):
-        raise TypeError(f"{name}= has no effect here: {reason}")
+        raise TypeError(f"{name}= is not accepted here: {reason}")
     return check
 
 
