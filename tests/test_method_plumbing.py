@@ -23,7 +23,7 @@ class GapNet(nn.Module):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
         self.relu1 = nn.ReLU()
-        self.conv2 = nn.Conv2d(4, 5, 3, padding=1)
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1, stride=2)  # maps at half the input's resolution
         self.relu2 = nn.ReLU()
         self.fc = nn.Linear(5, 3)
 
@@ -196,3 +196,127 @@ def test_lrp_composites_without_a_stabiliser_refuse_epsilon(method):
         tribute.get_method(method)(gapnet(), epsilon=1e-3)
     with pytest.raises(TypeError, match=r"composite= is not accepted here"):
         tribute.explain(gapnet(), inputs(), method, composite="epsilon")
+
+
+GUIDED = tribute.GuidedBackprop.rules
+
+#: option → (options of the reference run, options changed from it) to try, in order; entries naming an option the
+#: method does not have are skipped.  An option passes when one entry changes the attribution, or when the changed
+#: run is refused with an error naming the option (never accepted and ignored).
+TRIES: dict[str, list[tuple[dict, dict]]] = {
+    "input_transform": [({}, {"input_transform": NORMALIZE})],
+    "softplus_beta": [({}, {"softplus_beta": 1.0})],
+    "baseline": [({}, {"baseline": 0.5})],
+    "baseline_options": [({"baseline": "gaussian"}, {"baseline_options": {"sigma": 0.5}})],
+    "baselines": [({}, {"baselines": inputs(5, seed=10)})],
+    "seed": [({}, {"seed": 1}), ({"baseline": "uniform"}, {"seed": 1}),
+             ({"max_channels": 2, "channel_selection": "random"}, {"seed": 1})],
+    "steps": [({}, {"steps": 3})],
+    "samples": [({}, {"samples": 2})],
+    "quadrature": [({}, {"quadrature": "riemann_left"})],
+    "tolerance": [({}, {"tolerance": 1e-2})],
+    "base": [({}, {"base": "input_x_gradient"})],
+    "base_options": [({}, {"base_options": {"softplus_beta": 1.0}})],
+    "sigma": [({}, {"sigma": 0.5})],
+    "noise_level": [({}, {"noise_level": 0.5})],
+    "noise_key": [({}, {"noise_key": inputs(4, seed=3)})],
+    "layer": [({}, {"layer": "conv1"})],
+    "rules": [({}, {"rules": GUIDED}), ({"layer": "conv1"}, {"rules": GUIDED})],
+    "relu": [({}, {"relu": False}), ({"layer": "conv1"}, {"relu": False})],  # Grad-CAM++'s map is ≥ 0 after a ReLU
+    "upsample": [({}, {"upsample": False})],
+    "normalize": [({}, {"normalize": True})],
+    "contrast": [({}, {"contrast": 0}), ({}, {"contrast": 2})],
+    "softmax": [({}, {"softmax": False})],
+    "max_channels": [({}, {"max_channels": 2})],
+    "channel_selection": [({"max_channels": 2}, {"channel_selection": "random"})],
+    "interpolation": [({}, {"interpolation": "nearest"})],
+    "reduce": [({}, {"reduce": "sum"})],
+    "rescale": [({}, {"rescale": "channel"})],
+    "composite": [({}, {"composite": "epsilon"})],
+    "epsilon": [({}, {"epsilon": 0.5})],
+    # the parameters of LRP's rules act with the composites that use them (ROADMAP: lrp to refuse them otherwise)
+    "gamma": [({}, {"gamma": 1.0}), ({"composite": "gamma"}, {"gamma": 1.0})],
+    "alpha": [({}, {"alpha": 3.0, "beta": 2.0}), ({"composite": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0})],
+    "beta": [({}, {"alpha": 3.0, "beta": 2.0}), ({"composite": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0})],
+    "low": [({}, {"low": -1.0}), ({"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}, {"low": -1.0})],
+    "high": [({}, {"high": 2.0}), ({"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}, {"high": 2.0})],
+}
+
+#: options that by design leave the values as they are, why, and what is asserted instead
+NO_OPS: dict[str, tuple[str, dict]] = {
+    "batch_size": ("how many rows go through the model at once: memory, not values", {"batch_size": 1}),
+    "progress": ("shows a progress bar", {"progress": "rows"}),
+    "differentiable": ("keeps the same values on the autograd graph (or is refused)", {"differentiable": True}),
+    "strict": ("raises where an op has no rule instead of changing values", {"strict": True}),
+    "cache_weights": ("keeps derived weights between calls: time, not values", {"cache_weights": False}),
+    "max_steps": ("bounds tolerance='s refinement: the same values, or an error past it",
+                  {"tolerance": 1e-2, "max_steps": 10_000}),
+}
+
+
+def run(method: str, options: dict) -> torch.Tensor:
+    x = inputs()
+    return tribute.get_method(method)(gapnet(), **{**example(method, x), **options}).attribute(x, target=1)
+
+
+def differs(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape != b.shape or not torch.allclose(a, b, rtol=1e-6, atol=1e-9 * float(b.abs().max()))
+
+
+def applicable(method: str, *option_sets: dict) -> bool:
+    schema = tribute.get_method(method).schema()
+    return all(k in schema for opts in option_sets for k in opts)
+
+
+def tries(method: str, name: str) -> list[tuple[dict, dict]]:
+    """TRIES of ``name``, and for a layer method each also at the first layer (above the default layer GapNet is
+    linear: the gradient there is constant, a path integral exact at any steps)."""
+    found = TRIES.get(name, [])
+    if "layer" in tribute.get_method(method).schema():
+        found = found + [({"layer": "conv1", **reference}, changed) for reference, changed in found]
+    return found
+
+
+def effect(method: str, name: str) -> str:
+    """"changes", "refused" or "ignored": what giving ``name`` a value other than its default does."""
+    for reference, changed in tries(method, name):
+        if not applicable(method, reference, changed):
+            continue
+        try:
+            before = run(method, reference)
+        except (TypeError, ValueError):
+            continue  # this reference run is not one the method takes (e.g. its composite is fixed)
+        try:
+            after = run(method, {**reference, **changed})
+        except (TypeError, ValueError) as e:
+            if any(k in str(e) for k in changed):
+                return "refused"
+            raise
+        if differs(after, before):
+            return "changes"
+    return "ignored"
+
+
+@pytest.mark.parametrize("method", tribute.methods())
+def test_every_option_changes_the_attribution_or_is_a_documented_no_op(method):
+    torch.use_deterministic_algorithms(False)
+    for name in tribute.get_method(method).schema():
+        if name in NO_OPS:
+            _, options = NO_OPS[name]
+            try:
+                same = run(method, options)
+            except (TypeError, ValueError) as e:
+                assert name in str(e), (name, e)  # refused, naming the option
+                continue
+            reference = {k: v for k, v in options.items() if k != name}
+            torch.testing.assert_close(same.detach(), run(method, reference), msg=f"{method}: {name}")
+            continue
+        assert effect(method, name) != "ignored", (
+            f"{method}: no value of {name}= tried changes the attribution; fix the option, or document it in NO_OPS "
+            "with the reason"
+        )
+
+
+def test_max_steps_bounds_the_refinement():
+    with pytest.raises(RuntimeError, match="max_steps=10"):
+        run("integrated_gradients", {"tolerance": 1e-9, "max_steps": 10})
