@@ -56,11 +56,9 @@ def test_result_has_the_inputs_shape_dtype_and_device(dtype, images):
     for method in tribute.methods():
         if tribute.get_method(method).returns != "input":
             continue  # CAM maps are (N, 1, H, W), layer methods have the layer's shape: tests/test_cam.py
-        kw = {"baselines": images[:2].to(dtype), "samples": 2} if method == "expected_gradients" else {}
-        if method in ("smoothgrad", "smoothgrad_squared", "vargrad"):
-            kw = {"samples": 2}
-        if method == "integrated_gradients":
-            kw = {"steps": 4}
+        kw = dict(tribute.get_method(method).example_options)
+        if method == "expected_gradients":
+            kw["baselines"] = images[:2].to(dtype)
         a = tribute.explain(net, images.to(dtype), method, target=0, **kw)
         assert a.shape == images.shape and a.dtype == dtype and a.device == images.device, method
 

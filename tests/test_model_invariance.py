@@ -9,22 +9,12 @@ from torch.overrides import _get_current_function_mode_stack
 
 import tribute
 
-ALL_OPTIONS = {
-    "smoothgrad": {"samples": 3, "seed": 0},
-    "smoothgrad_squared": {"samples": 3, "seed": 0},
-    "vargrad": {"samples": 3, "seed": 0},
-    "integrated_gradients": {"steps": 8},
-    "expected_gradients": {"samples": 4, "seed": 0},
-    "layer_expected_gradients": {"samples": 4, "seed": 0},
-}
-
-
 # cam is defined only for a global-average-pooling + linear head, which these models lack (tests/test_cam.py)
 GENERAL_METHODS = [m for m in tribute.methods() if m != "cam"]
 
 
 def options_for(method: str, x: torch.Tensor) -> dict:
-    o = dict(ALL_OPTIONS.get(method, {}))
+    o = dict(tribute.get_method(method).example_options)
     if method in ("expected_gradients", "layer_expected_gradients"):
         o["baselines"] = torch.rand(5, *x.shape[1:], dtype=x.dtype, generator=torch.Generator().manual_seed(9))
     return o

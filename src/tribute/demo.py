@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from .core import explain
+from .core import explain, get_method
 from .core import methods as registered_methods
 from .core.baselines import gaussian_blur
 
@@ -57,16 +57,19 @@ def reference_images(images: torch.Tensor, seed: int = SEED) -> torch.Tensor:
 
 
 def method_options(name: str, references: torch.Tensor) -> dict[str, Any]:
-    """Demo settings for ``name``: few steps and samples, so that all methods together run in seconds on a CPU."""
+    """Demo settings for ``name``: the method's cheap ``example_options``, with more steps and samples where the
+    demo shows a method, so that all methods together run in seconds on a CPU."""
+    cls = get_method(name)
+    options = dict(cls.example_options)
     if name == "integrated_gradients":
-        return {"steps": IG_STEPS}
+        options["steps"] = IG_STEPS
     if name in ("smoothgrad", "smoothgrad_squared", "vargrad"):
-        return {"samples": NOISE_SAMPLES, "noise_level": 0.15, "seed": SEED}
-    if name == "expected_gradients":
-        return {"baselines": references, "samples": EG_SAMPLES, "seed": SEED}
+        options.update(samples=NOISE_SAMPLES, noise_level=0.15, seed=SEED)
+    if "baselines" in cls.schema():  # expected gradients draws its references from these
+        options.update(baselines=references, samples=EG_SAMPLES, seed=SEED)
     if name == "lrp":  # zᴮ on the first layer needs the pixels' range
-        return {"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}
-    return {}
+        options.update(composite="epsilon_gamma_box", low=0.0, high=1.0)
+    return options
 
 
 def target_scores(model, normalize, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

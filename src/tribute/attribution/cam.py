@@ -38,7 +38,7 @@ from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import Forward, accumulate, check_inputs, check_model
 from ..core.layers import LayerError, LayerRows, Site, bias_gradient_rows, layer_activations
-from ..core.method import Method
+from ..core.method import Call, Method
 from ..core.randomness import SampleStreams
 from ..core.reduce import check_reduce, reduce
 from ..core.registry import register
@@ -115,10 +115,10 @@ class _CAM(LayerMethod):
 class _GradientCAM(_CAM):
     """One forward and one backward pass per sample: weights from ∂S/∂A (and A)."""
 
-    def _maps(self, x, target, o, site):
-        if target.needs_argmax and x.shape[0] > o.batch_size:
-            self._fix_target(x, target, o)
+    def _predicts_on_first_pass(self, x, o):
+        return x.shape[0] <= o.batch_size  # one chunk: the engine takes the prediction from its forward pass
 
+    def _maps(self, x, target, o, site):
         def contribution(sample, _):
             r = self._layer_rows(x[sample], target, sample, o, site)
             _check_feature_map(self.name, site, r.activation)
@@ -181,7 +181,7 @@ class CAM(_GradientCAM):
                 "of this layer. Use gradcam, which needs no particular head"
             )
         with torch.no_grad():
-            _, out2 = layer_activations(self._forward, rows, site, rows.shape[0], replace=2 * a.detach())
+            _, out2 = layer_activations(o.call.forward, rows, site, rows.shape[0], replace=2 * a.detach())
             s2 = target.scores(out2, sample)
             s1 = r.scores.detach()
             lin = (g.detach() * a.detach()).flatten(1).sum(1)
@@ -279,15 +279,16 @@ class ContrastiveGradCAM(GradCAM):
 
     options = {"contrast": opt.Option(None, _check_contrast, "the contrast class Q: 'why P, rather than Q?'")}
 
+    def _predicts_on_first_pass(self, x, o):
+        return o.contrast is None  # the runner-up class comes from the outputs at the inputs
+
     def _maps(self, x, target, o, site):
         if target.fn is not None:
             raise ValueError("contrastive_gradcam explains why class P rather than Q: target must be a class (an int, "
                              "a tensor of classes or None), not a callable")
-        out = None
-        if target.needs_argmax or o.contrast is None:
-            out = self._forward.outputs(x.detach(), o.batch_size)
-            if target.needs_argmax:
-                target.set_argmax(out)
+        if o.contrast is None:
+            out = o.call.forward.outputs(x.detach(), o.batch_size)
+            target.resolve(out)
         p = target.index
         if o.contrast is None:
             runner_up = out.detach().clone()
@@ -345,20 +346,22 @@ class ScoreCAM(_CAM):
         "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of random channels and baselines"),
     }
 
+    def _predicts_on_first_pass(self, x, o):
+        return True  # the feature maps at the inputs come with the outputs
+
     def _maps(self, x, target, o, site):
         if o.differentiable:
             raise ValueError("scorecam is computed from forward passes only; it does not support differentiable=True")
-        acts, out = layer_activations(self._forward, x, site, o.batch_size)
+        acts, out = layer_activations(o.call.forward, x, site, o.batch_size)
         _check_feature_map(self.name, site, acts)
-        if target.needs_argmax:
-            target.set_argmax(out)
+        target.resolve(out)
         n = x.shape[0]
         channels = self._channels(acts, x, o)
         size = tuple(x.shape[-2:])
         shift = None
         if o.baseline is not None:
             base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
-            shift = self._score(self._forward.outputs(base, o.batch_size), target, torch.arange(n), o)
+            shift = self._score(o.call.forward.outputs(base, o.batch_size), target, torch.arange(n), o)
 
         def contribution(sample, draw):
             a = acts[sample, channels[sample, draw]]  # (rows, h, w)
@@ -368,7 +371,7 @@ class ScoreCAM(_CAM):
             flat = span == 0
             mask = (up - lo) / torch.where(flat, torch.ones_like(span), span)
             with torch.no_grad():
-                s = self._score(self._forward(x[sample].detach() * mask), target, sample, o)
+                s = self._score(o.call.forward(x[sample].detach() * mask), target, sample, o)
             if shift is not None:
                 s = s - shift[sample]
             w = torch.where(flat.flatten(), torch.zeros_like(s), s)
@@ -423,8 +426,6 @@ class GuidedGradCAM(LayerMethod):
     def _attribute(self, x, target, o):
         _check_images(self.name, x)
         site = self._site(x, o)
-        if target.needs_argmax:  # both passes must explain the same class
-            self._fix_target(x, target, o)
         size = tuple(x.shape[-2:])
         align = False if o.interpolation == "bilinear" else None
 
@@ -498,7 +499,7 @@ class FullGrad(Method):
     }
 
     def _decompose(self, x: torch.Tensor, target: Target, sample: torch.Tensor, o: SimpleNamespace) -> FullGradient:
-        r = bias_gradient_rows(self._forward, x, target, sample, create_graph=o.differentiable)
+        r = bias_gradient_rows(o.call.forward, x, target, sample, create_graph=o.differentiable)
         d = FullGradient(r.input_grad * x, [g * b for g, b in zip(r.grads, r.biases, strict=True)], r.kinds, r.scores)
         if o.differentiable:
             return d
@@ -509,14 +510,15 @@ class FullGrad(Method):
         o = self._namespace(options)
         check_model(self.model)
         check_inputs(self.model, inputs)
-        self._forward = Forward(self.model, o.input_transform)
+        o.call = Call(Forward(self.model, o.input_transform))
         tgt = Target(target, inputs.shape[0])
         return self._decompose(inputs, tgt, torch.arange(inputs.shape[0]), o)
 
+    def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
+        return x.shape[0] <= o.batch_size  # one chunk: the engine takes the prediction from its forward pass
+
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         _check_images(self.name, x)
-        if target.needs_argmax and x.shape[0] > o.batch_size:
-            self._fix_target(x, target, o)
         size = tuple(x.shape[-2:])
         dims = (2, 3) if o.rescale == "channel" else (1, 2, 3)
 

@@ -39,11 +39,12 @@ class DeepLift(Method):
     }
     rules = RuleSet("deeplift_rescale", {"*": Rescale()})
 
+    def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
+        return x.shape[0] <= max(1, o.batch_size // 2)  # the inputs score in the first 2N-row pass
+
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
         pairs = max(1, o.batch_size // 2)
-        if target.needs_argmax and x.shape[0] > pairs:
-            self._fix_target(x, target, o)
         delta = x - base
 
         def contribution(sample, _):
@@ -76,7 +77,6 @@ class DeepLiftRevealCancel(Method):
             raise ValueError("deeplift_reveal_cancel does not support differentiable=True")
         base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
         pairs = max(1, o.batch_size // 2)
-        self._fix_target(x, target, o)
 
         def contribution(sample, _):
             n = len(sample)
@@ -88,7 +88,7 @@ class DeepLiftRevealCancel(Method):
             with torch.enable_grad(), apply_rules(self.rules) as mode:
                 mode.tag_input(rows)
                 rows._tribute_twins = (dp, dn)
-                out = self._forward(rows)
+                out = o.call.forward(rows)
             if not hasattr(out, "_tribute_twins"):
                 raise RuntimeError("RevealCancel: the model's output lost track of the differences")
             out_p, out_n = out._tribute_twins

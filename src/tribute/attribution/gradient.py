@@ -34,10 +34,10 @@ def smoothed_rules(o: SimpleNamespace) -> RuleSet:
 class GradientAtInput(Method):
     """φ(x) = multiplier(x) ⊙ ∂^g S_c(x)/∂x: one forward and one backward pass per sample."""
 
-    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
-        if target.needs_argmax and x.shape[0] > o.batch_size:
-            self._fix_target(x, target, o)
+    def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
+        return x.shape[0] <= o.batch_size  # one chunk: the engine takes the prediction from its forward pass
 
+    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         def contribution(sample, _):
             rows = x[sample]
             return self.combine(rows, self._gradients(rows, target, sample, o))
@@ -54,6 +54,10 @@ class Gradient(GradientAtInput):
 
     options = SOFTPLUS_OPTION
     rule_set = staticmethod(smoothed_rules)
+
+    def _predicts_on_first_pass(self, x, o):
+        # softplus_β changes the forward pass: the prediction is the model's own, so it takes a pass of its own
+        return o.softplus_beta is None and super()._predicts_on_first_pass(x, o)
 
 
 @register("saliency")

@@ -17,6 +17,7 @@ from ..core.quadrature import RULES, quadrature
 from ..core.randomness import SampleStreams, draw_references
 from ..core.registry import register
 from ..core.targets import Target
+from ..core.tensors import per_sample
 from .gradient import SOFTPLUS_OPTION, smoothed_rules
 
 
@@ -62,6 +63,7 @@ class IntegratedGradients(Method):
         **SOFTPLUS_OPTION,
     }
     rule_set = staticmethod(smoothed_rules)
+    example_options = {"steps": 8}
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
@@ -76,14 +78,12 @@ class IntegratedGradients(Method):
         acc = accumulation_dtype(x.dtype)
         alphas = alphas.to(x.device, x.dtype)
         weights = weights.to(x.device, acc)
-        self._fix_target(x, target, o)
         delta = x - base
 
         def contribution(sample, step):
-            shape = (-1, *([1] * (x.dim() - 1)))
-            points = base[sample] + alphas[step].view(shape) * delta[sample]
+            points = base[sample] + per_sample(alphas[step], x) * delta[sample]
             grad = self._gradients(points, target, sample, o)
-            return grad.to(acc) * weights[step].view(shape)
+            return grad.to(acc) * per_sample(weights[step], x)
 
         avg = accumulate(x.shape[0], o.steps, contribution, batch_size=o.batch_size, progress=o.progress)
         return delta * avg
@@ -91,13 +91,12 @@ class IntegratedGradients(Method):
     def _path_gradient_sum(self, x, base, target, o, active, alphas):
         """Σ_k ∂S(x̄ + α_k(x − x̄))/∂x over the nodes ``alphas``, for the samples ``active``."""
         acc = accumulation_dtype(x.dtype)
-        shape = (-1, *([1] * (x.dim() - 1)))
         alphas = alphas.to(x.device, x.dtype)
         sub_target = target.for_samples(active)
 
         def contribution(sample, step):
             i = active[sample]
-            points = base[i] + alphas[step].view(shape) * (x[i] - base[i])
+            points = base[i] + per_sample(alphas[step], x) * (x[i] - base[i])
             return self._gradients(points, sub_target, sample, o).to(acc)
 
         return accumulate(len(active), len(alphas), contribution, batch_size=o.batch_size, progress=o.progress)
@@ -106,10 +105,9 @@ class IntegratedGradients(Method):
         """Midpoint rule on n, 3n, 9n, … intervals; each level reuses every earlier node (the midpoints
         of n intervals are midpoints of 3n intervals), until, for every sample, the largest change of a
         feature's attribution and the completeness gap are both ≤ ``tolerance`` · |S(x) − S(x̄)|."""
-        self._fix_target(x, target, o)
         n_all = torch.arange(x.shape[0])
         with torch.no_grad():
-            out = self._forward.outputs(torch.cat([x, base]).detach(), o.batch_size)
+            out = o.call.forward.outputs(torch.cat([x, base]).detach(), o.batch_size)
         everyone = torch.cat([n_all, n_all])
         s = target.for_samples(everyone).scores(out, torch.arange(len(everyone)))
         delta_s = (s[: x.shape[0]] - s[x.shape[0]:]).to(accumulation_dtype(x.dtype))
@@ -155,17 +153,16 @@ class ExpectedGradients(Method):
         **SOFTPLUS_OPTION,
     }
     rule_set = staticmethod(smoothed_rules)
+    example_options = {"samples": 4, "seed": 0}
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         refs = check_references(o.baselines, x, self.name)
         streams = SampleStreams(x, o.seed)
         acc = accumulation_dtype(x.dtype)
-        self._fix_target(x, target, o)
-        shape = (-1, *([1] * (x.dim() - 1)))
 
         def contribution(sample, _):
             j, alpha = draw_references(streams, sample, refs.shape[0], dtype=x.dtype, device=x.device)
-            alpha = alpha.view(shape)
+            alpha = per_sample(alpha, x)
             ref = refs[j]
             delta = x[sample] - ref
             grad = self._gradients(ref + alpha * delta, target, sample, o)

@@ -55,6 +55,7 @@ from ..core.randomness import SampleStreams, draw_references
 from ..core.registry import register
 from ..core.rules import GRADIENT, EpsilonRatio, Rescale, RuleSet
 from ..core.targets import Target
+from ..core.tensors import per_sample
 from .integrated import check_references
 
 LAYER_OPTION = {
@@ -93,24 +94,25 @@ class LayerMethod(Method):
 
     def _site(self, x: torch.Tensor, o: SimpleNamespace) -> Site:
         """The layer of this call; the default is found by a one-row probe (:func:`find_default_layer`)."""
-        site = find_default_layer(self._forward, x) if o.layer is None else resolve_layer(self.model, o.layer)
+        site = find_default_layer(o.call.forward, x) if o.layer is None else resolve_layer(self.model, o.layer)
         self.layer = site
         return site
 
     def _layer_rows(self, rows: torch.Tensor, target: Target, sample: torch.Tensor, o: SimpleNamespace,
                     site: Site, **kw: Any) -> LayerRows:
-        return layer_gradient_rows(self._forward, rows, site, target, sample, rules=self.rule_set(o),
-                                   create_graph=o.differentiable, coverage=self.coverage, strict=o.strict, **kw)
+        return layer_gradient_rows(o.call.forward, rows, site, target, sample, rules=self.rule_set(o),
+                                   create_graph=o.differentiable, coverage=o.call.coverage, strict=o.strict, **kw)
 
 
 @register("layer_gradient")
 class LayerGradient(LayerMethod):
     """∂^g S_c / ∂A, the gradient at the layer's activation A (under ``rules``, default the plain one)."""
 
+    def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
+        return x.shape[0] <= o.batch_size  # one chunk: the engine takes the prediction from its forward pass
+
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         site = self._site(x, o)
-        if target.needs_argmax and x.shape[0] > o.batch_size:
-            self._fix_target(x, target, o)
 
         def contribution(sample, _):
             r = self._layer_rows(x[sample], target, sample, o, site)
@@ -151,27 +153,29 @@ class LayerIntegratedGradients(LayerMethod):
         "quadrature": opt.Option(None, opt.optional(opt.choice(RULES))),
         "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of random baselines"),
     }
+    example_options = {"steps": 8}
+
+    def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
+        return True  # the activations at the inputs come with the outputs
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         if o.differentiable:
             raise ValueError("layer_integrated_gradients does not support differentiable=True")
         site = self._site(x, o)
         base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
-        a_x, out = layer_activations(self._forward, x, site, o.batch_size)
-        a_b, _ = layer_activations(self._forward, base, site, o.batch_size)
-        if target.needs_argmax:
-            target.set_argmax(out)
+        a_x, out = layer_activations(o.call.forward, x, site, o.batch_size)
+        target.resolve(out)
+        a_b, _ = layer_activations(o.call.forward, base, site, o.batch_size)
         alphas, weights = quadrature(o.quadrature or "gauss_legendre", o.steps)
         acc = accumulation_dtype(a_x.dtype)
         alphas = alphas.to(a_x.device, a_x.dtype)
         weights = weights.to(a_x.device, acc)
         delta = a_x - a_b
-        shape = (-1, *([1] * (a_x.dim() - 1)))
 
         def contribution(sample, step):
-            points = a_b[sample] + alphas[step].view(shape) * delta[sample]
+            points = a_b[sample] + per_sample(alphas[step], a_x) * delta[sample]
             r = self._layer_rows(x[sample], target, sample, o, site, replace=points)
-            return r.grad.to(acc) * weights[step].view(shape)
+            return r.grad.to(acc) * per_sample(weights[step], a_x)
 
         avg = accumulate(x.shape[0], o.steps, contribution, batch_size=o.batch_size, progress=o.progress)
         return delta * avg
@@ -193,24 +197,26 @@ class LayerExpectedGradients(LayerMethod):
         "samples": opt.Option(50, opt.integer(1)),
         "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of the per-sample random streams"),
     }
+    example_options = {"samples": 4, "seed": 0}
+
+    def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
+        return True  # the activations at the inputs come with the outputs
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         if o.differentiable:
             raise ValueError("layer_expected_gradients does not support differentiable=True")
         refs = check_references(o.baselines, x, self.name)
         site = self._site(x, o)
-        a_x, out = layer_activations(self._forward, x, site, o.batch_size)
-        a_r, _ = layer_activations(self._forward, refs, site, o.batch_size)
-        if target.needs_argmax:
-            target.set_argmax(out)
+        a_x, out = layer_activations(o.call.forward, x, site, o.batch_size)
+        target.resolve(out)
+        a_r, _ = layer_activations(o.call.forward, refs, site, o.batch_size)
         streams = SampleStreams(x, o.seed)
         acc = accumulation_dtype(a_x.dtype)
-        shape = (-1, *([1] * (a_x.dim() - 1)))
 
         def contribution(sample, _):
             j, alpha = draw_references(streams, sample, refs.shape[0], dtype=a_x.dtype, device=a_x.device)
             delta = a_x[sample] - a_r[j]
-            r = self._layer_rows(x[sample], target, sample, o, site, replace=a_r[j] + alpha.view(shape) * delta)
+            r = self._layer_rows(x[sample], target, sample, o, site, replace=a_r[j] + per_sample(alpha, a_x) * delta)
             return (delta * r.grad).to(acc)
 
         total = accumulate(x.shape[0], o.samples, contribution, batch_size=o.batch_size, progress=o.progress)
@@ -241,12 +247,13 @@ class LayerDeepLift(LayerMethod):
             raise TypeError("layer_deeplift uses the Rescale rule; it takes no rules=")
         return RuleSet("deeplift_rescale", {"*": Rescale()})
 
+    def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
+        return x.shape[0] <= max(1, o.batch_size // 2)  # the inputs score in the first 2N-row pass
+
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         site = self._site(x, o)
         base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
         pairs = max(1, o.batch_size // 2)
-        if target.needs_argmax and x.shape[0] > pairs:
-            self._fix_target(x, target, o)
 
         def contribution(sample, _):
             m = len(sample)

@@ -3,6 +3,7 @@ with rules at the linear layers assigned by composites (Bach et al. 2015; Montav
 
 from __future__ import annotations
 
+from dataclasses import replace
 from types import SimpleNamespace
 
 import torch
@@ -139,6 +140,9 @@ class LRP(Method):
         self.weights = WeightCache()
         self._plan = MergePlan()  # where batch norm merged last time (core.merge_plan)
 
+    def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
+        return x.shape[0] <= o.batch_size  # one chunk: the engine takes the prediction from its forward pass
+
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         if o.differentiable:
             raise ValueError("LRP composites do not support differentiable=True; lrp_epsilon (Ancona's form) does")
@@ -151,51 +155,56 @@ class LRP(Method):
         # ε everywhere: the same relevance as x ⊙ a modified gradient, in fewer passes (core.epsilon_form)
         fast = None if o.strict or not covers(composite) else \
             RuleSet(name, {"*": FusedEpsilonRelu()}, ops=EpsilonForm(composite, cache, self._plan))
-        transform, forward = o.input_transform, self._forward
-        self._forward = Forward(self.model)  # relevance is taken at the model's own input
-        try:
-            xm = x if transform is None else transform(x).detach()
-            if target.needs_argmax and x.shape[0] > o.batch_size:
-                self._fix_target(xm, target, o)
+        xm = x if o.input_transform is None else o.input_transform(x).detach()
+        # relevance is taken at the model's own input
+        o = SimpleNamespace(**{**vars(o), "call": replace(o.call, forward=Forward(self.model))})
 
-            def contribution(sample, _):
-                nonlocal fast
-                rows = xm[sample]
-                if fast is not None:
-                    try:
-                        return rows * self._gradients(rows, target, sample, o, rules=fast, relevance=True)
-                    except Replan:  # the model ran differently from the pass the plan came from
-                        self._plan.clear()
-                        return contribution(sample, _)
-                    except Unsupported:
-                        fast = None  # this model needs the relevance form
+        def contribution(sample, _):
+            nonlocal fast
+            rows = xm[sample]
+            if fast is not None:
                 try:
-                    return self._gradients(rows, target, sample, o, rules=rules, relevance=True)
-                except Replan:
+                    return rows * self._gradients(rows, target, sample, o, rules=fast, relevance=True)
+                except Replan:  # the model ran differently from the pass the plan came from
                     self._plan.clear()
                     return contribution(sample, _)
+                except Unsupported:
+                    fast = None  # this model needs the relevance form
+            try:
+                return self._gradients(rows, target, sample, o, rules=rules, relevance=True)
+            except Replan:
+                self._plan.clear()
+                return contribution(sample, _)
 
-            return accumulate(x.shape[0], 1, contribution, batch_size=o.batch_size)
-        finally:
-            self._forward = forward
+        return accumulate(x.shape[0], 1, contribution, batch_size=o.batch_size)
+
+
+def _fixed_composite(method: str, composite: str, rule: str, *unused: str) -> dict[str, opt.Option]:
+    """The options of ``method``, :class:`LRP` with one composite: that composite, and every parameter its rule
+    has no use for (and ``composite=`` itself) refused, never accepted and ignored."""
+    refuse = {n: f"{method} applies {rule} on every linear layer, which uses no {n}; lrp takes it with a composite "
+                 "that does" for n in unused}
+    refuse["composite"] = f"{method} is lrp with composite={composite!r}; pass other composites to lrp"
+    return {n: opt.Option(composite if n == "composite" else LRP.options[n].default, opt.refused(why))
+            for n, why in refuse.items()}
 
 
 @register("lrp_zplus")
 class LRPZPlus(LRP):
     """LRP with the z⁺ rule on every linear layer (Montavon et al. 2017)."""
 
-    options = {"composite": opt.Option("zplus", _check_composite)}
+    options = _fixed_composite("lrp_zplus", "zplus", "the z⁺ rule", "epsilon", "gamma", "alpha", "beta", "low", "high")
 
 
 @register("lrp_alpha_beta")
 class LRPAlphaBeta(LRP):
     """LRP with the αβ rule on every linear layer (Bach et al. 2015); ``alpha``, ``beta`` (α − β = 1)."""
 
-    options = {"composite": opt.Option("alpha_beta", _check_composite)}
+    options = _fixed_composite("lrp_alpha_beta", "alpha_beta", "the αβ rule", "epsilon", "gamma", "low", "high")
 
 
 @register("lrp_gamma")
 class LRPGamma(LRP):
     """LRP with the γ rule on every linear layer (Montavon et al. 2019); ``gamma``."""
 
-    options = {"composite": opt.Option("gamma", _check_composite)}
+    options = _fixed_composite("lrp_gamma", "gamma", "the γ rule", "epsilon", "alpha", "beta", "low", "high")

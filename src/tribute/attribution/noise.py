@@ -17,11 +17,12 @@ import torch
 
 from ..core import options as opt
 from ..core.engine import accumulate
-from ..core.method import COMMON_OPTIONS, Method
+from ..core.method import COMMON_OPTIONS, BoundMethod, Method
 from ..core.randomness import SampleStreams
 from ..core.registry import get_method
 from ..core.registry import register as register_method
 from ..core.targets import Target
+from ..core.tensors import per_sample
 
 
 def _tensor_or_none(name, v):
@@ -31,7 +32,11 @@ def _tensor_or_none(name, v):
 
 
 class _NoiseAggregate(Method):
-    """Shared by the three: draw noisy copies in chunks, run the base method on them, aggregate."""
+    """Shared by the three: draw noisy copies in chunks, run the base method on them, aggregate.
+
+    A subclass says what is averaged over the noise (:meth:`per_draw`) and how the averages make the
+    attribution (:meth:`finish`).
+    """
 
     options = {
         "base": opt.Option("gradient", opt.anything, "name of the registered method to smooth"),
@@ -44,21 +49,25 @@ class _NoiseAggregate(Method):
                                 "tensor of the inputs' shape whose rows key each sample's noise stream and set its "
                                 "σ instead of the inputs (the robustness metrics pass the unperturbed input)"),
     }
-    #: "mean", "square" or "variance"
-    statistic = "mean"
+    example_options = {"samples": 3, "seed": 0}
 
-    def _base(self, o: SimpleNamespace) -> tuple[Method, SimpleNamespace]:
+    def per_draw(self, a: torch.Tensor) -> torch.Tensor:
+        """What is averaged over the noise, from the base attribution φ(x + ε_k) of one draw."""
+        return a
+
+    def finish(self, mean: torch.Tensor) -> torch.Tensor:
+        """The attribution from the average of :meth:`per_draw` over the ``samples`` draws."""
+        return mean
+
+    def _base(self, o: SimpleNamespace) -> BoundMethod:
         cls = get_method(o.base)
         if issubclass(cls, _NoiseAggregate):
             raise ValueError(f"base={o.base!r}: smoothing a smoothed method is not supported")
         inherited = {k: getattr(o, k) for k in COMMON_OPTIONS if k != "progress"}
-        base = cls(self.model, **(o.base_options or {}))
-        base._forward = self._forward
-        base.coverage = self.coverage
-        return base, base._namespace(inherited)
+        return cls(self.model, **(o.base_options or {})).bind(o.call, **inherited)
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
-        base, bo = self._base(o)
+        base = self._base(o)
         key = x if o.noise_key is None else o.noise_key.detach()
         if key.shape != x.shape:
             raise ValueError(f"noise_key must have the inputs' shape {tuple(x.shape)}, got {tuple(key.shape)}")
@@ -67,27 +76,14 @@ class _NoiseAggregate(Method):
         else:
             flat = key.flatten(1)
             sigma = o.noise_level * (flat.amax(1) - flat.amin(1))
-        shape = (-1, *([1] * (x.dim() - 1)))
         streams = SampleStreams(key, o.seed)
-        self._fix_target(x, target, o)
-        acc = torch.float64 if self.statistic == "variance" else None
 
         def contribution(sample, _):
             noise = streams.draw("normal", sample, tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-            a = base._attribute(x[sample] + sigma[sample].view(shape) * noise, target.for_samples(sample), bo)
-            if acc is not None:
-                a = a.to(acc)
-            if self.statistic == "mean":
-                return a
-            if self.statistic == "square":
-                return a * a
-            return torch.stack([a, a * a], 1)
+            return self.per_draw(base(x[sample] + per_sample(sigma[sample], x) * noise, target.for_samples(sample)))
 
         total = accumulate(x.shape[0], o.samples, contribution, batch_size=o.batch_size, progress=o.progress)
-        mean = total / o.samples
-        if self.statistic != "variance":
-            return mean
-        return (mean[:, 1] - mean[:, 0] ** 2).clamp(min=0)
+        return self.finish(total / o.samples)
 
 
 @register_method("smoothgrad")
@@ -99,11 +95,17 @@ class SmoothGrad(_NoiseAggregate):
 class SmoothGradSquared(_NoiseAggregate):
     """SmoothGrad² (Hooker et al. 2019): the mean of the squared base attribution over noise."""
 
-    statistic = "square"
+    def per_draw(self, a):
+        return a * a
 
 
 @register_method("vargrad")
 class VarGrad(_NoiseAggregate):
     """VarGrad (Adebayo et al. 2018): the population variance of the base attribution over noise."""
 
-    statistic = "variance"
+    def per_draw(self, a):
+        a = a.to(torch.float64)  # E[φ²] − E[φ]² cancels digits: sum in double
+        return torch.stack([a, a * a], 1)
+
+    def finish(self, mean):
+        return (mean[:, 1] - mean[:, 0] ** 2).clamp(min=0)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from . import options as opt
 from .randomness import SampleStreams
+from .tensors import per_sample
 
 NAMES = ("zero", "mean", "blur", "uniform", "gaussian")
 
@@ -39,7 +40,7 @@ def check_baseline(name: str, v: Any) -> Any:
 
 def _range(x: torch.Tensor) -> torch.Tensor:
     flat = x.flatten(1)
-    return (flat.amax(1) - flat.amin(1)).view(-1, *([1] * (x.dim() - 1)))
+    return per_sample(flat.amax(1) - flat.amin(1), x)
 
 
 def gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -93,9 +94,8 @@ def make_baseline(spec: Any, x: torch.Tensor, options: dict | None = None, seed:
     sample = torch.arange(x.shape[0])
     if spec == "uniform":
         flat = x.flatten(1)
-        shape = (-1, *([1] * (x.dim() - 1)))
-        low = torch.as_tensor(options.get("low", flat.amin(1).view(shape)), dtype=x.dtype, device=x.device)
-        high = torch.as_tensor(options.get("high", flat.amax(1).view(shape)), dtype=x.dtype, device=x.device)
+        low = torch.as_tensor(options.get("low", per_sample(flat.amin(1), x)), dtype=x.dtype, device=x.device)
+        high = torch.as_tensor(options.get("high", per_sample(flat.amax(1), x)), dtype=x.dtype, device=x.device)
         u = streams.draw("uniform", sample, tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
         return low + (high - low) * u
     # gaussian

@@ -5,10 +5,17 @@ constructor are defaults for every call; options given to ``attribute`` override
 The result has the input's shape, dtype and device.  The model is never changed: the engine only reads
 it, and nothing it sets up on the model outlives the call, also when the call fails (an LRP explainer keeps
 its own copies of the weights its rules derive between calls: :mod:`tribute.core.weight_cache`).
+
+The base class does the plumbing once for every method: it validates the options, resolves ``target=None``
+to the prediction on the clean inputs, and keeps the state of one call (the model seen through the input
+transform, the coverage record of ``strict=True``) in a :class:`Call` that travels with the call's options
+as ``o.call``, never on the explainer.  One explainer may therefore be used from several threads at once.
 """
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -47,23 +54,55 @@ COMMON_OPTIONS: dict[str, opt.Option] = {
 }
 
 
+@dataclass(frozen=True)
+class Call:
+    """The state of one :meth:`Method.attribute` call, handed to ``_attribute`` as ``o.call``.
+
+    ``forward`` is the model as the method sees it (``model(input_transform(x))``, counted); ``coverage``
+    records which ops met a rule when ``strict=True`` (else None).
+    """
+
+    forward: Forward
+    coverage: Coverage | None = None
+
+
+class BoundMethod:
+    """A method run inside another method's call (see :meth:`Method.bind`): ``bound(rows, target)``."""
+
+    def __init__(self, method: Method, o: SimpleNamespace):
+        self.method = method
+        self.options = o
+
+    def __call__(self, rows: torch.Tensor, target: Target) -> torch.Tensor:
+        """The method's attribution of ``rows`` for a resolved ``target`` (one with a class or a callable)."""
+        if target.needs_argmax:
+            raise ValueError("a bound method needs a resolved target: the calling method fixes target=None first")
+        return self.method._attribute(rows, target, self.options)
+
+
 class Method:
-    """Base class: subclasses set ``name``, ``options`` and implement :meth:`_attribute`."""
+    """Base class: subclasses set ``name``, ``options`` and implement :meth:`_attribute`.
+
+    ``_attribute(x, target, o)`` gets the inputs, the resolved target (a class per sample or a callable,
+    see :meth:`_predicts_on_first_pass`) and the call's options, with the call's state in ``o.call``.
+    """
 
     name: ClassVar[str] = ""
     #: what ``attribute`` returns: ``"input"`` (the input's shape), ``"map"`` ((N, 1, H, W), the CAM family)
     #: or ``"layer"`` (the shape of a layer's activation)
     returns: ClassVar[str] = "input"
-    #: the backward rules of this method (seed 001, Table 1); GRADIENT leaves the model's gradient as is
+    #: the backward rules of this method (Ancona et al. 2018, Table 1); GRADIENT leaves the model's gradient as is
     rules: ClassVar[RuleSet] = GRADIENT
     options: ClassVar[dict[str, opt.Option]] = {}
+    #: options that make this method cheap on a tiny model (few steps or samples), for tests, examples and
+    #: the demo; options the inputs decide (a tensor of references) are the caller's
+    example_options: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: nn.Module, **options: Any):
         check_model(model)
         self.model = model
         self._defaults = opt.validate(self.schema(), options, type(self).__name__)
-        self.passes = PassCount()
-        self.coverage: Coverage | None = None
+        self._last_call = threading.local()
 
     @classmethod
     def schema(cls) -> dict[str, opt.Option]:
@@ -72,6 +111,16 @@ class Method:
             merged.update(klass.__dict__.get("options", {}))
         return merged
 
+    @property
+    def passes(self) -> PassCount:
+        """Rows the last call *of the calling thread* sent through the model (a report; zero before a call)."""
+        return getattr(self._last_call, "passes", PassCount())
+
+    @property
+    def coverage(self) -> Coverage | None:
+        """Which ops met a rule in the last ``strict=True`` call of the calling thread (else None)."""
+        return getattr(self._last_call, "coverage", None)
+
     def attribute(self, inputs: torch.Tensor, target=None, **options: Any) -> torch.Tensor:
         """Attributions for ``inputs`` (batch first) with respect to ``target``; see :mod:`tribute.core.targets`."""
         o = self._namespace(options)
@@ -79,12 +128,14 @@ class Method:
         check_inputs(self.model, inputs)
         if o.batch_size is None:
             o.batch_size = default_batch_size(inputs)
-        self._forward = Forward(self.model, o.input_transform)
-        self.coverage = Coverage() if o.strict else None
+        o.call = Call(Forward(self.model, o.input_transform), Coverage() if o.strict else None)
+        self._last_call.coverage = o.call.coverage
         tgt = Target(target, inputs.shape[0])
         with count_passes() as count:
+            if tgt.needs_argmax and not self._predicts_on_first_pass(inputs, o):
+                tgt.set_argmax(o.call.forward.outputs(inputs.detach(), o.batch_size))
             a = self._attribute(inputs, tgt, o)
-        self.passes = count
+        self._last_call.passes = count
         if not o.differentiable:
             a = a.detach()
         bad = ~torch.isfinite(a)
@@ -100,8 +151,28 @@ class Method:
 
     __call__ = attribute
 
+    def bind(self, call: Call, **options: Any) -> BoundMethod:
+        """This method run inside another method's ``call``, on that call's model view and coverage record.
+
+        For wrappers such as SmoothGrad, which evaluate a base method on rows they make: the result
+        ``bound(rows, target)`` is the base method's attribution of ``rows`` with ``options`` (validated
+        against its schema; its constructor options are defaults).  The target must already be resolved.
+        """
+        o = self._namespace(options)
+        if o.batch_size is None:
+            raise ValueError("a bound method needs batch_size= (the calling method's)")
+        o.call = call
+        return BoundMethod(self, o)
+
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         raise NotImplementedError
+
+    def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
+        """Whether this call's first model pass runs all the clean inputs ``x`` through the model unchanged
+        and fixes ``target=None`` from those outputs (:meth:`Target.resolve`; the engine's gradient functions
+        do so on the rows they score).  Then :meth:`attribute` spends no forward pass of its own on the
+        prediction; otherwise (the default) it runs one, without backward, before ``_attribute``."""
+        return False
 
     def rule_set(self, o: SimpleNamespace) -> RuleSet:
         """The rules for this call (a method whose rules take options overrides this)."""
@@ -119,13 +190,8 @@ class Method:
                    relevance: bool = False) -> torch.Tensor:
         """Modified gradient of each row's score under this method's rules (one forward + backward)."""
         return gradient_rows(
-            self._forward, rows, target, sample,
+            o.call.forward, rows, target, sample,
             rules=self.rule_set(o) if rules is None else rules,
-            create_graph=o.differentiable, coverage=self.coverage, strict=o.strict, score_rows=score_rows,
+            create_graph=o.differentiable, coverage=o.call.coverage, strict=o.strict, score_rows=score_rows,
             relevance=relevance,
         )
-
-    def _fix_target(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> None:
-        """Resolve ``target=None`` to the prediction on the clean input (one forward pass, no backward)."""
-        if target.needs_argmax:
-            target.set_argmax(self._forward.outputs(x.detach(), o.batch_size))

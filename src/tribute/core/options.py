@@ -86,6 +86,14 @@ def anything(name: str, v: Any) -> Any:
     return v
 
 
+def refused(reason: str) -> Callable[[str, Any], Any]:
+    """The check of an option a subclass inherits but has no use for: any value given is an error saying
+    ``reason`` (an option must never be accepted and ignored)."""
+    def check(name, v):
+        raise TypeError(f"{name}= is not accepted here: {reason}")
+    return check
+
+
 def validate(schema: dict[str, Option], given: dict[str, Any], owner: str) -> dict[str, Any]:
     """Check ``given`` against ``schema``; unknown names raise a TypeError listing the valid ones."""
     out = {}

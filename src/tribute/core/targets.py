@@ -42,6 +42,11 @@ class Target:
         _check_logits(outputs, self.n)
         self.index = outputs.detach().argmax(dim=1).cpu()
 
+    def resolve(self, clean_outputs: torch.Tensor) -> None:
+        """Fix ``target=None`` from the model's outputs on the clean inputs; a given target is left as it is."""
+        if self.needs_argmax:
+            self.set_argmax(clean_outputs)
+
     def scores(self, outputs: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """One score per row of ``outputs``; ``sample[r]`` is the sample that row ``r`` belongs to."""
         rows = outputs.shape[0]

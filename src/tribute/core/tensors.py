@@ -1,0 +1,15 @@
+"""Small tensor helpers shared by methods and the engine."""
+
+from __future__ import annotations
+
+import torch
+
+
+def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``values`` (one per row of ``like``, shape (N,)) as (N, 1, …, 1), to broadcast against ``like`` (N, …).
+
+    E.g. a noise scale σ_n per sample times noise of the batch's shape: ``per_sample(sigma, x) * noise``.
+    """
+    if values.dim() != 1:
+        raise ValueError(f"per_sample takes one value per row (a 1-D tensor), got shape {tuple(values.shape)}")
+    return values.view(-1, *([1] * (like.dim() - 1)))

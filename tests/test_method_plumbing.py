@@ -1,0 +1,322 @@
+"""The plumbing every method shares (Method in tribute.core.method): the target resolved once, per-call state in
+the call (threads), wrappers binding a base method, and no option accepted and ignored."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+import tribute
+from tribute.core.engine import Forward
+from tribute.core.method import Call
+from tribute.core.targets import Target
+from tribute.core.tensors import per_sample
+
+
+class GapNet(nn.Module):
+    """conv-ReLU-conv-ReLU, global average pooling, linear head: every method (CAM included) applies."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.relu1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(4, 5, 3, padding=1, stride=2)  # maps at half the input's resolution
+        self.relu2 = nn.ReLU()
+        self.fc = nn.Linear(5, 3)
+
+    def forward(self, x):
+        h = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+        return self.fc(h.mean(dim=(2, 3)))
+
+
+def gapnet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return GapNet().double().eval()
+
+
+def inputs(n: int = 4, seed: int = 1) -> torch.Tensor:
+    return torch.rand(n, 3, 6, 6, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+NORMALIZE = tribute.Normalize([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
+
+
+def example(method: str, x: torch.Tensor) -> dict:
+    """The method's cheap example options, with the reference inputs that expected gradients needs."""
+    cls = tribute.get_method(method)
+    o = dict(cls.example_options)
+    if "baselines" in cls.schema():
+        o["baselines"] = inputs(5, seed=9)
+    return o
+
+
+def test_per_sample_broadcasts_one_value_per_row():
+    x = torch.ones(3, 2, 4)
+    v = torch.tensor([1.0, 2.0, 3.0])
+    assert per_sample(v, x).shape == (3, 1, 1)
+    assert torch.equal((per_sample(v, x) * x)[:, 1, 3], v)
+    with pytest.raises(ValueError, match="one value per row"):
+        per_sample(torch.ones(3, 1), x)
+
+
+# -- target=None --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+@pytest.mark.parametrize("method", tribute.methods())
+def test_target_none_is_the_argmax_and_costs_at_most_one_forward_pass(method, batch_size):
+    net, x = gapnet(), inputs()
+    with torch.no_grad():
+        predicted = net(x).argmax(1)
+    kw = {**example(method, x), "batch_size": batch_size}
+    m = tribute.get_method(method)(net, **kw)
+    given = m.attribute(x, target=predicted)
+    given_passes = m.passes
+    free = m.attribute(x)
+    extra = m.passes.forward_rows - given_passes.forward_rows
+    torch.testing.assert_close(free, given)  # (an LRP explainer's second call merges batch norm: rounding)
+    # one forward pass of the clean inputs without backward, or none where the method's own first pass is it
+    assert extra in (0, x.shape[0]), extra
+    assert m.passes.backward_rows == given_passes.backward_rows
+
+
+@pytest.mark.parametrize("batch_size", [None, 1])
+def test_softplus_smoothing_explains_the_model_s_own_prediction(batch_size):
+    """softplus_β changes the forward pass, so the first pass is not the prediction: a pass of its own fixes it."""
+    net, x = gapnet(), inputs()
+    m = tribute.Gradient(net, softplus_beta=0.5, batch_size=batch_size)
+    with torch.no_grad():
+        predicted = net(x).argmax(1)
+    torch.testing.assert_close(m.attribute(x), m.attribute(x, target=predicted), rtol=0, atol=0)
+    assert m.passes.forward_rows == x.shape[0] == m.passes.backward_rows
+
+
+# -- per-call state lives in the call -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, options", [
+    ("gradient", {"batch_size": 1}),
+    ("integrated_gradients", {"steps": 6, "batch_size": 5}),
+    ("smoothgrad", {"samples": 4, "seed": 0, "batch_size": 3}),
+])
+def test_one_explainer_used_from_two_threads_gives_the_single_threaded_results(method, options):
+    net = gapnet()
+    explainer = tribute.get_method(method)(net, input_transform=NORMALIZE, **options)
+    batches = [inputs(3, seed=s) for s in (11, 12)]
+    alone = [explainer.attribute(b, target=1) for b in batches]
+    start = threading.Barrier(2)
+    results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+
+    def work(i):
+        try:
+            start.wait()
+            for _ in range(15):
+                results[i].append(explainer.attribute(batches[i], target=1))
+        except BaseException as e:  # noqa: BLE001 - reported below, a thread cannot raise into the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in (0, 1):
+        assert len(results[i]) == 15
+        for r in results[i]:
+            assert torch.equal(r, alone[i])
+
+
+def test_passes_and_coverage_report_the_last_call_of_the_calling_thread():
+    net, x = gapnet(), inputs()
+    m = tribute.Gradient(net, strict=False)
+    m.attribute(x, target=0)
+    seen = {}
+
+    def other():
+        seen["passes"] = m.passes.forward_rows
+        m.attribute(x[:1], target=0, strict=True)
+        seen["ruled"] = m.coverage is not None
+
+    t = threading.Thread(target=other)
+    t.start()
+    t.join()
+    assert seen == {"passes": 0, "ruled": True}
+    assert m.passes.forward_rows == x.shape[0] and m.coverage is None
+    assert not hasattr(m, "_forward")
+
+
+# -- wrappers bind a base method --------------------------------------------------------------------------------
+
+def test_a_bound_method_runs_on_the_call_s_model_view():
+    net, x = gapnet(), inputs()
+    target = Target(torch.tensor([0, 1, 2, 0]), x.shape[0])
+    base = tribute.InputXGradient(net)
+    bound = base.bind(Call(Forward(net, NORMALIZE)), batch_size=2)
+    expected = tribute.InputXGradient(net, input_transform=NORMALIZE).attribute(x, target=target.index)
+    torch.testing.assert_close(bound(x, target), expected, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="resolved target"):
+        bound(x, Target(None, x.shape[0]))
+    with pytest.raises(TypeError, match="no option 'stepz'"):
+        base.bind(Call(Forward(net)), batch_size=2, stepz=3)
+
+
+def test_smoothgrad_statistics_without_noise_are_those_of_the_base_attribution():
+    """σ = 0: every draw is the base attribution φ, so the mean is φ, the mean square φ², the variance 0."""
+    net, x = gapnet(), inputs()
+    phi = tribute.explain(net, x, "input_x_gradient", target=2)
+    kw = {"sigma": 0.0, "samples": 3, "base": "input_x_gradient", "target": 2}
+    torch.testing.assert_close(tribute.explain(net, x, "smoothgrad", **kw), phi)
+    torch.testing.assert_close(tribute.explain(net, x, "smoothgrad_squared", **kw), phi * phi)
+    vargrad = tribute.explain(net, x, "vargrad", **kw)
+    torch.testing.assert_close(vargrad, torch.zeros_like(phi), rtol=0, atol=1e-12 * float((phi * phi).max()))
+
+
+def test_smoothgrad_is_the_mean_of_its_bound_base_over_the_same_noise():
+    """(1/K) Σ_k φ(x + σ ε_k), with the noise of the per-sample streams, by hand."""
+    from tribute.core.randomness import SampleStreams
+
+    net, x, k, sigma = gapnet(), inputs(2), 3, 0.2
+    streams = SampleStreams(x, 5)
+    sample = torch.arange(x.shape[0]).repeat_interleave(k)
+    noise = streams.draw("normal", sample, tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
+    grads = tribute.explain(net, x[sample] + sigma * noise, "gradient", target=1)
+    by_hand = grads.view(x.shape[0], k, *x.shape[1:]).mean(1)
+    sg = tribute.explain(net, x, "smoothgrad", target=1, samples=k, sigma=sigma, seed=5, batch_size=k * 2)
+    torch.testing.assert_close(sg, by_hand)
+
+
+# -- no option accepted and ignored ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method", ["lrp_zplus", "lrp_gamma", "lrp_alpha_beta"])
+def test_lrp_composites_without_a_stabiliser_refuse_epsilon(method):
+    with pytest.raises(TypeError, match=r"epsilon= is not accepted here: .*uses no epsilon"):
+        tribute.get_method(method)(gapnet(), epsilon=1e-3)
+    with pytest.raises(TypeError, match=r"composite= is not accepted here"):
+        tribute.explain(gapnet(), inputs(), method, composite="epsilon")
+
+
+GUIDED = tribute.GuidedBackprop.rules
+
+#: option → (options of the reference run, options changed from it) to try, in order; entries naming an option the
+#: method does not have are skipped.  An option passes when one entry changes the attribution, or when the changed
+#: run is refused with an error naming the option (never accepted and ignored).
+TRIES: dict[str, list[tuple[dict, dict]]] = {
+    "input_transform": [({}, {"input_transform": NORMALIZE})],
+    "softplus_beta": [({}, {"softplus_beta": 1.0})],
+    "baseline": [({}, {"baseline": 0.5})],
+    "baseline_options": [({"baseline": "gaussian"}, {"baseline_options": {"sigma": 0.5}})],
+    "baselines": [({}, {"baselines": inputs(5, seed=10)})],
+    "seed": [({}, {"seed": 1}), ({"baseline": "uniform"}, {"seed": 1}),
+             ({"max_channels": 2, "channel_selection": "random"}, {"seed": 1})],
+    "steps": [({}, {"steps": 3})],
+    "samples": [({}, {"samples": 2})],
+    "quadrature": [({}, {"quadrature": "riemann_left"})],
+    "tolerance": [({}, {"tolerance": 1e-2})],
+    "base": [({}, {"base": "input_x_gradient"})],
+    "base_options": [({}, {"base_options": {"softplus_beta": 1.0}})],
+    "sigma": [({}, {"sigma": 0.5})],
+    "noise_level": [({}, {"noise_level": 0.5})],
+    "noise_key": [({}, {"noise_key": inputs(4, seed=3)})],
+    "layer": [({}, {"layer": "conv1"})],
+    "rules": [({}, {"rules": GUIDED}), ({"layer": "conv1"}, {"rules": GUIDED})],
+    "relu": [({}, {"relu": False}), ({"layer": "conv1"}, {"relu": False})],  # Grad-CAM++'s map is ≥ 0 after a ReLU
+    "upsample": [({}, {"upsample": False})],
+    "normalize": [({}, {"normalize": True})],
+    "contrast": [({}, {"contrast": 0}), ({}, {"contrast": 2})],
+    "softmax": [({}, {"softmax": False})],
+    "max_channels": [({}, {"max_channels": 2})],
+    "channel_selection": [({"max_channels": 2}, {"channel_selection": "random"})],
+    "interpolation": [({}, {"interpolation": "nearest"})],
+    "reduce": [({}, {"reduce": "sum"})],
+    "rescale": [({}, {"rescale": "channel"})],
+    "composite": [({}, {"composite": "epsilon"})],
+    "epsilon": [({}, {"epsilon": 0.5})],
+    # the parameters of LRP's rules act with the composites that use them (ROADMAP: lrp to refuse them otherwise)
+    "gamma": [({}, {"gamma": 1.0}), ({"composite": "gamma"}, {"gamma": 1.0})],
+    "alpha": [({}, {"alpha": 3.0, "beta": 2.0}), ({"composite": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0})],
+    "beta": [({}, {"alpha": 3.0, "beta": 2.0}), ({"composite": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0})],
+    "low": [({}, {"low": -1.0}), ({"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}, {"low": -1.0})],
+    "high": [({}, {"high": 2.0}), ({"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}, {"high": 2.0})],
+}
+
+#: options that by design leave the values as they are, why, and what is asserted instead
+NO_OPS: dict[str, tuple[str, dict]] = {
+    "batch_size": ("how many rows go through the model at once: memory, not values", {"batch_size": 1}),
+    "progress": ("shows a progress bar", {"progress": "rows"}),
+    "differentiable": ("keeps the same values on the autograd graph (or is refused)", {"differentiable": True}),
+    "strict": ("raises where an op has no rule instead of changing values", {"strict": True}),
+    "cache_weights": ("keeps derived weights between calls: time, not values", {"cache_weights": False}),
+    "max_steps": ("bounds tolerance='s refinement: the same values, or an error past it",
+                  {"tolerance": 1e-2, "max_steps": 10_000}),
+}
+
+
+def run(method: str, options: dict) -> torch.Tensor:
+    x = inputs()
+    return tribute.get_method(method)(gapnet(), **{**example(method, x), **options}).attribute(x, target=1)
+
+
+def differs(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.shape != b.shape or not torch.allclose(a, b, rtol=1e-6, atol=1e-9 * float(b.abs().max()))
+
+
+def applicable(method: str, *option_sets: dict) -> bool:
+    schema = tribute.get_method(method).schema()
+    return all(k in schema for opts in option_sets for k in opts)
+
+
+def tries(method: str, name: str) -> list[tuple[dict, dict]]:
+    """TRIES of ``name``, and for a layer method each also at the first layer (above the default layer GapNet is
+    linear: the gradient there is constant, a path integral exact at any steps)."""
+    found = TRIES.get(name, [])
+    if "layer" in tribute.get_method(method).schema():
+        found = found + [({"layer": "conv1", **reference}, changed) for reference, changed in found]
+    return found
+
+
+def effect(method: str, name: str) -> str:
+    """"changes", "refused" or "ignored": what giving ``name`` a value other than its default does."""
+    for reference, changed in tries(method, name):
+        if not applicable(method, reference, changed):
+            continue
+        try:
+            before = run(method, reference)
+        except (TypeError, ValueError):
+            continue  # this reference run is not one the method takes (e.g. its composite is fixed)
+        try:
+            after = run(method, {**reference, **changed})
+        except (TypeError, ValueError) as e:
+            if any(k in str(e) for k in changed):
+                return "refused"
+            raise
+        if differs(after, before):
+            return "changes"
+    return "ignored"
+
+
+@pytest.mark.parametrize("method", tribute.methods())
+def test_every_option_changes_the_attribution_or_is_a_documented_no_op(method):
+    torch.use_deterministic_algorithms(False)
+    for name in tribute.get_method(method).schema():
+        if name in NO_OPS:
+            _, options = NO_OPS[name]
+            try:
+                same = run(method, options)
+            except (TypeError, ValueError) as e:
+                assert name in str(e), (name, e)  # refused, naming the option
+                continue
+            reference = {k: v for k, v in options.items() if k != name}
+            torch.testing.assert_close(same.detach(), run(method, reference), msg=f"{method}: {name}")
+            continue
+        assert effect(method, name) != "ignored", (
+            f"{method}: no value of {name}= tried changes the attribution; fix the option, or document it in NO_OPS "
+            "with the reason"
+        )
+
+
+def test_max_steps_bounds_the_refinement():
+    with pytest.raises(RuntimeError, match="max_steps=10"):
+        run("integrated_gradients", {"tolerance": 1e-9, "max_steps": 10})
