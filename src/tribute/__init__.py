@@ -21,6 +21,7 @@ from .core import (
     reduce,
     register_nonlinearity,
 )
+from .lrp import Composite, composites, register_composite
 from .metrics.evaluate import evaluate
 from .robust import attacks  # tribute.attacks.pgd, tribute.attacks.fgsm
 
@@ -28,7 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     *attribution.__all__,
-    "Coverage", "LayerError", "Method", "NonFiniteAttributionError", "Normalize", "PassCount", "count_passes",
-    "explain", "get_method", "known_nonlinearities", "methods", "reduce", "register_nonlinearity",
-    "attacks", "evaluate", "metrics", "robust", "training",
+    "Composite", "Coverage", "LayerError", "Method", "NonFiniteAttributionError", "Normalize", "PassCount",
+    "count_passes", "explain", "get_method", "known_nonlinearities", "methods", "reduce", "register_composite",
+    "register_nonlinearity", "attacks", "composites", "evaluate", "metrics", "robust", "training",
 ]
