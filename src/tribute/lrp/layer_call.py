@@ -72,7 +72,7 @@ class LayerCall:
     out_kept: Kept | None = field(default=None, repr=False)  # the merged output (batch norm's), by reference
     nonnegative_input: bool = False  # the input is a ReLU's output, unchanged since
     facts: PassFacts | None = field(default=None, repr=False)
-    # the planned batch norm (core.merge_plan) this layer ran with merged, until that norm reads its output
+    # the planned batch norm (tribute.lrp.merge_plan) this layer ran with merged, until that norm reads its output
     pending: Merge | None = field(default=None, repr=False)
     planned: bool = field(default=False, repr=False)  # run with batch norm merged by an earlier pass's plan
     _entry: Any = field(default=_UNSET, repr=False)
