@@ -11,18 +11,8 @@ from conftest import fixture_module
 from torch import nn
 
 import tribute
-from tribute.core.propagation import (
-    AlphaBeta,
-    Box,
-    Composite,
-    Epsilon,
-    Flat,
-    Gamma,
-    LayerCall,
-    WSquare,
-    ZPlus,
-    parse_linear,
-)
+from tribute.lrp import AlphaBeta, Box, Composite, Epsilon, Flat, Gamma, WSquare, ZPlus
+from tribute.lrp.layer_call import LayerCall, parse_linear
 
 FIXTURE = Path(__file__).parent / "fixtures" / "zennit"
 E = 1e-6  # the stabiliser of every rule but ε

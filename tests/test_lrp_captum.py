@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import tribute
-from tribute.core.propagation import Composite, Epsilon, Gamma
+from tribute.lrp import Composite, Epsilon, Gamma
 
 captum_attr = pytest.importorskip("captum.attr")
 lrp_rules = pytest.importorskip("captum.attr._utils.lrp_rules")

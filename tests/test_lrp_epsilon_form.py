@@ -1,8 +1,8 @@
-"""ε composites in the gradient form (tribute.core.epsilon_form) equal the relevance form exactly.
+"""ε composites in the gradient form (tribute.lrp.epsilon_form) equal the relevance form exactly.
 
 With R_v = v ⊙ t_v at every tensor, the ε rule, the Norm rule and ReLU's pass rule become a modified gradient:
 the plain backward pass, scaled by v / stab(v) at every linear-layer and Norm-op output, times x.  ``lrp`` takes
-that path for composites with ε on every layer; the relevance form (``core.propagation``) is forced here by a
+that path for composites with ε on every layer; the relevance form (``tribute.lrp.propagation``) is forced here by a
 Composite subclass, which the gradient form does not take.
 """
 
@@ -14,8 +14,8 @@ from conftest import residual_cnns
 from torch import nn
 
 import tribute
-import tribute.core.epsilon_form as epsilon_form
-from tribute.core.propagation import Composite, Epsilon, Gamma
+import tribute.lrp.epsilon_form as epsilon_form
+from tribute.lrp import Composite, Epsilon, Gamma
 
 
 class RelevanceForm(Composite):

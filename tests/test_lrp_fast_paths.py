@@ -32,20 +32,12 @@ from test_lrp import Residual, _residual, matrix_rule, stab
 from torch import nn
 
 import tribute
-import tribute.core.propagation as propagation
-from tribute.core.propagation import (
-    AlphaBeta,
-    Composite,
-    Epsilon,
-    Flat,
-    Gamma,
-    Kept,
-    LayerCall,
-    Propagation,
-    WSquare,
-    ZPlus,
-)
-from tribute.core.weight_cache import _PER_LAYER, _SMALL, sampled_positions
+import tribute.lrp.rules as linear_rules
+from tribute.lrp import AlphaBeta, Composite, Epsilon, Flat, Gamma, WSquare, ZPlus
+from tribute.lrp.kept import Kept
+from tribute.lrp.layer_call import LayerCall
+from tribute.lrp.propagation import Propagation
+from tribute.lrp.weight_cache import _PER_LAYER, _SMALL, sampled_positions
 
 DT = torch.float64
 
@@ -76,7 +68,7 @@ def fast_paths_off():
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(LayerCall, "relu_only", property(lambda layer: False))
         mp.setattr(Propagation, "keep", keep_copies)
-        mp.setattr(propagation, "_nonnegative", nonnegative_by_values)
+        mp.setattr(linear_rules, "_nonnegative", nonnegative_by_values)
         yield
 
 
@@ -714,7 +706,7 @@ def test_relu_output_left_alone_is_known_non_negative(rule):
     net, x, comp, got, marks = relu_then_conv_case("none", rule)
     assert marks == [True]
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(propagation, "_nonnegative", nonnegative_by_values)
+        mp.setattr(linear_rules, "_nonnegative", nonnegative_by_values)
         assert_same(got, tribute.explain(net, x, "lrp", target=4, composite=comp))
 
 
@@ -738,7 +730,7 @@ def test_relu_output_written_in_a_deeper_model_equals_the_sign_check_by_values(c
     x = torch.rand(3, 2, 5, 5, dtype=DT, generator=torch.Generator().manual_seed(12))
     got = tribute.explain(net, x, "lrp", target=1, composite=composite)
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(propagation, "_nonnegative", nonnegative_by_values)
+        mp.setattr(linear_rules, "_nonnegative", nonnegative_by_values)
         assert_same(got, tribute.explain(net, x, "lrp", target=1, composite=composite))
 
 

@@ -1,4 +1,4 @@
-"""The merge plan (tribute.core.merge_plan), in both forms of LRP, and the weight cache's all-at-once sampling.
+"""The merge plan (tribute.lrp.merge_plan), in both forms of LRP, and the weight cache's all-at-once sampling.
 
 An explainer's first pass learns which linear layers batch norm merges into; its next passes compute those layers
 with the merged weights and skip the batch-norm op.  Every later pass must give what a pass without the plan gives
@@ -15,8 +15,8 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import tribute
-from tribute.core.propagation import Composite, Epsilon
-from tribute.core.weight_cache import WeightCache
+from tribute.lrp import Composite, Epsilon
+from tribute.lrp.weight_cache import WeightCache
 
 
 class RelevanceForm(Composite):

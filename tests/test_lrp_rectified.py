@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import tribute
-from tribute.core.propagation import Composite, Epsilon, LinearRule
+from tribute.lrp import Composite, Epsilon, LinearRule
 
 DT = torch.float64
 
@@ -107,7 +107,7 @@ def test_a_layer_output_written_by_another_op_after_its_relu_is_recomputed():
 
 
 def test_positive_z_suffices_is_declared_by_the_built_in_rules_only():
-    from tribute.core import propagation as P
+    from tribute import lrp as P
 
     built_in = [P.Epsilon, P.AlphaBeta, P.ZPlus, P.Gamma, P.Box, P.Flat, P.WSquare]
     assert all(r.positive_z_suffices for r in built_in)

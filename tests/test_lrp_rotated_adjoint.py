@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import tribute
-from tribute.core.propagation import LayerOp, parse_linear, rotate
+from tribute.lrp.layer_call import LayerOp, parse_linear, rotate
 
 DT = torch.float64
 CONVS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}

@@ -22,6 +22,7 @@ from .core import (
     reduce,
     register_nonlinearity,
 )
+from .lrp import Composite, composites, register_composite
 from .metrics.evaluate import evaluate
 from .robust import attacks  # tribute.attacks.pgd, tribute.attacks.fgsm
 
@@ -29,8 +30,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     *attribution.__all__,
-    "Coverage", "DisconnectedInputError", "LayerError", "Method", "NonFiniteAttributionError", "Normalize",
-    "PassCount", "count_passes",
-    "explain", "get_method", "known_nonlinearities", "methods", "reduce", "register_nonlinearity",
-    "attacks", "evaluate", "metrics", "robust", "training",
+    "Composite", "Coverage", "DisconnectedInputError", "LayerError", "Method", "NonFiniteAttributionError",
+    "Normalize", "PassCount", "count_passes", "explain", "get_method", "known_nonlinearities", "methods", "reduce",
+    "register_composite", "register_nonlinearity", "attacks", "composites", "evaluate", "metrics", "robust",
+    "training",
 ]

@@ -37,12 +37,13 @@ import torch.nn.functional as F
 from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import Forward, accumulate, check_inputs, check_model
-from ..core.layers import LayerError, LayerRows, Site, bias_gradient_rows, layer_activations
+from ..core.layers import LayerError, LayerRows, Site, layer_activations
 from ..core.method import Call, Method
 from ..core.randomness import SampleStreams
 from ..core.reduce import check_reduce, reduce
 from ..core.registry import register
 from ..core.targets import Target
+from .fullgrad_bias import bias_gradient_rows
 from .guided import GuidedBackprop
 from .layer import LAYER_OPTION, LayerMethod
 

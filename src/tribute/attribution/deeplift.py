@@ -12,9 +12,9 @@ from ..core.engine import accumulate, disconnected
 from ..core.interception import apply_rules
 from ..core.method import Method
 from ..core.registry import register
-from ..core.reveal_cancel import RevealCancelOps, RevealCancelRule
 from ..core.rules import Rescale, RuleSet
 from ..core.targets import Target
+from .reveal_cancel import RevealCancelOps, RevealCancelRule
 
 
 @register("deeplift")
@@ -60,7 +60,7 @@ class DeepLiftRevealCancel(Method):
     """DeepLIFT with the RevealCancel rule at nonlinearities (Shrikumar et al. 2017, §3.5.3).
 
     Positive and negative parts of every difference from the reference are propagated apart, so that
-    evidence that cancels out is revealed rather than netted (see :mod:`tribute.core.reveal_cancel`):
+    evidence that cancels out is revealed rather than netted (see :mod:`tribute.attribution.reveal_cancel`):
     φ = m⁺ ⊙ (x − x̄)⁺ + m⁻ ⊙ (x − x̄)⁻, with Σφ = S_c(x) − S_c(x̄) exactly.  Linear layers split by the sign of
     their weights; max pooling passes the parts of the entry selected at the input.
 

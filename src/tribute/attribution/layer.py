@@ -53,7 +53,7 @@ from ..core.method import Method
 from ..core.quadrature import RULES, quadrature
 from ..core.randomness import SampleStreams, draw_references
 from ..core.registry import register
-from ..core.rules import GRADIENT, EpsilonRatio, Rescale, RuleSet
+from ..core.rules import GRADIENT, ElementwiseEpsilon, Rescale, RuleSet
 from ..core.targets import Target
 from ..core.tensors import per_sample
 from .integrated import check_references
@@ -265,7 +265,7 @@ class LayerDeepLift(LayerMethod):
 
 def _epsilon_rules(options: dict) -> RuleSet:
     eps = opt.real(0, low_open=True)("epsilon", options.pop("epsilon", 1e-9))
-    return RuleSet(f"lrp_epsilon({eps:g})", {"*": EpsilonRatio(eps)})
+    return RuleSet(f"lrp_epsilon({eps:g})", {"*": ElementwiseEpsilon(eps)})
 
 
 def _named_rules(name: str) -> RuleSet:

@@ -3,6 +3,7 @@ with rules at the linear layers assigned by composites (Bach et al. 2015; Montav
 
 from __future__ import annotations
 
+import threading
 from dataclasses import replace
 from types import SimpleNamespace
 
@@ -10,14 +11,16 @@ import torch
 
 from ..core import options as opt
 from ..core.engine import Forward, accumulate
-from ..core.epsilon_form import EpsilonForm, FusedEpsilonRelu, Unsupported, covers
-from ..core.merge_plan import MergePlan, Replan
 from ..core.method import Method
-from ..core.propagation import AlphaBeta, Box, Composite, Epsilon, Flat, Gamma, PassRelevance, WithWeights, ZPlus
 from ..core.registry import register
-from ..core.rules import EpsilonRatio, RuleSet
+from ..core.rule_registry import RuleKind, rules_of_kind
+from ..core.rules import ElementwiseEpsilon, RuleSet
 from ..core.targets import Target
-from ..core.weight_cache import WeightCache
+from ..lrp.composites import RuleParameters, WithWeights, check_composite, make_composite
+from ..lrp.epsilon_form import EpsilonForm, FusedEpsilonRelu, Unsupported, covers
+from ..lrp.merge_plan import MergePlan, Replan
+from ..lrp.ops import FAMILY
+from ..lrp.weight_cache import WeightCache
 from .gradient import GradientAtInput
 
 
@@ -37,61 +40,16 @@ class LRPEpsilon(GradientAtInput):
     options = {"epsilon": opt.Option(1e-9, opt.real(0, low_open=True))}
 
     def rule_set(self, o: SimpleNamespace) -> RuleSet:
-        return RuleSet(f"lrp_epsilon({o.epsilon:g})", {"*": EpsilonRatio(o.epsilon)})
+        return RuleSet(f"lrp_epsilon({o.epsilon:g})", {"*": ElementwiseEpsilon(o.epsilon)})
 
     def combine(self, x, grad):
         return x * grad
 
 
-def _composite(o: SimpleNamespace, x_shape, transform) -> Composite:
+def _composite(o: SimpleNamespace, x_shape, transform):
     """The composite named by ``o.composite`` (or given), with the method's rule parameters."""
-    if isinstance(o.composite, Composite):
-        return o.composite
-    eps, gamma = Epsilon(o.epsilon), Gamma(o.gamma)
-    name = o.composite
-    if name == "epsilon":
-        return Composite(conv=eps, dense=eps, name=name)
-    if name == "zplus":
-        return Composite(conv=ZPlus(), dense=ZPlus(), name=name)
-    if name == "alpha_beta":
-        ab = AlphaBeta(o.alpha, o.beta)
-        return Composite(conv=ab, dense=ab, name=name)
-    if name == "gamma":
-        return Composite(conv=gamma, dense=gamma, name=name)
-    if name == "epsilon_plus":
-        return Composite(conv=ZPlus(), dense=eps, name=name)
-    if name == "epsilon_plus_flat":
-        return Composite(first=Flat(), conv=ZPlus(), dense=eps, name=name)
-    if name == "epsilon_alpha2_beta1":
-        return Composite(conv=AlphaBeta(2.0, 1.0), dense=eps, name=name)
-    # epsilon_gamma_box
-    if o.low is None or o.high is None:
-        raise ValueError("composite 'epsilon_gamma_box' needs the input's bounds: low= and high= (pixel space)")
-    low, high = (_bound(v, x_shape, transform) for v in (o.low, o.high))
-    return Composite(first=Box(low, high), conv=gamma, dense=eps, name=name)
-
-
-def _bound(value, x_shape, transform) -> torch.Tensor:
-    """A bound given as a number, per channel or as a tensor in pixel space, in the model's input space.
-
-    Per-channel bounds stay (1, C, 1, …) so that they broadcast to whatever the first layer sees (a model
-    may pad its input before the first convolution)."""
-    t = torch.as_tensor(value, dtype=torch.float64)
-    if t.dim() <= 1 and len(x_shape) > 2:
-        t = t.reshape(1, -1, *([1] * (len(x_shape) - 2)))
-        if t.shape[1] == 1:
-            t = t.expand(1, x_shape[1], *t.shape[2:])
-    return t if transform is None else transform(t)
-
-
-COMPOSITES = ("epsilon", "zplus", "alpha_beta", "gamma", "epsilon_plus", "epsilon_plus_flat",
-              "epsilon_alpha2_beta1", "epsilon_gamma_box")
-
-
-def _check_composite(name, v):
-    if isinstance(v, Composite):
-        return v
-    return opt.choice(COMPOSITES)(name, v)
+    return make_composite(o.composite, RuleParameters(o.epsilon, o.gamma, o.alpha, o.beta, o.low, o.high,
+                                                      tuple(x_shape), transform))
 
 
 @register("lrp")
@@ -101,13 +59,13 @@ class LRP(Method):
 
     The relevance at the output is the target score, R = S_c(x) at the target (a callable target: its
     value times its gradient with respect to the outputs); each linear layer redistributes the relevance
-    at its output over its inputs by the rule the composite assigns it (see :mod:`tribute.core.propagation`
+    at its output over its inputs by the rule the composite assigns it (see :mod:`tribute.lrp`
     for every rule and for batch norm, residual additions and pooling).  The result is the relevance at the
     model's input: with ``input_transform``, at the transformed input (relevance is not rescaled by it).
 
     Options
     -------
-    composite : a :class:`tribute.core.propagation.Composite`, or one of ``"epsilon"`` (ε on every layer,
+    composite : a :class:`tribute.lrp.Composite`, or one of ``"epsilon"`` (ε on every layer,
         Eq 15), ``"zplus"``, ``"alpha_beta"``, ``"gamma"`` (that rule on every layer), ``"epsilon_plus"``
         (z⁺ on convolutions, ε on dense layers; the default), ``"epsilon_plus_flat"`` (flat on the first
         layer), ``"epsilon_alpha2_beta1"``, ``"epsilon_gamma_box"`` (zᴮ on the first layer with ``low`` and
@@ -118,14 +76,14 @@ class LRP(Method):
         between chunks and calls of this explainer (default True), at the cost of holding copies of the
         parameters (on a ResNet-18: 1.84× for ε, 2.84× for z⁺, 3.44× for γ, 4× for αβ).  From the second call on,
         layers that batch norm merges into run with the merged weights and the batch-norm ops are skipped
-        (:mod:`tribute.core.merge_plan`); a stride-1 convolution's transposed layer runs as a convolution
-        with the rotated derived weight, kept in its place (:func:`tribute.core.propagation.rotate`).  The
+        (:mod:`tribute.lrp.merge_plan`); a stride-1 convolution's transposed layer runs as a convolution
+        with the rotated derived weight, kept in its place (:func:`tribute.lrp.layer_call.rotate`).  The
         weights are rederived whenever a parameter or batch norm statistic they came from changes (see
-        :mod:`tribute.core.weight_cache`); ``explainer.weights.clear()`` drops them.
+        :mod:`tribute.lrp.weight_cache`); ``explainer.weights.clear()`` drops them.
     """
 
     options = {
-        "composite": opt.Option("epsilon_plus", _check_composite),
+        "composite": opt.Option("epsilon_plus", check_composite),
         "epsilon": opt.Option(1e-6, opt.real(0, low_open=True)),
         "gamma": opt.Option(0.25, opt.real(0)),
         "alpha": opt.Option(2.0, opt.real(1)),
@@ -138,12 +96,18 @@ class LRP(Method):
     def __init__(self, model, **options):
         super().__init__(model, **options)
         self.weights = WeightCache()
-        self._plan = MergePlan()  # where batch norm merged last time (core.merge_plan)
+        self._plan = MergePlan()  # where batch norm merged last time (tribute.lrp.merge_plan)
+        # the weight cache and merge plan serve one pass at a time: calls from two threads take turns
+        self._lock = threading.RLock()
 
     def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
         return x.shape[0] <= o.batch_size  # one chunk: the engine takes the prediction from its forward pass
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+        with self._lock:
+            return self._propagate(x, target, o)
+
+    def _propagate(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         if o.differentiable:
             raise ValueError("LRP composites do not support differentiable=True; lrp_epsilon (Ancona's form) does")
         if o.alpha - o.beta != 1:
@@ -151,8 +115,9 @@ class LRP(Method):
         composite = _composite(o, x.shape, o.input_transform)
         name = f"lrp[{getattr(composite, 'name', 'custom')}]"
         cache = self.weights if o.cache_weights else None
-        rules = RuleSet(name, {"*": PassRelevance()}, ops=WithWeights(composite, cache, self._plan))
-        # ε everywhere: the same relevance as x ⊙ a modified gradient, in fewer passes (core.epsilon_form)
+        at_nonlinearities = rules_of_kind(FAMILY, RuleKind.ELEMENTWISE)  # the pass rule
+        rules = RuleSet(name, at_nonlinearities, ops=WithWeights(composite, cache, self._plan))
+        # ε everywhere: the same relevance as x ⊙ a modified gradient, in fewer passes (tribute.lrp.epsilon_form)
         fast = None if o.strict or not covers(composite) else \
             RuleSet(name, {"*": FusedEpsilonRelu()}, ops=EpsilonForm(composite, cache, self._plan))
         xm = x if o.input_transform is None else o.input_transform(x).detach()

@@ -7,12 +7,13 @@ from .method import Method, NonFiniteAttributionError
 from .nonlinearities import known_nonlinearities, register_nonlinearity
 from .reduce import REDUCTIONS, reduce
 from .registry import explain, get_method, methods, register
-from .rules import GRADIENT, Rule, RuleSet
+from .rule_registry import BackwardRule, OpRule, RuleKind, register_rule, rule_table, unregister_rule
+from .rules import GRADIENT, ElementwiseRule, RuleSet
 from .transforms import Normalize
 
 __all__ = [
-    "GRADIENT", "REDUCTIONS", "Coverage", "DisconnectedInputError", "LayerError", "Method",
-    "NonFiniteAttributionError", "Normalize",
-    "PassCount", "Rule", "RuleSet", "apply_rules", "count_passes", "explain", "find_default_layer", "get_method",
-    "known_nonlinearities", "methods", "reduce", "register", "register_nonlinearity", "resolve_layer",
+    "GRADIENT", "REDUCTIONS", "BackwardRule", "Coverage", "DisconnectedInputError", "ElementwiseRule", "LayerError",
+    "Method", "NonFiniteAttributionError", "Normalize", "OpRule", "PassCount", "RuleKind", "RuleSet", "apply_rules",
+    "count_passes", "explain", "find_default_layer", "get_method", "known_nonlinearities", "methods", "reduce",
+    "register", "register_nonlinearity", "register_rule", "resolve_layer", "rule_table", "unregister_rule",
 ]

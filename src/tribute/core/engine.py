@@ -67,8 +67,6 @@ def record_passes(forward: int = 0, backward: int = 0) -> None:
         c.add(forward, backward)
 
 
-_record = record_passes
-
 
 # Modules whose output depends on ``training``: attributing through them in train mode mixes samples
 # (batch norm statistics) or adds noise (dropout), so train mode is refused rather than changed.
@@ -144,7 +142,7 @@ class Forward:
             raise TypeError(
                 f"the model must return a tensor, got {type(out).__name__}; wrap it to return the logits"
             )
-        _record(forward=x.shape[0])
+        record_passes(forward=x.shape[0])
         return out
 
     def outputs(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
@@ -192,7 +190,7 @@ def gradient_rows(
             g = score_gradient(s, leaf, start, create_graph=create_graph)
         finally:
             end_phases(phases)
-    _record(backward=out.shape[0])
+    record_passes(backward=out.shape[0])
     return g
 
 

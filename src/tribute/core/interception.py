@@ -279,8 +279,6 @@ class RuleMode(TorchFunctionMode):
             if self.propagation is not None:
                 self.propagation.before_write(z, writer=nl.name)
             z.copy_(y)
-            if hasattr(y, "_tribute_twins"):  # differences carried beside the tensor (DeepLIFT RevealCancel)
-                z._tribute_twins = y._tribute_twins
             y = z
         _tag(y, self.token)
         self._made(y, nl)

@@ -4,7 +4,7 @@
 constructor are defaults for every call; options given to ``attribute`` override them for that call.
 The result has the input's shape, dtype and device.  The model is never changed: the engine only reads
 it, and nothing it sets up on the model outlives the call, also when the call fails (an LRP explainer keeps
-its own copies of the weights its rules derive between calls: :mod:`tribute.core.weight_cache`).
+its own copies of the weights its rules derive between calls: :mod:`tribute.lrp.weight_cache`).
 
 The base class does the plumbing once for every method: it validates the options, resolves ``target=None``
 to the prediction on the clean inputs, and keeps the state of one call (the model seen through the input

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .nonlinearities import Nonlinearity, is_rectifier, rectifier_gate
+from .rule_registry import BackwardRule, RuleKind
 
 
 def sign0(z: torch.Tensor) -> torch.Tensor:
@@ -50,13 +51,15 @@ def derivative(nl: Nonlinearity, z: torch.Tensor, params: dict[str, Any]) -> tor
     return d
 
 
-class Rule:
-    """Base class: a modified backward pass at one nonlinearity.
+class ElementwiseRule(BackwardRule):
+    """Base class: a modified backward pass at one elementwise nonlinearity (the elementwise kind of
+    :mod:`tribute.core.rule_registry`).
 
     Subclasses set ``saves_input`` and override :meth:`save` and :meth:`backward`; rules that change
     the forward function override :meth:`apply` instead.
     """
 
+    kind = RuleKind.ELEMENTWISE
     name = "rule"
     #: whether :meth:`save` keeps the input z (an in-place call is then given a copy of z)
     saves_input = True
@@ -88,13 +91,6 @@ class Rule:
         (z,) = saved
         return gy * derivative(nl, z, params)
 
-    def key(self) -> tuple:
-        """What makes two rules the same (used to detect conflicting nested rule sets)."""
-        return (type(self).__name__, tuple(sorted(vars(self).items())))
-
-    def __repr__(self) -> str:
-        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
-        return f"{type(self).__name__}({args})"
 
 
 class Phase:
@@ -111,7 +107,7 @@ class _ModifiedBackward(torch.autograd.Function):
     """y = f(z) forward; the rule's g in the attribution's backward pass, f' in any later one."""
 
     @staticmethod
-    def forward(ctx, z, rule: Rule, nl: Nonlinearity, params, phase: Phase):
+    def forward(ctx, z, rule: ElementwiseRule, nl: Nonlinearity, params, phase: Phase):
         y = nl(z, **params)
         ctx.rule, ctx.nl, ctx.params, ctx.phase = rule, nl, params, phase
         ctx.save_for_backward(*rule.save(nl, z, y, params))
@@ -128,7 +124,7 @@ class _ModifiedBackwardInPlace(torch.autograd.Function):
     (a gate): z is overwritten with f(z), with no new output and no copy."""
 
     @staticmethod
-    def forward(ctx, z, rule: Rule, nl: Nonlinearity, params, phase: Phase):
+    def forward(ctx, z, rule: ElementwiseRule, nl: Nonlinearity, params, phase: Phase):
         ctx.rule, ctx.nl, ctx.params, ctx.phase = rule, nl, params, phase
         ctx.save_for_backward(*rule.save(nl, z, None, params))
         if nl.name == "relu":
@@ -141,7 +137,7 @@ class _ModifiedBackwardInPlace(torch.autograd.Function):
     backward = _ModifiedBackward.backward
 
 
-class Gradient(Rule):
+class Gradient(ElementwiseRule):
     """The plain gradient g = f'(z): the nonlinearity runs untouched under autograd."""
 
     name = "gradient"
@@ -150,7 +146,7 @@ class Gradient(Rule):
         return nl(z, **params)
 
 
-class EpsilonRatio(Rule):
+class ElementwiseEpsilon(ElementwiseRule):
     """ε-LRP at a nonlinearity (seed 001, Prop 1): g = f(z) / (z + ε·sign z), sign(0) = +1.
 
     With ε > 0 the ratio is finite at z = 0; for f with f(0) = 0 (ReLU, tanh) it is the average slope
@@ -200,7 +196,7 @@ class _SavedFactor(torch.autograd.Function):
         return gy * factor, None, None, None
 
 
-class Rescale(Rule):
+class Rescale(ElementwiseRule):
     """DeepLIFT Rescale (seed 001, Prop 2): g = (f(z) − f(z̄)) / (z − z̄).
 
     The batch holds the inputs in its first half and their references in the second half (one 2N
@@ -233,7 +229,7 @@ class Rescale(Rule):
         return gy * torch.cat([ratio, ratio])
 
 
-class _RectifierRule(Rule):
+class _RectifierRule(ElementwiseRule):
     """A rule at rectifiers only; it saves the forward gate, the rectifier's own f'."""
 
     saves_input = False
@@ -276,7 +272,7 @@ class DeconvRelu(_RectifierRule):
         return gy.clamp(min=0)
 
 
-class SoftplusRelu(Rule):
+class SoftplusRelu(ElementwiseRule):
     """Replace ReLU by softplus_β in the forward pass (Dombrowski et al. 2019, β-smoothing).
 
     Gradients are then the true gradients of the smoothed network; β → ∞ recovers the ReLU.
@@ -300,16 +296,17 @@ class RuleSet:
     """Which rule applies to which nonlinearity.
 
     Keys are nonlinearity names (``"relu"``, ``"sigmoid"``, …) or ``"*"`` for every nonlinearity the
-    rule :meth:`Rule.applies` to.  Nonlinearities no rule takes keep the plain gradient.
+    rule :meth:`ElementwiseRule.applies` to.  Nonlinearities no rule takes keep the plain gradient.
     """
 
-    def __init__(self, name: str, rules: Mapping[str, Rule], ops: Any = None):
+    def __init__(self, name: str, rules: Mapping[str, ElementwiseRule], ops: Any = None):
         self.name = name
         self.rules = dict(rules)
-        #: for LRP: the composite that assigns rules at linear layers and other ops (see .propagation)
+        #: the rules at other ops: ``ops.start()`` gives the handler of one pass, ``ops.key()`` says what it does
+        #: (e.g. an LRP composite, :mod:`tribute.lrp`)
         self.ops = ops
 
-    def rule_for(self, nl: Nonlinearity, params: dict[str, Any]) -> Rule | None:
+    def rule_for(self, nl: Nonlinearity, params: dict[str, Any]) -> ElementwiseRule | None:
         rule = self.rules.get(nl.name)
         if rule is None:
             rule = self.rules.get("*")

@@ -1,4 +1,4 @@
-"""ε-LRP composites as a modified gradient (the "gradient form" of :mod:`tribute.core.propagation`).
+"""ε-LRP composites as a modified gradient (the "gradient form" of the relevance form, :mod:`tribute.lrp.propagation`).
 
 Write the relevance at every tensor v as R_v = v ⊙ t_v, t the relevance per unit of v.  Then
 
@@ -22,8 +22,8 @@ form handles with these rules; anything else raises :class:`Unsupported` during 
 caller falls back to the relevance form, which gives the same relevance.
 
 Batch norm merged into the layer before it is planned from the explainer's earlier passes
-(:mod:`tribute.core.merge_plan`).  With a weight cache, a stride-1 convolution's backward pass is the convolution
-with its rotated weight (:attr:`tribute.core.propagation.LayerOp.rotated_adjoint`), which on CPU runs faster than
+(:mod:`tribute.lrp.merge_plan`).  With a weight cache, a stride-1 convolution's backward pass is the convolution
+with its rotated weight (:attr:`tribute.lrp.layer_call.LayerOp.rotated_adjoint`), which on CPU runs faster than
 autograd's transposed convolution (at batch 1 on ResNet-18 it makes the whole ε pass about 10% faster).
 """
 
@@ -33,27 +33,17 @@ from typing import Any
 
 import torch
 
-from .merge_plan import Merge, MergePlan, Replan
-from .propagation import (
-    _BILINEAR,
-    _MOVES,
-    _PROPORTIONAL,
-    STABILIZER,
-    Composite,
-    Epsilon,
-    LayerCall,
-    Propagation,
-    batch_norm_arguments,
-    parse_linear,
-    rotate,
-    stab,
-)
-from .rules import Rule
+from ..core.rules import ElementwiseRule, stab
+from .composites import Composite
+from .layer_call import LayerCall, parse_linear, rotate
+from .merge_plan import Merge, MergePlan, Replan, batch_norm_arguments
+from .propagation import Propagation
+from .rules import STABILIZER, Epsilon
 from .weight_cache import WeightCache
 
 _EPS = "_tribute_eps"  # the stabiliser a tensor's readers owe it (it is a linear layer's or Norm op's output)
 _PRODUCER = "_tribute_producer"  # the linear-layer call that made it (batch norm may merge into it)
-_IN_PLACE_ADD = {"add_": 1.0, "__iadd__": 1.0, "sub_": -1.0, "__isub__": -1.0}
+_IN_PLACE_ADD = {"add": 1.0, "sub": -1.0}  # in-place additions, by the op they compute: their sign
 
 
 class Unsupported(Exception):
@@ -194,7 +184,7 @@ def _sum_to(g: torch.Tensor, shape) -> torch.Tensor:
     return g if g.shape == shape else g.sum_to_size(shape)
 
 
-class FusedEpsilonRelu(Rule):
+class FusedEpsilonRelu(ElementwiseRule):
     """The gradient form's rule at nonlinearities: ReLUs only (see the module doc); anything else is
     :class:`Unsupported`."""
 
@@ -249,42 +239,47 @@ class GradientForm(Propagation):
         return _OutputFactor.apply(out, eps)
 
     def handle(self, func, args, kwargs, tagged, name):
-        parsed = parse_linear(func, args, kwargs)
-        if parsed is not None:
-            kind, x, w, b, op = parsed
-            if not tagged(x) or tagged(w) or tagged(b):
-                raise Unsupported(f"{name} with a weight on the input's path")
-            module = self.module_stack[-1] if self.module_stack else None
-            layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module)
-            self.count += 1
-            found = None if self.plan is None else self.plan.planned(layer.index, kind, op.groups, w, b, self.cache)
-            planned = None
-            if found is None:
-                out = self._linear(op, self._edge(x), w, b)
-            else:
-                self.cache.discard((w,), tag="rotated")  # kept for the layer's own weight before the plan
-                planned, merged, entry = found
-                out = self._linear(op, self._edge(x), *merged, entry=entry, planned=True)
-            setattr(out, _EPS, self.composite.rule(layer).epsilon)
-            setattr(out, _PRODUCER, _Producer(layer, planned))
-            return out
-        suffix = name.rsplit(".", 1)[-1]
-        if suffix == "batch_norm":
-            return self._batch_norm(func, args, kwargs)
-        tagged_args = [a for a in list(args) + list(kwargs.values()) if tagged(a)]
-        if suffix in _MOVES:
-            return self._move(func, args, kwargs, tagged, tagged_args)
-        if suffix in _IN_PLACE_ADD:
-            return self._in_place_add(args, kwargs, tagged, _IN_PLACE_ADD[suffix])
-        if suffix in _PROPORTIONAL and not (suffix in _BILINEAR and len(tagged_args) > 1):
-            out = func(*self._edges(args, tagged), **{k: self._edge(v) if tagged(v) else v for k, v in kwargs.items()})
-            _owe(out, STABILIZER)
-            return out
+        rule = self.table.get(name.rsplit(".", 1)[-1])
+        if rule is not None and getattr(rule, "gradient_form", False):
+            return rule.apply(self, func, args, kwargs, tagged, name)
         out = func(*args, **kwargs)
         if isinstance(out, torch.Tensor) or (isinstance(out, (list, tuple))
                                              and any(isinstance(o, torch.Tensor) for o in out)):
             raise Unsupported(f"{name} has no rule in the gradient form")
         return out  # metadata (x.shape, x.dim()) carries no relevance
+
+    def linear(self, func, args, kwargs, tagged, name):
+        parsed = parse_linear(func, args, kwargs)
+        if parsed is None:
+            raise Unsupported(f"{name} has no rule in the gradient form")
+        kind, x, w, b, op = parsed
+        if not tagged(x) or tagged(w) or tagged(b):
+            raise Unsupported(f"{name} with a weight on the input's path")
+        module = self.module_stack[-1] if self.module_stack else None
+        layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module)
+        self.count += 1
+        found = None if self.plan is None else self.plan.planned(layer.index, kind, op.groups, w, b, self.cache)
+        planned = None
+        if found is None:
+            out = self._linear(op, self._edge(x), w, b)
+        else:
+            self.cache.discard((w,), tag="rotated")  # kept for the layer's own weight before the plan
+            planned, merged, entry = found
+            out = self._linear(op, self._edge(x), *merged, entry=entry, planned=True)
+        setattr(out, _EPS, self.composite.rule(layer).epsilon)
+        setattr(out, _PRODUCER, _Producer(layer, planned))
+        return out
+
+    def proportional(self, func, args, kwargs, tagged, name, rule):
+        if rule.inplace:
+            if rule.base not in _IN_PLACE_ADD:
+                raise Unsupported(f"{name} has no rule in the gradient form")
+            return self._in_place_add(args, kwargs, tagged, _IN_PLACE_ADD[rule.base])
+        if rule.bilinear and sum(1 for a in list(args) + list(kwargs.values()) if tagged(a)) > 1:
+            raise Unsupported(f"{name} of two tensors on the input's path has no rule in the gradient form")
+        out = func(*self._edges(args, tagged), **{k: self._edge(v) if tagged(v) else v for k, v in kwargs.items()})
+        _owe(out, STABILIZER)
+        return out
 
     def _linear(self, op, x, w, b, entry=None, planned: bool = False):
         """op(x, w, b); for a convolution whose transposed layer is a convolution with rotate(w) (stride 1, …),
@@ -312,8 +307,9 @@ class GradientForm(Propagation):
     def _edges(self, args, tagged):
         return [self._edge(a) if tagged(a) else a for a in args]
 
-    def _move(self, func, args, kwargs, tagged, tagged_args):
+    def move(self, func, args, kwargs, tagged, name):
         """Moves pass what is owed to their output, when they read one tensor (a view, a max pooling)."""
+        tagged_args = [a for a in list(args) + list(kwargs.values()) if tagged(a)]
         if len(tagged_args) != 1:
             return func(*self._edges(args, tagged), **kwargs)
         (v,) = tagged_args
@@ -349,7 +345,7 @@ class GradientForm(Propagation):
             delattr(out, _PRODUCER)
         return out
 
-    def _batch_norm(self, func, args, kwargs):
+    def batch_norm(self, func, args, kwargs, tagged):
         p = batch_norm_arguments(args, kwargs)
         z = p["input"]
         producer = getattr(z, _PRODUCER, None)

@@ -130,3 +130,14 @@ def has_forward_hooks(model) -> bool:
     if hooks._global_forward_hooks or hooks._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def batch_norm_arguments(args, kwargs) -> dict[str, Any]:
+    """``F.batch_norm``'s arguments by name; LRP refuses train mode (its statistics mix the batch)."""
+    names = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
+    p = dict(zip(names, args, strict=False))
+    p.update(kwargs)
+    if p.get("training", False):
+        raise ValueError("LRP needs batch norm in eval mode (running statistics); call model.eval()")
+    return p
+

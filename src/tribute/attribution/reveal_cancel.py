@@ -1,0 +1,283 @@
+"""DeepLIFT's RevealCancel rule (Shrikumar et al. 2017, §3.5.3): positive and negative parts apart.
+
+Input and reference run as one batch of 2N rows.  Beside every tensor on the input's path the pass
+carries the positive and negative parts of its difference from the reference, Δ = Δ⁺ + Δ⁻ (2N rows; the
+reference rows hold zeros), built with autograd from Δx⁺ = max(x − x̄, 0) and Δx⁻ = min(x − x̄, 0):
+
+- a linear layer: Δz⁺ = W⁺Δx⁺ + W⁻Δx⁻ and Δz⁻ = W⁻Δx⁺ + W⁺Δx⁻ (biases cancel in differences);
+- an elementwise nonlinearity y = f(z) with reference z̄:
+  Δy⁺ = ½[f(z̄ + Δz⁺) − f(z̄)] + ½[f(z̄ + Δz⁻ + Δz⁺) − f(z̄ + Δz⁻)], and Δy⁻ likewise with ⁺ and ⁻ swapped,
+  whose multipliers are m⁺ = Δy⁺/Δz⁺ and m⁻ = Δy⁻/Δz⁻ (backward of :class:`_RevealCancel`);
+- sums, means, average pooling, reshapes and indexing act on both parts; a scaling splits by the sign
+  of its factor; max pooling passes the parts of the entry selected at the input.
+Contributions are m⁺ ⊙ Δx⁺ + m⁻ ⊙ Δx⁻ and sum to S_c(x) − S_c(x̄) exactly.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn.functional as F
+
+from ..core.nonlinearities import Nonlinearity
+from ..core.rule_registry import OpRule, RuleKind, register_rule, rule_table
+from ..core.rules import ElementwiseRule, derivative
+from ..lrp.layer_call import parse_linear
+from ..lrp.ops import IN_PLACE, LINEAR_LAYERS, MOVES
+
+FAMILY = "reveal_cancel"
+
+_ATTR = "_tribute_twins"
+# linear with non-negative coefficients: both parts go through unchanged
+POSITIVE = {"sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
+             "adaptive_avg_pool3d", "interpolate", "upsample"}
+_MAXPOOL = {"max_pool2d", "_max_pool2d", "max_pool2d_with_indices"}
+
+
+def twins(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    pair = getattr(t, _ATTR, None)
+    if pair is None:
+        raise RuntimeError("RevealCancel lost track of a tensor's differences (an op it does not handle?)")
+    return pair
+
+
+def _split(c, pos, neg):
+    """c ⊙ (pos, neg) with the parts swapped where c < 0."""
+    cp, cn = c.clamp(min=0), c.clamp(max=0)
+    return cp * pos + cn * neg, cn * pos + cp * neg
+
+
+class _RevealCancel(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, dp, dn, zbar, nl, params):
+        f = lambda t: nl(t, **params)  # noqa: E731
+        f0, fp, fn, fpn = f(zbar), f(zbar + dp), f(zbar + dn), f(zbar + dp + dn)
+        yp = 0.5 * (fp - f0) + 0.5 * (fpn - fn)
+        yn = 0.5 * (fn - f0) + 0.5 * (fpn - fp)
+        ctx.save_for_backward(dp, dn, zbar, yp, yn)
+        ctx.nl, ctx.params = nl, params
+        return yp, yn
+
+    @staticmethod
+    def backward(ctx, gp, gn):
+        dp, dn, zbar, yp, yn = ctx.saved_tensors
+        tiny = 1e-12
+
+        def d(t):
+            return derivative(ctx.nl, t, ctx.params)
+
+        # where a part vanishes, its multiplier is the limit of the ratio: the mean slope of the two halves
+        mp = torch.where(dp.abs() > tiny, yp / torch.where(dp.abs() > tiny, dp, 1.0), 0.5 * (d(zbar) + d(zbar + dn)))
+        mn = torch.where(dn.abs() > tiny, yn / torch.where(dn.abs() > tiny, dn, 1.0), 0.5 * (d(zbar) + d(zbar + dp)))
+        return gp * mp, gn * mn, None, None, None
+
+
+class RevealCancelRule(ElementwiseRule):
+    """At a nonlinearity: the plain forward, and the RevealCancel parts of its difference beside it."""
+
+    name = "reveal_cancel"
+    saves_input = False  # the parts are saved by _RevealCancel; z itself is not
+
+    def apply(self, nl: Nonlinearity, z, params, phase):
+        y = nl(z, **params)
+        dp, dn = twins(z)
+        n = z.shape[0] // 2
+        zbar = torch.cat([z[n:], z[n:]]).detach()
+        y._tribute_twins = _RevealCancel.apply(dp, dn, zbar, nl, params)
+        return y
+
+    def apply_inplace(self, nl: Nonlinearity, z, params, phase):
+        y = self.apply(nl, z, params, phase)  # reads z (and its parts) before the write
+        z.copy_(y)
+        z._tribute_twins = y._tribute_twins
+        return True
+
+
+class RevealCancelOps:
+    """The op handler of the RevealCancel rule set (see the module doc)."""
+
+    name = FAMILY
+
+    def key(self) -> tuple:
+        return (FAMILY,)
+
+    def start(self) -> _Pass:
+        return _Pass()
+
+
+class _Pass:
+    """One forward pass: every op on the input's path runs with its parts beside it (its rule in the family's
+    table), or is refused."""
+
+    unruled: list[str]
+
+    def __init__(self):
+        self.unruled = []
+        self.table = rule_table(FAMILY)
+
+    def track_modules(self, model):
+        return contextlib.nullcontext()
+
+    def count_consumers(self, args, kwargs, tagged) -> None:
+        pass
+
+    def before_write(self, t, writer=None) -> None:  # keeps nothing by reference
+        pass
+
+    def handle(self, func, args, kwargs, tagged, name):
+        rule = self.table.get(name.rsplit(".", 1)[-1])
+        if rule is not None:
+            return rule.apply(self, func, args, kwargs, tagged, name)
+        out = func(*args, **kwargs)
+        if _holds_tensors(out):
+            raise ValueError(f"RevealCancel has no rule for {name} on the input's path")
+        return out  # metadata (x.shape, x.dim()) carries no differences
+
+
+def _holds_tensors(out) -> bool:
+    return isinstance(out, torch.Tensor) or (isinstance(out, (list, tuple)) and bool(out)
+                                             and all(isinstance(o, torch.Tensor) for o in out))
+
+
+class PartsRule(OpRule):
+    """A RevealCancel rule at an op: :meth:`parts` gives (Δ⁺, Δ⁻) of the op's output from its inputs' parts."""
+
+    def apply(self, handler, func, args, kwargs, tagged, name):
+        out = func(*args, **kwargs)
+        if not _holds_tensors(out):
+            return out  # metadata (x.shape, x.dim()) carries no differences
+        parts = self.parts(func, args, kwargs, tagged, name, out)
+        if isinstance(out, torch.Tensor):
+            out._tribute_twins = parts
+        else:
+            for o, p, q in zip(out, *parts, strict=True):
+                o._tribute_twins = (p, q)
+        return out
+
+    def parts(self, func, args, kwargs, tagged, name, out) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+def _on_path(args, kwargs, tagged) -> list[torch.Tensor]:
+    return [a for a in args if tagged(a)] + [v for v in kwargs.values() if tagged(v)]
+
+
+class SignedWeights(PartsRule):
+    """A linear layer: Δz⁺ = W⁺Δx⁺ + W⁻Δx⁻, Δz⁻ = W⁻Δx⁺ + W⁺Δx⁻ (the bias cancels)."""
+
+    kind = RuleKind.LINEAR
+
+    def parts(self, func, args, kwargs, tagged, name, out):
+        parsed = parse_linear(func, args, kwargs)
+        if parsed is None:
+            raise ValueError(f"RevealCancel has no rule for {name} on the input's path")
+        _, x, w, _, op = parsed
+        if not tagged(x) or tagged(w):
+            raise ValueError(f"RevealCancel: {name} with weights computed from the input is not supported")
+        dp, dn = twins(x)
+        w = w.detach()
+        wp, wn = w.clamp(min=0), w.clamp(max=0)
+        return op(dp, wp, None) + op(dn, wn, None), op(dp, wn, None) + op(dn, wp, None)
+
+
+class Sum(PartsRule):
+    """a + b: the parts add."""
+
+    def parts(self, func, args, kwargs, tagged, name, out):
+        if kwargs.get("alpha", 1) != 1:
+            raise ValueError("RevealCancel: add with alpha is not supported")
+        pairs = [twins(a) for a in _on_path(args, kwargs, tagged)]
+        return sum(p for p, _ in pairs), sum(q for _, q in pairs)
+
+
+class Difference(PartsRule):
+    """a − b: Δ⁺ = Δa⁺ − Δb⁻, Δ⁻ = Δa⁻ − Δb⁺ (``reflected``: b − a, as ``__rsub__`` is called)."""
+
+    def __init__(self, reflected: bool = False):
+        self.reflected = reflected
+
+    def parts(self, func, args, kwargs, tagged, name, out):
+        first, second = (args[1], args[0]) if self.reflected else (args[0], args[1])
+        zero = (0, 0)
+        (ap, an), (bp, bn) = (twins(first) if tagged(first) else zero), (twins(second) if tagged(second) else zero)
+        return ap - bn, an - bp
+
+
+class Negation(PartsRule):
+    """−a: the parts swap and change sign."""
+
+    def parts(self, func, args, kwargs, tagged, name, out):
+        p, q = twins(args[0])
+        return -q, -p
+
+
+class Scaling(PartsRule):
+    """c·a (or a / c) with c off the input's path: the parts scale, swapped where c < 0."""
+
+    def __init__(self, divides: bool = False):
+        self.divides = divides
+
+    def parts(self, func, args, kwargs, tagged, name, out):
+        on_path = _on_path(args, kwargs, tagged)
+        if len(on_path) != 1:
+            raise ValueError("RevealCancel: a product of two tensors on the input's path has no rule")
+        t = on_path[0]
+        other = next(a for a in args if a is not t)
+        c = torch.as_tensor(other, dtype=t.dtype, device=t.device).detach()
+        return _split(1 / c if self.divides else c, *twins(t))
+
+
+class BatchNormScale(PartsRule):
+    """Eval-mode batch norm: the parts scale by γ/σ per channel (the shift cancels)."""
+
+    def parts(self, func, args, kwargs, tagged, name, out):
+        p_ = dict(zip(("input", "running_mean", "running_var", "weight", "bias", "training"), args, strict=False))
+        p_.update(kwargs)
+        scale = torch.rsqrt(p_["running_var"].detach() + p_.get("eps", kwargs.get("eps", 1e-5)))
+        if p_.get("weight") is not None:
+            scale = scale * p_["weight"].detach()
+        return _split(scale.view(1, -1, *([1] * (out.dim() - 2))), *twins(p_["input"]))
+
+
+class SelectedAtInput(PartsRule):
+    """2-d max pooling: the parts of the entry selected at the input, for input and reference rows alike."""
+
+    def parts(self, func, args, kwargs, tagged, name, out):
+        x = args[0]
+        kw = dict(zip(("kernel_size", "stride", "padding", "dilation", "ceil_mode"), args[1:], strict=False))
+        kw.update({k: v for k, v in kwargs.items() if k != "return_indices"})
+        _, idx = F.max_pool2d(x.detach(), return_indices=True, **kw)
+        n = x.shape[0] // 2
+        idx = torch.cat([idx[:n], idx[:n]])  # the entries selected at the input, for both halves
+        return tuple(t.flatten(2).gather(2, idx.flatten(2)).view_as(idx) for t in twins(x))
+
+
+class PartsApart(PartsRule):
+    """A linear op with non-negative coefficients or a move: each part goes through it alone."""
+
+    def parts(self, func, args, kwargs, tagged, name, out):
+        def sub(a, k):
+            if isinstance(a, (list, tuple)):
+                return type(a)(sub(b, k) for b in a)
+            return twins(a)[k] if tagged(a) else a
+
+        return tuple(func(*(sub(a, k) for a in args), **{key: sub(v, k) for key, v in kwargs.items()}) for k in (0, 1))
+
+
+def _with_in_place(ops) -> set[str]:
+    """``ops`` and their in-place forms."""
+    return {*ops, *(op for op, base in IN_PLACE.items() if base in ops)}
+
+
+register_rule(FAMILY, "*", RevealCancelRule())
+register_rule(FAMILY, LINEAR_LAYERS, SignedWeights())
+register_rule(FAMILY, _with_in_place({"add", "__add__", "__radd__"}), Sum())
+register_rule(FAMILY, _with_in_place({"sub", "__sub__"}), Difference())
+register_rule(FAMILY, "__rsub__", Difference(reflected=True))
+register_rule(FAMILY, ("neg", "__neg__"), Negation())
+register_rule(FAMILY, _with_in_place({"mul", "__mul__", "__rmul__"}), Scaling())
+register_rule(FAMILY, _with_in_place({"div", "__truediv__"}), Scaling(divides=True))
+register_rule(FAMILY, "batch_norm", BatchNormScale())
+register_rule(FAMILY, _MAXPOOL, SelectedAtInput())
+register_rule(FAMILY, (POSITIVE | MOVES) - _MAXPOOL, PartsApart())

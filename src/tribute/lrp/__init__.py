@@ -1,0 +1,23 @@
+"""Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2019): rules, composites, the handler.
+
+- :mod:`.rules`: the rules at linear layers (ε, z⁺, αβ, γ, zᴮ, flat, w²) and the pass rule at nonlinearities;
+- :mod:`.composites`: :class:`Composite` (which rule at which layer) and the registry of named composites;
+- :mod:`.ops`: the family's rules at every other op (additions, pooling, moves, batch norm), registered in
+  :mod:`tribute.core.rule_registry`;
+- :mod:`.layer_call`, :mod:`.kept`, :mod:`.nodes`, :mod:`.propagation`: a linear layer's call and its transposed
+  map, tensors kept for the backward pass, the autograd nodes, and the per-pass relevance handler;
+- :mod:`.epsilon_form`, :mod:`.merge_plan`, :mod:`.weight_cache`: the ε composites as a modified gradient, batch
+  norm merged from an earlier pass's plan, and the weights rules derive, kept between calls.
+
+>>> from tribute.lrp import Composite, Epsilon, Gamma, Flat
+>>> composite = Composite(first=Flat(), conv=Gamma(0.25), dense=Epsilon(1e-6))
+"""
+
+from . import ops  # registers the family's op rules  # noqa: F401
+from .composites import Composite, RuleParameters, composites, make_composite, register_composite, unregister_composite
+from .rules import STABILIZER, AlphaBeta, Box, Epsilon, Flat, Gamma, LinearRule, PassRelevance, WSquare, ZPlus
+
+__all__ = [
+    "STABILIZER", "AlphaBeta", "Box", "Composite", "Epsilon", "Flat", "Gamma", "LinearRule", "PassRelevance",
+    "RuleParameters", "WSquare", "ZPlus", "composites", "make_composite", "register_composite", "unregister_composite",
+]

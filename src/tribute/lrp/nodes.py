@@ -1,0 +1,103 @@
+"""The autograd nodes of LRP's relevance form: a linear layer under its rule, an op under the Norm rule, batch norm."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from ..core.rules import stab
+from .layer_call import LayerCall
+from .rules import STABILIZER, LinearRule
+
+
+class LinearLayerFunction(torch.autograd.Function):
+    """z = op(x, W, b) forward; the layer's LRP rule backward."""
+
+    @staticmethod
+    def forward(ctx, x, layer: LayerCall, rule: LinearRule, keep):
+        bias = None if layer.bias is None else layer.bias.detach()
+        if getattr(layer.op, "adjoint", None) is None:
+            # no direct transposed op: keep the forward's own graph (x → z) so that Jᵀ needs no recompute
+            with torch.enable_grad():
+                xx = x.detach().requires_grad_()
+                z = layer.op(xx, layer.weight.detach(), bias)
+            layer.graph = (xx, z)
+        else:
+            z = layer.op(x.detach(), layer.weight.detach(), bias)
+        ctx.layer, ctx.rule = layer, rule
+        ctx.save_for_backward(x)
+        # an in-place ReLU that is z's only reader turns it into ReLU(z) rather than copying it first
+        ctx.z = keep(z, unneeded=layer.only_read_by_relu, rectify=True)
+        return z.detach()
+
+    @staticmethod
+    def backward(ctx, r):
+        (x,) = ctx.saved_tensors
+        layer, rule, kept = ctx.layer, ctx.rule, ctx.z
+        x = x.detach()
+        # rectified: the ReLU that overwrote z was its only reader, so with every rule downstream proportional no
+        # relevance reaches z ≤ 0 (relu_only); dropped: overwritten by another op after only a ReLU read it
+        if kept.tensor is None or (kept.rectified and not (layer.facts.all_proportional and rule.positive_z_suffices)):
+            z = layer.op(x, layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
+        else:
+            z = kept.get()
+        return rule.relevance(layer, x, z, r), None, None, None
+
+
+class NormFunction(torch.autograd.Function):
+    """y = op(*inputs) for an op linear or affine in its inputs; backward: R_k = x_k ⊙ J_kᵀ (R / stab(y)).
+
+    The inputs are kept by reference (:class:`Kept`); the backward pass recomputes y with its graph, which
+    for an addition or a pooling costs less than copying inputs and output in the forward pass."""
+
+    @staticmethod
+    def forward(ctx, op, prop: Any, inplace_op, additive: bool, *inputs):
+        ctx.op, ctx.additive = op, additive
+        ctx.kept = [prop.keep(t) for t in inputs]
+        if inplace_op is None:
+            return op(*(t.detach() for t in inputs))
+        # ``x += y`` with x the first input: keep x's old value (one copy, shared with whatever else kept x),
+        # then write the result straight into x
+        target = inputs[0]
+        prop.before_write(target)
+        inplace_op(*inputs)
+        ctx.mark_dirty(target)
+        return target
+
+    @staticmethod
+    def backward(ctx, r):
+        if ctx.additive:  # y = a + b: R_a = a ⊙ s, R_b = b ⊙ s with s = R / stab(y), no graph needed
+            a, b = (k.get() for k in ctx.kept)
+            s = stab(torch.add(a, b), STABILIZER)
+            s = torch.div(r, s, out=s)
+            return None, None, None, None, a * s, s.mul_(b)
+        with torch.enable_grad():
+            xs = [k.get().detach().requires_grad_() for k in ctx.kept]
+            y = ctx.op(*xs)
+            grads = torch.autograd.grad(y, xs, r / stab(y.detach(), STABILIZER), allow_unused=True)
+        out = [None, None, None, None]
+        for x, g in zip(xs, grads, strict=True):
+            out.append(None if g is None else x.detach() * g)
+        return tuple(out)
+
+
+class BatchNormFunction(torch.autograd.Function):
+    """Batch norm (eval) after a linear layer: relevance passes if the norm is merged into that layer,
+    else it is an affine map with the Norm rule."""
+
+    @staticmethod
+    def forward(ctx, z, layer: LayerCall, scale, shift, keep):
+        shape = (1, -1) + (1,) * (z.dim() - 2)
+        ctx.layer, ctx.scale, ctx.shift = layer, scale.view(shape), shift.view(shape)
+        ctx.z = keep(z)
+        return torch.addcmul(ctx.shift, z, ctx.scale)
+
+    @staticmethod
+    def backward(ctx, r):
+        if ctx.layer.merged:
+            return r, None, None, None, None
+        z = ctx.z.get()
+        contribution = z * ctx.scale
+        return contribution * r / stab(contribution + ctx.shift, STABILIZER), None, None, None, None
+
