@@ -1,9 +1,10 @@
 """Adversarial training (tribute.robust.adversarial_train), Etmann's alignment, and the digits data.
 
-The effect of seed 000 §5.2 and Fig 4, as numbers.  A small ReLU CNN is trained twice on scikit-learn's 8×8
-digits (1347 training images, 450 held-out test images, seeded stratified split), with the same initialisation,
+The effect of Nielsen et al. 2022, §5.2 and Fig 4, as numbers.  A small ReLU CNN is trained twice on scikit-learn's
+8×8 digits (1347 training images, 450 held-out test images, seeded stratified split), with the same initialisation,
 optimiser (Adam, lr 3e-3, batch 64) and seed: once on clean images, once on PGD-L2 adversarial examples
-(Madry et al.; seed 004's robust twin).  On the test images the robust model keeps its accuracy under a
+(Madry et al. 2018; the robust twin of Zeng et al. 2021).  On the test images the robust model keeps its accuracy
+under a
 stronger PGD than it was trained with, far more than the standard model does, and its saliency maps (the
 gradient of the predicted logit) are better aligned with the input: Etmann et al.'s α(x) = |⟨x, ∇S⟩| / ‖∇S‖
 is higher on average and for most images.

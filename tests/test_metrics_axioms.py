@@ -1,4 +1,4 @@
-"""Axioms: completeness, sensitivity-n (Ancona et al.; seed 001 Eq 8-9), input invariance (Kindermans et al.
+"""Axioms: completeness, sensitivity-n (Ancona et al. 2019, Eq 8-9), input invariance (Kindermans et al.
 2017) and implementation invariance (Sundararajan et al. 2017).
 
 - IG is complete on any model: the gap vanishes with the quadrature (exactly on a linear model).

@@ -1,4 +1,4 @@
-"""Sanity checks (Adebayo et al. 2018) and class sensitivity (seed 000, Fig 3).
+"""Sanity checks (Adebayo et al. 2018) and class sensitivity (Nielsen et al. 2022, Fig 3).
 
 Adebayo's finding on the committed Fashion-MNIST CNN (tests/fixtures/fashion, all 64 stored images, their true
 labels as targets, seed 0; torch 2.13.0, float32).  Cascading randomisation, top layer first; mean over the
@@ -439,7 +439,7 @@ def test_label_randomisation_with_memorised_labels_as_in_the_paper():
     assert results["input_x_gradient"].curve("spearman_abs")[1] >= 0.8, str(results["input_x_gradient"])
 
 
-# -- class sensitivity (seed 000, Fig 3) -----------------------------------------------------------------------
+# -- class sensitivity (Nielsen et al. 2022, Fig 3) --------------------------------------------------------
 def loop_spearman(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """scipy's Spearman ρ row by row: an independent implementation."""
     return torch.tensor([scipy.stats.spearmanr(u.flatten().numpy(), v.flatten().numpy()).statistic

@@ -1,4 +1,4 @@
-"""The worked examples and propositions of Ancona et al. (seed 001)."""
+"""The worked examples and propositions of Ancona et al. (2019)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import tribute
 
 
 class Toy(nn.Module):
-    """y = x₁ + √x₂ (seed 001 §3.2): contributions 4 and 2 at (4, 4)."""
+    """y = x₁ + √x₂ (Ancona et al. 2019, §3.2): contributions 4 and 2 at (4, 4)."""
 
     def forward(self, x):
         return x[:, 0:1] + torch.sqrt(x[:, 1:2])

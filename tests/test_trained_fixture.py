@@ -4,7 +4,7 @@
 Debian package ``dataset-fashion-mnist``); nothing here trains or reads the data set, except one check that
 runs only where the package is installed.
 
-The class-sensitivity checks follow seed 000, Fig 3: for each stored image, the Spearman rank correlation
+The class-sensitivity checks follow Nielsen et al. 2022, Fig 3: for each stored image, the Spearman rank correlation
 between the map for the true class and the map for another class.  A method whose maps hardly change with
 the class (guided backpropagation: its rectified backward pass reconstructs the image, Nie et al. 2018;
 Adebayo et al. 2018) gives ρ near 1; a class-sensitive one (the plain gradient, gradient × input,
@@ -224,7 +224,7 @@ def test_spearman_hand_worked_values():
     assert spearman(x[:1], torch.zeros(1, 50)).isnan().all()
 
 
-# -- class sensitivity (seed 000, Fig 3) -----------------------------------------------------------------------
+# -- class sensitivity (Nielsen et al. 2022, Fig 3) --------------------------------------------------------
 def test_guided_backprop_maps_barely_depend_on_the_class():
     r = class_correlations("guided_backprop")
     assert r.shape == (64, CLASSES - 1) and r.isfinite().all()

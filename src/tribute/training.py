@@ -103,7 +103,7 @@ def fit(
 
     Each step: x' = ``perturb(model, x, y)`` if given (else x), then one optimizer step on the mean of
     ``loss(model(transform(x')), y)``.  With ``perturb`` an adversarial attack this is adversarial training's
-    outer minimisation (seed 000, eq 3).
+    outer minimisation (Nielsen et al. 2022, eq 3).
 
     Parameters
     ----------

@@ -1,4 +1,4 @@
-"""The class activation map (CAM) family (seed 003 §2.1; seed 000 §3.3).
+"""The class activation map (CAM) family (Abhishek & Kamath 2022, §2.1; Nielsen et al. 2022, §3.3).
 
 Each method weighs the K feature maps A_k (h × w) of a convolutional layer and sums them,
 L = ReLU(Σ_k w_k A_k); they differ in the weights:

@@ -1,4 +1,4 @@
-"""DeepLIFT with the Rescale rule (Shrikumar et al. 2017; seed 001 Eq 17–18, Prop 2)."""
+"""DeepLIFT with the Rescale rule (Shrikumar et al. 2017; Ancona et al. 2019, Eq 17–18, Prop 2)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from .reveal_cancel import RevealCancelOps, RevealCancelRule
 
 @register("deeplift")
 class DeepLift(Method):
-    """DeepLIFT (Rescale): (x − x̄) ⊙ ∂^g S_c(x)/∂x with g = (f(z) − f(z̄)) / (z − z̄) (seed 001, Prop 2).
+    """DeepLIFT (Rescale): (x − x̄) ⊙ ∂^g S_c(x)/∂x with g = (f(z) − f(z̄)) / (z − z̄) (Ancona et al. 2019, Prop 2).
 
     z̄ are the pre-activations at the baseline x̄; input and baseline go through the model as one batch
     of 2N rows, so the references cost no separate pass.  Summation-to-delta,

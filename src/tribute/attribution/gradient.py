@@ -1,4 +1,4 @@
-"""Gradient, saliency and gradient × input (seed 001 §3.1, Table 1).
+"""Gradient, saliency and gradient × input (Ancona et al. 2019, §3.1, Table 1).
 
 All three need one modified gradient at the input itself: φ(x) = m(x) ⊙ ∂^g S_c(x)/∂x, with the plain
 gradient g = f' here; guided backprop, DeconvNet and ε-LRP reuse :class:`GradientAtInput` with other
@@ -50,7 +50,7 @@ class GradientAtInput(Method):
 
 @register("gradient")
 class Gradient(GradientAtInput):
-    """The gradient ∂S_c(x)/∂x (Simonyan et al. 2014; seed 001 Eq 4, Table 1: g = f', multiplier 1)."""
+    """The gradient ∂S_c(x)/∂x (Simonyan et al. 2014; Ancona et al. 2019, Eq 4, Table 1: g = f', multiplier 1)."""
 
     options = SOFTPLUS_OPTION
     rule_set = staticmethod(smoothed_rules)
@@ -62,7 +62,7 @@ class Gradient(GradientAtInput):
 
 @register("saliency")
 class Saliency(Gradient):
-    """Saliency |∂S_c(x)/∂x| (Simonyan et al. 2014; seed 000 §3.1)."""
+    """Saliency |∂S_c(x)/∂x| (Simonyan et al. 2014; Nielsen et al. 2022, §3.1)."""
 
     def combine(self, x, grad):
         return grad.abs()
@@ -70,7 +70,7 @@ class Saliency(Gradient):
 
 @register("input_x_gradient")
 class InputXGradient(Gradient):
-    """Gradient × input, x ⊙ ∂S_c(x)/∂x (Shrikumar et al. 2016; seed 001 Eq 6, Table 1)."""
+    """Gradient × input, x ⊙ ∂S_c(x)/∂x (Shrikumar et al. 2016; Ancona et al. 2019, Eq 6, Table 1)."""
 
     def combine(self, x, grad):
         return x * grad

@@ -1,4 +1,4 @@
-"""Guided backpropagation and DeconvNet: gradients with modified ReLU backward passes (seed 000 §3.1)."""
+"""Guided backpropagation and DeconvNet: gradients with modified ReLU backward passes (Nielsen et al. 2022, §3.1)."""
 
 from __future__ import annotations
 

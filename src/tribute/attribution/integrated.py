@@ -36,7 +36,7 @@ SEED_OPTION = {"seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of t
 
 @register("integrated_gradients")
 class IntegratedGradients(Method):
-    """Integrated gradients (Sundararajan et al. 2017; seed 001 Eq 19).
+    """Integrated gradients (Sundararajan et al. 2017; Ancona et al. 2019, Eq 19).
 
     φ_i(x) = (x_i − x̄_i) · Σ_k w_k ∂S_c(x̄ + α_k(x − x̄))/∂x_i, the quadrature (α_k, w_k) of
     ∫_0^1 … dα.  Satisfies completeness, Σ_i φ_i = S_c(x) − S_c(x̄), up to quadrature error.

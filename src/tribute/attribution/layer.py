@@ -2,7 +2,7 @@
 
 For a layer ℓ (``layer="layer4"``, named as in ``model.named_modules()``; see :mod:`tribute.core.layers`)
 with activation A = A_ℓ(x), the network above the layer is a function F(A) and each method is the same
-rule / multiplier / aggregation as at the input (seed 001, Table 1), in the layer's activation space:
+rule / multiplier / aggregation as at the input (Ancona et al. 2019, Table 1), in the layer's activation space:
 
 ======================================  ======================================================  ==========
 method                                  φ(x), the layer's shape                                  rule
@@ -126,7 +126,7 @@ class LayerGradient(LayerMethod):
 
 @register("layer_gradient_x_activation")
 class LayerGradientXActivation(LayerGradient):
-    """A ⊙ ∂^g S_c / ∂A: gradient × input (seed 001, Eq 6) with the layer's activation as the input."""
+    """A ⊙ ∂^g S_c / ∂A: gradient × input (Ancona et al. 2019, Eq 6) with the layer's activation as the input."""
 
     def combine(self, activation, grad):
         return activation * grad
@@ -134,7 +134,7 @@ class LayerGradientXActivation(LayerGradient):
 
 @register("layer_integrated_gradients")
 class LayerIntegratedGradients(LayerMethod):
-    """Integrated gradients in the layer's activation space (Sundararajan et al. 2017, seed 001 Eq 19).
+    """Integrated gradients in the layer's activation space (Sundararajan et al. 2017; Ancona et al. 2019, Eq 19).
 
     φ(x) = (A − Ā) ⊙ Σ_k w_k ∂S_c/∂A at Ā + α_k(A − Ā), with A = A_ℓ(x) and Ā = A_ℓ(x̄) the activation at
     the baseline *input* x̄; the network continues from each point on the straight path between them.
@@ -225,7 +225,7 @@ class LayerExpectedGradients(LayerMethod):
 
 @register("layer_deeplift")
 class LayerDeepLift(LayerMethod):
-    """DeepLIFT Rescale at a layer (Shrikumar et al. 2017; seed 001 Prop 2): (A − Ā) ⊙ ∂^g S_c/∂A.
+    """DeepLIFT Rescale at a layer (Shrikumar et al. 2017; Ancona et al. 2019, Prop 2): (A − Ā) ⊙ ∂^g S_c/∂A.
 
     g = (f(z) − f(z̄))/(z − z̄) at every nonlinearity above the layer, z̄ from the baseline input x̄; input
     and baseline run as one batch of 2N rows.  Summation-to-delta Σ φ = S_c(x) − S_c(x̄) holds when the

@@ -1,4 +1,4 @@
-"""Layer-wise relevance propagation: ε-LRP as a modified gradient (Ancona's form, seed 001 Prop 1), and LRP
+"""Layer-wise relevance propagation: ε-LRP as a modified gradient (Ancona et al. 2019, Prop 1), and LRP
 with rules at the linear layers assigned by composites (Bach et al. 2015; Montavon et al. 2019)."""
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from .gradient import GradientAtInput
 
 @register("lrp_epsilon")
 class LRPEpsilon(GradientAtInput):
-    """ε-LRP in Ancona's form (seed 001, Prop 1): x ⊙ ∂^g S_c(x)/∂x with g(z) = f(z) / (z + ε·sign z).
+    """ε-LRP in Ancona's form (Ancona et al. 2019, Prop 1): x ⊙ ∂^g S_c(x)/∂x with g(z) = f(z) / (z + ε·sign z).
 
     sign(0) is taken as +1, so g is finite where z = 0.  On ReLU networks this equals gradient × input
     up to O(ε) (Prop 3i).  The stabiliser sits at the nonlinearities only; it agrees with the Eq 15 form
@@ -54,7 +54,7 @@ def _composite(o: SimpleNamespace, x_shape, transform):
 
 @register("lrp")
 class LRP(Method):
-    """Layer-wise relevance propagation with rules at the linear layers (Bach et al. 2015, seed 001 Eq 14–15;
+    """Layer-wise relevance propagation with rules at the linear layers (Bach et al. 2015; Ancona et al. 2019, Eq 14–15;
     Montavon et al. 2019).
 
     The relevance at the output is the target score, R = S_c(x) at the target (a callable target: its

@@ -1,4 +1,4 @@
-"""SmoothGrad and its variants: attributions averaged over noisy copies of the input (seed 000 §3.1).
+"""SmoothGrad and its variants: attributions averaged over noisy copies of the input (Nielsen et al. 2022, §3.1).
 
 For noise ε_k ∼ N(0, σ²I), k = 1…K, and any base method φ (default: the gradient),
 - SmoothGrad (Smilkov et al. 2017, Eq 3):      (1/K) Σ_k φ(x + ε_k)

@@ -1,4 +1,4 @@
-"""Baselines x̄: the "absence of signal" that salience methods compare the input against (seed 001 §2.3).
+"""Baselines x̄: the "absence of signal" that salience methods compare the input against (Ancona et al. 2019, §2.3).
 
 ``baseline=`` takes a tensor broadcastable to the inputs, a callable ``f(inputs) -> tensor``, or a name:
 

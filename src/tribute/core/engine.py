@@ -169,7 +169,7 @@ def gradient_rows(
     score_rows: int | None = None,
     relevance: bool = False,
 ) -> torch.Tensor:
-    """∂^g S_t(row) / ∂row for every row of ``points`` (seed 001, Eq 16), under rule set ``rules``.
+    """∂^g S_t(row) / ∂row for every row of ``points`` (Ancona et al. 2019, Eq 16), under rule set ``rules``.
 
     ``sample[r]`` names the sample row r belongs to (for its target).  With ``score_rows`` only the first
     rows carry a score (DeepLIFT's references ride along in the same pass).  With ``create_graph`` the

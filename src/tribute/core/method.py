@@ -91,7 +91,7 @@ class Method:
     #: what ``attribute`` returns: ``"input"`` (the input's shape), ``"map"`` ((N, 1, H, W), the CAM family)
     #: or ``"layer"`` (the shape of a layer's activation)
     returns: ClassVar[str] = "input"
-    #: the backward rules of this method (Ancona et al. 2018, Table 1); GRADIENT leaves the model's gradient as is
+    #: the backward rules of this method (Ancona et al. 2019, Table 1); GRADIENT leaves the model's gradient as is
     rules: ClassVar[RuleSet] = GRADIENT
     options: ClassVar[dict[str, opt.Option]] = {}
     #: options that make this method cheap on a tiny model (few steps or samples), for tests, examples and

@@ -1,4 +1,4 @@
-"""Quadrature rules on [0, 1] for path integrals (integrated gradients, seed 001 Eq 19)."""
+"""Quadrature rules on [0, 1] for path integrals (integrated gradients, Ancona et al. 2019, Eq 19)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Backward rules at elementwise nonlinearities (Ancona et al., seed 001, Eq 16 and Table 1).
+"""Backward rules at elementwise nonlinearities (Ancona et al. 2019, Eq 16 and Table 1).
 
 A rule replaces the chain-rule factor f'(z) of a nonlinearity y = f(z) by another function g during
 the backward pass ("modified gradient", Eq 16), or replaces f itself in the forward pass.  Each rule is
@@ -147,7 +147,7 @@ class Gradient(ElementwiseRule):
 
 
 class ElementwiseEpsilon(ElementwiseRule):
-    """ε-LRP at a nonlinearity (seed 001, Prop 1): g = f(z) / (z + ε·sign z), sign(0) = +1.
+    """ε-LRP at a nonlinearity (Ancona et al. 2019, Prop 1): g = f(z) / (z + ε·sign z), sign(0) = +1.
 
     With ε > 0 the ratio is finite at z = 0; for f with f(0) = 0 (ReLU, tanh) it is the average slope
     of f on [0, z].  When the attribution will not be differentiated, g is computed in the forward pass
@@ -197,7 +197,7 @@ class _SavedFactor(torch.autograd.Function):
 
 
 class Rescale(ElementwiseRule):
-    """DeepLIFT Rescale (seed 001, Prop 2): g = (f(z) − f(z̄)) / (z − z̄).
+    """DeepLIFT Rescale (Ancona et al. 2019, Prop 2): g = (f(z) − f(z̄)) / (z − z̄).
 
     The batch holds the inputs in its first half and their references in the second half (one 2N
     pass).  Where |z − z̄| ≤ ``tolerance``·(1 + |z|) the ratio is replaced by its limit, f' at the

@@ -131,7 +131,7 @@ def _positive_part(layer: LayerCall, z: torch.Tensor, scale: float = 1.0) -> Cal
 
 
 class Epsilon(LinearRule):
-    """ε rule (seed 001 Eq 15): R_i = x_i Σ_j w_ij R_j / stab_ε(z_j), the bias inside z."""
+    """ε rule (Ancona et al. 2019, Eq 15): R_i = x_i Σ_j w_ij R_j / stab_ε(z_j), the bias inside z."""
 
     name = "epsilon"
     proportional = True

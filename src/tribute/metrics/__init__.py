@@ -1,4 +1,5 @@
-"""Metrics: how good, how faithful, how sane is an explanation (seed 000 §4.1, seed 001 §2.4, seed 003 §3).
+"""Metrics: how good, how faithful, how sane is an explanation (Nielsen et al. 2022, §4.1; Ancona et al. 2019,
+§2.4; Abhishek & Kamath 2022, §3).
 
 Each module says what it exports in its ``__all__``; this package re-exports all of them.
 """

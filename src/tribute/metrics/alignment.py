@@ -1,4 +1,4 @@
-"""Etmann et al.'s alignment between an input and its saliency map (seed 000 §5.2, ref. [35]).
+"""Etmann et al.'s alignment between an input and its saliency map (Etmann et al. 2019; Nielsen et al. 2022, §5.2).
 
 Etmann, Lunz, Maass & Schönlieb 2019, "On the Connection Between Adversarial Robustness and Saliency Map
 Interpretability" (ICML), define the alignment of the input x with the saliency map ∇S(x) of the predicted
@@ -8,7 +8,8 @@ class's logit S as
 
 the length of x's projection on the saliency direction.  For a linear binary classifier S(x) = ⟨w, x⟩ this is
 |⟨w, x⟩| / ‖w‖, the distance of x to the decision boundary: robustness and alignment coincide; for networks
-the paper bounds one by the other, and adversarially trained networks show higher alignment (seed 000 Fig 4).
+the paper bounds one by the other, and adversarially trained networks show higher alignment (Nielsen et al. 2022,
+Fig 4).
 α has the units of x; the scale-free variant
 
     α(x) / ‖x‖₂ = |cos ∠(x, ∇S(x))| ∈ [0, 1]

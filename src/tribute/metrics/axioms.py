@@ -1,8 +1,8 @@
 """Axioms: completeness, sensitivity-n, input invariance and implementation invariance.
 
-- **Completeness** (summation to delta, efficiency; seed 001, sensitivity-N): Σ_i R_i = S_c(x) − S_c(x̄).
+- **Completeness** (summation to delta, efficiency; Ancona et al. 2019, sensitivity-N): Σ_i R_i = S_c(x) − S_c(x̄).
   :func:`completeness_gap` returns Σ_i R_i − (S_c(x) − S_c(x̄)) per sample.
-- **Sensitivity-n** (Ancona et al. 2018; seed 001, Eq 8): for every subset x_S of n features,
+- **Sensitivity-n** (Ancona et al. 2019, Eq 8): for every subset x_S of n features,
   Σ_{i∈S} R_i = S_c(x) − S_c(x \\ x_S), where x \\ x_S sets the features of S to the baseline.  No method
   satisfies it for all n on a nonlinear model, so Ancona et al. measure, for each n, the Pearson correlation
   between the two sides over random subsets: :func:`sensitivity_n`.  At n = N (all features) there is one
@@ -56,7 +56,7 @@ def _setup(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, b
 def completeness_gap(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *,
                      baseline=0, baseline_options: dict | None = None, score: str = "logit",
                      seed: int | None = None, batch_size: int | None = None) -> torch.Tensor:
-    """Σ_i R_i − (S_c(x) − S_c(x̄)) per sample (seed 001, Eq 8 at n = N).
+    """Σ_i R_i − (S_c(x) − S_c(x̄)) per sample (Ancona et al. 2019, Eq 8 at n = N).
 
     Parameters
     ----------
@@ -149,7 +149,7 @@ def sensitivity_n(model: nn.Module, inputs: torch.Tensor, attributions: torch.Te
                   samples: int = 100, baseline=0, baseline_options: dict | None = None, score: str = "logit",
                   seed: int | None = None, batch_size: int | None = None,
                   progress: bool | str = False) -> SensitivityN:
-    """Sensitivity-n (Ancona et al. 2018; seed 001, Eq 8): per sample and subset size n, the Pearson correlation
+    """Sensitivity-n (Ancona et al. 2019, Eq 8): per sample and subset size n, the Pearson correlation
     between Σ_{i∈S} R_i and S_c(x) − S_c(x \\ x_S) over ``samples`` random subsets S of n features.
 
     A *feature* is an input element when the attributions have the input's shape, a pixel (all its channels

@@ -1,4 +1,4 @@
-"""Class sensitivity (seed 000, §4.1 "Class-Invariant Behaviour", Fig 3): does the map change with the class?
+"""Class sensitivity (Nielsen et al. 2022, §4.1 "Class-Invariant Behaviour", Fig 3): does the map change with the class?
 
 For a sample x, its explained class t and another class c, the similarity (by default Spearman's rank
 correlation) between the map for t and the map for c:
@@ -6,7 +6,7 @@ correlation) between the map for t and the map for c:
     ρ_c(x) = spearman(E(x; t), E(x; c)).
 
 An explanation of *why class t* should differ from the explanation of *why class c*: a ρ near 1 means the
-method shows the same thing whatever the class (seed 000 finds this for most methods except Grad-CAM; guided
+method shows the same thing whatever the class (Nielsen et al. 2022 finds this for most methods except Grad-CAM; guided
 backpropagation's rectified backward pass reconstructs the image, Nie et al. 2018), a ρ near 0 a
 class-sensitive map.  On the committed Fashion-MNIST CNN (tests/fixtures/fashion, 64 images × 9 other
 classes) guided backpropagation gives a mean ρ of 0.84 and the plain gradient −0.10.
@@ -109,7 +109,7 @@ def class_sensitivity(
     batch_size: int | None = None,
     method_options: dict[str, Any] | None = None,
 ) -> torch.Tensor:
-    """Similarity between each sample's map for its class and its maps for other classes (seed 000, Fig 3).
+    """Similarity between each sample's map for its class and its maps for other classes (Nielsen et al. 2022, Fig 3).
 
     Parameters
     ----------

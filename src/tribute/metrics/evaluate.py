@@ -15,12 +15,12 @@ which direction is better:
 - ``deletion`` (lower), ``insertion`` (higher): AUC of Petsiuk et al. (2018);
 - ``road_morf`` (higher), ``road_lerf`` (lower): ROAD's AOPC with noisy linear imputation (Rong et al. 2022);
 - ``infidelity`` (lower): Yeh et al. (2019);
-- ``completeness_gap`` (lower): the *absolute* gap |Σ R − (S(x) − S(x̄))| (seed 001, Eq 8 at n = N; a mean of
+- ``completeness_gap`` (lower): the *absolute* gap |Σ R − (S(x) − S(x̄))| (Ancona et al. 2019, Eq 8 at n = N; a mean of
   signed gaps would let errors cancel);
 - ``sensitivity_n`` (higher): the mean over n of sensitivity-n's Pearson correlation (Ancona et al.);
 - metrics of the method: ``max_sensitivity``, ``avg_sensitivity`` (lower; Yeh et al., Bhatt et al.),
   ``local_lipschitz`` (lower; Alvarez-Melis & Jaakkola 2018), ``class_sensitivity`` (lower: the mean rank
-  correlation with the maps of the other classes, seed 000 Fig 3).
+  correlation with the maps of the other classes, Nielsen et al. 2022, Fig 3).
 
 Each takes the defaults of its function in :mod:`tribute.metrics`; ``(label, name, options)`` sets options,
 e.g. ``("aopc_morf@10", "aopc_morf", {"steps": 10})``.  A callable metric ``fn(model, inputs, x, target,

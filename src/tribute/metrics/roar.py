@@ -212,7 +212,7 @@ def roar(
         attributions``, ``(label, method)`` pairs or ``(label, method, options)`` triples.  A ``"random"`` row
         (:func:`random_attribution`) is always added if not given.
     fractions : sequence of float
-        Strictly increasing, each in (0, 1) (default ``(0.2, 0.4, 0.6, 0.8)``, Hooker et al.'s t; seed 004).
+        Strictly increasing, each in (0, 1) (default ``(0.2, 0.4, 0.6, 0.8)``, Hooker et al.'s t; Zeng et al. 2021).
         Each must leave at least one unit removed and one kept (round(t · units) in [1, units − 1]).
     mode : ``"roar"`` (default), ``"kar"`` or ``"both"`` (the attributions are shared).
     unit : ``"pixel"`` (default: all channels of a pixel together) or ``"value"`` (each input element).

@@ -2,7 +2,7 @@
 
 An explanation that stays the same when the model's learned parameters are destroyed, or when the model
 learned nothing but noise, cannot explain what the model learned.  Adebayo, Gilmer, Muelly, Goodfellow,
-Hardt and Kim, *Sanity Checks for Saliency Maps* (NeurIPS 2018), propose two randomisation tests; seed 000
+Hardt and Kim, *Sanity Checks for Saliency Maps* (NeurIPS 2018), propose two randomisation tests; Nielsen et al. 2022
 (§4.1, "Sanity Checks") summarises them:
 
 **Model parameter randomisation.**  For a trained model f and its re-initialised versions f̃_k,

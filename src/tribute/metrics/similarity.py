@@ -1,7 +1,7 @@
 """Similarity of two batches of maps, one number per sample.
 
 Attributional robustness compares the map of x with the map of x + δ (Ghorbani et al. 2019, *Interpretation
-of Neural Networks is Fragile*, AAAI; seed 000 §5); sanity checks compare the map of a model with the map of
+of Neural Networks is Fragile*, AAAI; Nielsen et al. 2022, §5); sanity checks compare the map of a model with the map of
 its randomised copy (Adebayo et al. 2018, *Sanity Checks for Saliency Maps*).  Both need the same few
 measures of how alike two maps are:
 

@@ -1,4 +1,5 @@
-"""Robustness: attacks on models, adversarial training, attacks on explanations (seed 000 §5, seed 004)."""
+"""Robustness: attacks on models, adversarial training, attacks on explanations (Nielsen et al. 2022, §5;
+Zeng et al. 2021)."""
 
 from .attacks import fgsm, pgd
 from .explanation_attacks import center_attack, manipulate_explanation, random_sign_perturbation, topk_attack

@@ -1,14 +1,14 @@
 """Attacks on models: the fast gradient sign method and projected gradient descent, in L∞ and L2.
 
-PGD (Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks", §2; seed 004, eq 2-3)
-approximates the inner maximisation of adversarial training (seed 000, eq 3; seed 004, eq 1),
+PGD (Madry et al. 2018, "Towards Deep Learning Models Resistant to Adversarial Attacks", §2; Zeng et al. 2021, eq 2-3)
+approximates the inner maximisation of adversarial training (Nielsen et al. 2022, eq 3; Zeng et al. 2021, eq 1),
 max_{δ ∈ Δ} L(x + δ, y), by projected steps from a random point of the ball Δ = {δ : ‖δ‖_p ≤ ε}:
 
     x_{t+1} = Π_{B(x, ε) ∩ [lo, hi]} ( x_t + α · s(∇_x L(x_t, y)) ),
 
 with s(g) = sign(g) for L∞ (steepest ascent under ‖·‖∞) and s(g) = g / ‖g‖₂ for L2 (steepest ascent under
-‖·‖₂; seed 004's eq 2 writes sgn with an L2 ball, which is not the L2 steepest-ascent step and leaves the ball
-after one step for any α > ε / √d).  FGSM (Goodfellow et al. 2015, eq 3) is one L∞ step of size ε from x.
+‖·‖₂; Zeng et al. 2021, eq 2, write sgn with an L2 ball, which is not the L2 steepest-ascent step and leaves
+the ball after one step for any α > ε / √d).  FGSM (Goodfellow et al. 2015, eq 3) is one L∞ step of size ε from x.
 
 Conventions (every attack here):
 
@@ -122,7 +122,7 @@ def pgd(
     """Projected gradient descent (ascent on the loss) in an L∞ or L2 ball of radius ε around each input.
 
     x_0 = x (+ a uniform random point of the ball), x_{t+1} = Π(x_t + α · s(±∇_x L(x_t, y))), t < ``steps``;
-    returns x_T.  Madry et al. 2018, §2 and eq 2.1; seed 004 eq 2-3 (with the L2 steepest-ascent step
+    returns x_T.  Madry et al. 2018, §2 and eq 2.1; Zeng et al. 2021, eq 2-3 (with the L2 steepest-ascent step
     s(g) = g / ‖g‖₂ rather than sign(g), see the module docstring).  A sample whose gradient is exactly zero does
     not move in that step.
 

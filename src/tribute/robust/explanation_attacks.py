@@ -1,4 +1,4 @@
-"""Attacks on explanations: change the map, keep the decision (seed 000 §5, attributional robustness).
+"""Attacks on explanations: change the map, keep the decision (Nielsen et al. 2022, §5, attributional robustness).
 
 Ghorbani, Abid & Zou (2019), *Interpretation of Neural Networks is Fragile* (AAAI), Algorithm 1: from the
 test input x_t, signed-gradient steps that increase a dissimilarity D between the maps of x_t and x,

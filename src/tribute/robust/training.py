@@ -1,8 +1,9 @@
-"""Adversarial training (Madry et al. 2018): the min-max problem of seed 000 eq 3 and seed 004 eq 1.
+"""Adversarial training (Madry et al. 2018): the min-max problem of Nielsen et al. 2022, eq 3
+and Zeng et al. 2021, eq 1.
 
     min_θ E_{(x, y) ∼ D} [ max_{‖δ‖_p ≤ ε} L(f_θ(x + δ), y) ]
 
-The inner maximisation is approximated by PGD (:func:`tribute.robust.pgd`, seed 004 eq 2-3) on every training
+The inner maximisation is approximated by PGD (:func:`tribute.robust.pgd`, Zeng et al. 2021, eq 2-3) on every training
 batch, with the model in eval mode and a fresh random start per batch and epoch; the outer minimisation is a
 gradient step on the loss at the adversarial points (Danskin's theorem, Madry et al. §2.1), taken by
 :func:`tribute.training.fit` (the library's one trainer), which provides checkpoints, resumption, the
