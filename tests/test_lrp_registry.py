@@ -11,7 +11,17 @@ from torch import nn
 import tribute
 from tribute.core import OpRule, RuleKind, register_rule, rule_table, unregister_rule
 from tribute.core.rule_registry import rules_of_kind
-from tribute.lrp import Composite, Epsilon, Flat, Gamma, PassRelevance, ZPlus, register_composite, unregister_composite
+from tribute.lrp import (
+    Composite,
+    Epsilon,
+    Flat,
+    Gamma,
+    PassRelevance,
+    ZPlus,
+    composite_parameters,
+    register_composite,
+    unregister_composite,
+)
 
 DT = torch.float64
 
@@ -47,9 +57,11 @@ def test_a_composite_by_name_equals_the_same_composite_given():
 
 def test_a_users_composite_is_one_registration_and_reads_the_methods_options():
     net, x = _mlp(), torch.randn(3, 4, dtype=DT)
-    register_composite("test_flat_gamma", lambda p: Composite(first=Flat(), conv=Gamma(p.gamma), dense=Gamma(p.gamma)))
+    register_composite("test_flat_gamma", lambda p: Composite(first=Flat(), conv=Gamma(p.gamma), dense=Gamma(p.gamma)),
+                       parameters=("gamma",))
     try:
         assert "test_flat_gamma" in tribute.composites()
+        assert composite_parameters("test_flat_gamma") == ("gamma",)
         got = tribute.LRP(net, composite="test_flat_gamma", gamma=0.5)(x, target=2)
         want = tribute.LRP(net, composite=Composite(first=Flat(), conv=Gamma(0.5), dense=Gamma(0.5)))(x, target=2)
         torch.testing.assert_close(got, want, rtol=0, atol=0)
@@ -60,6 +72,29 @@ def test_a_users_composite_is_one_registration_and_reads_the_methods_options():
     assert "test_flat_gamma" not in tribute.composites()
     with pytest.raises(ValueError, match="composite must be one of"):
         tribute.LRP(net, composite="test_flat_gamma")(x, target=2)
+
+
+def test_a_users_composite_refuses_the_parameters_its_registration_does_not_declare():
+    net, x = _mlp(), torch.randn(3, 4, dtype=DT)
+    register_composite("test_undeclared", lambda p: Composite(conv=Gamma(p.gamma), dense=Gamma(p.gamma)))
+    try:
+        assert composite_parameters("test_undeclared") == ()
+        with pytest.raises(TypeError, match=r"gamma= is not read by composite 'test_undeclared'.*parameters="):
+            tribute.LRP(net, composite="test_undeclared", gamma=0.5)(x, target=2)
+        # the factory still sees the default γ, so the composite itself runs
+        want = tribute.LRP(net, composite=Composite(conv=Gamma(0.25), dense=Gamma(0.25)))(x, target=2)
+        torch.testing.assert_close(tribute.LRP(net, composite="test_undeclared")(x, target=2), want, rtol=0, atol=0)
+    finally:
+        unregister_composite("test_undeclared")
+
+
+def test_a_registration_declares_only_rule_parameters():
+    factory = lambda p: Composite(conv=Epsilon(), dense=Epsilon())  # noqa: E731
+    with pytest.raises(ValueError, match=r"\['delta'\], which are not rule parameters"):
+        register_composite("test_bad_parameters", factory, parameters=("epsilon", "delta"))
+    with pytest.raises(TypeError, match="sequence of names"):
+        register_composite("test_bad_parameters", factory, parameters="epsilon")
+    assert "test_bad_parameters" not in tribute.composites()
 
 
 def test_a_duplicate_composite_name_is_refused():

@@ -4,6 +4,7 @@ the call (threads), wrappers binding a base method, and no option accepted and i
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -14,6 +15,7 @@ from tribute.core.engine import Forward
 from tribute.core.method import Call
 from tribute.core.targets import Target
 from tribute.core.tensors import per_sample
+from tribute.lrp import RULE_PARAMETERS, Composite, Epsilon, composite_parameters
 
 
 class GapNet(nn.Module):
@@ -148,6 +150,16 @@ def test_passes_and_coverage_report_the_last_call_of_the_calling_thread():
     assert not hasattr(m, "_forward")
 
 
+def test_defaults_are_the_constructor_s_options_validated_and_read_only():
+    explainer = tribute.get_method("integrated_gradients")(gapnet(), steps=3, baseline=0)
+    assert dict(explainer.defaults) == {"steps": 3, "baseline": 0}
+    with pytest.raises(TypeError):
+        explainer.defaults["steps"] = 5
+    assert explainer.defaults["steps"] == 3
+    assert dict(tribute.LRP(gapnet(), epsilon=0.1).defaults) == {"epsilon": 0.1}  # validated: a float
+    assert isinstance(tribute.LRP(gapnet(), epsilon=1).defaults["epsilon"], float)
+
+
 # -- wrappers bind a base method --------------------------------------------------------------------------------
 
 def test_a_bound_method_runs_on_the_call_s_model_view():
@@ -234,7 +246,8 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "rescale": [({}, {"rescale": "channel"})],
     "composite": [({}, {"composite": "epsilon"})],
     "epsilon": [({}, {"epsilon": 0.5})],
-    # the parameters of LRP's rules act with the composites that use them (ROADMAP: lrp to refuse them otherwise)
+    # the parameters of LRP's rules act with the composites that read them and are refused by the others (the default
+    # composite reads epsilon only); test_lrp_takes_a_rule_parameter_only_with_a_composite_that_reads_it checks each
     "gamma": [({}, {"gamma": 1.0}), ({"composite": "gamma"}, {"gamma": 1.0})],
     "alpha": [({}, {"alpha": 3.0, "beta": 2.0}), ({"composite": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0})],
     "beta": [({}, {"alpha": 3.0, "beta": 2.0}), ({"composite": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0})],
@@ -315,6 +328,65 @@ def test_every_option_changes_the_attribution_or_is_a_documented_no_op(method):
             f"{method}: no value of {name}= tried changes the attribution; fix the option, or document it in NO_OPS "
             "with the reason"
         )
+
+
+#: a value of each rule parameter of lrp other than its default (alpha and beta move together: α − β = 1)
+RULE_VALUES: dict[str, dict] = {"epsilon": {"epsilon": 0.5}, "gamma": {"gamma": 1.0},
+                                "alpha": {"alpha": 3.0, "beta": 2.0}, "beta": {"alpha": 1.5, "beta": 0.5},
+                                "low": {"low": -1.0}, "high": {"high": 2.0}}
+BOX = {"low": 0.0, "high": 1.0}
+
+
+@pytest.mark.parametrize("composite", tribute.composites())
+@pytest.mark.parametrize("name", RULE_PARAMETERS)
+def test_lrp_takes_a_rule_parameter_only_with_a_composite_that_reads_it(composite, name):
+    reads = composite_parameters(composite)
+    reference = {"composite": composite, **(BOX if "low" in reads else {})}
+    if name in reads:  # read: changes the attribution, given to the constructor or to the call
+        before = run("lrp", reference)
+        assert differs(run("lrp", {**reference, **RULE_VALUES[name]}), before), (composite, name)
+        x = inputs()
+        by_call = tribute.LRP(gapnet(), **reference).attribute(x, target=1, **RULE_VALUES[name])
+        torch.testing.assert_close(by_call, run("lrp", {**reference, **RULE_VALUES[name]}), rtol=0, atol=0)
+        return
+    changed = {name: RULE_VALUES[name][name]}  # alone, so that the error can only be about this option
+    pattern = rf"{name}= is not read by composite '{composite}'"
+    with pytest.raises(TypeError, match=pattern):
+        run("lrp", {**reference, **changed})  # given to the constructor
+    with pytest.raises(TypeError, match=pattern):
+        tribute.LRP(gapnet(), **reference).attribute(inputs(), target=1, **changed)
+
+
+def test_lrp_checks_the_composite_and_its_parameters_together_at_the_call():
+    x = inputs()
+    # γ given to the constructor, the composite that reads it to the call: taken, the same as given together
+    together = tribute.LRP(gapnet(), composite="gamma", gamma=1.0)(x, target=1)
+    torch.testing.assert_close(tribute.LRP(gapnet(), gamma=1.0)(x, target=1, composite="gamma"), together,
+                               rtol=0, atol=0)
+    with pytest.raises(TypeError, match=r"gamma= is not read by composite 'epsilon_plus'.*read gamma: gamma"):
+        tribute.LRP(gapnet(), gamma=1.0)(x, target=1)  # the default composite reads epsilon only
+    # the defaults of the parameters are never "given": every composite runs without them
+    for composite in tribute.composites():
+        tribute.LRP(gapnet(), composite=composite, **(BOX if "low" in composite_parameters(composite) else {}))(
+            x, target=1)
+
+
+@pytest.mark.parametrize("name", RULE_PARAMETERS)
+def test_a_composite_given_as_is_reads_no_rule_parameter(name):
+    composite = Composite(conv=Epsilon(0.5), dense=Epsilon(0.5))
+    with pytest.raises(TypeError, match=rf"{name}= is not read by the Composite given as composite="):
+        tribute.LRP(gapnet(), composite=composite, **{name: RULE_VALUES[name][name]})(inputs(), target=1)
+
+
+@pytest.mark.parametrize("method, composite", [("lrp_zplus", "zplus"), ("lrp_gamma", "gamma"),
+                                               ("lrp_alpha_beta", "alpha_beta")])
+def test_lrp_with_a_fixed_composite_refuses_what_its_composite_does_not_read(method, composite):
+    schema = tribute.get_method(method).schema()
+    reads = composite_parameters(composite)
+    for name in RULE_PARAMETERS:  # one declaration: the registration's
+        refused = name not in reads
+        with pytest.raises(TypeError, match=f"{name}= is not accepted here") if refused else nullcontext():
+            schema[name].check(name, RULE_VALUES[name][name])
 
 
 def test_max_steps_bounds_the_refinement():

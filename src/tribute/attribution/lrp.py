@@ -16,7 +16,15 @@ from ..core.registry import register
 from ..core.rule_registry import RuleKind, rules_of_kind
 from ..core.rules import ElementwiseEpsilon, RuleSet
 from ..core.targets import Target
-from ..lrp.composites import RuleParameters, WithWeights, check_composite, make_composite
+from ..lrp.composites import (
+    RULE_PARAMETERS,
+    RuleParameters,
+    WithWeights,
+    check_composite,
+    composite_parameters,
+    make_composite,
+    refuse_unread,
+)
 from ..lrp.epsilon_form import EpsilonForm, FusedEpsilonRelu, Unsupported, covers
 from ..lrp.merge_plan import MergePlan, Replan
 from ..lrp.ops import FAMILY
@@ -72,6 +80,9 @@ class LRP(Method):
         ``high``, γ on convolutions, ε on dense layers).
     epsilon, gamma, alpha, beta : the rules' parameters (defaults 1e-6, 0.25, 2, 1).
     low, high : bounds of the input (pixel space; a number, per-channel sequence or tensor) for zᴮ.
+        Each of these six is taken only with a composite that reads it (as its registration declares,
+        :func:`tribute.lrp.composites.composite_parameters`; a :class:`~tribute.lrp.Composite` given as is reads
+        none): given explicitly, to the constructor or the call, to any other composite it is refused.
     cache_weights : keep the weights the rules derive from the model's (batch norm merged, W⁺, W + γW⁺, …)
         between chunks and calls of this explainer (default True), at the cost of holding copies of the
         parameters (on a ResNet-18: 1.84× for ε, 2.84× for z⁺, 3.44× for γ, 4× for αβ).  From the second call on,
@@ -99,6 +110,12 @@ class LRP(Method):
         self._plan = MergePlan()  # where batch norm merged last time (tribute.lrp.merge_plan)
         # the weight cache and merge plan serve one pass at a time: calls from two threads take turns
         self._lock = threading.RLock()
+
+    def _namespace(self, options: dict) -> SimpleNamespace:
+        o = super()._namespace(options)
+        # a rule parameter the composite does not read would be accepted and ignored; defaults are not "given"
+        refuse_unread(o.composite, {*self.defaults, *options})
+        return o
 
     def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
         return x.shape[0] <= o.batch_size  # one chunk: the engine takes the prediction from its forward pass
@@ -144,11 +161,12 @@ class LRP(Method):
         return accumulate(x.shape[0], 1, contribution, batch_size=o.batch_size)
 
 
-def _fixed_composite(method: str, composite: str, rule: str, *unused: str) -> dict[str, opt.Option]:
-    """The options of ``method``, :class:`LRP` with one composite: that composite, and every parameter its rule
-    has no use for (and ``composite=`` itself) refused, never accepted and ignored."""
+def _fixed_composite(method: str, composite: str, rule: str) -> dict[str, opt.Option]:
+    """The options of ``method``, :class:`LRP` with one composite: that composite, and every rule parameter it does
+    not read (its registration says which it reads) and ``composite=`` itself refused, never accepted and ignored."""
+    reads = composite_parameters(composite)
     refuse = {n: f"{method} applies {rule} on every linear layer, which uses no {n}; lrp takes it with a composite "
-                 "that does" for n in unused}
+                 "that does" for n in RULE_PARAMETERS if n not in reads}
     refuse["composite"] = f"{method} is lrp with composite={composite!r}; pass other composites to lrp"
     return {n: opt.Option(composite if n == "composite" else LRP.options[n].default, opt.refused(why))
             for n, why in refuse.items()}
@@ -158,18 +176,18 @@ def _fixed_composite(method: str, composite: str, rule: str, *unused: str) -> di
 class LRPZPlus(LRP):
     """LRP with the z⁺ rule on every linear layer (Montavon et al. 2017)."""
 
-    options = _fixed_composite("lrp_zplus", "zplus", "the z⁺ rule", "epsilon", "gamma", "alpha", "beta", "low", "high")
+    options = _fixed_composite("lrp_zplus", "zplus", "the z⁺ rule")
 
 
 @register("lrp_alpha_beta")
 class LRPAlphaBeta(LRP):
     """LRP with the αβ rule on every linear layer (Bach et al. 2015); ``alpha``, ``beta`` (α − β = 1)."""
 
-    options = _fixed_composite("lrp_alpha_beta", "alpha_beta", "the αβ rule", "epsilon", "gamma", "low", "high")
+    options = _fixed_composite("lrp_alpha_beta", "alpha_beta", "the αβ rule")
 
 
 @register("lrp_gamma")
 class LRPGamma(LRP):
     """LRP with the γ rule on every linear layer (Montavon et al. 2019); ``gamma``."""
 
-    options = _fixed_composite("lrp_gamma", "gamma", "the γ rule", "epsilon", "alpha", "beta", "low", "high")
+    options = _fixed_composite("lrp_gamma", "gamma", "the γ rule")

@@ -15,8 +15,9 @@ as ``o.call``, never on the explainer.  One explainer may therefore be used from
 from __future__ import annotations
 
 import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
-from types import SimpleNamespace
+from types import MappingProxyType, SimpleNamespace
 from typing import Any, ClassVar
 
 import torch
@@ -110,6 +111,11 @@ class Method:
         for klass in reversed(cls.__mro__):
             merged.update(klass.__dict__.get("options", {}))
         return merged
+
+    @property
+    def defaults(self) -> Mapping[str, Any]:
+        """The options given to the constructor (validated), read-only: the defaults of every call."""
+        return MappingProxyType(self._defaults)
 
     @property
     def passes(self) -> PassCount:

@@ -14,10 +14,20 @@
 """
 
 from . import ops  # registers the family's op rules  # noqa: F401
-from .composites import Composite, RuleParameters, composites, make_composite, register_composite, unregister_composite
+from .composites import (
+    RULE_PARAMETERS,
+    Composite,
+    RuleParameters,
+    composite_parameters,
+    composites,
+    make_composite,
+    register_composite,
+    unregister_composite,
+)
 from .rules import STABILIZER, AlphaBeta, Box, Epsilon, Flat, Gamma, LinearRule, PassRelevance, WSquare, ZPlus
 
 __all__ = [
-    "STABILIZER", "AlphaBeta", "Box", "Composite", "Epsilon", "Flat", "Gamma", "LinearRule", "PassRelevance",
-    "RuleParameters", "WSquare", "ZPlus", "composites", "make_composite", "register_composite", "unregister_composite",
+    "RULE_PARAMETERS", "STABILIZER", "AlphaBeta", "Box", "Composite", "Epsilon", "Flat", "Gamma", "LinearRule",
+    "PassRelevance", "RuleParameters", "WSquare", "ZPlus", "composite_parameters", "composites", "make_composite",
+    "register_composite", "unregister_composite",
 ]

@@ -2,15 +2,19 @@
 
 A :class:`Composite` assigns a rule to each linear-layer call (by the module's name, the first layer, or the
 layer's kind); a composite has a name in the registry when a factory makes it from the LRP method's rule
-options (:class:`RuleParameters`).  A user's composite is one registration::
+options (:class:`RuleParameters`), and declares the options it reads.  A user's composite is one registration::
 
-    register_composite("gamma_flat", lambda p: Composite(first=Flat(), conv=Gamma(p.gamma), dense=Epsilon(p.epsilon)))
-    tribute.explain(model, x, "lrp", composite="gamma_flat", target=3)
+    register_composite("gamma_flat", lambda p: Composite(first=Flat(), conv=Gamma(p.gamma), dense=Epsilon(p.epsilon)),
+                       parameters=("gamma", "epsilon"))
+    tribute.explain(model, x, "lrp", composite="gamma_flat", gamma=0.5, target=3)
+
+The LRP method refuses a rule parameter given explicitly to a composite that does not declare it
+(:func:`refuse_unread`): an option is never accepted and ignored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -112,19 +116,39 @@ def _bound(value, x_shape, transform) -> torch.Tensor:
     return t if transform is None else transform(t)
 
 
-_COMPOSITES: dict[str, Callable[[RuleParameters], Composite]] = {}
+#: the LRP method's options a composite factory may read from :class:`RuleParameters`
+RULE_PARAMETERS = ("epsilon", "gamma", "alpha", "beta", "low", "high")
 
 
-def register_composite(name: str, factory: Callable[[RuleParameters], Composite]) -> None:
+@dataclass(frozen=True)
+class _Registration:
+    factory: Callable[[RuleParameters], Composite]
+    parameters: frozenset[str]
+
+
+_COMPOSITES: dict[str, _Registration] = {}
+
+
+def register_composite(name: str, factory: Callable[[RuleParameters], Composite], *,
+                       parameters: Iterable[str] = ()) -> None:
     """Make the composite that ``factory(parameters)`` gives available as ``composite=name`` of the LRP methods.
-    A name already registered is refused."""
+
+    ``parameters`` names the options of :data:`RULE_PARAMETERS` the factory reads (none by default); the LRP
+    method refuses the others when given explicitly.  A name already registered is refused."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"a composite's name must be a non-empty string, got {name!r}")
     if name in _COMPOSITES:
         raise ValueError(f"a composite named {name!r} is already registered")
     if not callable(factory):
         raise TypeError(f"a composite factory must be callable (RuleParameters -> Composite), got {factory!r}")
-    _COMPOSITES[name] = factory
+    if isinstance(parameters, str):
+        raise TypeError(f"parameters= must be a sequence of names, got the string {parameters!r}")
+    parameters = frozenset(parameters)
+    unknown = sorted(parameters - set(RULE_PARAMETERS))
+    if unknown:
+        raise ValueError(f"composite {name!r}: parameters= names {unknown}, which are not rule parameters; "
+                         f"they are {', '.join(RULE_PARAMETERS)}")
+    _COMPOSITES[name] = _Registration(factory, parameters)
 
 
 def unregister_composite(name: str) -> None:
@@ -142,12 +166,39 @@ def make_composite(composite: str | Composite, parameters: RuleParameters) -> Co
     """``composite`` itself, or the registered composite of that name made with ``parameters``."""
     if isinstance(composite, Composite):
         return composite
-    made = _COMPOSITES[check_composite("composite", composite)](parameters)
+    made = _COMPOSITES[check_composite("composite", composite)].factory(parameters)
     if not isinstance(made, Composite):
         raise TypeError(f"the factory of composite {composite!r} returned {made!r}, not a Composite")
     if made.name == "composite":  # unnamed: it goes by its registered name
         made.name = composite
     return made
+
+
+def composite_parameters(composite: str | Composite) -> tuple[str, ...]:
+    """The rule parameters ``composite`` reads (in :data:`RULE_PARAMETERS`' order): those its registration
+    declares; none for a :class:`Composite` given as is, whose rules hold their own."""
+    if isinstance(composite, Composite):
+        return ()
+    declared = _COMPOSITES[check_composite("composite", composite)].parameters
+    return tuple(n for n in RULE_PARAMETERS if n in declared)
+
+
+def refuse_unread(composite: str | Composite, given: Iterable[str]) -> None:
+    """Raise a TypeError naming the first option of ``given`` that is a rule parameter ``composite`` does not read
+    (an option accepted and ignored would be a silent wrong answer)."""
+    reads = composite_parameters(composite)
+    unread = [n for n in RULE_PARAMETERS if n in set(given) and n not in reads]
+    if not unread:
+        return
+    name = unread[0]
+    if isinstance(composite, Composite):
+        raise TypeError(f"{name}= is not read by the Composite given as composite= (its rules hold their own "
+                        f"parameters); set it on the rule, or give a registered composite that reads {name}")
+    readers = [c for c, r in _COMPOSITES.items() if name in r.parameters]
+    raise TypeError(f"{name}= is not read by composite {composite!r}, which reads "
+                    f"{', '.join(reads) or 'no rule parameter'}; composites that read {name}: "
+                    f"{', '.join(readers) or 'none'} (a registration declares what it reads: "
+                    "register_composite(..., parameters=...))")
 
 
 def check_composite(name: str, value: Any) -> Any:
@@ -161,12 +212,15 @@ def _same_everywhere(rule: Callable[[RuleParameters], LinearRule]) -> Callable[[
     return lambda p: Composite(conv=rule(p), dense=rule(p))
 
 
-register_composite("epsilon", _same_everywhere(lambda p: Epsilon(p.epsilon)))
+register_composite("epsilon", _same_everywhere(lambda p: Epsilon(p.epsilon)), parameters=("epsilon",))
 register_composite("zplus", _same_everywhere(lambda p: ZPlus()))
-register_composite("alpha_beta", _same_everywhere(lambda p: AlphaBeta(p.alpha, p.beta)))
-register_composite("gamma", _same_everywhere(lambda p: Gamma(p.gamma)))
-register_composite("epsilon_plus", lambda p: Composite(conv=ZPlus(), dense=Epsilon(p.epsilon)))
-register_composite("epsilon_plus_flat", lambda p: Composite(first=Flat(), conv=ZPlus(), dense=Epsilon(p.epsilon)))
-register_composite("epsilon_alpha2_beta1", lambda p: Composite(conv=AlphaBeta(2.0, 1.0), dense=Epsilon(p.epsilon)))
+register_composite("alpha_beta", _same_everywhere(lambda p: AlphaBeta(p.alpha, p.beta)), parameters=("alpha", "beta"))
+register_composite("gamma", _same_everywhere(lambda p: Gamma(p.gamma)), parameters=("gamma",))
+register_composite("epsilon_plus", lambda p: Composite(conv=ZPlus(), dense=Epsilon(p.epsilon)), parameters=("epsilon",))
+register_composite("epsilon_plus_flat", lambda p: Composite(first=Flat(), conv=ZPlus(), dense=Epsilon(p.epsilon)),
+                   parameters=("epsilon",))
+register_composite("epsilon_alpha2_beta1", lambda p: Composite(conv=AlphaBeta(2.0, 1.0), dense=Epsilon(p.epsilon)),
+                   parameters=("epsilon",))
 register_composite("epsilon_gamma_box", lambda p: Composite(
-    first=Box(*p.bounds("epsilon_gamma_box")), conv=Gamma(p.gamma), dense=Epsilon(p.epsilon)))
+    first=Box(*p.bounds("epsilon_gamma_box")), conv=Gamma(p.gamma), dense=Epsilon(p.epsilon)),
+    parameters=("epsilon", "gamma", "low", "high"))

@@ -130,7 +130,7 @@ def resolve_method(method, options: dict[str, Any] | None = None, *, label: str 
     if isinstance(method, type) and issubclass(method, Method):
         return ResolvedMethod(label or method_label(method), method, options, method, {}, frozenset(method.schema()))
     if isinstance(method, Method):
-        preset = dict(getattr(method, "_defaults", {}))  # the options the instance was built with
+        preset = dict(method.defaults)  # the options the instance was built with
         klass = type(method)
         return ResolvedMethod(label or method_label(method), method, options, klass, preset, frozenset(klass.schema()))
     if method is random_attribution:
