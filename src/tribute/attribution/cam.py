@@ -43,6 +43,7 @@ from ..core.randomness import SampleStreams
 from ..core.reduce import check_reduce, reduce
 from ..core.registry import register
 from ..core.targets import Target
+from ..core.tensors import per_sample
 from .fullgrad_bias import bias_gradient_rows
 from .guided import GuidedBackprop
 from .layer import LAYER_OPTION, LayerMethod
@@ -376,7 +377,7 @@ class ScoreCAM(_CAM):
             if shift is not None:
                 s = s - shift[sample]
             w = torch.where(flat.flatten(), torch.zeros_like(s), s)
-            return w.view(-1, 1, 1).to(a.dtype) * a
+            return per_sample(w.to(a.dtype), a) * a
 
         total = accumulate(n, channels.shape[1], contribution, batch_size=o.batch_size, progress=o.progress)
         return total.unsqueeze(1)

@@ -31,6 +31,7 @@ from torch import nn
 
 from ..core import options as opt
 from ..core.randomness import SampleStreams
+from ..core.tensors import per_sample
 from .perturbation import (
     ORDERS,
     PerturbationCurve,
@@ -123,12 +124,12 @@ def linear_imputation(images: torch.Tensor, removed: torch.Tensor, *, tol: float
             break
         ap = apply(p)
         pap = (p * ap).flatten(1).sum(1)
-        alpha = torch.where(active & (pap > 0), rz / pap.clamp_min(tiny), torch.zeros_like(rz)).view(-1, 1, 1, 1)
+        alpha = per_sample(torch.where(active & (pap > 0), rz / pap.clamp_min(tiny), torch.zeros_like(rz)), p)
         u.addcmul_(alpha, p)
         r.addcmul_(alpha, ap, value=-1)
         z = torch.mul(r, precond, out=z)
         rz_new = (r * z).flatten(1).sum(1)
-        beta = torch.where(rz > 0, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz)).view(-1, 1, 1, 1)
+        beta = per_sample(torch.where(rz > 0, rz_new / rz.clamp_min(tiny), torch.zeros_like(rz)), p)
         p = p.mul_(beta).add_(z)
         rz = rz_new
     else:

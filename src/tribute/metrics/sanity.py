@@ -44,6 +44,7 @@ from torch import nn
 
 from ..core.engine import check_model
 from ..core.reduce import check_reduce
+from ..core.tensors import per_sample
 from ..training import trainer
 from .common import as_map, check_attributions, resolve_target
 from .methods import resolve_method
@@ -386,8 +387,8 @@ def similarity_functions(similarities, maps: torch.Tensor | None = None) -> dict
 def unit_range(maps: torch.Tensor) -> torch.Tensor:
     """Each map scaled to [0, 1] by its own minimum and maximum (a constant map becomes 0)."""
     flat = maps.flatten(1)
-    low = flat.amin(1).view(-1, *[1] * (maps.dim() - 1))
-    span = (flat.amax(1) - flat.amin(1)).view(-1, *[1] * (maps.dim() - 1))
+    low = per_sample(flat.amin(1), maps)
+    span = per_sample(flat.amax(1) - flat.amin(1), maps)
     return (maps - low) / torch.where(span > 0, span, torch.ones_like(span))
 
 

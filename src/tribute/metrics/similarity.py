@@ -47,6 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.reduce import check_reduce
+from ..core.tensors import per_sample
 from .common import as_map
 
 __all__ = [
@@ -374,8 +375,8 @@ def ssim(a, b, *, window: int = 11, sigma: float = 1.5, data_range=None, k1: flo
     var_a = local(a * a) - mu_a**2
     var_b = local(b * b) - mu_b**2
     cov = local(a * b) - mu_a * mu_b
-    c1 = ((k1 * big_l) ** 2)[:, None, None]
-    c2 = ((k2 * big_l) ** 2)[:, None, None]
+    c1 = per_sample((k1 * big_l) ** 2, mu_a)
+    c2 = per_sample((k2 * big_l) ** 2, mu_a)
     num = (2 * mu_a * mu_b + c1) * (2 * cov + c2)
     den = (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
     constant = big_l == 0  # both maps the same constant: the limit of the formula is 1

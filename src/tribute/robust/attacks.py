@@ -44,6 +44,7 @@ from torch import nn
 from ..core import options as opt
 from ..core.engine import DisconnectedInputError, check_inputs, chunk_rows, default_batch_size, record_passes
 from ..core.randomness import SampleStreams
+from ..core.tensors import per_sample
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -226,7 +227,7 @@ def _ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:
     if norm == "linf":
         return g.sign()
     n = _norms(g)
-    return g / torch.where(n > 0, n, torch.ones_like(n)).view(_per_sample(g))
+    return g / per_sample(torch.where(n > 0, n, torch.ones_like(n)), g)
 
 
 def _ball_draw(streams: SampleStreams, sample: torch.Tensor, x0: torch.Tensor, eps: float, norm: str):
@@ -238,9 +239,9 @@ def _ball_draw(streams: SampleStreams, sample: torch.Tensor, x0: torch.Tensor, e
         return ((2 * u - 1) * eps).to(x0.dtype)
     z = streams.draw("normal", sample, shape, **kw)
     u = streams.draw("uniform", sample, (1,), **kw)
-    direction = z / _norms(z).clamp_min(1e-300).view(_per_sample(z))
+    direction = z / per_sample(_norms(z).clamp_min(1e-300), z)
     radius = eps * u.squeeze(1) ** (1.0 / x0[0].numel())
-    return (direction * radius.view(_per_sample(z))).to(x0.dtype)
+    return (direction * per_sample(radius, z)).to(x0.dtype)
 
 
 def project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str, lo, hi) -> torch.Tensor:
@@ -250,7 +251,7 @@ def project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str, lo, hi) ->
     else:
         d = x - x0
         n = _norms(d)
-        x = x0 + d * (eps / torch.where(n > eps, n, torch.full_like(n, eps))).view(_per_sample(d))
+        x = x0 + d * per_sample(eps / torch.where(n > eps, n, torch.full_like(n, eps)), d)
     x = _clip(x, lo, hi)
     u = torch.finfo(x.dtype).eps
     for k in range(_MAX_CORRECTIONS):
@@ -266,7 +267,7 @@ def project(x: torch.Tensor, x0: torch.Tensor, eps: float, norm: str, lo, hi) ->
             if not bool(over.any()):
                 return x
             shrink = torch.where(over, eps / n * (1 - 2 ** (k + 1) * u), torch.ones_like(n))
-            x = _clip(torch.where(over.view(_per_sample(d)), x0 + d * shrink.view(_per_sample(d)), x), lo, hi)
+            x = _clip(torch.where(per_sample(over, d), x0 + d * per_sample(shrink, d), x), lo, hi)
     raise RuntimeError("could not bring the adversarial point inside the ε-ball in the input's precision")
 
 
@@ -276,10 +277,6 @@ def _clip(x: torch.Tensor, lo, hi) -> torch.Tensor:
 
 def _norms(t: torch.Tensor) -> torch.Tensor:
     return t.flatten(1).norm(dim=1)
-
-
-def _per_sample(t: torch.Tensor) -> tuple[int, ...]:
-    return (-1,) + (1,) * (t.dim() - 1)
 
 
 def check_bounds(owner: str, x: torch.Tensor, bounds):

@@ -65,6 +65,7 @@ from ..core.engine import check_inputs, check_model, default_batch_size
 from ..core.randomness import SampleStreams
 from ..core.reduce import check_reduce
 from ..core.targets import Target
+from ..core.tensors import per_sample
 from ..metrics.common import as_map
 from ..metrics.methods import BoundMethod, ResolvedMethod, resolve_method
 from ..metrics.similarity import center_of_mass, check_k, topk_intersection
@@ -273,7 +274,6 @@ def _ascend(ex, chunk: _Chunk, pred, eps, steps, step_size, bounds, objective, s
     x0 = chunk.x0
     x = x0.clone()
     best, best_score = x0.clone(), score(ex, x0, chunk)
-    expand = (-1,) + (1,) * (x0.dim() - 1)
     for p in range(steps):
         xr = x.detach().requires_grad_(True)
         with torch.enable_grad():
@@ -289,10 +289,10 @@ def _ascend(ex, chunk: _Chunk, pred, eps, steps, step_size, bounds, objective, s
                     RuntimeWarning, stacklevel=4)
         candidate = _project_linf(x + step_size * grad.sign(), x0, eps, bounds)
         keep = ex.predict(candidate) == pred  # a step that changes the label is undone (Algorithm 1)
-        x = torch.where(keep.view(expand), candidate, x)
+        x = torch.where(per_sample(keep, x0), candidate, x)
         s = score(ex, x, chunk)
         better = keep & (s > best_score)
-        best = torch.where(better.view(expand), x, best)
+        best = torch.where(per_sample(better, x0), x, best)
         best_score = torch.where(better, s, best_score)
     return best
 
