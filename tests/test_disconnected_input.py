@@ -70,8 +70,7 @@ def test_every_gradient_method_refuses_a_score_cut_off_before_its_head(method, x
 
 CUTS = [(method, cut) for cut in ("input", "no_grad", "constant")
         for method in ("gradient", "saliency", "integrated_gradients", "smoothgrad", "deeplift", "guided_backprop",
-                       "lrp_epsilon", "lrp", "fullgrad", "deeplift_reveal_cancel")
-        if (method, cut) != ("deeplift_reveal_cancel", "constant")]  # RevealCancel: "lost track of the differences"
+                       "lrp_epsilon", "lrp", "fullgrad", "deeplift_reveal_cancel")]
 
 
 @pytest.mark.parametrize("method,cut", CUTS)
@@ -98,3 +97,21 @@ def test_a_layer_after_the_cut_keeps_its_gradient_and_values_are_untouched(x):
 def test_an_attack_on_a_detached_model_gets_the_same_error_type(x):
     with pytest.raises(tribute.DisconnectedInputError, match="pgd: the loss does not depend on the input"):
         pgd(Net("input").eval(), x, torch.tensor([0, 1]), norm="linf", eps=0.1, steps=2, step_size=0.05, seed=0)
+
+
+class BiasOnly(nn.Module):
+    """A constant output: the head's bias, whatever the input (on the autograd graph through the parameter)."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(3, 3)
+
+    def forward(self, x):
+        return self.fc.bias.expand(x.shape[0], -1) * 1.0
+
+
+def test_reveal_cancel_on_a_constant_output_gets_the_shared_error(x):
+    # not "lost track of the differences": the output was never computed from the input
+    for net in (BiasOnly(), Net("constant")):
+        with pytest.raises(tribute.DisconnectedInputError, match="the score does not depend on the input through"):
+            tribute.explain(net.eval(), x, "deeplift_reveal_cancel", target=1)

@@ -67,3 +67,19 @@ def test_unsupported_products_are_an_error():
 
     with pytest.raises(ValueError, match="product of two tensors"):
         tribute.explain(Product(), torch.randn(2, 2), "deeplift_reveal_cancel", target=0)
+
+
+class PlusConstant(nn.Module):
+    """ReLU(x₁ − x₂) + ones_like(…) + zeros_like(…): constants made in the shape of a tensor on the input's path."""
+
+    def forward(self, x):
+        z = x[:, 0:1] - x[:, 1:2]
+        return torch.relu(z) + torch.ones_like(z) + z.new_zeros(z.shape)
+
+
+def test_a_constant_in_the_input_s_shape_carries_no_difference():
+    # at (3, 1) from 0: Δz = 2 splits into Δz⁺ = 3, Δz⁻ = −1; the ReLU's multipliers are m⁺ = 5/6, m⁻ = 1/2 (as for
+    # Min above), so x₁ gets 3·5/6 = 2.5 and x₂ gets −1·1/2 = −0.5; the constant adds nothing (Σ = ReLU(2) − 0 = 2)
+    x = torch.tensor([[3.0, 1.0]], dtype=torch.float64)
+    rc = tribute.explain(PlusConstant(), x, "deeplift_reveal_cancel", target=0)
+    torch.testing.assert_close(rc, torch.tensor([[2.5, -0.5]], dtype=torch.float64), rtol=0, atol=1e-15)

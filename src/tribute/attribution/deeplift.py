@@ -90,6 +90,8 @@ class DeepLiftRevealCancel(Method):
                 rows._tribute_twins = (dp, dn)
                 out = o.call.forward(rows)
             if not hasattr(out, "_tribute_twins"):
+                if not mode.on_path(out):  # computed without the input (a constant): no difference reaches it
+                    raise disconnected()
                 raise RuntimeError("RevealCancel: the model's output lost track of the differences")
             out_p, out_n = out._tribute_twins
             diff = (out_p + out_n)[:n]

@@ -9,7 +9,8 @@ reference rows hold zeros), built with autograd from Δx⁺ = max(x − x̄, 0) 
   Δy⁺ = ½[f(z̄ + Δz⁺) − f(z̄)] + ½[f(z̄ + Δz⁻ + Δz⁺) − f(z̄ + Δz⁻)], and Δy⁻ likewise with ⁺ and ⁻ swapped,
   whose multipliers are m⁺ = Δy⁺/Δz⁺ and m⁻ = Δy⁻/Δz⁻ (backward of :class:`_RevealCancel`);
 - sums, means, average pooling, reshapes and indexing act on both parts; a scaling splits by the sign
-  of its factor; max pooling passes the parts of the entry selected at the input.
+  of its factor; max pooling passes the parts of the entry selected at the input;
+- a constant of the input's shape (``zeros_like``, ``ones_like``, ``full_like``): no difference, both parts 0.
 Contributions are m⁺ ⊙ Δx⁺ + m⁻ ⊙ Δx⁻ and sum to S_c(x) − S_c(x̄) exactly.
 """
 
@@ -253,6 +254,15 @@ class SelectedAtInput(PartsRule):
         return tuple(t.flatten(2).gather(2, idx.flatten(2)).view_as(idx) for t in twins(x))
 
 
+class NoDifference(PartsRule):
+    """A constant made in the shape of a tensor on the input's path (``zeros_like(x)``): the same values in the
+    input and the reference rows, so both parts are 0."""
+
+    def parts(self, func, args, kwargs, tagged, name, out):
+        zero = torch.zeros_like(out)
+        return zero, zero
+
+
 class PartsApart(PartsRule):
     """A linear op with non-negative coefficients or a move: each part goes through it alone."""
 
@@ -280,4 +290,5 @@ register_rule(FAMILY, _with_in_place({"mul", "__mul__", "__rmul__"}), Scaling())
 register_rule(FAMILY, _with_in_place({"div", "__truediv__"}), Scaling(divides=True))
 register_rule(FAMILY, "batch_norm", BatchNormScale())
 register_rule(FAMILY, _MAXPOOL, SelectedAtInput())
+register_rule(FAMILY, ("zeros_like", "ones_like", "full_like", "new_zeros", "new_ones", "new_full"), NoDifference())
 register_rule(FAMILY, (POSITIVE | MOVES) - _MAXPOOL, PartsApart())

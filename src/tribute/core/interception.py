@@ -186,6 +186,10 @@ class RuleMode(TorchFunctionMode):
     def _is_tagged(self, a) -> bool:
         return isinstance(a, torch.Tensor) and getattr(a, _TAG, None) is self.token
 
+    def on_path(self, t) -> bool:
+        """Whether ``t`` was computed from this pass's tagged input (by ops the mode saw)."""
+        return self._is_tagged(t)
+
     def tag(self, t: torch.Tensor) -> None:
         """Put ``t`` on the input's path of the current pass (e.g. a layer's replaced output)."""
         _tag(t, self.token)
