@@ -14,7 +14,7 @@ import tribute
 from tribute.core.engine import Forward
 from tribute.core.method import Call
 from tribute.core.targets import Target
-from tribute.core.tensors import per_sample
+from tribute.core.tensors import per_channel, per_sample
 from tribute.lrp import RULE_PARAMETERS, Composite, Epsilon, composite_parameters
 
 
@@ -62,6 +62,15 @@ def test_per_sample_broadcasts_one_value_per_row():
     assert torch.equal((per_sample(v, x) * x)[:, 1, 3], v)
     with pytest.raises(ValueError, match="one value per row"):
         per_sample(torch.ones(3, 1), x)
+
+
+def test_per_channel_broadcasts_one_value_per_channel():
+    x = torch.ones(2, 3, 4, 5)
+    v = torch.tensor([1.0, 2.0, 3.0])
+    assert per_channel(v, x).shape == (1, 3, 1, 1)
+    assert torch.equal((per_channel(v, x) * x)[1, :, 2, 4], v)
+    with pytest.raises(ValueError, match="one value per channel"):
+        per_channel(v[None], x)
 
 
 # -- target=None --------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from ..core.engine import Forward, disconnected, record_passes
 from ..core.layers import PathMode, outputs_of
 from ..core.targets import Target
+from ..core.tensors import per_channel
 
 _CONV = {F.conv1d, F.conv2d, F.conv3d, F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d}
 _BN_ARGS = ("input", "running_mean", "running_var", "weight", "bias", "training", "momentum", "eps")
@@ -28,7 +29,7 @@ def _layer_bias(func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> tupl
             return None
         if func is F.linear:
             return "linear", b.expand_as(out)
-        return "conv", b.view(1, -1, *([1] * (out.dim() - 2))).expand_as(out)
+        return "conv", per_channel(b, out).expand_as(out)
     if func is F.batch_norm:
         p = {**dict(zip(_BN_ARGS, args, strict=False)), **kwargs}
         if p.get("training", False) or p.get("running_mean") is None:
@@ -40,7 +41,7 @@ def _layer_bias(func: Any, args: tuple, kwargs: dict, out: torch.Tensor) -> tupl
         gamma, beta = p.get("weight"), p.get("bias")
         scale = torch.rsqrt(var + eps) if gamma is None else gamma * torch.rsqrt(var + eps)
         b = -mean * scale if beta is None else beta - mean * scale
-        return "batch_norm", b.view(1, -1, *([1] * (out.dim() - 2))).expand_as(out)
+        return "batch_norm", per_channel(b, out).expand_as(out)
     return None
 
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..core.nonlinearities import Nonlinearity
 from ..core.rule_registry import OpRule, RuleKind, register_rule, rule_table
 from ..core.rules import ElementwiseRule, derivative
+from ..core.tensors import per_channel
 from ..lrp.layer_call import parse_linear
 from ..lrp.ops import IN_PLACE, LINEAR_LAYERS, MOVES
 
@@ -238,7 +239,7 @@ class BatchNormScale(PartsRule):
         scale = torch.rsqrt(p_["running_var"].detach() + p_.get("eps", kwargs.get("eps", 1e-5)))
         if p_.get("weight") is not None:
             scale = scale * p_["weight"].detach()
-        return _split(scale.view(1, -1, *([1] * (out.dim() - 2))), *twins(p_["input"]))
+        return _split(per_channel(scale, out), *twins(p_["input"]))
 
 
 class SelectedAtInput(PartsRule):

@@ -13,3 +13,11 @@ def per_sample(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     if values.dim() != 1:
         raise ValueError(f"per_sample takes one value per row (a 1-D tensor), got shape {tuple(values.shape)}")
     return values.view(-1, *([1] * (like.dim() - 1)))
+
+
+def per_channel(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``values`` (one per channel of ``like``, shape (C,)) as (1, C, 1, …, 1), to broadcast against ``like``
+    (N, C, …): a bias, batch norm's scale or a normalisation's mean per channel."""
+    if values.dim() != 1:
+        raise ValueError(f"per_channel takes one value per channel (a 1-D tensor), got shape {tuple(values.shape)}")
+    return values.view(1, -1, *([1] * (like.dim() - 2)))

@@ -6,6 +6,8 @@ from collections.abc import Sequence
 
 import torch
 
+from .tensors import per_channel
+
 
 class Normalize:
     """``(x − mean) / std`` per channel (dim 1), for models trained on normalised inputs.
@@ -25,9 +27,8 @@ class Normalize:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2 or x.shape[1] != self.mean.numel():
             raise ValueError(f"Normalize has {self.mean.numel()} channels but the input has shape {tuple(x.shape)}")
-        shape = (1, -1) + (1,) * (x.dim() - 2)
-        mean = self.mean.to(x.device, x.dtype).view(shape)
-        std = self.std.to(x.device, x.dtype).view(shape)
+        mean = per_channel(self.mean.to(x.device, x.dtype), x)
+        std = per_channel(self.std.to(x.device, x.dtype), x)
         return (x - mean) / std
 
     def __repr__(self) -> str:

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.tensors import per_channel
 from .kept import Kept
 from .merge_plan import Merge, fold_affine
 from .weight_cache import PassCache
@@ -152,8 +153,7 @@ class LayerCall:
             if adjoint is not None and w.numel() < s.numel():  # scale the smaller of the two
                 w = self.params()[0]
             else:
-                shape = (1, -1) + (1,) * (s.dim() - 2)
-                s = s * self.bn[0].view(shape)
+                s = s * per_channel(self.bn[0], s)
         if adjoint is not None:
             return adjoint(s, w, like)
         xx, z = self.graph
@@ -168,8 +168,7 @@ class LayerCall:
         if kept is not None:  # batch norm's own output, still there or copied before it was overwritten
             return kept
         scale, shift = self.bn
-        shape = (1, -1) + (1,) * (z.dim() - 2)
-        return torch.addcmul(shift.view(shape), z, scale.view(shape))
+        return torch.addcmul(per_channel(shift, z), z, per_channel(scale, z))
 
     def params(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(W, b), with a following batch norm folded in when it is merged."""

@@ -7,6 +7,7 @@ from typing import Any
 import torch
 
 from ..core.rules import stab
+from ..core.tensors import per_channel
 from .layer_call import LayerCall
 from .rules import STABILIZER, LinearRule
 
@@ -88,8 +89,7 @@ class BatchNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, z, layer: LayerCall, scale, shift, keep):
-        shape = (1, -1) + (1,) * (z.dim() - 2)
-        ctx.layer, ctx.scale, ctx.shift = layer, scale.view(shape), shift.view(shape)
+        ctx.layer, ctx.scale, ctx.shift = layer, per_channel(scale, z), per_channel(shift, z)
         ctx.z = keep(z)
         return torch.addcmul(ctx.shift, z, ctx.scale)
 
