@@ -69,7 +69,7 @@ class ResolvedMethod:
                 and self.preset.get(option) is None)
 
     def bind(self, model: nn.Module, *, seed: int | None = None, batch_size: int | None = None,
-             **fixed: Any) -> BoundMethod:
+             **fixed: Any) -> BoundExplainer:
         """An explainer of ``model``: ``seed`` and ``batch_size`` go to a method that takes them and where the
         user left them unset; ``fixed`` options are imposed (a caller's own, e.g. ``differentiable=True``)."""
         if fixed and self.klass is None:
@@ -77,11 +77,11 @@ class ResolvedMethod:
         automatic = {k: v for k, v in (("seed", seed), ("batch_size", batch_size)) if v is not None and self.takes(k)}
         options = {**automatic, **self.options, **fixed}
         if self.klass is None:
-            return BoundMethod(model, functools.partial(self.method, model, **options), None, False)
+            return BoundExplainer(model, functools.partial(self.method, model, **options), None, False)
         if isinstance(self.method, Method) and model is self.method.model and not options:
-            return BoundMethod(model, self.method.attribute, self.method, self.takes(NOISE_KEY))
+            return BoundExplainer(model, self.method.attribute, self.method, self.takes(NOISE_KEY))
         instance = self.klass(model, **{**self.preset, **options})
-        return BoundMethod(model, instance.attribute, instance, self.takes(NOISE_KEY))
+        return BoundExplainer(model, instance.attribute, instance, self.takes(NOISE_KEY))
 
     def with_options(self, **options: Any) -> ResolvedMethod:
         """The same method with more options (checked when bound)."""
@@ -92,7 +92,7 @@ class ResolvedMethod:
 
 
 @dataclass(frozen=True)
-class BoundMethod:
+class BoundExplainer:
     """``bound(inputs, target, noise_key=None) -> attributions``: a resolved method bound to ``model``.
 
     ``instance`` is the Method doing the work (None for a plain callable); ``keyed`` whether ``noise_key`` is
@@ -198,5 +198,5 @@ def as_explainer(method, **options: Any) -> Callable[[nn.Module, torch.Tensor, A
     return explain
 
 
-__all__ = ["BoundMethod", "ResolvedMethod", "as_explainer", "method_label", "named_methods", "random_attribution",
+__all__ = ["BoundExplainer", "ResolvedMethod", "as_explainer", "method_label", "named_methods", "random_attribution",
            "resolve_method"]

@@ -67,7 +67,7 @@ from ..core.reduce import check_reduce
 from ..core.targets import Target
 from ..core.tensors import per_sample
 from ..metrics.common import as_map
-from ..metrics.methods import BoundMethod, ResolvedMethod, resolve_method
+from ..metrics.methods import BoundExplainer, ResolvedMethod, resolve_method
 from ..metrics.similarity import center_of_mass, check_k, topk_intersection
 from .attacks import check_bounds, project
 
@@ -149,8 +149,8 @@ class _Maps:
     """The importance maps of one resolved method on the attacked model: real (off the graph) and surrogate."""
 
     model: nn.Module
-    real_method: BoundMethod
-    surrogate_method: BoundMethod
+    real_method: BoundExplainer
+    surrogate_method: BoundExplainer
     reduce: str | None
     input_transform: Callable | None
     batch_size: int
@@ -167,7 +167,7 @@ class _Maps:
         with torch.no_grad():
             return self.outputs(x).argmax(1)
 
-    def _map(self, explain: BoundMethod, x, cls):
+    def _map(self, explain: BoundExplainer, x, cls):
         phi = explain(x, cls)
         m = phi if self.reduce is None else as_map(phi, self.reduce)
         return m.abs()
