@@ -3,7 +3,7 @@
 The families' elementwise rules live beside their methods; a family with only elementwise rules gets no op
 handler (the gradient methods' hot path is unchanged); a family that registers an n-ary rule gets the generic
 handler, which the seam test shows with DeepLIFT's product rule (Shapley values of the two factors) on Ancona
-et al.'s (2018) multiplicative example f(x) = ReLU(x₁ − 1)·ReLU(x₂).
+et al.'s (2019, §3.2) multiplicative example f(x) = ReLU(x₁ − 1)·ReLU(x₂).
 """
 
 from __future__ import annotations
