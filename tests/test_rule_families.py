@@ -47,6 +47,11 @@ class InPlaceProduct(nn.Module):
         return a
 
 
+class KeywordProduct(nn.Module):
+    def forward(self, x):
+        return torch.mul(input=F.relu(x[:, :1] - 1), other=F.relu(x[:, 1:2]))
+
+
 def _cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
 
@@ -217,3 +222,5 @@ def test_an_op_with_no_rule_in_a_family_with_op_rules_is_refused_under_strict(pr
     # the in-place product (``a *= b`` runs Tensor.mul_) has no rule: refused, not silently plain
     with pytest.raises(ValueError, match="mul_"):
         tribute.DeepLift(InPlaceProduct(), strict=True).attribute(x, target=0)
+    with pytest.raises(ValueError, match="mul"):  # a form the product rule does not take: refused too
+        tribute.DeepLift(KeywordProduct(), strict=True).attribute(x, target=0)

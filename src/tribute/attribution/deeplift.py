@@ -96,7 +96,8 @@ class _MidpointProduct(torch.autograd.Function):
 
 
 class ShapleyProduct(OpRule):
-    """DeepLIFT at y = a·b with both factors on the input's path: the Shapley values of the two factors.
+    """DeepLIFT at y = a·b with both factors on the input's path: the Shapley values of the two factors, as Deep
+    SHAP composes DeepLIFT's multipliers with the Shapley values of small components (Lundberg & Lee 2017, §4.2).
 
     Δy = ā·Δb + Δa·b̄ + Δa·Δb (Δa = a − ā against the reference) is split as Δa·(b̄ + Δb/2) + Δb·(ā + Δa/2),
     each factor taking its own term and half the interaction: multipliers m_a = (b + b̄)/2, m_b = (a + ā)/2, so
@@ -109,9 +110,9 @@ class ShapleyProduct(OpRule):
     name = "shapley_product"
 
     def apply(self, handler, func, args, kwargs, tagged, name):
-        if not (len(args) == 2 and tagged(args[0]) and tagged(args[1])):
+        if sum(map(tagged, (*args, *kwargs.values()))) < 2:
             return NotImplemented  # one factor on the path: linear, its gradient is the rule
-        if kwargs:  # out= and the like: the plain product's gradient would be a silent wrong answer
+        if len(args) != 2 or kwargs:  # out=, keywords: the plain product's gradient would be a silent wrong answer
             handler.unruled.append(name)
             return NotImplemented
         a, b = args
