@@ -1,4 +1,10 @@
-"""DeepLIFT with the Rescale rule (Shrikumar et al. 2017; Ancona et al. 2019, Eq 17–18, Prop 2)."""
+"""DeepLIFT with the Rescale rule (Shrikumar et al. 2017; Ancona et al. 2019, Eq 17–18, Prop 2).
+
+Its rules are registered as the family ``"deeplift"`` (:mod:`tribute.core.rule_registry`): :class:`Rescale` at
+every nonlinearity.  Input and reference run as one batch of 2N rows (inputs first), so a rule finds the
+reference of every row in the other half.  :class:`ShapleyProduct`, DeepLIFT's rule for a product of two
+tensors on the input's path, is not registered by default (see its docstring).
+"""
 
 from __future__ import annotations
 
@@ -9,12 +15,113 @@ import torch
 from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import accumulate, disconnected
+from ..core.family_rules import FamilyRules
 from ..core.interception import apply_rules
 from ..core.method import Method
 from ..core.registry import register
-from ..core.rules import Rescale, RuleSet
+from ..core.rule_registry import OpRule, RuleKind, register_rule, rules_of_kind
+from ..core.rules import ElementwiseRule, Phase, RuleSet, derivative
 from ..core.targets import Target
-from .reveal_cancel import RevealCancelOps, RevealCancelRule
+from .reveal_cancel import FAMILY as REVEAL_CANCEL
+from .reveal_cancel import RevealCancelOps
+
+FAMILY = "deeplift"
+#: the ops that multiply two tensors elementwise (the in-place forms write into a tensor the rule would save)
+PRODUCTS = ("mul", "__mul__", "__rmul__")
+
+
+def _check_pairs(t: torch.Tensor, what: str) -> None:
+    if t.dim() == 0 or t.shape[0] % 2:
+        raise ValueError(
+            f"DeepLIFT runs inputs and references as one batch of 2N rows, but a {what} received a tensor of shape "
+            f"{tuple(t.shape)}: the model must keep the batch as the first dimension"
+        )
+
+
+class Rescale(ElementwiseRule):
+    """DeepLIFT Rescale (Ancona et al. 2019, Prop 2): g = (f(z) − f(z̄)) / (z − z̄).
+
+    The batch holds the inputs in its first half and their references in the second half (one 2N
+    pass).  Where |z − z̄| ≤ ``tolerance``·(1 + |z|) the ratio is replaced by its limit, f' at the
+    midpoint.  Both halves get the same multiplier; only the first half carries the score.
+    """
+
+    name = "rescale"
+
+    def __init__(self, tolerance: float = 1e-6):
+        self.tolerance = float(tolerance)
+
+    def apply(self, nl, z, params, phase):
+        _check_pairs(z, nl.name)
+        return super().apply(nl, z, params, phase)
+
+    def backward(self, nl, gy, saved, params):
+        (z,) = saved
+        zx, zr = z.chunk(2)
+        dz = zx - zr
+        close = dz.abs() <= self.tolerance * (1 + zx.abs())
+        safe_dz = torch.where(close, torch.ones_like(dz), dz)
+        ratio = (nl(zx, **params) - nl(zr, **params)) / safe_dz
+        if bool(close.any()):
+            ratio = torch.where(close, derivative(nl, (zx + zr) / 2, params), ratio)
+        return gy * torch.cat([ratio, ratio])
+
+
+register_rule(FAMILY, "*", Rescale())
+
+
+def _midpoint(t: torch.Tensor) -> torch.Tensor:
+    """(t + t̄)/2 in both halves of a 2N-row batch: the value halfway between each input row and its reference."""
+    x, r = t.chunk(2)
+    m = (x + r) / 2
+    return torch.cat([m, m])
+
+
+class _MidpointProduct(torch.autograd.Function):
+    """y = a·b forward; in the attribution's backward pass m_a = (b + b̄)/2 and m_b = (a + ā)/2, in any later
+    one (derivatives of the attribution) the true derivatives b and a."""
+
+    @staticmethod
+    def forward(ctx, a, b, phase: Phase | None):
+        ctx.phase = phase
+        ctx.save_for_backward(a, b)
+        return a * b
+
+    @staticmethod
+    def backward(ctx, gy):
+        a, b = ctx.saved_tensors
+        if ctx.phase is None or ctx.phase.first_order:
+            a, b = _midpoint(a), _midpoint(b)
+        return (gy * b).sum_to_size(a.shape), (gy * a).sum_to_size(b.shape), None
+
+
+class ShapleyProduct(OpRule):
+    """DeepLIFT at y = a·b with both factors on the input's path: the Shapley values of the two factors, as Deep
+    SHAP composes DeepLIFT's multipliers with the Shapley values of small components (Lundberg & Lee 2017, §4.2).
+
+    Δy = ā·Δb + Δa·b̄ + Δa·Δb (Δa = a − ā against the reference) is split as Δa·(b̄ + Δb/2) + Δb·(ā + Δa/2),
+    each factor taking its own term and half the interaction: multipliers m_a = (b + b̄)/2, m_b = (a + ā)/2, so
+    summation-to-delta holds through the product.  A product with one factor off the path (c·a) is linear and
+    keeps its gradient.  Not registered by default; to use it::
+
+        register_rule("deeplift", PRODUCTS, ShapleyProduct())
+    """
+
+    name = "shapley_product"
+
+    def apply(self, handler, func, args, kwargs, tagged, name):
+        if sum(map(tagged, (*args, *kwargs.values()))) < 2:
+            return NotImplemented  # one factor on the path: linear, its gradient is the rule
+        if len(args) != 2 or kwargs:  # out=, keywords: the plain product's gradient would be a silent wrong answer
+            handler.unruled.append(name)
+            return NotImplemented
+        a, b = args
+        for t in (a, b):
+            _check_pairs(t, name)
+        if a.shape[0] != b.shape[0]:
+            raise ValueError(f"DeepLIFT's product rule needs both factors of {name} batched alike, got shapes "
+                             f"{tuple(a.shape)} and {tuple(b.shape)}")
+        return _MidpointProduct.apply(a, b, getattr(handler, "phase", None))
 
 
 @register("deeplift")
@@ -37,7 +144,7 @@ class DeepLift(Method):
         "baseline_options": opt.Option(None, opt.anything),
         "seed": opt.Option(None, opt.optional(opt.integer(0))),
     }
-    rules = RuleSet("deeplift_rescale", {"*": Rescale()})
+    rules = FamilyRules(FAMILY)
 
     def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
         return x.shape[0] <= max(1, o.batch_size // 2)  # the inputs score in the first 2N-row pass
@@ -70,7 +177,8 @@ class DeepLiftRevealCancel(Method):
     """
 
     options = DeepLift.options
-    rules = RuleSet("deeplift_reveal_cancel", {"*": RevealCancelRule()}, ops=RevealCancelOps())
+    rules = RuleSet("deeplift_reveal_cancel", rules_of_kind(REVEAL_CANCEL, RuleKind.ELEMENTWISE),
+                    ops=RevealCancelOps())
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         if o.differentiable:

@@ -10,13 +10,41 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 import torch
+import torch.nn.functional as F
 
 from ..core import options as opt
 from ..core.engine import accumulate
+from ..core.family_rules import family_rules
 from ..core.method import Method
 from ..core.registry import register
-from ..core.rules import GRADIENT, RuleSet, SoftplusRelu
+from ..core.rule_registry import register_rule
+from ..core.rules import GRADIENT, ElementwiseRule, RuleSet
 from ..core.targets import Target
+
+SOFTPLUS = "softplus"  # the family of β-smoothing (Dombrowski et al. 2019)
+
+
+class SoftplusRelu(ElementwiseRule):
+    """Replace ReLU by softplus_β in the forward pass (Dombrowski et al. 2019, β-smoothing).
+
+    Gradients are then the true gradients of the smoothed network; β → ∞ recovers the ReLU.
+    """
+
+    name = "softplus"
+
+    def __init__(self, beta: float = 10.0):
+        if not beta > 0:
+            raise ValueError(f"softplus beta must be > 0, got {beta}")
+        self.beta = float(beta)
+
+    def applies(self, nl, params):
+        return nl.family == "relu"
+
+    def apply(self, nl, z, params, phase):
+        return F.softplus(z, beta=self.beta, threshold=20.0)
+
+
+register_rule(SOFTPLUS, "*", SoftplusRelu())
 
 SOFTPLUS_OPTION = {
     "softplus_beta": opt.Option(None, opt.optional(opt.real(0, low_open=True)),
@@ -28,7 +56,7 @@ def smoothed_rules(o: SimpleNamespace) -> RuleSet:
     """The plain gradient, or the gradient of the network with ReLUs made softplus_β (Dombrowski 2019)."""
     if o.softplus_beta is None:
         return GRADIENT
-    return RuleSet(f"softplus_{o.softplus_beta:g}", {"*": SoftplusRelu(o.softplus_beta)})
+    return family_rules(SOFTPLUS, beta=o.softplus_beta)
 
 
 class GradientAtInput(Method):

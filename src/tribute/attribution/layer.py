@@ -40,6 +40,7 @@ from torch import nn
 from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import accumulate, accumulation_dtype
+from ..core.family_rules import family_rules
 from ..core.layers import (
     LayerRows,
     Site,
@@ -53,9 +54,11 @@ from ..core.method import Method
 from ..core.quadrature import RULES, quadrature
 from ..core.randomness import SampleStreams, draw_references
 from ..core.registry import register
-from ..core.rules import GRADIENT, ElementwiseEpsilon, Rescale, RuleSet
+from ..core.rules import GRADIENT, RuleSet
 from ..core.targets import Target
 from ..core.tensors import per_sample
+from ..lrp.elementwise import FAMILY as LRP_EPSILON
+from .deeplift import FAMILY as DEEPLIFT
 from .integrated import check_references
 
 LAYER_OPTION = {
@@ -245,7 +248,7 @@ class LayerDeepLift(LayerMethod):
     def rule_set(self, o):
         if o.rules is not None:
             raise TypeError("layer_deeplift uses the Rescale rule; it takes no rules=")
-        return RuleSet("deeplift_rescale", {"*": Rescale()})
+        return family_rules(DEEPLIFT)
 
     def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
         return x.shape[0] <= max(1, o.batch_size // 2)  # the inputs score in the first 2N-row pass
@@ -265,13 +268,13 @@ class LayerDeepLift(LayerMethod):
 
 def _epsilon_rules(options: dict) -> RuleSet:
     eps = opt.real(0, low_open=True)("epsilon", options.pop("epsilon", 1e-9))
-    return RuleSet(f"lrp_epsilon({eps:g})", {"*": ElementwiseEpsilon(eps)})
+    return family_rules(LRP_EPSILON, epsilon=eps)
 
 
 def _named_rules(name: str) -> RuleSet:
-    from .guided import DeconvNet, GuidedBackprop
+    from . import guided  # noqa: F401  (registers the families "guided_backprop" and "deconvnet")
 
-    return {"guided_backprop": GuidedBackprop.rules, "deconvnet": DeconvNet.rules}[name]
+    return family_rules(name)
 
 
 #: input-level method name → (layer method, how to build its rule set from the options, or None)

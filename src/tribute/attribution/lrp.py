@@ -11,10 +11,11 @@ import torch
 
 from ..core import options as opt
 from ..core.engine import Forward, accumulate
+from ..core.family_rules import family_rules
 from ..core.method import Method
 from ..core.registry import register
 from ..core.rule_registry import RuleKind, rules_of_kind
-from ..core.rules import ElementwiseEpsilon, RuleSet
+from ..core.rules import RuleSet
 from ..core.targets import Target
 from ..lrp.composites import (
     RULE_PARAMETERS,
@@ -25,6 +26,7 @@ from ..lrp.composites import (
     make_composite,
     refuse_unread,
 )
+from ..lrp.elementwise import FAMILY as LRP_EPSILON
 from ..lrp.epsilon_form import EpsilonForm, FusedEpsilonRelu, Unsupported, covers
 from ..lrp.merge_plan import MergePlan, Replan
 from ..lrp.ops import FAMILY
@@ -48,7 +50,7 @@ class LRPEpsilon(GradientAtInput):
     options = {"epsilon": opt.Option(1e-9, opt.real(0, low_open=True))}
 
     def rule_set(self, o: SimpleNamespace) -> RuleSet:
-        return RuleSet(f"lrp_epsilon({o.epsilon:g})", {"*": ElementwiseEpsilon(o.epsilon)})
+        return family_rules(LRP_EPSILON, epsilon=o.epsilon)
 
     def combine(self, x, grad):
         return x * grad

@@ -274,7 +274,8 @@ def forward_under_rules(forward: Forward, leaf: torch.Tensor, *, rules: RuleSet,
             raise ValueError(
                 f"strict: ops on the input's path have no {rules.name} rule and would get the plain "
                 f"gradient: {', '.join(sorted(coverage.unruled))}. Register elementwise ones with "
-                "tribute.register_nonlinearity, or pass strict=False"
+                "tribute.register_nonlinearity, a rule at another op with tribute.core.register_rule(family, op, "
+                "rule), or pass strict=False"
             )
     return out
 

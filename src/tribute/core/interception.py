@@ -59,6 +59,19 @@ _BILINEAR_SUFFIXES = {
 }
 
 
+def linear_on_path(op: str, n_tagged: int) -> bool:
+    """Whether the op named ``op`` (the last part of its name) needs no rule when ``n_tagged`` of its tensor
+    arguments lie on the input's path: it is linear or structural in them, so its gradient is every family's rule."""
+    return op in _LINEAR_SUFFIXES or (op in _BILINEAR_SUFFIXES and n_tagged == 1)
+
+
+def current_phase() -> Phase | None:
+    """The phase of this thread's innermost pass under rules (None outside :func:`apply_rules`): an op handler
+    whose rules answer the attribution's backward pass differently from later ones reads it."""
+    stack = _active()
+    return stack[-1].phase if stack else None
+
+
 _NAMES: dict = {}
 
 
@@ -295,8 +308,7 @@ class RuleMode(TorchFunctionMode):
 
     def _record(self, func, n_tagged: int) -> None:
         name = op_name(func)
-        suffix = name.rsplit(".", 1)[-1]
-        linear = suffix in _LINEAR_SUFFIXES or (suffix in _BILINEAR_SUFFIXES and n_tagged == 1)
+        linear = linear_on_path(name.rsplit(".", 1)[-1], n_tagged)
         (self.coverage.linear if linear else self.coverage.unruled)[name] += 1
 
 

@@ -41,6 +41,19 @@ class BackwardRule:
         """What makes two rules the same (rule sets compare by it)."""
         return (type(self).__name__, tuple(sorted(vars(self).items())))
 
+    def with_options(self, **options: Any) -> BackwardRule:
+        """This rule with ``options`` set (ε, a tolerance, β): a configured copy, the registered rule untouched.
+
+        The options are the rule's constructor arguments, which it keeps as attributes of the same names;
+        an option the rule does not take is refused.  No options: the rule itself."""
+        if not options:
+            return self
+        unknown = sorted(set(options) - set(vars(self)))
+        if unknown:
+            takes = ", ".join(sorted(vars(self))) or "none"
+            raise TypeError(f"the {self.name!r} rule takes no option {', '.join(unknown)} (its options: {takes})")
+        return type(self)(**{**vars(self), **options})
+
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items())
         return f"{type(self).__name__}({args})"
@@ -59,6 +72,7 @@ class OpRule(BackwardRule):
 
 
 _TABLES: dict[str, dict[str, BackwardRule]] = {}
+_VERSION = [0]  # changes with every registration or removal, so that what is built from the tables can be cached
 
 
 def register_rule(family: str, ops: str | Iterable[str], rule: BackwardRule, *, replace: bool = False) -> None:
@@ -73,14 +87,22 @@ def register_rule(family: str, ops: str | Iterable[str], rule: BackwardRule, *, 
         raise ValueError(f"family {family!r} already has a rule at {', '.join(taken)}; pass replace=True to change it")
     for op in names:
         table[op] = rule
+    _VERSION[0] += 1
 
 
 def unregister_rule(family: str, op: str) -> BackwardRule:
     """Remove the rule of ``family`` at ``op`` and return it."""
     try:
-        return _TABLES[family].pop(op)
+        rule = _TABLES[family].pop(op)
     except KeyError:
         raise KeyError(f"family {family!r} has no rule at {op!r}") from None
+    _VERSION[0] += 1
+    return rule
+
+
+def registry_version() -> int:
+    """A number that changes whenever a rule is registered or removed (for caches of what the tables give)."""
+    return _VERSION[0]
 
 
 def rule_table(family: str) -> Mapping[str, BackwardRule]:

@@ -1,8 +1,11 @@
 """Backward rules at elementwise nonlinearities (Ancona et al. 2019, Eq 16 and Table 1).
 
 A rule replaces the chain-rule factor f'(z) of a nonlinearity y = f(z) by another function g during
-the backward pass ("modified gradient", Eq 16), or replaces f itself in the forward pass.  Each rule is
-a small class; :class:`RuleSet` says which rule applies to which nonlinearity.
+the backward pass ("modified gradient", Eq 16), or replaces f itself in the forward pass.  This module holds the
+machinery: the rule base class, the autograd Functions that run a rule, the plain :class:`Gradient` and
+:class:`RuleSet`, which says which rule applies to which nonlinearity.  Each method's own rules live beside the
+method and are registered under its family (:mod:`tribute.core.rule_registry`); :func:`tribute.core.family_rules.
+family_rules` makes a family's rule set from them.
 
 Backward formulas are written in differentiable torch operations of the saved input, so attributions
 computed with ``create_graph=True`` can be differentiated again (attacks on explanations, β-smoothing).
@@ -20,9 +23,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from .nonlinearities import Nonlinearity, is_rectifier, rectifier_gate
+from .nonlinearities import Nonlinearity
 from .rule_registry import BackwardRule, RuleKind
 
 
@@ -119,7 +121,7 @@ class _ModifiedBackward(torch.autograd.Function):
         return step(ctx.nl, gy, ctx.saved_tensors, ctx.params), None, None, None, None
 
 
-class _ModifiedBackwardInPlace(torch.autograd.Function):
+class ModifiedBackwardInPlace(torch.autograd.Function):
     """:class:`_ModifiedBackward` for an in-place call by a rule that saves only what it reads from z first
     (a gate): z is overwritten with f(z), with no new output and no copy."""
 
@@ -146,40 +148,7 @@ class Gradient(ElementwiseRule):
         return nl(z, **params)
 
 
-class ElementwiseEpsilon(ElementwiseRule):
-    """ε-LRP at a nonlinearity (Ancona et al. 2019, Prop 1): g = f(z) / (z + ε·sign z), sign(0) = +1.
-
-    With ε > 0 the ratio is finite at z = 0; for f with f(0) = 0 (ReLU, tanh) it is the average slope
-    of f on [0, z].  When the attribution will not be differentiated, g is computed in the forward pass
-    from y = f(z) and saved instead of z (no copy of z for an in-place call; one multiplication backward).
-    """
-
-    name = "epsilon"
-
-    def __init__(self, epsilon: float = 1e-9):
-        self.epsilon = float(epsilon)
-
-    def keeps_input(self, phase):
-        return phase.differentiable
-
-    def apply(self, nl, z, params, phase):
-        if phase.differentiable:
-            return super().apply(nl, z, params, phase)
-        return _SavedFactor.apply(z, nl, params, lambda zz, y: self.ratio(nl, zz, y))
-
-    def ratio(self, nl, z, y):
-        if nl.name == "relu":  # y ≥ 0 and y = z where z > 0: y / (y + ε) is the ratio
-            den = y + self.epsilon
-        else:
-            den = stab(z, self.epsilon)
-        return torch.div(y, den, out=den)
-
-    def backward(self, nl, gy, saved, params):
-        (z,) = saved
-        return gy * nl(z, **params) / (z + self.epsilon * sign0(z))
-
-
-class _SavedFactor(torch.autograd.Function):
+class SavedFactor(torch.autograd.Function):
     """y = f(z) forward; gy · factor(z, y) backward, the factor computed and saved in the forward pass.
 
     For attributions that are not differentiated further: the node has no second-order behaviour."""
@@ -194,102 +163,6 @@ class _SavedFactor(torch.autograd.Function):
     def backward(ctx, gy):
         (factor,) = ctx.saved_tensors
         return gy * factor, None, None, None
-
-
-class Rescale(ElementwiseRule):
-    """DeepLIFT Rescale (Ancona et al. 2019, Prop 2): g = (f(z) − f(z̄)) / (z − z̄).
-
-    The batch holds the inputs in its first half and their references in the second half (one 2N
-    pass).  Where |z − z̄| ≤ ``tolerance``·(1 + |z|) the ratio is replaced by its limit, f' at the
-    midpoint.  Both halves get the same multiplier; only the first half carries the score.
-    """
-
-    name = "rescale"
-
-    def __init__(self, tolerance: float = 1e-6):
-        self.tolerance = float(tolerance)
-
-    def apply(self, nl, z, params, phase):
-        if z.shape[0] % 2:
-            raise ValueError(
-                f"DeepLIFT runs inputs and references as one batch of 2N rows, but a {nl.name} received "
-                f"{z.shape[0]} rows: the model must keep the batch as the first dimension"
-            )
-        return super().apply(nl, z, params, phase)
-
-    def backward(self, nl, gy, saved, params):
-        (z,) = saved
-        zx, zr = z.chunk(2)
-        dz = zx - zr
-        close = dz.abs() <= self.tolerance * (1 + zx.abs())
-        safe_dz = torch.where(close, torch.ones_like(dz), dz)
-        ratio = (nl(zx, **params) - nl(zr, **params)) / safe_dz
-        if bool(close.any()):
-            ratio = torch.where(close, derivative(nl, (zx + zr) / 2, params), ratio)
-        return gy * torch.cat([ratio, ratio])
-
-
-class _RectifierRule(ElementwiseRule):
-    """A rule at rectifiers only; it saves the forward gate, the rectifier's own f'."""
-
-    saves_input = False
-
-    def applies(self, nl, params):
-        return is_rectifier(nl, params)
-
-    def save(self, nl, z, y, params):
-        return (rectifier_gate(nl, z, params),)
-
-    def apply_inplace(self, nl, z, params, phase):
-        _ModifiedBackwardInPlace.apply(z, self, nl, params, phase)
-        return True
-
-    def forward_derivative(self, nl, gy, saved, params):
-        (mask,) = saved
-        return gy * mask
-
-
-class GuidedRelu(_RectifierRule):
-    """Guided backprop at a rectifier (Springenberg et al. 2015): g = 1[z > 0] · 1[gy > 0].
-
-    For ReLU6 the forward gate is 1[0 < z < 6], its own f'.
-    """
-
-    name = "guided"
-
-    def backward(self, nl, gy, saved, params):
-        (mask,) = saved
-        return gy.clamp(min=0).mul_(mask)
-
-
-class DeconvRelu(_RectifierRule):
-    """DeconvNet at a rectifier (Zeiler & Fergus 2014): the backward signal is rectified, g·gy = relu(gy),
-    whatever the forward input (the saved gate serves only derivatives of the attribution)."""
-
-    name = "deconvnet"
-
-    def backward(self, nl, gy, saved, params):
-        return gy.clamp(min=0)
-
-
-class SoftplusRelu(ElementwiseRule):
-    """Replace ReLU by softplus_β in the forward pass (Dombrowski et al. 2019, β-smoothing).
-
-    Gradients are then the true gradients of the smoothed network; β → ∞ recovers the ReLU.
-    """
-
-    name = "softplus"
-
-    def __init__(self, beta: float = 10.0):
-        if not beta > 0:
-            raise ValueError(f"softplus beta must be > 0, got {beta}")
-        self.beta = float(beta)
-
-    def applies(self, nl, params):
-        return nl.family == "relu"
-
-    def apply(self, nl, z, params, phase):
-        return F.softplus(z, beta=self.beta, threshold=20.0)
 
 
 class RuleSet:

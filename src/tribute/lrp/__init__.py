@@ -1,6 +1,7 @@
 """Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2019): rules, composites, the handler.
 
 - :mod:`.rules`: the rules at linear layers (ε, z⁺, αβ, γ, zᴮ, flat, w²) and the pass rule at nonlinearities;
+- :mod:`.elementwise`: ε-LRP in Ancona's form, the rule at nonlinearities of the family ``"lrp_epsilon"``;
 - :mod:`.composites`: :class:`Composite` (which rule at which layer) and the registry of named composites;
 - :mod:`.ops`: the family's rules at every other op (additions, pooling, moves, batch norm), registered in
   :mod:`tribute.core.rule_registry`;
@@ -24,10 +25,11 @@ from .composites import (
     register_composite,
     unregister_composite,
 )
+from .elementwise import ElementwiseEpsilon
 from .rules import STABILIZER, AlphaBeta, Box, Epsilon, Flat, Gamma, LinearRule, PassRelevance, WSquare, ZPlus
 
 __all__ = [
-    "RULE_PARAMETERS", "STABILIZER", "AlphaBeta", "Box", "Composite", "Epsilon", "Flat", "Gamma", "LinearRule",
-    "PassRelevance", "RuleParameters", "WSquare", "ZPlus", "composite_parameters", "composites", "make_composite",
-    "register_composite", "unregister_composite",
+    "RULE_PARAMETERS", "STABILIZER", "AlphaBeta", "Box", "Composite", "ElementwiseEpsilon", "Epsilon", "Flat",
+    "Gamma", "LinearRule", "PassRelevance", "RuleParameters", "WSquare", "ZPlus", "composite_parameters",
+    "composites", "make_composite", "register_composite", "unregister_composite",
 ]

@@ -1,0 +1,53 @@
+"""ε-LRP in Ancona's form (Ancona et al. 2019, Prop 1): a modified gradient with its rule at the nonlinearities,
+registered as the family ``"lrp_epsilon"`` (:mod:`tribute.core.rule_registry`).
+
+``family_rules("lrp_epsilon", epsilon=ε)`` is the rule set of one call (:mod:`tribute.core.family_rules`).
+The composites' ε rule at linear layers (Eq 15) is :class:`tribute.lrp.Epsilon`, a rule of the family ``"lrp"``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..core.rule_registry import register_rule
+from ..core.rules import ElementwiseRule, SavedFactor, sign0, stab
+
+FAMILY = "lrp_epsilon"
+
+
+class ElementwiseEpsilon(ElementwiseRule):
+    """ε-LRP at a nonlinearity (Ancona et al. 2019, Prop 1): g = f(z) / (z + ε·sign z), sign(0) = +1.
+
+    With ε > 0 the ratio is finite at z = 0; for f with f(0) = 0 (ReLU, tanh) it is the average slope
+    of f on [0, z].  When the attribution will not be differentiated, g is computed in the forward pass
+    from y = f(z) and saved instead of z (no copy of z for an in-place call; one multiplication backward).
+    """
+
+    name = "epsilon"
+
+    def __init__(self, epsilon: float = 1e-9):
+        if not epsilon > 0:
+            raise ValueError(f"ε-LRP's epsilon must be > 0, got {epsilon}")
+        self.epsilon = float(epsilon)
+
+    def keeps_input(self, phase):
+        return phase.differentiable
+
+    def apply(self, nl, z, params, phase):
+        if phase.differentiable:
+            return super().apply(nl, z, params, phase)
+        return SavedFactor.apply(z, nl, params, lambda zz, y: self.ratio(nl, zz, y))
+
+    def ratio(self, nl, z, y):
+        if nl.name == "relu":  # y ≥ 0 and y = z where z > 0: y / (y + ε) is the ratio
+            den = y + self.epsilon
+        else:
+            den = stab(z, self.epsilon)
+        return torch.div(y, den, out=den)
+
+    def backward(self, nl, gy, saved, params):
+        (z,) = saved
+        return gy * nl(z, **params) / (z + self.epsilon * sign0(z))
+
+
+register_rule(FAMILY, "*", ElementwiseEpsilon())
