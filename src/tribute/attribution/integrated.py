@@ -13,7 +13,7 @@ from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import accumulate, accumulation_dtype
 from ..core.method import Method
-from ..core.quadrature import RULES, quadrature
+from ..core.quadrature import RULES, path_nodes
 from ..core.randomness import SampleStreams, draw_references
 from ..core.registry import register
 from ..core.targets import Target
@@ -74,16 +74,12 @@ class IntegratedGradients(Method):
                     f"quadrature={o.quadrature!r}"
                 )
             return self._refined(x, base, target, o)
-        alphas, weights = quadrature(o.quadrature or "gauss_legendre", o.steps)
-        acc = accumulation_dtype(x.dtype)
-        alphas = alphas.to(x.device, x.dtype)
-        weights = weights.to(x.device, acc)
+        nodes = path_nodes(o.quadrature or "gauss_legendre", o.steps, x)
         delta = x - base
 
         def contribution(sample, step):
-            points = base[sample] + per_sample(alphas[step], x) * delta[sample]
-            grad = self._gradients(points, target, sample, o)
-            return grad.to(acc) * per_sample(weights[step], x)
+            grad = self._gradients(nodes.point(base[sample], delta[sample], step), target, sample, o)
+            return nodes.weigh(grad, step)
 
         avg = accumulate(x.shape[0], o.steps, contribution, batch_size=o.batch_size, progress=o.progress)
         return delta * avg

@@ -51,7 +51,7 @@ from ..core.layers import (
     resolve_layer,
 )
 from ..core.method import Method
-from ..core.quadrature import RULES, quadrature
+from ..core.quadrature import RULES, path_nodes
 from ..core.randomness import SampleStreams, draw_references
 from ..core.registry import register
 from ..core.rules import GRADIENT, RuleSet
@@ -169,16 +169,13 @@ class LayerIntegratedGradients(LayerMethod):
         a_x, out = layer_activations(o.call.forward, x, site, o.batch_size)
         target.resolve(out)
         a_b, _ = layer_activations(o.call.forward, base, site, o.batch_size)
-        alphas, weights = quadrature(o.quadrature or "gauss_legendre", o.steps)
-        acc = accumulation_dtype(a_x.dtype)
-        alphas = alphas.to(a_x.device, a_x.dtype)
-        weights = weights.to(a_x.device, acc)
+        nodes = path_nodes(o.quadrature or "gauss_legendre", o.steps, a_x)
         delta = a_x - a_b
 
         def contribution(sample, step):
-            points = a_b[sample] + per_sample(alphas[step], a_x) * delta[sample]
+            points = nodes.point(a_b[sample], delta[sample], step)
             r = self._layer_rows(x[sample], target, sample, o, site, replace=points)
-            return r.grad.to(acc) * per_sample(weights[step], a_x)
+            return nodes.weigh(r.grad, step)
 
         avg = accumulate(x.shape[0], o.steps, contribution, batch_size=o.batch_size, progress=o.progress)
         return delta * avg

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from .engine import accumulation_dtype
+from .tensors import per_sample
 
 RULES = ("gauss_legendre", "riemann_left", "riemann_right", "riemann_middle", "riemann_trapezoid")
 
@@ -40,3 +44,27 @@ def quadrature(rule: str, steps: int) -> tuple[torch.Tensor, torch.Tensor]:
         weights[[0, -1]] /= 2
     weights = weights / math.fsum(weights)
     return torch.from_numpy(alphas.copy()), torch.from_numpy(weights.copy())
+
+
+@dataclass(frozen=True)
+class PathNodes:
+    """A quadrature rule laid on the straight path from a baseline x̄ to x: the points x̄ + α_k (x − x̄) and the
+    weighted gradients w_k ∇S there, whose sum over k is the path integral.  Nodes are in the path's dtype and
+    device; weighted terms are kept in the accumulation dtype (at least float32)."""
+
+    alphas: torch.Tensor
+    weights: torch.Tensor
+
+    def point(self, base: torch.Tensor, delta: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """x̄ + α_k (x − x̄) for each row (``step`` holds each row's node index k)."""
+        return base + per_sample(self.alphas[step], base) * delta
+
+    def weigh(self, grad: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+        """w_k ∇S at each row's node, in the accumulation dtype."""
+        return grad.to(self.weights.dtype) * per_sample(self.weights[step], grad)
+
+
+def path_nodes(rule: str, steps: int, like: torch.Tensor) -> PathNodes:
+    """The nodes and weights of :func:`quadrature` for a path in ``like``'s space (its dtype and device)."""
+    alphas, weights = quadrature(rule, steps)
+    return PathNodes(alphas.to(like.device, like.dtype), weights.to(like.device, accumulation_dtype(like.dtype)))
