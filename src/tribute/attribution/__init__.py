@@ -1,28 +1,36 @@
-"""Attribution methods, one file per family; importing this package registers them all."""
+"""Attribution methods, one file per family.
 
-from .cam import CAM, ContrastiveGradCAM, FullGrad, GradCAM, GradCAMPlusPlus, GuidedGradCAM, ScoreCAM
-from .deeplift import DeepLift, DeepLiftRevealCancel
-from .gradient import Gradient, InputXGradient, Saliency
-from .guided import DeconvNet, GuidedBackprop
-from .integrated import ExpectedGradients, IntegratedGradients
-from .layer import (
-    LayerAttribution,
-    LayerDeepLift,
-    LayerExpectedGradients,
-    LayerGradient,
-    LayerGradientXActivation,
-    LayerIntegratedGradients,
-)
-from .lrp import LRP, LRPAlphaBeta, LRPEpsilon, LRPGamma, LRPZPlus
-from .noise import SmoothGrad, SmoothGradSquared, VarGrad
+Importing this package imports every module in it, so a method is added by adding its file: a
+:class:`tribute.Method` subclass registered with ``@register("name")`` is then listed by :func:`tribute.methods`,
+exported here and from ``tribute`` under its class name (with whatever a module lists in its ``__all__``), and
+checked by the contract tests that run every registered method (shapes, dtypes, targets, options, threads).  No
+list to update elsewhere.
+"""
 
-__all__ = [
-    "LRP", "DeconvNet", "DeepLift", "DeepLiftRevealCancel", "ExpectedGradients", "Gradient", "GuidedBackprop",
-    "InputXGradient",
-    "IntegratedGradients", "LRPAlphaBeta", "LRPEpsilon", "LRPGamma", "LRPZPlus", "Saliency", "SmoothGrad",
-    "SmoothGradSquared", "VarGrad",
-    # the CAM family and layer attribution
-    "CAM", "ContrastiveGradCAM", "FullGrad", "GradCAM", "GradCAMPlusPlus", "GuidedGradCAM", "LayerAttribution",
-    "LayerDeepLift", "LayerExpectedGradients", "LayerGradient", "LayerGradientXActivation",
-    "LayerIntegratedGradients", "ScoreCAM",
-]
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+
+from ..core.method import Method
+from ..core.registry import get_method, methods
+
+
+def _public_names() -> dict[str, object]:
+    """Every registered method class defined in a module of this package, and what a module lists in its own
+    ``__all__`` (helpers such as :func:`LayerAttribution`), by name."""
+    found: dict[str, object] = {}
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        module = importlib.import_module(f"{__name__}.{info.name}")
+        for name, obj in vars(module).items():
+            if (inspect.isclass(obj) and issubclass(obj, Method) and obj.__module__ == module.__name__
+                    and obj.name and obj.name in methods() and get_method(obj.name) is obj):
+                found[name] = obj
+        found.update({name: getattr(module, name) for name in getattr(module, "__all__", ())})
+    return found
+
+
+_PUBLIC = _public_names()
+globals().update(_PUBLIC)
+__all__ = sorted(_PUBLIC)

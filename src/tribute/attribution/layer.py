@@ -310,3 +310,6 @@ def LayerAttribution(method: str, model: nn.Module, layer: str | nn.Module | Non
             raise TypeError(f"LayerAttribution({method!r}) sets rules= itself")
         options["rules"] = make_rules(options)
     return cls(model, layer=layer, **options)
+
+
+__all__ = ["LayerAttribution"]  # the registered layer methods are exported by the package as every method is
