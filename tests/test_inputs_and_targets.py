@@ -135,12 +135,13 @@ def test_bad_input_gets_a_clear_error_and_leaves_the_model_working(name, call, e
     _errors_leave_model_intact(net, images, lambda: call(net, images), exc, match)
 
 
-def test_a_model_returning_a_tuple_is_refused():
+def test_a_model_returning_an_ambiguous_tuple_is_refused_with_its_fields():
+    # issue 12: a tuple is a structured output; with two tensors and no output= it is ambiguous
     class Pair(nn.Module):
         def forward(self, x):
             return x.sum(1, keepdim=True), x
 
-    with pytest.raises(TypeError, match="must return a tensor"):
+    with pytest.raises(ValueError, match=r"0: tensor \(2, 1\), 1: tensor \(2, 3\).*output="):
         tribute.explain(Pair(), torch.randn(2, 3), "gradient", target=0)
 
 

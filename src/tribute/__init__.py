@@ -14,6 +14,7 @@ from .core import (
     NonFiniteAttributionError,
     Normalize,
     PassCount,
+    constant,
     count_passes,
     explain,
     get_method,
@@ -31,7 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     *attribution.__all__,
     "Composite", "Coverage", "DisconnectedInputError", "LayerError", "Method", "NonFiniteAttributionError",
-    "Normalize", "PassCount", "count_passes", "explain", "get_method", "known_nonlinearities", "methods", "reduce",
+    "Normalize", "PassCount", "constant", "count_passes", "explain", "get_method", "known_nonlinearities", "methods",
+    "reduce",
     "register_composite", "register_nonlinearity", "attacks", "composites", "evaluate", "metrics", "robust",
     "training",
 ]

@@ -183,7 +183,8 @@ class CAM(_GradientCAM):
                 "of this layer. Use gradcam, which needs no particular head"
             )
         with torch.no_grad():
-            _, out2 = layer_activations(o.call.forward, rows, site, rows.shape[0], replace=2 * a.detach())
+            _, out2 = layer_activations(o.call.forward, rows, site, rows.shape[0], replace=2 * a.detach(),
+                                        sample=sample)
             s2 = target.scores(out2, sample)
             s1 = r.scores.detach()
             lin = (g.detach() * a.detach()).flatten(1).sum(1)
@@ -373,7 +374,7 @@ class ScoreCAM(_CAM):
             flat = span == 0
             mask = (up - lo) / torch.where(flat, torch.ones_like(span), span)
             with torch.no_grad():
-                s = self._score(o.call.forward(x[sample].detach() * mask), target, sample, o)
+                s = self._score(o.call.forward(x[sample].detach() * mask, sample), target, sample, o)
             if shift is not None:
                 s = s - shift[sample]
             w = torch.where(flat.flatten(), torch.zeros_like(s), s)

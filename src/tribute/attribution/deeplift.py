@@ -140,7 +140,7 @@ class DeepLift(Method):
     """
 
     options = {
-        "baseline": opt.Option("zero", check_baseline),
+        "baseline": opt.Option("zero", check_baseline, per_input="baseline"),
         "baseline_options": opt.Option(None, opt.anything),
         "seed": opt.Option(None, opt.optional(opt.integer(0))),
     }
@@ -196,7 +196,7 @@ class DeepLiftRevealCancel(Method):
             with torch.enable_grad(), apply_rules(self.rules) as mode:
                 mode.tag_input(rows)
                 rows._tribute_twins = (dp, dn)
-                out = o.call.forward(rows)
+                out = o.call.forward(rows, torch.cat([sample, sample]))
             if not hasattr(out, "_tribute_twins"):
                 if not mode.on_path(out):  # computed without the input (a constant): no difference reaches it
                     raise disconnected()

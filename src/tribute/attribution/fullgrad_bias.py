@@ -91,7 +91,7 @@ def bias_gradient_rows(forward: Forward, rows: torch.Tensor, target: Target, sam
     mode.mark(inp)
     with torch.enable_grad():
         with mode:
-            out = forward(inp)
+            out = forward(inp, sample)
         if target.needs_argmax:
             target.set_argmax(out)
         s = target.scores(out, sample)

@@ -53,7 +53,7 @@ class IntegratedGradients(Method):
     """
 
     options = {
-        "baseline": opt.Option("zero", check_baseline),
+        "baseline": opt.Option("zero", check_baseline, per_input="baseline"),
         "baseline_options": opt.Option(None, opt.anything),
         "steps": opt.Option(64, opt.integer(1)),
         "quadrature": opt.Option(None, opt.optional(opt.choice(RULES))),
@@ -102,9 +102,9 @@ class IntegratedGradients(Method):
         of n intervals are midpoints of 3n intervals), until, for every sample, the largest change of a
         feature's attribution and the completeness gap are both ≤ ``tolerance`` · |S(x) − S(x̄)|."""
         n_all = torch.arange(x.shape[0])
-        with torch.no_grad():
-            out = o.call.forward.outputs(torch.cat([x, base]).detach(), o.batch_size)
         everyone = torch.cat([n_all, n_all])
+        with torch.no_grad():
+            out = o.call.forward.outputs(torch.cat([x, base]).detach(), o.batch_size, everyone)
         s = target.for_samples(everyone).scores(out, torch.arange(len(everyone)))
         delta_s = (s[: x.shape[0]] - s[x.shape[0]:]).to(accumulation_dtype(x.dtype))
         scale = delta_s.abs().clamp(min=torch.finfo(delta_s.dtype).tiny)
@@ -143,7 +143,7 @@ class ExpectedGradients(Method):
     """
 
     options = {
-        "baselines": opt.Option(None, opt.optional(opt.tensor_or(opt.anything))),
+        "baselines": opt.Option(None, opt.optional(opt.tensor_or(opt.anything)), per_input="references"),
         "samples": opt.Option(50, opt.integer(1)),
         **SEED_OPTION,
         **SOFTPLUS_OPTION,

@@ -53,13 +53,41 @@ from ..core.layers import (
 from ..core.method import Method
 from ..core.quadrature import RULES, path_nodes
 from ..core.randomness import SampleStreams, draw_references
+from ..core.reduce import REDUCTIONS, reduce
 from ..core.registry import register
 from ..core.rules import GRADIENT, RuleSet
 from ..core.targets import Target
 from ..core.tensors import per_sample
+from ..core.tokens import (
+    TOKEN_REDUCTIONS,
+    check_baseline_token,
+    per_token,
+    special_ids,
+    token_baseline,
+    token_id,
+)
 from ..lrp.elementwise import FAMILY as LRP_EPSILON
 from .deeplift import FAMILY as DEEPLIFT
 from .integrated import check_references
+
+#: options of the methods whose result has the layer's shape
+RESULT_OPTIONS = {
+    "reduce": opt.Option(None, opt.optional(opt.choice(sorted({*REDUCTIONS, *TOKEN_REDUCTIONS}))),
+                         "None, or one value per token ('sum' or 'l2' over the embedding) for token inputs, or a "
+                         "channel reduction ('sum', 'abs_sum', 'max_abs', 'l2') for image layers"),
+}
+#: the baseline input of the layer methods that compare with one (layer IG, layer DeepLIFT)
+BASELINE_OPTIONS = {
+    "baseline": opt.Option("zero", check_baseline, per_input="baseline"),
+    "baseline_options": opt.Option(None, opt.anything),
+    "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of random baselines"),
+    "baseline_token": opt.Option(None, check_baseline_token,
+                                 "token inputs: the token that replaces every token in the baseline (an id, or "
+                                 "'pad', 'mask', 'unk' with tokenizer=)"),
+    "keep_tokens": opt.Option(None, opt.anything,
+                              "token ids left as they are in the baseline (default: the tokenizer's special tokens)"),
+    "tokenizer": opt.Option(None, opt.anything, "a Hugging Face tokenizer, to name tokens and find special ones"),
+}
 
 LAYER_OPTION = {
     "layer": opt.Option(None, check_layer,
@@ -75,10 +103,16 @@ def check_rules(name: str, v: Any) -> RuleSet | None:
 
 
 class LayerMethod(Method):
-    """Shared by the layer methods: resolve ``layer=`` (early, so an unknown name fails at construction)."""
+    """Shared by the layer methods: resolve ``layer=`` (early, so an unknown name fails at construction).
+
+    The inputs only run through the model (nothing is differentiated below the layer), so a layer method
+    takes several inputs (their layer's activation is what is attributed) and integer inputs such as token
+    ids, attributed at the embedding layer's output (:mod:`tribute.core.tokens`).
+    """
 
     #: what the attribution's shape follows: "input", "layer" or "map" (N, 1, H, W)
     returns: ClassVar[str] = "layer"
+    accepts_integer_inputs = True
     options = {
         **LAYER_OPTION,
         "rules": opt.Option(None, check_rules, "backward rules above the layer (default: the plain gradient)"),
@@ -95,6 +129,35 @@ class LayerMethod(Method):
     def rule_set(self, o: SimpleNamespace) -> RuleSet:
         return GRADIENT if o.rules is None else o.rules
 
+    def _check_layout(self, layout, o: SimpleNamespace) -> None:
+        if self.returns != "layer":
+            super()._check_layout(layout, o)
+
+    def _postprocess(self, a: torch.Tensor, x: torch.Tensor, o: SimpleNamespace) -> torch.Tensor:
+        """``reduce=``: one value per token (token inputs) or one map over the channels (dim 1)."""
+        how = getattr(o, "reduce", None) if self.returns == "layer" else None
+        if how is None:
+            return a
+        if not x.is_floating_point():
+            if how not in TOKEN_REDUCTIONS:
+                raise ValueError(f"reduce={how!r}: token attributions reduce over the embedding by "
+                                 f"{' or '.join(map(repr, TOKEN_REDUCTIONS))}")
+            return per_token(a, how)
+        return reduce(a, how)
+
+    def _baseline(self, x: torch.Tensor, o: SimpleNamespace) -> torch.Tensor:
+        """The baseline input x̄: ``baseline=`` as at the input, or, for token ids, ``baseline_token=``."""
+        if o.baseline_token is None:
+            if not x.is_floating_point() and not isinstance(o.baseline, torch.Tensor) and o.baseline != "zero":
+                raise ValueError(f"baseline={o.baseline!r} looks at pixel values; for token ids pass baseline_token= "
+                                 "(a token id, or 'pad'/'mask'/'unk' with tokenizer=) or a tensor of ids")
+            return make_baseline(o.baseline, x, o.baseline_options, o.seed)
+        if not o.call.layout.single or x.is_floating_point():
+            raise ValueError("baseline_token= replaces the tokens of one input of token ids; pass other inputs "
+                             "(attention masks, token types) with forward_kwargs=")
+        token = token_id(o.baseline_token, o.tokenizer)
+        return token_baseline(x, token, special_ids(o.tokenizer, o.keep_tokens))
+
     def _site(self, x: torch.Tensor, o: SimpleNamespace) -> Site:
         """The layer of this call; the default is found by a one-row probe (:func:`find_default_layer`)."""
         site = find_default_layer(o.call.forward, x) if o.layer is None else resolve_layer(self.model, o.layer)
@@ -110,6 +173,8 @@ class LayerMethod(Method):
 @register("layer_gradient")
 class LayerGradient(LayerMethod):
     """∂^g S_c / ∂A, the gradient at the layer's activation A (under ``rules``, default the plain one)."""
+
+    options = RESULT_OPTIONS
 
     def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
         return x.shape[0] <= o.batch_size  # one chunk: the engine takes the prediction from its forward pass
@@ -150,11 +215,10 @@ class LayerIntegratedGradients(LayerMethod):
     """
 
     options = {
-        "baseline": opt.Option("zero", check_baseline),
-        "baseline_options": opt.Option(None, opt.anything),
+        **BASELINE_OPTIONS,
+        **RESULT_OPTIONS,
         "steps": opt.Option(64, opt.integer(1)),
         "quadrature": opt.Option(None, opt.optional(opt.choice(RULES))),
-        "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of random baselines"),
     }
     example_options = {"steps": 8}
 
@@ -165,7 +229,7 @@ class LayerIntegratedGradients(LayerMethod):
         if o.differentiable:
             raise ValueError("layer_integrated_gradients does not support differentiable=True")
         site = self._site(x, o)
-        base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
+        base = self._baseline(x, o)
         a_x, out = layer_activations(o.call.forward, x, site, o.batch_size)
         target.resolve(out)
         a_b, _ = layer_activations(o.call.forward, base, site, o.batch_size)
@@ -193,7 +257,8 @@ class LayerExpectedGradients(LayerMethod):
     """
 
     options = {
-        "baselines": opt.Option(None, opt.anything),
+        **RESULT_OPTIONS,
+        "baselines": opt.Option(None, opt.anything, per_input="references"),
         "samples": opt.Option(50, opt.integer(1)),
         "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of the per-sample random streams"),
     }
@@ -206,6 +271,10 @@ class LayerExpectedGradients(LayerMethod):
         if o.differentiable:
             raise ValueError("layer_expected_gradients does not support differentiable=True")
         refs = check_references(o.baselines, x, self.name)
+        if o.call.forward.args is not None and o.call.forward.args.per_sample:
+            # a reference's activation would depend on whose forward arguments it ran with
+            raise ValueError("layer_expected_gradients takes no per-sample forward arguments: its references' "
+                             "activations are computed once for all samples")
         site = self._site(x, o)
         a_x, out = layer_activations(o.call.forward, x, site, o.batch_size)
         target.resolve(out)
@@ -236,11 +305,7 @@ class LayerDeepLift(LayerMethod):
     baseline, baseline_options, seed : the input baseline x̄ (see :mod:`tribute.core.baselines`).
     """
 
-    options = {
-        "baseline": opt.Option("zero", check_baseline),
-        "baseline_options": opt.Option(None, opt.anything),
-        "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of random baselines"),
-    }
+    options = {**BASELINE_OPTIONS, **RESULT_OPTIONS}
 
     def rule_set(self, o):
         if o.rules is not None:
@@ -252,7 +317,7 @@ class LayerDeepLift(LayerMethod):
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         site = self._site(x, o)
-        base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
+        base = self._baseline(x, o)
         pairs = max(1, o.batch_size // 2)
 
         def contribution(sample, _):

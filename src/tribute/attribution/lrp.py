@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import torch
 
 from ..core import options as opt
-from ..core.engine import Forward, accumulate
+from ..core.engine import accumulate
 from ..core.family_rules import family_rules
 from ..core.method import Method
 from ..core.registry import register
@@ -131,6 +131,9 @@ class LRP(Method):
             raise ValueError("LRP composites do not support differentiable=True; lrp_epsilon (Ancona's form) does")
         if o.alpha - o.beta != 1:
             raise ValueError(f"the αβ rule needs alpha − beta = 1, got alpha={o.alpha}, beta={o.beta}")
+        if not o.call.layout.single and (o.low is not None or o.high is not None):
+            raise ValueError("low= and high= bound one input's pixels (the zᴮ rule at its first layer); with several "
+                             "inputs, use a composite without the box rule")
         composite = _composite(o, x.shape, o.input_transform)
         name = f"lrp[{getattr(composite, 'name', 'custom')}]"
         cache = self.weights if o.cache_weights else None
@@ -139,9 +142,9 @@ class LRP(Method):
         # ε everywhere: the same relevance as x ⊙ a modified gradient, in fewer passes (tribute.lrp.epsilon_form)
         fast = None if o.strict or not covers(composite) else \
             RuleSet(name, {"*": FusedEpsilonRelu()}, ops=EpsilonForm(composite, cache, self._plan))
-        xm = x if o.input_transform is None else o.input_transform(x).detach()
         # relevance is taken at the model's own input
-        o = SimpleNamespace(**{**vars(o), "call": replace(o.call, forward=Forward(self.model))})
+        xm = o.call.forward.transformed(x).detach()
+        o = SimpleNamespace(**{**vars(o), "call": replace(o.call, forward=o.call.forward.untransformed())})
 
         def contribution(sample, _):
             nonlocal fast

@@ -5,7 +5,8 @@ For noise ε_k ∼ N(0, σ²I), k = 1…K, and any base method φ (default: the 
 - SmoothGrad² (Hooker et al. 2019):            (1/K) Σ_k φ(x + ε_k)²
 - VarGrad (Adebayo et al. 2018):               (1/K) Σ_k φ(x + ε_k)² − ((1/K) Σ_k φ(x + ε_k))²
   (the population variance).
-σ is ``sigma`` (absolute) or ``noise_level`` × (max − min) of each sample (Smilkov's 10–20 %).  Noise
+σ is ``sigma`` (absolute) or ``noise_level`` × (max − min) of each sample (Smilkov's 10–20 %); for a model
+with several inputs, of each input of each sample, and either may be a tuple with one value per input.  Noise
 comes from per-sample streams seeded by ``seed``: a sample gets the same noise alone or in any batch.
 """
 
@@ -22,7 +23,6 @@ from ..core.randomness import SampleStreams
 from ..core.registry import get_method
 from ..core.registry import register as register_method
 from ..core.targets import Target
-from ..core.tensors import per_sample
 
 
 def _tensor_or_none(name, v):
@@ -42,8 +42,8 @@ class _NoiseAggregate(Method):
         "base": opt.Option("gradient", opt.anything, "name of the registered method to smooth"),
         "base_options": opt.Option(None, opt.anything, "options for the base method"),
         "samples": opt.Option(50, opt.integer(1)),
-        "sigma": opt.Option(None, opt.optional(opt.real(0))),
-        "noise_level": opt.Option(0.15, opt.real(0)),
+        "sigma": opt.Option(None, opt.optional(opt.real(0)), per_input="elementwise"),
+        "noise_level": opt.Option(0.15, opt.real(0), per_input="elementwise"),
         "seed": opt.Option(None, opt.optional(opt.integer(0))),
         "noise_key": opt.Option(None, _tensor_or_none,
                                 "tensor of the inputs' shape whose rows key each sample's noise stream and set its "
@@ -71,16 +71,14 @@ class _NoiseAggregate(Method):
         key = x if o.noise_key is None else o.noise_key.detach()
         if key.shape != x.shape:
             raise ValueError(f"noise_key must have the inputs' shape {tuple(x.shape)}, got {tuple(key.shape)}")
-        if o.sigma is not None:
-            sigma = torch.full((x.shape[0],), o.sigma, dtype=x.dtype, device=x.device)
-        else:
-            flat = key.flatten(1)
-            sigma = o.noise_level * (flat.amax(1) - flat.amin(1))
+        # σ per sample, or per feature when several inputs each have their own noise level and value range
+        scale = o.sigma if o.sigma is not None else o.noise_level * o.call.layout.value_range(key)
+        sigma = torch.as_tensor(scale, dtype=x.dtype, device=x.device).expand_as(x)
         streams = SampleStreams(key, o.seed)
 
         def contribution(sample, _):
             noise = streams.draw("normal", sample, tuple(x.shape[1:]), dtype=x.dtype, device=x.device)
-            return self.per_draw(base(x[sample] + per_sample(sigma[sample], x) * noise, target.for_samples(sample)))
+            return self.per_draw(base(x[sample] + sigma[sample] * noise, target, sample))
 
         total = accumulate(x.shape[0], o.samples, contribution, batch_size=o.batch_size, progress=o.progress)
         return self.finish(total / o.samples)

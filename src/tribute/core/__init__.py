@@ -2,6 +2,7 @@
 
 from .engine import DisconnectedInputError, PassCount, count_passes
 from .family_rules import FamilyRules, family_rules
+from .forward_args import constant
 from .interception import Coverage, apply_rules
 from .layers import LayerError, find_default_layer, resolve_layer
 from .method import Method, NonFiniteAttributionError
@@ -15,7 +16,7 @@ from .transforms import Normalize
 __all__ = [
     "GRADIENT", "REDUCTIONS", "BackwardRule", "Coverage", "DisconnectedInputError", "ElementwiseRule", "FamilyRules",
     "LayerError", "Method", "NonFiniteAttributionError", "Normalize", "OpRule", "PassCount", "RuleKind", "RuleSet",
-    "apply_rules", "count_passes", "explain", "family_rules", "find_default_layer", "get_method",
+    "apply_rules", "constant", "count_passes", "explain", "family_rules", "find_default_layer", "get_method",
     "known_nonlinearities", "methods", "reduce", "register", "register_nonlinearity", "register_rule", "resolve_layer",
     "rule_table", "unregister_rule",
 ]

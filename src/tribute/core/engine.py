@@ -9,6 +9,7 @@ through the model in chunks of at most ``batch_size`` rows and sums the contribu
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 import threading
 from collections.abc import Callable, Iterator
@@ -17,9 +18,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .forward_args import ForwardArgs
+from .inputs import Layout
 from .interception import Coverage, apply_rules
+from .outputs import select_output
 from .rules import GRADIENT, RuleSet
 from .targets import Target
+from .train_guard import MODE_DEPENDENT, refuse_train_mode
 
 # Input elements per chunk that the default batch size aims at, and its cap in rows.  A CIFAR image
 # gives 32 rows per chunk, a 224×224 photo 6.  The cap is measured: on a CIFAR ResNet-18 a 64-row chunk's
@@ -68,12 +73,6 @@ def record_passes(forward: int = 0, backward: int = 0) -> None:
 
 
 
-# Modules whose output depends on ``training``: attributing through them in train mode mixes samples
-# (batch norm statistics) or adds noise (dropout), so train mode is refused rather than changed.
-_MODE_DEPENDENT = (nn.modules.batchnorm._BatchNorm, nn.modules.dropout._DropoutNd, nn.AlphaDropout,
-                   nn.FeatureAlphaDropout, nn.modules.instancenorm._InstanceNorm)
-
-
 def check_model(model: nn.Module) -> None:
     """Refuse models the engine cannot see into, and train mode where it changes the result."""
     if not callable(model):
@@ -90,7 +89,7 @@ def check_model(model: nn.Module) -> None:
         )
     if isinstance(model, nn.Module) and model.training:
         culprits = [n or type(m).__name__ for n, m in model.named_modules()
-                    if isinstance(m, _MODE_DEPENDENT) and m.training]
+                    if isinstance(m, MODE_DEPENDENT) and m.training]
         if culprits:
             raise ValueError(
                 "the model is in train mode and its output depends on it "
@@ -106,49 +105,108 @@ def model_dtype(model: nn.Module) -> torch.dtype | None:
     return None
 
 
-def check_inputs(model: nn.Module, x: torch.Tensor) -> None:
-    """Inputs must be a batch of finite floating-point values in the model's dtype."""
+def check_inputs(model: nn.Module, x: torch.Tensor, *, integers: bool = False, name: str = "inputs") -> None:
+    """Inputs must be a batch of finite floating-point values in the model's dtype; with ``integers`` (layer
+    methods, which differentiate at a layer) integer inputs such as token ids are accepted too."""
     if not isinstance(x, torch.Tensor):
-        raise TypeError(f"inputs must be a torch.Tensor, got {type(x).__name__}")
-    if x.dim() < 2:
-        raise ValueError(f"inputs must be a batch with the samples along dim 0, got shape {tuple(x.shape)}")
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dim() < 2 and (x.is_floating_point() or not integers):
+        raise ValueError(f"{name} must be a batch with the samples along dim 0, got shape {tuple(x.shape)}")
     if x.shape[0] == 0:
-        raise ValueError("inputs hold no samples (dim 0 has size 0)")
+        raise ValueError(f"{name} hold no samples (dim 0 has size 0)")
     if not x.is_floating_point():
-        raise TypeError(f"inputs must be floating point, got {x.dtype}")
+        if integers and not x.is_complex() and x.dtype != torch.bool:
+            return
+        hint = (": token ids cannot be attributed at the input; attribute at the embedding layer's output with a "
+                "layer method, e.g. tribute.explain(model, ids, 'layer_integrated_gradients', layer=<the embedding "
+                "module's name>, reduce='sum')") if not x.is_complex() and x.dtype != torch.bool else ""
+        raise TypeError(f"{name} must be floating point, got {x.dtype}{hint}")
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
         rows = bad.flatten(1).any(1).nonzero().flatten().tolist()
-        raise ValueError(f"inputs contain NaN or inf (samples {rows[:10]}{'…' if len(rows) > 10 else ''})")
+        raise ValueError(f"{name} contain NaN or inf (samples {rows[:10]}{'…' if len(rows) > 10 else ''})")
     dt = model_dtype(model)
     if dt is not None and dt != x.dtype:
         raise TypeError(
-            f"inputs are {x.dtype} but the model's parameters are {dt}: convert one of them "
+            f"{name} are {x.dtype} but the model's parameters are {dt}: convert one of them "
             f"(e.g. inputs.to({dt}) or model.to({x.dtype}))"
         )
 
 
 class Forward:
-    """``model(transform(x))``, counted; the transform (e.g. normalisation) keeps x in pixel space."""
+    """``model(*transform(unpack(x)), *forward_args, **forward_kwargs)``, counted, with the scores picked from
+    structured outputs (``output=``).
 
-    def __init__(self, model: nn.Module, input_transform: Callable | None = None):
+    The transform (e.g. normalisation) keeps x in pixel space.  ``layout`` unpacks rows that hold several
+    inputs (:mod:`tribute.core.inputs`); ``args`` are the call's extra forward arguments
+    (:mod:`tribute.core.forward_args`), given to each row as its sample's.  A model that is not an
+    ``nn.Module`` runs under :func:`tribute.core.train_guard.refuse_train_mode`.
+    """
+
+    def __init__(self, model: nn.Module, input_transform: Callable | None = None, *, layout: Layout | None = None,
+                 args: ForwardArgs | None = None, output=None):
         check_model(model)
         self.model = model
+        self.layout = layout
+        self.args = args
+        self.output = output
         self.transform = input_transform
+        self._guard = not isinstance(model, nn.Module)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.model(x if self.transform is None else self.transform(x))
-        if not isinstance(out, torch.Tensor):
-            raise TypeError(
-                f"the model must return a tensor, got {type(out).__name__}; wrap it to return the logits"
-            )
+    def __call__(self, x: torch.Tensor, sample: torch.Tensor | None = None) -> torch.Tensor:
+        """The scores for rows ``x``; ``sample[r]`` is the sample row r belongs to (None: the rows are the
+        samples, in order), which picks each row's forward arguments."""
+        if self.layout is None or self.layout.single:
+            inputs = (x if self.transform is None else self.transform(x),)
+        else:
+            inputs = self.layout.unpack(x)
+            if self.transform is not None:
+                inputs = tuple(t if f is None else f(t) for f, t in zip(self.transform, inputs, strict=True))
+        args, kwargs = ((), {}) if self.args is None else self.args.take(sample, x.shape[0])
+        with refuse_train_mode() if self._guard else contextlib.nullcontext():
+            out = self.model(*inputs, *args, **kwargs)
+        if not isinstance(out, torch.Tensor) or self.output is not None:
+            out = select_output(out, self.output)
         record_passes(forward=x.shape[0])
         return out
 
-    def outputs(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-        """Outputs for a batch without gradients, in chunks."""
+    def transformed(self, x: torch.Tensor) -> torch.Tensor:
+        """The packed rows as the model receives them: ``input_transform`` applied to each input."""
+        if self.transform is None:
+            return x
+        if self.layout is None or self.layout.single:
+            return self.transform(x)
+        return self.layout.pack([t if f is None else f(t)
+                                 for f, t in zip(self.transform, self.layout.unpack(x), strict=True)])
+
+    def untransformed(self) -> Forward:
+        """This forward without ``input_transform``: for rows already transformed (LRP takes relevance at the
+        model's own input)."""
+        view = copy.copy(self)
+        view.transform = None
+        return view
+
+    def for_samples(self, sample: torch.Tensor) -> Forward:
+        """This forward for a nested call whose samples are the rows ``sample`` of this call's samples."""
+        if self.args is None or not self.args.per_sample:
+            return self
+        view = copy.copy(self)
+        view.args = self.args.for_samples(sample)
+        return view
+
+    def samples_in_order(self, rows: int) -> torch.Tensor:
+        """The sample indices of rows that are the samples themselves, in order; refused when the call has
+        per-sample forward arguments and ``rows`` is not their number of samples."""
+        if self.args is not None:
+            self.args.take(None, rows)
+        return torch.arange(rows)
+
+    def outputs(self, x: torch.Tensor, batch_size: int, sample: torch.Tensor | None = None) -> torch.Tensor:
+        """Outputs for a batch without gradients, in chunks (``sample`` as in :meth:`__call__`)."""
+        if sample is None:
+            sample = self.samples_in_order(x.shape[0])
         with torch.no_grad():
-            return torch.cat([self(c) for c in x.split(batch_size)])
+            return torch.cat([self(c, s) for c, s in zip(x.split(batch_size), sample.split(batch_size), strict=True)])
 
 
 def default_batch_size(x: torch.Tensor) -> int:
@@ -180,7 +238,7 @@ def gradient_rows(
     phases: list = []
     with torch.enable_grad():
         out = forward_under_rules(forward, leaf, rules=rules, coverage=coverage, strict=strict, phases=phases,
-                                  differentiable=create_graph)
+                                  differentiable=create_graph, sample=row_samples(sample, leaf.shape[0]))
         scored = out if score_rows is None else out[:score_rows]
         if target.needs_argmax:
             target.set_argmax(scored)
@@ -239,13 +297,25 @@ def narrow_range_reason(dtype: torch.dtype) -> str | None:
 def gradient_leaf(rows: torch.Tensor, create_graph: bool) -> torch.Tensor:
     """The tensor gradients are taken at: ``rows`` itself when the result must stay on the caller's graph,
     else a fresh leaf (nothing flows back to the caller's tensors)."""
+    if not rows.is_floating_point():
+        return rows  # token ids: layer methods differentiate at the layer, never at the ids
     return rows if create_graph and rows.requires_grad else rows.detach().requires_grad_()
+
+
+def row_samples(sample: torch.Tensor, rows: int) -> torch.Tensor:
+    """The sample of each of ``rows`` rows whose first ``len(sample)`` are scored: references that ride along
+    in the same pass (DeepLIFT's x̄) follow in blocks of the same samples in the same order."""
+    if rows == len(sample):
+        return sample
+    if len(sample) == 0 or rows % len(sample):
+        raise RuntimeError(f"internal: {rows} rows are not blocks of the {len(sample)} scored rows' samples")
+    return sample.repeat(rows // len(sample))
 
 
 def forward_under_rules(forward: Forward, leaf: torch.Tensor, *, rules: RuleSet, coverage: Coverage | None,
                         strict: bool, phases: list, within: Callable | None = None,
-                        differentiable: bool = True) -> torch.Tensor:
-    """``forward(leaf)`` with ``rules`` applied to the tensors computed from ``leaf``.
+                        differentiable: bool = True, sample: torch.Tensor | None = None) -> torch.Tensor:
+    """``forward(leaf, sample)`` with ``rules`` applied to the tensors computed from ``leaf``.
 
     Each tagged input opens a phase (appended to ``phases``; see :class:`tribute.core.rules.Phase`) that the
     caller ends with :func:`end_phases` after the attribution's backward pass.  ``within(mode)`` may give a
@@ -260,7 +330,7 @@ def forward_under_rules(forward: Forward, leaf: torch.Tensor, *, rules: RuleSet,
         propagation = getattr(mode, "propagation", None)  # LRP's rules at linear layers see modules
         with (propagation.track_modules(forward.model) if propagation else contextlib.nullcontext()), \
                 (within(mode) if within is not None else contextlib.nullcontext()):
-            out = forward(leaf)
+            out = forward(leaf, sample)
     if hasattr(propagation, "finish"):  # the ops handler's last word on the output (LRP's gradient form)
         out = propagation.finish(out)
     if strict and rules != GRADIENT:

@@ -51,6 +51,7 @@ from .engine import (
     forward_under_rules,
     gradient_leaf,
     record_passes,
+    row_samples,
     score_gradient,
 )
 from .interception import Coverage, op_name
@@ -273,7 +274,7 @@ def find_default_layer(forward: Forward, x: torch.Tensor) -> Site:
         for name, m in modules.items():
             handles.append(m.register_forward_hook(watcher(name)))
         with torch.no_grad(), probe:
-            out = forward(row)
+            out = forward(row, torch.zeros(1, dtype=torch.long))  # the first sample
     finally:
         for h in handles:
             h.remove()
@@ -550,7 +551,8 @@ def layer_gradient_rows(
                     yield c
 
             out = forward_under_rules(forward, inp, rules=rules, coverage=coverage, strict=strict, phases=phases,
-                                      within=within, differentiable=create_graph)
+                                      within=within, differentiable=create_graph,
+                                      sample=row_samples(sample, rows.shape[0]))
             cap = holder["cap"]
             scored = out if score_rows is None else out[:score_rows]
             if target.needs_argmax:
@@ -564,19 +566,22 @@ def layer_gradient_rows(
 
 
 def layer_activations(forward: Forward, x: torch.Tensor, site: Site, batch_size: int, *,
-                      replace: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      replace: torch.Tensor | None = None,
+                      sample: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The activations of ``site`` and the model's outputs for ``x`` (no gradients), in chunks.
 
     With ``replace`` the layer's output is replaced (row by row) and the outputs are those of the network
-    continuing from it.
+    continuing from it.  ``sample[r]`` is the sample row r belongs to (None: the rows are the samples).
     """
     acts, outs = [], []
+    if sample is None:
+        sample = forward.samples_in_order(x.shape[0])
     with torch.no_grad():
         for i in range(0, x.shape[0], batch_size):
             rows = x[i:i + batch_size].detach()
             rep = None if replace is None else replace[i:i + batch_size]
             with capture(site, rows, replace=rep) as cap:
-                out = forward(rows)
+                out = forward(rows, sample[i:i + batch_size])
             acts.append(cap.value)
             outs.append(out)
     return torch.cat(acts), torch.cat(outs)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType, SimpleNamespace
 from typing import Any, ClassVar
 
@@ -34,7 +34,10 @@ from .engine import (
     gradient_rows,
     narrow_range_reason,
 )
+from .forward_args import ForwardArgs
+from .inputs import Layout, check_nested_options, resolve_per_input
 from .interception import Coverage
+from .outputs import check_output
 from .rules import GRADIENT, RuleSet
 from .targets import Target
 
@@ -45,7 +48,16 @@ class NonFiniteAttributionError(ValueError):
 
 COMMON_OPTIONS: dict[str, opt.Option] = {
     "input_transform": opt.Option(None, opt.function,
-                                  "callable applied to inputs before the model (e.g. tribute.Normalize)"),
+                                  "callable applied to inputs before the model (e.g. tribute.Normalize); "
+                                  "a tuple of callables or None, one per input, for several inputs",
+                                  per_input="transform"),
+    "forward_args": opt.Option(None, opt.anything,
+                               "extra positional arguments of every forward pass, after the inputs; tensors are "
+                               "per sample (dim 0 the batch), tribute.constant(t) is the same for every sample"),
+    "forward_kwargs": opt.Option(None, opt.anything, "extra keyword arguments of every forward pass (as forward_args)"),
+    "output": opt.Option(None, check_output,
+                         "which part of a structured output holds the scores: a field name, a position or a "
+                         "callable (default: the tensor itself, else 'logits', else the only tensor)"),
     "batch_size": opt.Option(None, opt.optional(opt.integer(1)),
                              "most rows sent through the model at once (default: from the input size)"),
     "differentiable": opt.Option(False, opt.boolean, "keep the attribution on the autograd graph"),
@@ -66,6 +78,15 @@ class Call:
     forward: Forward
     coverage: Coverage | None = None
 
+    def for_samples(self, sample: torch.Tensor) -> Call:
+        """This call's state for a nested call whose samples are the rows ``sample`` of this call's samples."""
+        return replace(self, forward=self.forward.for_samples(sample))
+
+    @property
+    def layout(self) -> Layout:
+        """How the packed rows hold the model's inputs (:mod:`tribute.core.inputs`)."""
+        return self.forward.layout
+
 
 class BoundMethod:
     """A method run inside another method's call (see :meth:`Method.bind`): ``bound(rows, target)``."""
@@ -74,11 +95,14 @@ class BoundMethod:
         self.method = method
         self.options = o
 
-    def __call__(self, rows: torch.Tensor, target: Target) -> torch.Tensor:
-        """The method's attribution of ``rows`` for a resolved ``target`` (one with a class or a callable)."""
+    def __call__(self, rows: torch.Tensor, target: Target, sample: torch.Tensor) -> torch.Tensor:
+        """The method's attribution of ``rows`` for the calling method's resolved ``target`` (one with a class or
+        a callable); ``sample[r]`` is the calling call's sample that row r belongs to."""
         if target.needs_argmax:
             raise ValueError("a bound method needs a resolved target: the calling method fixes target=None first")
-        return self.method._attribute(rows, target, self.options)
+        o = SimpleNamespace(**vars(self.options))
+        o.call = o.call.for_samples(sample)
+        return self.method._attribute(rows, target.for_samples(sample), o)
 
 
 class Method:
@@ -98,6 +122,8 @@ class Method:
     #: options that make this method cheap on a tiny model (few steps or samples), for tests, examples and
     #: the demo; options the inputs decide (a tensor of references) are the caller's
     example_options: ClassVar[dict[str, Any]] = {}
+    #: whether integer inputs (token ids) are accepted: only where the method differentiates at a layer
+    accepts_integer_inputs: ClassVar[bool] = False
 
     def __init__(self, model: nn.Module, **options: Any):
         check_model(model)
@@ -127,33 +153,60 @@ class Method:
         """Which ops met a rule in the last ``strict=True`` call of the calling thread (else None)."""
         return getattr(self._last_call, "coverage", None)
 
-    def attribute(self, inputs: torch.Tensor, target=None, **options: Any) -> torch.Tensor:
-        """Attributions for ``inputs`` (batch first) with respect to ``target``; see :mod:`tribute.core.targets`."""
+    def attribute(self, inputs: torch.Tensor | tuple[torch.Tensor, ...], target=None,
+                  **options: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Attributions for ``inputs`` (batch first; a tensor, or a tuple of tensors for a model taking several)
+        with respect to ``target`` (see :mod:`tribute.core.targets`); a tuple of inputs gets a tuple back."""
         o = self._namespace(options)
         check_model(self.model)
-        check_inputs(self.model, inputs)
+        layout, xs = Layout.of(inputs)
+        for k, t in enumerate(xs):
+            check_inputs(self.model, t, integers=self.accepts_integer_inputs,
+                         name="inputs" if layout.single else f"inputs[{k}]")
+        n = xs[0].shape[0]
+        args = ForwardArgs(o.forward_args, o.forward_kwargs, n)
+        self._check_layout(layout, o)
+        resolve_per_input(self.schema(), o, layout, xs)
+        x = layout.pack(xs)
         if o.batch_size is None:
-            o.batch_size = default_batch_size(inputs)
-        o.call = Call(Forward(self.model, o.input_transform), Coverage() if o.strict else None)
+            o.batch_size = default_batch_size(x)
+        forward = Forward(self.model, o.input_transform, layout=layout, args=None if args.empty else args,
+                          output=o.output)
+        o.call = Call(forward, Coverage() if o.strict else None)
         self._last_call.coverage = o.call.coverage
-        tgt = Target(target, inputs.shape[0])
+        tgt = Target(target, n)
         with count_passes() as count:
-            if tgt.needs_argmax and not self._predicts_on_first_pass(inputs, o):
-                tgt.set_argmax(o.call.forward.outputs(inputs.detach(), o.batch_size))
-            a = self._attribute(inputs, tgt, o)
+            if tgt.needs_argmax and not self._predicts_on_first_pass(x, o):
+                tgt.set_argmax(o.call.forward.outputs(x.detach(), o.batch_size))
+            a = self._attribute(x, tgt, o)
         self._last_call.passes = count
+        a = self._postprocess(a, x, o)
         if not o.differentiable:
             a = a.detach()
+        self._check_finite(a, x.dtype)
+        a = a.to(x.dtype) if x.is_floating_point() else a
+        return layout.result(a) if self.returns == "input" else a
+
+    def _check_layout(self, layout: Layout, o: SimpleNamespace) -> None:
+        """Refuse inputs this method cannot take; a method whose result is not input-shaped (a CAM, a layer's
+        activation) overrides this to say which of several inputs it explains."""
+        if not layout.single and self.returns != "input":
+            raise ValueError(f"{self.name or type(self).__name__} does not take several inputs")
+
+    def _postprocess(self, a: torch.Tensor, x: torch.Tensor, o: SimpleNamespace) -> torch.Tensor:
+        """The attribution as returned (a method with a reduction option overrides this)."""
+        return a
+
+    def _check_finite(self, a: torch.Tensor, dtype: torch.dtype) -> None:
         bad = ~torch.isfinite(a)
         if bool(bad.any()):
             rows = bad.flatten(1).any(1).nonzero().flatten().tolist()
-            reason = narrow_range_reason(inputs.dtype) or ("a gradient was evaluated where it is singular "
-                                                           "(e.g. sqrt or log at 0)")
+            reason = narrow_range_reason(dtype) or ("a gradient was evaluated where it is singular "
+                                                    "(e.g. sqrt or log at 0)")
             raise NonFiniteAttributionError(
                 f"{self.name or type(self).__name__} produced NaN or inf attributions for samples {rows[:10]}: "
                 f"{reason}"
             )
-        return a.to(inputs.dtype)
 
     __call__ = attribute
 
@@ -167,6 +220,7 @@ class Method:
         o = self._namespace(options)
         if o.batch_size is None:
             raise ValueError("a bound method needs batch_size= (the calling method's)")
+        check_nested_options(self.schema(), o, call.layout)
         o.call = call
         return BoundMethod(self, o)
 

@@ -11,11 +11,17 @@ import torch
 
 @dataclass(frozen=True)
 class Option:
-    """An option's default and its check; ``check(name, value)`` returns the value to use or raises."""
+    """An option's default and its check; ``check(name, value)`` returns the value to use or raises.
+
+    ``per_input`` marks an option that describes the inputs, which takes a tuple with one entry per input of a
+    multi-input model (each entry checked by ``check``); it names how an entry is resolved against its input
+    (:data:`tribute.core.method.PER_INPUT`): ``"baseline"``, ``"references"`` or ``"elementwise"``.
+    """
 
     default: Any
     check: Callable[[str, Any], Any]
     doc: str = ""
+    per_input: str | None = None
 
 
 def _is_int(v: Any) -> bool:
@@ -106,7 +112,11 @@ def validate(schema: dict[str, Option], given: dict[str, Any], owner: str) -> di
             raise TypeError(
                 f"{owner} has no option {name!r}{hint}; its options are: {', '.join(sorted(schema))}"
             )
-        out[name] = schema[name].check(name, value)
+        option = schema[name]
+        if option.per_input is not None and isinstance(value, tuple):
+            out[name] = tuple(option.check(f"{name}[{k}]", v) for k, v in enumerate(value))
+        else:
+            out[name] = option.check(name, value)
     return out
 
 

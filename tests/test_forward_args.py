@@ -1,0 +1,140 @@
+"""Extra forward arguments (issue 12): held constant, not attributed, and following every expanded row.
+
+Methods expand the batch (integration steps, noise samples, references), so each row must meet its own
+sample's mask.  The proof: a batch with per-sample masks, attributed in chunks that cut across samples,
+equals the same samples attributed one at a time.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tribute
+
+DT = torch.float64
+
+
+class Masked(nn.Module):
+    """Features of a sequence (N, T, F), a per-sample mask over positions (N, T), masked mean pooling."""
+
+    def __init__(self, features: int = 3, classes: int = 4):
+        super().__init__()
+        self.inner = nn.Linear(features, 6)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x, mask, scale: float = 1.0):
+        h = F.softplus(self.inner(x)) * mask.unsqueeze(-1)
+        pooled = h.sum(1) / mask.sum(1, keepdim=True)
+        return self.head(pooled) * scale
+
+
+def _setup(n=5, seed=0):
+    torch.manual_seed(seed)
+    model = Masked().to(DT).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n, 7, 3, generator=g, dtype=DT)
+    lengths = torch.tensor([7, 3, 5, 1, 6])[:n]
+    mask = (torch.arange(7) < lengths[:, None]).to(DT)
+    return model, x, mask
+
+
+CASES = {
+    "integrated_gradients": {"steps": 6},
+    "smoothgrad": {"samples": 4, "seed": 3},
+    "expected_gradients": {"samples": 5, "seed": 3},
+    "deeplift": {},
+    "input_x_gradient": {},
+    "vargrad": {"samples": 3, "seed": 1},
+}
+
+
+@pytest.mark.parametrize("method", sorted(CASES))
+def test_per_sample_arguments_follow_the_expanded_rows(method):
+    model, x, mask = _setup()
+    options = dict(CASES[method])
+    if method == "expected_gradients":
+        options["baselines"] = torch.randn(3, 7, 3, dtype=DT, generator=torch.Generator().manual_seed(9))
+    # batch_size 4 cuts the rows of one sample across chunks and mixes samples in a chunk
+    batched = tribute.explain(model, x, method, target=2, batch_size=4, forward_kwargs={"mask": mask}, **options)
+    for i in range(x.shape[0]):
+        alone = tribute.explain(model, x[i:i + 1], method, target=2, forward_kwargs={"mask": mask[i:i + 1]},
+                                **options)
+        torch.testing.assert_close(batched[i:i + 1], alone, rtol=1e-10, atol=1e-12)
+
+
+def test_forward_arguments_equal_a_closure_over_the_same_sample():
+    model, x, mask = _setup()
+    by_argument = tribute.explain(model, x, "integrated_gradients", target=0, steps=8, forward_args=(mask,))
+    for i in range(x.shape[0]):
+        m = mask[i:i + 1]
+        closure = tribute.explain(lambda t, m=m: model(t, m), x[i:i + 1], "integrated_gradients", target=0,
+                                  steps=8)
+        torch.testing.assert_close(by_argument[i:i + 1], closure, rtol=1e-12, atol=1e-14)
+
+
+def test_the_prediction_for_target_none_uses_each_samples_arguments():
+    model, x, mask = _setup()
+    predicted = model(x, mask).argmax(1)
+    a = tribute.explain(model, x, "gradient", forward_args=(mask,))
+    b = tribute.explain(model, x, "gradient", target=predicted, forward_args=(mask,))
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_a_constant_argument_is_passed_unchanged_even_when_its_first_dimension_equals_n():
+    _, x, _ = _setup(n=3)
+    weights = torch.randn(3, dtype=DT)  # the same 3 weights for every sample; N is 3 too, by coincidence
+    g = tribute.explain(lambda t, w: (t.sum(1) * w).sum(-1, keepdim=True), x, "gradient", target=0,
+                        forward_args=(tribute.constant(weights),))
+    torch.testing.assert_close(g, weights.expand_as(x), rtol=0, atol=0)  # every sample met all three weights
+
+
+def test_non_tensor_arguments_are_passed_as_they_are():
+    model, x, mask = _setup()
+    a = tribute.explain(model, x, "gradient", target=1, forward_args=(mask,), forward_kwargs={"scale": 3.0})
+    b = tribute.explain(model, x, "gradient", target=1, forward_args=(mask,))
+    torch.testing.assert_close(a, 3.0 * b, rtol=1e-12, atol=1e-15)
+
+
+def test_a_per_sample_argument_whose_first_dimension_is_not_n_is_refused():
+    model, x, mask = _setup()
+    with pytest.raises(ValueError, match=r"forward_kwargs\['mask'\].*\(4, 7\).*N = 5.*tribute.constant"):
+        tribute.explain(model, x, "gradient", target=0, forward_kwargs={"mask": mask[:4]})
+    with pytest.raises(ValueError, match=r"forward_args\[0\].*tribute.constant"):
+        tribute.explain(model, x, "gradient", target=0, forward_args=(torch.tensor(1.0),))
+
+
+def test_forward_arguments_must_be_a_tuple_and_a_dict():
+    model, x, mask = _setup()
+    with pytest.raises(TypeError, match="forward_args must be a tuple or list"):
+        tribute.explain(model, x, "gradient", target=0, forward_args=mask)
+    with pytest.raises(TypeError, match="forward_kwargs must be a dict"):
+        tribute.explain(model, x, "gradient", target=0, forward_kwargs=[mask])
+
+
+def test_layer_integrated_gradients_with_a_per_sample_mask_equals_one_sample_at_a_time():
+    model, x, mask = _setup()
+    batched = tribute.explain(model, x, "layer_integrated_gradients", layer="inner", target=3, steps=5,
+                              batch_size=3, forward_args=(mask,))
+    for i in range(x.shape[0]):
+        alone = tribute.explain(model, x[i:i + 1], "layer_integrated_gradients", layer="inner", target=3, steps=5,
+                                forward_args=(mask[i:i + 1],))
+        torch.testing.assert_close(batched[i:i + 1], alone, rtol=1e-10, atol=1e-12)
+
+
+def test_lrp_with_a_per_sample_mask_equals_one_sample_at_a_time():
+    torch.manual_seed(0)
+
+    class ReluMasked(Masked):
+        def forward(self, x, mask):
+            h = F.relu(self.inner(x)) * mask.unsqueeze(-1)
+            return self.head(h.sum(1))
+
+    model = ReluMasked().to(DT).eval()
+    _, x, mask = _setup()
+    batched = tribute.explain(model, x, "lrp", target=0, batch_size=2, forward_args=(mask,))
+    for i in range(x.shape[0]):
+        alone = tribute.explain(model, x[i:i + 1], "lrp", target=0, forward_args=(mask[i:i + 1],))
+        torch.testing.assert_close(batched[i:i + 1], alone, rtol=1e-10, atol=1e-12)

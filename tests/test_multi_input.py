@@ -1,0 +1,230 @@
+"""Models with several inputs (issue 12): a tuple of tensors in, a tuple of attributions out.
+
+The axioms hold over all inputs together (completeness of IG, summation-to-delta of DeepLIFT, conservation
+of ε-LRP), a second input held fixed as a forward argument gives the same attribution of the first, options
+that describe the inputs take one entry per input, and Captum's tuple inputs agree where the definitions
+coincide.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import tribute
+from tribute.core.baselines import make_baseline
+
+DT = torch.float64
+
+
+class ImageAndTable(nn.Module):
+    """A convolutional branch for an image and a dense branch for a table, merged by a linear head."""
+
+    def __init__(self, act=F.relu, classes: int = 3):
+        super().__init__()
+        self.act = act
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.dense = nn.Linear(4, 5)
+        self.head = nn.Linear(3 * 4 + 5, classes)
+
+    def forward(self, image, table):
+        h = F.adaptive_avg_pool2d(self.act(self.conv(image)), 2).flatten(1)
+        return self.head(torch.cat([h, self.act(self.dense(table))], 1))
+
+
+class TwoImages(nn.Module):
+    """A siamese pair: one convolution applied to both images, the difference of their features scored."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3)
+        self.relu_a, self.relu_b = nn.ReLU(), nn.ReLU()
+        self.head = nn.Linear(4 * 16, 2)
+
+    def forward(self, a, b):
+        return self.head((self.relu_a(self.conv(a)) - self.relu_b(self.conv(b))).flatten(1))
+
+
+def _model(act=F.relu, seed=0):
+    torch.manual_seed(seed)
+    return ImageAndTable(act).to(DT).eval()
+
+
+def _inputs(n=4, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, 6, 6, generator=g, dtype=DT), torch.randn(n, 4, generator=g, dtype=DT)
+
+
+def _total(attributions):
+    return sum(a.flatten(1).sum(1) for a in attributions)
+
+
+def test_attributions_come_back_in_the_inputs_structure():
+    model, (img, tab) = _model(), _inputs()
+    for inputs in ((img, tab), [img, tab]):
+        a = tribute.explain(model, inputs, "gradient", target=0)
+        assert isinstance(a, tuple) and len(a) == 2
+        assert a[0].shape == img.shape and a[1].shape == tab.shape
+        assert a[0].dtype == DT and a[1].dtype == DT
+    single = tribute.explain(model, (img, tab), "gradient", target=0)
+    # the gradient of each input is autograd's, input by input
+    leaves = [img.clone().requires_grad_(), tab.clone().requires_grad_()]
+    model(*leaves)[:, 0].sum().backward()
+    for a, leaf in zip(single, leaves, strict=True):
+        torch.testing.assert_close(a, leaf.grad, rtol=0, atol=0)
+
+
+def test_integrated_gradients_is_complete_over_both_inputs_together():
+    model, (img, tab) = _model(F.softplus), _inputs()
+    a = tribute.explain(model, (img, tab), "integrated_gradients", target=2, steps=64)
+    gain = model(img, tab)[:, 2] - model(torch.zeros_like(img), torch.zeros_like(tab))[:, 2]
+    torch.testing.assert_close(_total(a), gain.detach(), rtol=1e-10, atol=1e-12)
+    # each input alone is not complete: both carry part of the score
+    assert all(float(p.flatten(1).sum(1).abs().min()) > 1e-6 for p in a)
+
+
+def test_deeplift_sums_to_the_score_difference_over_both_inputs():
+    model, (img, tab) = _model(), _inputs()
+    base = (img.mean() * torch.ones_like(img), torch.full_like(tab, 0.5))
+    a = tribute.explain(model, (img, tab), "deeplift", target=1, baseline=base)
+    gain = model(img, tab)[:, 1] - model(*base)[:, 1]
+    torch.testing.assert_close(_total(a), gain.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_deeplift_sums_to_delta_on_two_images():
+    torch.manual_seed(3)
+    model = TwoImages().to(DT).eval()
+    a, b = torch.randn(3, 1, 6, 6, dtype=DT), torch.randn(3, 1, 6, 6, dtype=DT)
+    phi = tribute.explain(model, (a, b), "deeplift", target=0)
+    gain = model(a, b)[:, 0] - model(torch.zeros_like(a), torch.zeros_like(b))[:, 0]
+    torch.testing.assert_close(_total(phi), gain.detach(), rtol=1e-12, atol=1e-12)
+
+
+def test_epsilon_lrp_conserves_relevance_over_both_inputs_on_a_bias_free_model():
+    model = _model()
+    for m in model.modules():
+        if getattr(m, "bias", None) is not None:
+            nn.init.zeros_(m.bias)
+    img, tab = _inputs()
+    r = tribute.explain(model, (img, tab), "lrp", target=0, composite="epsilon", epsilon=1e-12)
+    torch.testing.assert_close(_total(r), model(img, tab)[:, 0].detach(), rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["integrated_gradients", "deeplift", "gradient", "input_x_gradient"])
+def test_a_second_input_held_as_a_forward_argument_gives_the_same_attribution(method):
+    model, (img, tab) = _model(F.softplus if method == "integrated_gradients" else F.relu), _inputs()
+    options = {"steps": 16} if method == "integrated_gradients" else {}
+    if method in ("integrated_gradients", "deeplift"):
+        # the table stays at its value along the path: its baseline is itself
+        options["baseline"] = ("zero", tab)
+    both = tribute.explain(model, (img, tab), method, target=1, **options)
+    options.pop("baseline", None)
+    held = tribute.explain(model, img, method, target=1, forward_args=(tab,), **options)
+    torch.testing.assert_close(held, both[0], rtol=1e-12, atol=1e-14)
+    if method in ("integrated_gradients", "deeplift"):
+        assert float(both[1].abs().max()) == 0.0
+
+
+def test_a_named_baseline_is_resolved_against_each_input():
+    model, (img, tab) = _model(F.softplus), _inputs()
+    a = tribute.explain(model, (img, tab), "integrated_gradients", target=0, steps=8, baseline=("blur", "mean"))
+    blurred, mean = make_baseline("blur", img), make_baseline("mean", tab)
+    b = tribute.explain(model, (img, tab), "integrated_gradients", target=0, steps=8, baseline=(blurred, mean))
+    for p, q in zip(a, b, strict=True):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+
+
+def test_noise_levels_per_input_are_relative_to_each_inputs_range():
+    model, (img, tab) = _model(), _inputs(n=1)
+    levels = (0.1, 0.3)
+    by_level = tribute.explain(model, (img, tab), "smoothgrad", target=0, samples=5, seed=7, noise_level=levels)
+    ranges = [float(t.max() - t.min()) for t in (img, tab)]
+    sigmas = tuple(lv * r for lv, r in zip(levels, ranges, strict=True))
+    by_sigma = tribute.explain(model, (img, tab), "smoothgrad", target=0, samples=5, seed=7, sigma=sigmas)
+    for p, q in zip(by_level, by_sigma, strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-12, atol=1e-14)
+    # the same level for both inputs is not the same noise: the table's range differs from the image's
+    same = tribute.explain(model, (img, tab), "smoothgrad", target=0, samples=5, seed=7, noise_level=0.1)
+    torch.testing.assert_close(same[0], by_level[0], rtol=1e-12, atol=1e-14)  # image: same level
+    assert not torch.allclose(same[1], by_level[1])
+
+
+def test_expected_gradients_takes_references_per_input():
+    model, (img, tab) = _model(F.softplus), _inputs()
+    refs = (torch.zeros(6, 2, 6, 6, dtype=DT), torch.randn(6, 4, dtype=DT))
+    a = tribute.explain(model, (img, tab), "expected_gradients", target=0, baselines=refs, samples=4000, seed=0)
+    expected_gain = model(img, tab)[:, 0] - model(*refs)[:, 0].mean()
+    # in expectation the attributions sum to S(x) − E[S(x̄)]; 4000 draws of (x̄, α) keep the error small
+    torch.testing.assert_close(_total(a), expected_gain.detach(), rtol=0.05, atol=0.05)
+
+
+def test_inputs_that_disagree_in_batch_size_are_refused():
+    model, (img, tab) = _model(), _inputs()
+    with pytest.raises(ValueError, match=r"disagree.*inputs\[0\]: 4, inputs\[1\]: 3"):
+        tribute.explain(model, (img, tab[:3]), "gradient", target=0)
+
+
+def test_inputs_of_different_dtypes_are_refused_with_the_way_out():
+    model, (img, tab) = _model(), _inputs()
+    with pytest.raises(TypeError, match="forward_args= or forward_kwargs="):
+        tribute.explain(model, (img, tab.float()), "gradient", target=0)
+
+
+def test_a_per_input_option_with_the_wrong_number_of_entries_is_refused():
+    model, (img, tab) = _model(), _inputs()
+    with pytest.raises(ValueError, match="baseline has 3 entries but the model takes 2 inputs"):
+        tribute.explain(model, (img, tab), "integrated_gradients", target=0, steps=4,
+                        baseline=("zero", "zero", "zero"))
+
+
+def test_a_nan_in_one_of_the_inputs_is_named():
+    model, (img, tab) = _model(), _inputs()
+    tab = tab.clone()
+    tab[2, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"inputs\[1\] contain NaN or inf \(samples \[2\]\)"):
+        tribute.explain(model, (img, tab), "gradient", target=0)
+
+
+def _captum_pairs():
+    ca = pytest.importorskip("captum.attr")
+    return {
+        "saliency": (lambda m: ca.Saliency(m), {"abs": True}, {}),
+        "input_x_gradient": (lambda m: ca.InputXGradient(m), {}, {}),
+        "deeplift": (lambda m: ca.DeepLift(m), {}, {}),
+    }
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("method", ["saliency", "input_x_gradient", "deeplift"])
+def test_tuple_inputs_agree_with_captum(method):
+    torch.manual_seed(3)
+    model = TwoImages().to(DT).eval()  # module ReLUs: Captum's DeepLift sees them
+    a, b = torch.randn(3, 1, 6, 6, dtype=DT), torch.randn(3, 1, 6, 6, dtype=DT)
+    make, captum_options, tribute_options = _captum_pairs()[method]
+    theirs = make(model).attribute((a, b), target=1, **captum_options)
+    ours = tribute.explain(model, (a, b), method, target=1, **tribute_options)
+    for p, q in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(p, q.detach(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_integrated_gradients_on_tuple_inputs_agrees_with_captum():
+    ca = pytest.importorskip("captum.attr")
+    model, (img, tab) = _model(F.softplus), _inputs()
+    theirs = ca.IntegratedGradients(model).attribute((img, tab), target=0, n_steps=32, method="gausslegendre")
+    ours = tribute.explain(model, (img, tab), "integrated_gradients", target=0, steps=32)
+    for p, q in zip(ours, theirs, strict=True):
+        # Captum builds its nodes in float32 (see test_reference_captum): agreement to its rounding
+        torch.testing.assert_close(p, q.detach(), rtol=1e-6, atol=1e-7)
+
+
+def test_multi_input_integrated_gradients_passes_as_many_rows_as_single_input():
+    model, (img, tab) = _model(F.softplus), _inputs()
+    ig = tribute.IntegratedGradients(model, steps=16)
+    ig.attribute((img, tab), target=0)
+    both = ig.passes
+    ig.attribute(img, target=0, forward_args=(tab,))
+    one = ig.passes
+    assert (both.forward_rows, both.backward_rows) == (one.forward_rows, one.backward_rows) == (4 * 16, 4 * 16)
