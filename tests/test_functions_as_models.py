@@ -94,3 +94,37 @@ def test_instance_norm_without_running_statistics_is_not_train_mode():
     x = torch.randn(3, 2, 5)
     a = tribute.explain(lambda t: norm(t).flatten(1)[:, :1], x, "gradient", target=0)
     assert a.shape == x.shape
+
+
+def test_the_guard_leaves_no_hook_and_does_not_touch_other_threads():
+    import threading
+
+    hooks = torch.nn.modules.module._global_forward_pre_hooks
+    before = len(hooks)
+    evaluated = randomise_bn(ResidualCNN()).eval()
+    started, proceed, seen = threading.Event(), threading.Event(), {}
+
+    def slow_model(x):
+        started.set()
+        proceed.wait(10)
+        return evaluated(x)
+
+    def other_thread():
+        started.wait(10)
+        bn = nn.BatchNorm1d(3)  # train mode, outside tribute: must run as usual while the call is guarded
+        try:
+            bn(torch.randn(4, 3))
+            seen["ok"] = int(bn.num_batches_tracked)
+        except Exception as e:  # noqa: BLE001
+            seen["error"] = e
+        proceed.set()
+
+    t = threading.Thread(target=other_thread)
+    t.start()
+    tribute.explain(slow_model, torch.randn(2, 3, 8, 8), "gradient", target=0)
+    t.join()
+    assert seen == {"ok": 1}
+    assert len(hooks) == before
+    with pytest.raises(TrainModeError):
+        tribute.explain(lambda x: NET.train()(x), torch.randn(2, 3, 8, 8), "gradient", target=0)
+    assert len(hooks) == before

@@ -228,3 +228,42 @@ def test_multi_input_integrated_gradients_passes_as_many_rows_as_single_input():
     ig.attribute(img, target=0, forward_args=(tab,))
     one = ig.passes
     assert (both.forward_rows, both.backward_rows) == (one.forward_rows, one.backward_rows) == (4 * 16, 4 * 16)
+
+
+class TableAndImage(ImageAndTable):
+    """The same network with the image second: input_index=1."""
+
+    def forward(self, table, image):
+        return super().forward(image, table)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam_plus_plus", "scorecam", "guided_gradcam", "fullgrad",
+                                    "contrastive_gradcam"])
+def test_image_methods_explain_the_input_named_by_input_index(method):
+    torch.manual_seed(0)
+    model, (img, tab) = TableAndImage().to(DT).eval(), _inputs()
+    options = {"layer": model.conv} if method != "fullgrad" else {}  # a function has no module names
+    options.update(tribute.get_method(method).example_options)
+    both = tribute.explain(model, (tab, img), method, target=1, input_index=1, **options)
+    held = tribute.explain(lambda i, t: model(t, i), img, method, target=1, forward_args=(tab,), **options)
+    assert not isinstance(both, tuple)
+    torch.testing.assert_close(both, held, rtol=1e-12, atol=1e-14)
+
+
+def test_image_methods_need_input_index_with_several_inputs():
+    model, (img, tab) = _model(), _inputs()
+    with pytest.raises(ValueError, match="gradcam explains one image.*input_index="):
+        tribute.explain(model, (img, tab), "gradcam", target=0, layer="conv")
+    with pytest.raises(ValueError, match=r"input_index must be an integer in \[0, 2\)"):
+        tribute.explain(model, (img, tab), "gradcam", target=0, layer="conv", input_index=2)
+    with pytest.raises(ValueError, match="makes 2-D class activation maps"):
+        tribute.explain(model, (img, tab), "gradcam", target=0, layer="conv", input_index=1)
+
+
+def test_layer_methods_take_several_inputs():
+    model, (img, tab) = _model(F.softplus), _inputs()
+    a = tribute.explain(model, (img, tab), "layer_integrated_gradients", layer="dense", target=0, steps=64,
+                        baseline=(img, torch.zeros_like(tab)))
+    # the image is held at its value; the dense layer is a cut for the table: completeness at the layer
+    gain = model(img, tab)[:, 0] - model(img, torch.zeros_like(tab))[:, 0]
+    torch.testing.assert_close(a.sum(1), gain.detach(), rtol=1e-9, atol=1e-11)

@@ -46,10 +46,12 @@ from ..core.targets import Target
 from ..core.tensors import per_sample
 from .fullgrad_bias import bias_gradient_rows
 from .guided import GuidedBackprop
+from .image_input import INPUT_INDEX_OPTION, ImageMethod, image_of, with_image
 from .layer import LAYER_OPTION, LayerMethod
 
 CAM_OPTIONS = {
     **LAYER_OPTION,
+    **INPUT_INDEX_OPTION,
     "relu": opt.Option(True, opt.boolean, "rectify the map, ReLU(Σ_k w_k A_k)"),
     "upsample": opt.Option(True, opt.boolean,
                            "upsample bilinearly (align_corners=False) to the input's size; False: the layer's size"),
@@ -89,16 +91,16 @@ def _no_rules(name: str, v: Any) -> None:
     return None
 
 
-class _CAM(LayerMethod):
+class _CAM(ImageMethod, LayerMethod):
     """Σ_k w_k A_k at the layer's resolution, then ReLU, upsampling and normalisation."""
 
     returns: ClassVar[str] = "map"
     options = {**CAM_OPTIONS, "rules": opt.Option(None, _no_rules)}
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
-        _check_images(self.name, x)
+        _check_images(self.name, image_of(x, o))
         site = self._site(x, o)
-        return self.finish(self._maps(x, target, o, site), x, o)
+        return self.finish(self._maps(x, target, o, site), image_of(x, o), o)
 
     def _maps(self, x: torch.Tensor, target: Target, o: SimpleNamespace, site: Site) -> torch.Tensor:
         raise NotImplementedError
@@ -360,10 +362,11 @@ class ScoreCAM(_CAM):
         target.resolve(out)
         n = x.shape[0]
         channels = self._channels(acts, x, o)
-        size = tuple(x.shape[-2:])
+        image = image_of(x, o).detach()
+        size = tuple(image.shape[-2:])
         shift = None
         if o.baseline is not None:
-            base = make_baseline(o.baseline, x, o.baseline_options, o.seed)
+            base = with_image(x, make_baseline(o.baseline, image, o.baseline_options, o.seed), o)
             shift = self._score(o.call.forward.outputs(base, o.batch_size), target, torch.arange(n), o)
 
         def contribution(sample, draw):
@@ -374,7 +377,8 @@ class ScoreCAM(_CAM):
             flat = span == 0
             mask = (up - lo) / torch.where(flat, torch.ones_like(span), span)
             with torch.no_grad():
-                s = self._score(o.call.forward(x[sample].detach() * mask, sample), target, sample, o)
+                s = self._score(o.call.forward(with_image(x[sample].detach(), image[sample] * mask, o), sample),
+                                target, sample, o)
             if shift is not None:
                 s = s - shift[sample]
             w = torch.where(flat.flatten(), torch.zeros_like(s), s)
@@ -403,7 +407,7 @@ class ScoreCAM(_CAM):
 
 
 @register("guided_gradcam")
-class GuidedGradCAM(LayerMethod):
+class GuidedGradCAM(ImageMethod, LayerMethod):
     """Guided Grad-CAM (Selvaraju et al. 2017, §3.1): guided backpropagation ⊙ upsampled Grad-CAM.
 
     φ(x) = ∂^guided S_c/∂x ⊙ Up(ReLU(Σ_k α_k A_k)), the Grad-CAM map upsampled to the input's size
@@ -423,13 +427,14 @@ class GuidedGradCAM(LayerMethod):
         **LAYER_OPTION,
         "rules": opt.Option(None, _no_rules),
         "interpolation": opt.Option("bilinear", opt.choice(("bilinear", "nearest")), "how Grad-CAM is upsampled"),
+        **INPUT_INDEX_OPTION,
         "reduce": opt.Option(None, check_reduce, "reduce the channels to an (N, 1, H, W) map"),
     }
 
     def _attribute(self, x, target, o):
-        _check_images(self.name, x)
+        _check_images(self.name, image_of(x, o))
         site = self._site(x, o)
-        size = tuple(x.shape[-2:])
+        size = tuple(image_of(x, o).shape[-2:])
         align = False if o.interpolation == "bilinear" else None
 
         def contribution(sample, _):
@@ -437,11 +442,14 @@ class GuidedGradCAM(LayerMethod):
             _check_feature_map(self.name, site, r.activation)
             cam = (r.grad.mean(dim=(2, 3), keepdim=True) * r.activation).sum(1, keepdim=True).clamp(min=0)
             cam = F.interpolate(cam, size=size, mode=o.interpolation, align_corners=align)
-            guided = self._gradients(x[sample], target, sample, o, rules=GuidedBackprop.rules)
+            guided = image_of(self._gradients(x[sample], target, sample, o, rules=GuidedBackprop.rules), o)
             return guided * cam
 
         a = accumulate(x.shape[0], 1, contribution, batch_size=o.batch_size)
         return a if o.reduce is None else reduce(a, o.reduce)
+
+    def _result(self, a, layout):
+        return a  # the image's shape, whichever input the image is
 
 
 # -- FullGrad ----------------------------------------------------------------------------------------
@@ -461,7 +469,7 @@ class FullGradient(NamedTuple):
 
 
 @register("fullgrad")
-class FullGrad(Method):
+class FullGrad(ImageMethod, Method):
     """FullGrad (Srinivas & Fleuret 2019, Eq 1 and 2).
 
     The full-gradient representation of a ReLU network with biases b (piecewise linear and positively
@@ -498,12 +506,14 @@ class FullGrad(Method):
     returns: ClassVar[str] = "map"
     options = {
         "rescale": opt.Option("layer", opt.choice(("layer", "channel")), "rescale bias-gradients per layer or channel"),
+        **INPUT_INDEX_OPTION,
         "normalize": opt.Option(False, opt.boolean, "rescale each map to [0, 1] (min–max per sample)"),
     }
 
     def _decompose(self, x: torch.Tensor, target: Target, sample: torch.Tensor, o: SimpleNamespace) -> FullGradient:
         r = bias_gradient_rows(o.call.forward, x, target, sample, create_graph=o.differentiable)
-        d = FullGradient(r.input_grad * x, [g * b for g, b in zip(r.grads, r.biases, strict=True)], r.kinds, r.scores)
+        image_term = image_of(r.input_grad * x, o)
+        d = FullGradient(image_term, [g * b for g, b in zip(r.grads, r.biases, strict=True)], r.kinds, r.scores)
         if o.differentiable:
             return d
         return FullGradient(d.input_term.detach(), [t.detach() for t in d.bias_terms], d.kinds, d.scores.detach())
@@ -521,8 +531,8 @@ class FullGrad(Method):
         return x.shape[0] <= o.batch_size  # one chunk: the engine takes the prediction from its forward pass
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
-        _check_images(self.name, x)
-        size = tuple(x.shape[-2:])
+        _check_images(self.name, image_of(x, o))
+        size = tuple(image_of(x, o).shape[-2:])
         dims = (2, 3) if o.rescale == "channel" else (1, 2, 3)
 
         def contribution(sample, _):

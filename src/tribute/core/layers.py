@@ -109,7 +109,15 @@ def check_layer(name: str, v: Any) -> Any:
 
 
 def resolve_layer(model: nn.Module, layer: str | nn.Module) -> ModuleSite:
-    """The :class:`ModuleSite` a user's ``layer=`` names; unknown names raise, suggesting the nearest."""
+    """The :class:`ModuleSite` a user's ``layer=`` names; unknown names raise, suggesting the nearest.
+
+    A model given as a function has no module names: its layer is given as the module itself (whether the
+    function calls it is checked when it runs: a layer never called is an error)."""
+    if not isinstance(model, nn.Module):
+        if isinstance(layer, nn.Module):
+            return ModuleSite(type(layer).__name__, layer)
+        raise LayerError(f"layer={layer!r}: a model given as a function has no module names; pass the module itself "
+                         "(e.g. layer=net.layer4)")
     if isinstance(layer, nn.Module):
         for name, m in model.named_modules():
             if m is layer:

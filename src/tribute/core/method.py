@@ -185,6 +185,10 @@ class Method:
             a = a.detach()
         self._check_finite(a, x.dtype)
         a = a.to(x.dtype) if x.is_floating_point() else a
+        return self._result(a, layout)
+
+    def _result(self, a: torch.Tensor, layout: Layout) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The attribution in the user's structure: one tensor per input for input-shaped results."""
         return layout.result(a) if self.returns == "input" else a
 
     def _check_layout(self, layout: Layout, o: SimpleNamespace) -> None:

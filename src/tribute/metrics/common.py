@@ -15,11 +15,15 @@ map per sample, (N, 1, H, W): :func:`as_map` turns either into the map a metric 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from ..core.engine import check_model
+from ..core.engine import Forward, check_inputs, check_model
+from ..core.forward_args import ForwardArgs
+from ..core.inputs import Layout
 from ..core.reduce import reduce as reduce_channels
 from ..core.targets import Target, check_target
 
@@ -34,23 +38,78 @@ def resolve_target(model: nn.Module, inputs: torch.Tensor, target, *, batch_size
     Metrics compare scores across perturbed inputs, so the class must be fixed once, on the clean input.
     A callable target (a contrast) is returned as it is with ``keep_callable=True`` (callers that score any
     output) and refused otherwise.  The model is checked (eval mode where it matters) before its first forward
-    pass, so a refused model is not changed.
+    pass, so a refused model is not changed.  :func:`resolve_target_in` does the same for a :class:`ModelInputs`.
     """
     check_model(model)
-    kind = check_target(target, samples=inputs.shape[0], refuse=None if keep_callable else {"callable": CLASSES_NEEDED})
+    view = ModelInputs(inputs, (inputs,), Layout.of(inputs)[0], Forward(model), {})
+    return resolve_target_in(view, target, batch_size=batch_size, keep_callable=keep_callable)
+
+
+def resolve_target_in(view: ModelInputs, target, *, batch_size: int | None = None, keep_callable: bool = False):
+    """:func:`resolve_target` for the inputs of ``view`` (several inputs, forward arguments, ``output=``)."""
+    n = view.x.shape[0]
+    kind = check_target(target, samples=n, refuse=None if keep_callable else {"callable": CLASSES_NEEDED})
     if kind == "callable":
         return target
-    t = Target(target, inputs.shape[0])
+    t = Target(target, n)
     with torch.no_grad():
         if t.needs_argmax:
-            out = torch.cat([model(c) for c in inputs.split(batch_size or inputs.shape[0])])
+            out = view.forward.outputs(view.x, batch_size or n)
             t.set_argmax(out)
         else:
-            out = model(inputs[:1])
+            out = view.forward(view.x[:1], torch.zeros(1, dtype=torch.long))
     c = out.shape[1]
     if bool((t.index >= c).any()):
         raise IndexError(f"target class {int(t.index.max())} is out of range for a model with {c} outputs")
-    return t.index.to(inputs.device)
+    return t.index.to(view.x.device)
+
+
+@dataclass(frozen=True)
+class ModelInputs:
+    """A metric's view of the user's inputs, the one methods have (:mod:`tribute.core.inputs`).
+
+    ``x`` is the packed batch (the tensor itself for one input, (N, D) rows for several), ``layout`` how it
+    holds the inputs, ``forward`` the model with the call's forward arguments and ``output=`` (score packed
+    rows with ``forward(rows, sample)``), and ``method_options`` what a method called on the user's inputs
+    must be given so that it sees the same model (forward arguments, ``output=``).
+    """
+
+    x: torch.Tensor
+    inputs: tuple[torch.Tensor, ...]
+    layout: Layout
+    forward: Forward
+    method_options: dict[str, Any]
+
+    @property
+    def user_inputs(self) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """The inputs in the user's structure (a tensor or a tuple), for a method."""
+        return self.inputs[0] if self.layout.single else self.inputs
+
+    def pack_attributions(self, attributions) -> torch.Tensor:
+        """Attributions in the user's structure (one tensor per input), checked and packed like ``x``."""
+        if self.layout.single:
+            return check_attributions(self.x, attributions)
+        if not isinstance(attributions, (tuple, list)) or len(attributions) != self.layout.count:
+            got = f"{len(attributions)} tensors" if isinstance(attributions, (tuple, list)) else \
+                type(attributions).__name__
+            raise ValueError(f"attributions of a model with {self.layout.count} inputs must be a tuple with one tensor "
+                             f"per input, got {got}")
+        parts = [check_attributions(t, a) for t, a in zip(self.inputs, attributions, strict=True)]
+        return self.layout.pack([p.to(self.x.dtype) for p in parts])
+
+
+def model_inputs(model: nn.Module, inputs, *, forward_args=None, forward_kwargs=None, output=None,
+                 integers: bool = False) -> ModelInputs:
+    """Check ``model`` (before any forward pass) and ``inputs`` (a tensor or a tuple of tensors) and give the
+    :class:`ModelInputs` a metric works with; ``integers`` admits token ids."""
+    check_model(model)
+    layout, xs = Layout.of(inputs)
+    for k, t in enumerate(xs):
+        check_inputs(model, t, integers=integers, name="inputs" if layout.single else f"inputs[{k}]")
+    args = ForwardArgs(forward_args, forward_kwargs, xs[0].shape[0])
+    forward = Forward(model, layout=layout, args=None if args.empty else args, output=output)
+    given = {"forward_args": forward_args, "forward_kwargs": forward_kwargs, "output": output}
+    return ModelInputs(layout.pack(xs).detach(), xs, layout, forward, {k: v for k, v in given.items() if v is not None})
 
 
 def check_attributions(inputs: torch.Tensor, attributions: torch.Tensor) -> torch.Tensor:
@@ -86,4 +145,4 @@ def derived_seed(seed: int | None, purpose: str) -> int | None:
     return int.from_bytes(digest, "little") & (2**62 - 1)
 
 
-__all__ = ["as_map", "check_attributions", "resolve_target"]
+__all__ = ["ModelInputs", "as_map", "check_attributions", "model_inputs", "resolve_target", "resolve_target_in"]

@@ -21,7 +21,7 @@ REDUCTIONS = ("sum", "mean", "abs_sum")
 DEFAULT_PERCENTILE = 99.5
 
 
-def _numpy(a) -> np.ndarray:
+def as_numpy(a) -> np.ndarray:
     """A tensor or array as a float64 numpy array (detached, on the CPU)."""
     if hasattr(a, "detach"):
         a = a.detach().cpu().double().numpy()
@@ -34,7 +34,7 @@ def reduce_channels(attribution, reduce: str = "sum") -> np.ndarray:
     ``"sum"`` adds the channels' signed contributions (the pixel's total, as in Ancona et al.),
     ``"mean"`` averages them, ``"abs_sum"`` adds their magnitudes.
     """
-    a = _numpy(attribution)
+    a = as_numpy(attribution)
     if reduce not in REDUCTIONS:
         raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {reduce!r}")
     if a.ndim == 2:
@@ -52,7 +52,7 @@ def symmetric_scale(values, percentile: float = DEFAULT_PERCENTILE) -> float:
     """The ``percentile``-th percentile of |values|: the magnitude shown at full colour (0 if all are 0)."""
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile must be in (0, 100], got {percentile}")
-    a = np.abs(_numpy(values))
+    a = np.abs(as_numpy(values))
     if a.size == 0 or not np.isfinite(a).all():
         raise ValueError("values must be non-empty and finite")
     return float(np.percentile(a, percentile))
@@ -97,7 +97,7 @@ def heatmap(attribution, reduce: str = "sum", percentile: float = DEFAULT_PERCEN
 
 def _image(image) -> np.ndarray:
     """A (3, H, W) or (H, W, 3) image in [0, 1] as an (H, W, 3) array for imshow."""
-    x = _numpy(image)
+    x = as_numpy(image)
     if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
         x = np.moveaxis(x, 0, -1)
     if x.ndim == 3 and x.shape[-1] == 1:
@@ -128,11 +128,11 @@ def method_figure(images, attributions: Mapping[str, object], titles: Sequence[s
     """
     figure_mod = require("matplotlib.figure", "viz", "attribution figures")
     agg = require("matplotlib.backends.backend_agg", "viz", "attribution figures")
-    imgs = _numpy(images)
+    imgs = as_numpy(images)
     if imgs.ndim != 4:
         raise ValueError(f"images must have shape (N, 3, H, W), got {imgs.shape}")
     n = imgs.shape[0]
-    maps = {name: _numpy(a) for name, a in attributions.items()}
+    maps = {name: as_numpy(a) for name, a in attributions.items()}
     for name, a in maps.items():
         if a.shape[0] != n or a.ndim not in (3, 4):
             raise ValueError(f"attributions[{name!r}] must have shape (N, C, H, W) or (N, H, W) with N = {n}, "

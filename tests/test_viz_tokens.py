@@ -1,0 +1,59 @@
+"""Token attributions as coloured text (issue 12): colours on the heat maps' scale, the scale written down."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tribute.viz import token_colors, token_figure, token_text
+
+TOKENS = ["[CLS]", "a", "great", "film", "[SEP]"]
+VALUES = torch.tensor([0.0, 0.1, 0.8, -0.4, 0.0])
+
+
+def test_colours_follow_the_sign_and_the_sentence_scale():
+    colors, scale = token_colors(TOKENS, VALUES)
+    assert scale == pytest.approx(0.8)
+    np.testing.assert_allclose(colors[2], [1.0, 0.0, 0.0])      # the largest value: full red
+    np.testing.assert_allclose(colors[0], [1.0, 1.0, 1.0])      # zero: white
+    np.testing.assert_allclose(colors[3], [0.5, 0.5, 1.0])      # −0.4 of 0.8: half blue
+    shared, s = token_colors(TOKENS, VALUES, scale=1.6)
+    np.testing.assert_allclose(shared[2], [1.0, 0.5, 0.5])      # a shared scale twice as large: half red
+    assert s == 1.6
+
+
+def test_terminal_text_colours_each_token_and_states_the_scale():
+    text = token_text(TOKENS, VALUES)
+    assert "\x1b[48;2;255;0;0m" in text and "great" in text   # red background on "great"
+    assert text.endswith("(full colour = ±0.8)")
+    plain = token_text(TOKENS, VALUES, color=False)
+    assert "great[+0.8]" in plain and "film[-0.4]" in plain and "\x1b" not in plain
+
+
+def test_an_all_zero_sentence_is_white_and_says_so():
+    colors, scale = token_colors(TOKENS, torch.zeros(5))
+    assert scale == 0.0 and np.all(colors == 1.0)
+    assert token_text(TOKENS, torch.zeros(5)).endswith("(full colour = ±0)")
+
+
+def test_non_finite_values_are_named_not_drawn():
+    with pytest.raises(ValueError, match=r"NaN or infinite at 'film' \(position 3\)"):
+        token_text(TOKENS, torch.tensor([0.0, 0.1, 0.8, float("nan"), 0.0]))
+    with pytest.raises(ValueError, match="one number per token"):
+        token_colors(TOKENS, torch.zeros(4))
+
+
+def test_the_figure_draws_every_token_on_its_colour():
+    pytest.importorskip("matplotlib")
+    long = [f"w{i}" for i in range(40)]
+    fig = token_figure([TOKENS, long], [VALUES, torch.linspace(-1, 1, 40)], titles=["positive", "ramp"])
+    texts = fig.axes[0].texts
+    drawn = [t.get_text() for t in texts]
+    assert all(t in drawn for t in TOKENS) and all(t in drawn for t in long)
+    great = next(t for t in texts if t.get_text() == "great")
+    np.testing.assert_allclose(great.get_bbox_patch().get_facecolor()[:3], [1.0, 0.0, 0.0])
+    assert any("positive   full colour = ±0.8" in t for t in drawn)
+    # 40 tokens wrap onto more than one line
+    ys = {round(t.get_position()[1], 3) for t in texts if t.get_text().startswith("w")}
+    assert len(ys) > 1
