@@ -74,8 +74,23 @@ class ForwardArgs:
         """The arguments of the samples ``sample`` (a subset or repetition), as the samples of a nested call."""
         sub = ForwardArgs.__new__(ForwardArgs)
         sub.n, sub.per_sample = len(sample), self.per_sample
-        sub.args, sub.kwargs = self.take(sample, len(sample))
+        picked = self.options_for(sample)  # constants stay marked: a nested call passes them unchanged too
+        sub.args, sub.kwargs = picked.get("forward_args", ()), picked.get("forward_kwargs", {})
         return sub
+
+
+    def options_for(self, sample: torch.Tensor | None = None) -> dict[str, Any]:
+        """``forward_args=`` / ``forward_kwargs=`` as a user would pass them to a method explaining the samples
+        ``sample`` of this call (all of them for None): per-sample tensors indexed, constants still marked."""
+        def pick(v):
+            return v.index_select(0, sample.to(v.device)) if sample is not None and isinstance(v, torch.Tensor) else v
+
+        out: dict[str, Any] = {}
+        if self.args:
+            out["forward_args"] = tuple(pick(v) for v in self.args)
+        if self.kwargs:
+            out["forward_kwargs"] = {k: pick(v) for k, v in self.kwargs.items()}
+        return out
 
 
 def _is_per_sample(v: Any) -> bool:

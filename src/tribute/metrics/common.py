@@ -85,6 +85,19 @@ class ModelInputs:
         """The inputs in the user's structure (a tensor or a tuple), for a method."""
         return self.inputs[0] if self.layout.single else self.inputs
 
+    def method_options_for(self, sample: torch.Tensor) -> dict[str, Any]:
+        """What a method explaining rows of the samples ``sample`` (a subset, a repetition, perturbed copies)
+        must be given: those samples' forward arguments (constants as they are) and ``output=``."""
+        args = self.forward.args
+        out = {} if args is None else args.options_for(sample)
+        if self.forward.output is not None:
+            out["output"] = self.forward.output
+        return out
+
+    def user_rows(self, rows: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        """Packed rows in the user's structure (a tensor, or one tensor per input), to hand to a method."""
+        return self.layout.result(rows)
+
     def pack_attributions(self, attributions) -> torch.Tensor:
         """Attributions in the user's structure (one tensor per input), checked and packed like ``x``."""
         if self.layout.single:
