@@ -29,8 +29,8 @@ class GapNet(nn.Module):
         self.relu2 = nn.ReLU()
         self.fc = nn.Linear(5, 3)
 
-    def forward(self, x):
-        h = self.relu2(self.conv2(self.relu1(self.conv1(x))))
+    def forward(self, x, gain: float = 1.0):
+        h = self.relu2(self.conv2(self.relu1(self.conv1(x * gain))))  # gain: a forward argument to try
         return self.fc(h.mean(dim=(2, 3)))
 
 
@@ -262,6 +262,15 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "beta": [({}, {"alpha": 3.0, "beta": 2.0}), ({"composite": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0})],
     "low": [({}, {"low": -1.0}), ({"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}, {"low": -1.0})],
     "high": [({}, {"high": 2.0}), ({"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}, {"high": 2.0})],
+    # issue 12's input contract
+    "forward_args": [({}, {"forward_args": (2.0,)})],
+    "forward_kwargs": [({}, {"forward_kwargs": {"gain": 2.0}})],
+    # another class scored (maps normalised per sample change too), and a softmax that is not the same (contrastive)
+    "output": [({}, {"output": lambda out: out[:, [2, 0, 1]] * torch.tensor([1.0, 2.0, 3.0], dtype=out.dtype)})],
+    "input_index": [({}, {"input_index": 1})],  # one input: only index 0, the default's meaning, is accepted
+    "baseline_token": [({}, {"baseline_token": 3})],  # token baselines need token ids
+    "keep_tokens": [({}, {"keep_tokens": (1,)})],
+    "tokenizer": [({}, {"tokenizer": object()})],
 }
 
 #: options that by design leave the values as they are, why, and what is asserted instead

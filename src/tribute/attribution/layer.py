@@ -148,6 +148,9 @@ class LayerMethod(Method):
     def _baseline(self, x: torch.Tensor, o: SimpleNamespace) -> torch.Tensor:
         """The baseline input x̄: ``baseline=`` as at the input, or, for token ids, ``baseline_token=``."""
         if o.baseline_token is None:
+            unused = [k for k in ("keep_tokens", "tokenizer") if getattr(o, k) is not None]
+            if unused:
+                raise ValueError(f"{' and '.join(k + '=' for k in unused)} go with baseline_token= (a token baseline)")
             if not x.is_floating_point() and not isinstance(o.baseline, torch.Tensor) and o.baseline != "zero":
                 raise ValueError(f"baseline={o.baseline!r} looks at pixel values; for token ids pass baseline_token= "
                                  "(a token id, or 'pad'/'mask'/'unk' with tokenizer=) or a tensor of ids")

@@ -200,7 +200,8 @@ def check_nested_options(schema: dict, o: Any, layout: Layout) -> None:
     feature; a name that looks at the input (``"blur"``, ``"mean"``) or a tensor is refused, not guessed."""
     for name, option in schema.items():
         value = getattr(o, name)
-        if option.per_input is None or value is None or layout.single or option.per_input == "transform":
+        if option.per_input is None or value is None or layout is None or layout.single \
+                or option.per_input == "transform":
             continue
         entries = layout.entries(name, value)
         if not all(e == "zero" or (isinstance(e, (int, float)) and not isinstance(e, bool)) for e in entries):

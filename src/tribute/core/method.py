@@ -95,11 +95,16 @@ class BoundMethod:
         self.method = method
         self.options = o
 
-    def __call__(self, rows: torch.Tensor, target: Target, sample: torch.Tensor) -> torch.Tensor:
+    def __call__(self, rows: torch.Tensor, target: Target, sample: torch.Tensor | None = None) -> torch.Tensor:
         """The method's attribution of ``rows`` for the calling method's resolved ``target`` (one with a class or
-        a callable); ``sample[r]`` is the calling call's sample that row r belongs to."""
+        a callable); ``sample[r]`` is the calling call's sample that row r belongs to (None: the rows are the
+        calling call's samples, in order)."""
         if target.needs_argmax:
             raise ValueError("a bound method needs a resolved target: the calling method fixes target=None first")
+        if sample is None:
+            sample = torch.arange(rows.shape[0])
+            if target.n != len(sample):
+                raise ValueError(f"{rows.shape[0]} rows for a target of {target.n} samples: pass sample=")
         o = SimpleNamespace(**vars(self.options))
         o.call = o.call.for_samples(sample)
         return self.method._attribute(rows, target.for_samples(sample), o)
