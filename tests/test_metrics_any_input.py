@@ -581,6 +581,8 @@ def test_bad_inputs_give_clear_errors():
         deletion(model, (img, tab), a, 0, patch_size=2)
     with pytest.raises(ValueError, match=r"inputs\[1\]: a blur baseline needs inputs with two spatial dims"):
         insertion(model, (img, tab), a, 0)  # insertion's blur applies to every input unless told per input
+    with pytest.raises(ValueError, match=r"nested: \(\(img, tab\), labels\)"):
+        evaluate(model, (img, tab), ["gradient"], ["deletion"], progress=False)
     with pytest.raises(ValueError, match="ROAD imputes .* input_index=k"):
         road(model, (img, tab), a, 0)
     with pytest.raises(ValueError, match=r"ROAD imputes pixels of images: inputs\[1\] must be"):
@@ -622,3 +624,39 @@ def test_a_train_mode_model_is_refused_unchanged_with_several_inputs():
         with pytest.raises(ValueError, match="train mode"):
             call()
     assert model.training and all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))
+
+
+def test_a_function_is_a_model_and_one_running_in_train_mode_is_refused_unchanged():
+    model, (img, tab) = _model(), _inputs()
+    a = tribute.explain(model, (img, tab), "gradient", target=0)
+
+    def function(image, table):
+        return model(image, table)
+    _curves(deletion(function, (img, tab), a, 0, steps=3), deletion(model, (img, tab), a, 0, steps=3))
+    _exactly(max_sensitivity(function, (img, tab), "gradient", 0, samples=2),
+             max_sensitivity(model, (img, tab), "gradient", 0, samples=2))
+    table = evaluate(function, ((img, tab), None), ["gradient"], ["deletion"], target=0, progress=False)
+    _exactly(table["gradient", "deletion"], deletion(model, (img, tab), a, 0).score.double())
+    # a function hides its modules from the check: the guard stops the train-mode op before it runs
+    norm = nn.BatchNorm1d(4).to(DT).train()
+
+    def normalised(image, table):
+        return model(image, norm(table))
+    before = norm.running_mean.clone()
+    for call in (lambda: deletion(normalised, (img, tab), a, 0),
+                 lambda: evaluate(normalised, ((img, tab), None), ["gradient"], ["deletion"], progress=False)):
+        with pytest.raises(ValueError, match="train"):
+            call()
+    assert torch.equal(norm.running_mean, before) and int(norm.num_batches_tracked) == 0
+
+
+def test_evaluate_passes_the_map_of_one_input_to_metrics_that_name_it():
+    model, (img, tab) = _model(), _inputs()
+    cam = ("gc", "gradcam", {"layer": "conv", "input_index": 0})
+    table = evaluate(model, ((img, tab), None), [cam], [("del", "deletion", {"input_index": 0, "steps": 4})],
+                     target=1, progress=False)
+    a = tribute.explain(model, (img, tab), "gradcam", target=1, layer="conv", input_index=0)
+    assert a.shape == (4, 1, 6, 6)
+    _exactly(table["gc", "del"], deletion(model, (img, tab), a, 1, input_index=0, steps=4).score)
+    with pytest.raises(ValueError, match="got Tensor.*input_index=k"):
+        evaluate(model, ((img, tab), None), [cam], ["deletion"], target=1, progress=False)

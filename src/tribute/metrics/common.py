@@ -107,7 +107,7 @@ class ModelInputs:
             got = f"{len(attributions)} tensors" if isinstance(attributions, (tuple, list)) else \
                 type(attributions).__name__
             raise ValueError(f"attributions of a model with {self.layout.count} inputs must be a tuple with one tensor "
-                             f"per input, got {got}")
+                             f"per input, got {got} (a metric takes the attributions of one input with input_index=k)")
         parts = []
         for k, (t, a) in enumerate(zip(self.inputs, attributions, strict=True)):
             part = _checked_part(k, t.shape, a, "attributions")

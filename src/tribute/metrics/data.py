@@ -26,7 +26,9 @@ def batches_of(data, batch_size) -> tuple[Iterable[tuple[Any, torch.Tensor | Non
         if n == 0:
             raise ValueError("data hold no samples: nothing to evaluate")
         if y is not None and (y.dim() != 1 or y.shape[0] != n):
-            raise ValueError(f"data: labels must be 1-D with one entry per sample ({n}), got shape {tuple(y.shape)}")
+            raise ValueError(f"data: labels must be 1-D with one entry per sample ({n}), got shape {tuple(y.shape)} "
+                             "(two tensors are (inputs, labels); the inputs of a model taking several are nested: "
+                             "((img, tab), labels) or ((img, tab), None))")
         size = batch_size or DEFAULT_BATCH
         starts = range(0, n, size)
         return ((_rows(x, i, i + size), None if y is None else y[i:i + size]) for i in starts), len(starts)

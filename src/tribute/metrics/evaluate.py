@@ -262,8 +262,9 @@ def evaluate(
 
     Parameters
     ----------
-    model : nn.Module
-        In eval mode; never modified.
+    model : nn.Module or callable
+        In eval mode; never modified.  A plain function is run under the train-mode guard (an op that would
+        run in train mode inside it is refused before it changes anything).
     data : Tensor, (inputs, labels) or iterable of batches
         Inputs (N, ...) alone, an (inputs, labels) pair, or a re-iterable of batches (each inputs or an
         (inputs, labels, ...) tuple, e.g. a ``DataLoader``).  Inputs are a tensor or, for a model taking
@@ -294,8 +295,6 @@ def evaluate(
     -------
     EvaluationTable
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     check_model(model)  # before any forward pass: a refused model is left as it was
     seed = opt.integer(0)("seed", seed)
     opt.boolean("progress", progress)
@@ -357,8 +356,9 @@ class _Run:
                 a = call_method(self.explainers[m.label], x, t, options)
             self.seconds[m.label] += time.perf_counter() - start
             self.passes[m.label].add(counted.forward_rows, counted.backward_rows)
-            try:
-                view.pack_attributions(a)
+            try:  # one tensor for several inputs explains one of them (a CAM): the metrics take it with input_index
+                if view.layout.single or isinstance(a, (tuple, list)):
+                    view.pack_attributions(a)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"method {m.label!r}: {e}") from None
             for label, spec in self.specs.items():
