@@ -361,6 +361,8 @@ def test_input_invariance_refuses_a_layer_shared_by_two_inputs():
     a, b = torch.rand(2, 1, 6, 6, dtype=DT), torch.rand(2, 1, 6, 6, dtype=DT)
     with pytest.raises(ValueError, match="called 2 times"):
         input_invariance(model, (a, b), "gradient", (0.5, 0), 0)
+    with pytest.raises(TypeError, match="must be an nn.Module"):
+        input_invariance(lambda x, y: model(x, y), (a, b), "gradient", (0.5, 0), 0)
 
 
 # -- token sequences ---------------------------------------------------------------------------------------------------

@@ -340,6 +340,7 @@ def absorb_shift(model: nn.Module, shift, example: torch.Tensor, *, layer: str |
     example : a batch of inputs (one row is used to find the first layer and check what it receives).
     layer : the name of the layer to use (default: the first nn.Linear / nn.Conv called on the input).
     """
+    _check_module(model)
     check_model(model)
     check_inputs(model, example)
     m_full = _check_shift(shift, example)
@@ -374,6 +375,12 @@ def _absorb(shifted: nn.Module, m_full: torch.Tensor, example: torch.Tensor, lay
             layer_mod.bias = nn.Parameter(-delta.to(weight.dtype), requires_grad=weight.requires_grad)
         else:
             layer_mod.bias.sub_(delta.to(layer_mod.bias.dtype))
+
+
+def _check_module(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"input invariance absorbs the shift in a layer's bias, so the model must be an nn.Module; "
+                        f"got {type(model).__name__}")
 
 
 def _check_shift(shift, example: torch.Tensor) -> torch.Tensor:
@@ -466,6 +473,7 @@ def input_invariance(model: nn.Module, inputs, method, shift, target=None, *,
     -------
     (N,) float64 tensor: 0 for an input-invariant method.
     """
+    _check_module(model)
     view = model_inputs(model, inputs, forward_args=forward_args, forward_kwargs=forward_kwargs, output=output,
                         integers=True)
     refuse_token_ids(select_part(view, None), "input invariance")
