@@ -16,13 +16,20 @@
 
 The score S_c is the target's logit by default (``score="logit"``; the output the attribution explains, so
 completeness can hold exactly) or its softmax probability.
+
+Several inputs (``inputs`` a tuple): completeness and sensitivity-n take the features of all inputs together
+(``input_index=None``: attributions a tuple, one tensor per input; Σ over all of them; ``baseline=`` one entry
+per input or one for all) or of input k alone (``input_index=k``: the others keep their values, as forward
+arguments would).  Input invariance shifts each input by its entry of ``shift`` (0: not shifted), and
+implementation invariance compares the attributions of all inputs together.  ``forward_args=``,
+``forward_kwargs=`` and ``output=`` mean what they mean for the methods, and the methods called here get them.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -33,29 +40,39 @@ from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import check_inputs, check_model, default_batch_size
 from ..core.randomness import SampleStreams
-from .common import check_attributions, derived_seed, resolve_target
+from .common import ModelInputs, call_method, derived_seed, model_inputs, resolve_target_in
 from .methods import resolve_method
 from .perturbation import TargetScore, evaluate_rows, unit_ids
+from .perturbed import Part, refuse_token_ids, select_part
 from .registry import ATTRIBUTIONS, register_metric
 
 DISTANCES = ("relative_l2", "l2", "max_abs")
 
 
-def _setup(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, baseline, baseline_options,
-           seed, batch_size) -> tuple[torch.Tensor, torch.Tensor, int]:
-    check_model(model)
-    check_inputs(model, inputs)
-    a = check_attributions(inputs, attributions)
+def _setup(model: nn.Module, inputs, attributions, baseline, baseline_options, seed, batch_size, input_index,
+           forward_args, forward_kwargs, output, metric: str) -> tuple[Part, torch.Tensor, torch.Tensor, int]:
+    """The features moved (all inputs, or input ``input_index``), their attributions, their baseline (one entry
+    per input or one for all, each resolved against its input) and the batch size."""
+    view = model_inputs(model, inputs, forward_args=forward_args, forward_kwargs=forward_kwargs, output=output,
+                        integers=True)
+    part = select_part(view, input_index)
+    refuse_token_ids(part, metric)
+    a = part.attributions(attributions)
     opt.optional(opt.integer(0))("seed", seed)
     opt.optional(opt.integer(1))("batch_size", batch_size)
-    base = make_baseline(check_baseline("baseline", baseline), inputs.detach(), baseline_options, seed)
-    return a, base.detach(), batch_size or default_batch_size(inputs)
+
+    def resolve(v, t, k):
+        return make_baseline(check_baseline("baseline", v), t, part.entry("baseline_options", baseline_options, k),
+                             seed)
+    base = part.option("baseline", baseline, resolve)
+    return part, a, base.detach(), batch_size or default_batch_size(view.x)
 
 
 @register_metric("completeness_gap", takes=ATTRIBUTIONS, better="lower", absolute=True)
-def completeness_gap(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *,
+def completeness_gap(model: nn.Module, inputs, attributions, target=None, *,
                      baseline=0, baseline_options: dict | None = None, score: str = "logit",
-                     seed: int | None = None, batch_size: int | None = None) -> torch.Tensor:
+                     seed: int | None = None, batch_size: int | None = None, input_index: int | None = None,
+                     forward_args=None, forward_kwargs=None, output=None) -> torch.Tensor:
     """Σ_i R_i − (S_c(x) − S_c(x̄)) per sample (Ancona et al. 2019, Eq 8 at n = N).
 
     Parameters
@@ -66,19 +83,26 @@ def completeness_gap(model: nn.Module, inputs: torch.Tensor, attributions: torch
     baseline : x̄ (default 0): a number, a tensor, a callable or a name of :mod:`tribute.core.baselines`
         (``baseline_options``, ``seed`` for the random ones).  Use the baseline the attribution was made with.
     score : ``"logit"`` (default: the raw output, what attribution methods explain) or ``"probability"``.
+    input_index : for a model taking several inputs (a tuple), None (default): Σ over every input's
+        attributions (a tuple, one per input) against all inputs at their baselines (``baseline`` one entry per
+        input or one for all); k: input k's attributions against input k alone at its baseline, the others kept.
+    forward_args, forward_kwargs, output : as for the methods (each row gets its sample's forward arguments).
 
     Returns
     -------
     (N,) tensor in the inputs' dtype: 0 for a complete attribution.
     """
-    a, base, batch_size = _setup(model, inputs, attributions, baseline, baseline_options, seed, batch_size)
-    x = inputs.detach()
-    scorer = TargetScore(model, x, target, score, batch_size)
+    part, a, base, batch_size = _setup(model, inputs, attributions, baseline, baseline_options, seed, batch_size,
+                                       input_index, forward_args, forward_kwargs, output, "completeness_gap")
+    x = part.x
+    scorer = TargetScore(part.view, target, score, batch_size)
     pair = torch.stack([x, base], 1)  # row (i, 0) is x_i, row (i, 1) its baseline
 
-    (s,) = evaluate_rows(x.shape[0], 2, lambda i, k: scorer(pair[i.to(x.device), k.to(x.device)], i)[:1],
-                         batch_size=batch_size)
-    return (a.flatten(1).sum(1) - (s[:, 0] - s[:, 1])).to(inputs.dtype)
+    def rows(i, k):
+        return scorer(part.rows(pair[i.to(x.device), k.to(x.device)], i), i)[:1]
+
+    (s,) = evaluate_rows(x.shape[0], 2, rows, batch_size=batch_size)
+    return (a.flatten(1).sum(1) - (s[:, 0] - s[:, 1])).to(x.dtype)
 
 
 @dataclass(eq=False)
@@ -145,10 +169,11 @@ def _check_ns(ns, features: int) -> list[int]:
 
 
 @register_metric("sensitivity_n", takes=ATTRIBUTIONS, better="higher")
-def sensitivity_n(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *, ns=None,
+def sensitivity_n(model: nn.Module, inputs, attributions, target=None, *, ns=None,
                   samples: int = 100, baseline=0, baseline_options: dict | None = None, score: str = "logit",
                   seed: int | None = None, batch_size: int | None = None,
-                  progress: bool | str = False) -> SensitivityN:
+                  progress: bool | str = False, input_index: int | None = None, forward_args=None,
+                  forward_kwargs=None, output=None) -> SensitivityN:
     """Sensitivity-n (Ancona et al. 2019, Eq 8): per sample and subset size n, the Pearson correlation
     between Σ_{i∈S} R_i and S_c(x) − S_c(x \\ x_S) over ``samples`` random subsets S of n features.
 
@@ -166,21 +191,28 @@ def sensitivity_n(model: nn.Module, inputs: torch.Tensor, attributions: torch.Te
     samples : subsets per size (default 100, as Ancona et al.); at least 2.
     baseline : the value removed features take (default 0; see :func:`completeness_gap`).
     score : ``"logit"`` (default) or ``"probability"``.
+    input_index : for a model taking several inputs (a tuple), None (default): the features are the elements
+        of all the inputs together (attributions: a tuple, each of its input's shape), subsets drawn among all of
+        them; k: the features of input k alone (its attributions a tensor or a map, or the tuple with entry k
+        used), the other inputs kept.
+    forward_args, forward_kwargs, output : as for the methods (each row gets its sample's forward arguments).
 
     Returns
     -------
     SensitivityN
     """
-    a, base, batch_size = _setup(model, inputs, attributions, baseline, baseline_options, seed, batch_size)
+    part, a, base, batch_size = _setup(model, inputs, attributions, baseline, baseline_options, seed, batch_size,
+                                       input_index, forward_args, forward_kwargs, output, "sensitivity_n")
     opt.integer(2)("samples", samples)
-    x = inputs.detach()
+    x = part.x
     ids, features = unit_ids(tuple(a.shape[1:]))
     sizes = _check_ns(ns, features)
     ns_t = torch.tensor(sizes)
     per_unit = torch.zeros(x.shape[0], features, dtype=torch.float64, device=x.device)
     per_unit.index_add_(1, ids.reshape(-1).to(x.device), a.reshape(x.shape[0], -1).to(torch.float64))
-    scorer = TargetScore(model, x, target, score, batch_size)
-    (clean,) = evaluate_rows(x.shape[0], 1, lambda i, k: scorer(x[i.to(x.device)], i)[:1], batch_size=batch_size)
+    scorer = TargetScore(part.view, target, score, batch_size)
+    (clean,) = evaluate_rows(x.shape[0], 1, lambda i, k: scorer(part.view.x[i.to(x.device)], i)[:1],
+                             batch_size=batch_size)
     streams = SampleStreams(x, derived_seed(seed, "sensitivity_n subsets"))  # not the random baseline's stream
     k_rows = len(sizes) * samples
 
@@ -191,7 +223,7 @@ def sensitivity_n(model: nn.Module, inputs: torch.Tensor, attributions: torch.Te
         kth = keys.sort(dim=1).values.gather(1, (n - 1).view(-1, 1))
         chosen = keys <= kth  # the n smallest keys: a uniformly random n-subset
         mask = chosen[:, ids.reshape(-1).to(x.device)].view(-1, *ids.shape)
-        s, _ = scorer(torch.where(mask, base[i], x[i]), sample)
+        s, _ = scorer(part.rows(torch.where(mask, base[i], x[i]), sample), sample)
         return (per_unit[i] * chosen).sum(1), clean[i, 0].to(torch.float64) - s.to(torch.float64)
 
     sums, drops = evaluate_rows(x.shape[0], k_rows, rows, batch_size=batch_size, progress=progress,
@@ -239,8 +271,14 @@ def _check_equal_function(out_a: torch.Tensor, out_b: torch.Tensor, tolerance: f
 _LINEAR = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-def _first_layer(model: nn.Module, example: torch.Tensor, layer: str | None) -> tuple[str, nn.Module, torch.Tensor]:
-    """The linear layer that first receives the input (or the named one), and the tensor it received."""
+def _first_layer(model: nn.Module, example: torch.Tensor, layer: str | None, run: Callable | None = None,
+                 which: int | None = None) -> tuple[str, nn.Module, torch.Tensor]:
+    """The linear layer that first receives the input (or the named one), and the tensor it received.
+
+    ``run(model)`` runs the model on one sample (default ``model(example)``).  With ``which`` = k (a model
+    taking several inputs) the layer is the first that receives input k, ``example``, as it is, and it must
+    be called once (a layer shared with another input cannot absorb this input's shift alone).
+    """
     candidates = {n: m for n, m in model.named_modules() if isinstance(m, _LINEAR)}
     if layer is not None:
         if layer not in dict(model.named_modules()):
@@ -253,19 +291,38 @@ def _first_layer(model: nn.Module, example: torch.Tensor, layer: str | None) -> 
                for n, m in candidates.items()]
     try:
         with torch.no_grad():
-            model(example)
+            (run or (lambda m: m(example)))(model)
     finally:
         for h in handles:
             h.remove()
     if not seen:
         raise ValueError("no nn.Linear or nn.Conv layer was called on the input: there is no bias to absorb the shift")
+    if which is not None:
+        return _layer_receiving(seen, example, which)
     name, module, received = seen[0]
-    if received.numel() != example.numel() or not torch.equal(received.reshape(-1), example.reshape(-1)):
+    if not _same_values(received, example):
         raise ValueError(
             f"the first linear layer ({name!r}) does not receive the raw input (something changes it before), "
             "so a shift of the input cannot be absorbed in its bias; pass layer= for the right one"
         )
     return name, module, received
+
+
+def _same_values(received: torch.Tensor, example: torch.Tensor) -> bool:
+    return received.numel() == example.numel() and torch.equal(received.reshape(-1), example.reshape(-1))
+
+
+def _layer_receiving(seen: list, example: torch.Tensor, k: int) -> tuple[str, nn.Module, torch.Tensor]:
+    """Of the linear layers called (in order), the first that receives input k as it is; called once."""
+    found = next((entry for entry in seen if _same_values(entry[2], example)), None)
+    if found is None:
+        raise ValueError(f"no nn.Linear or nn.Conv layer receives inputs[{k}] as it is (something changes it "
+                         "before), so its shift cannot be absorbed in a bias; pass layer= (one name per input)")
+    calls = sum(1 for entry in seen if entry[1] is found[1])
+    if calls > 1:
+        raise ValueError(f"layer {found[0]!r}, which receives inputs[{k}], is called {calls} times per sample (shared "
+                         f"with other inputs), so its bias cannot absorb the shift of inputs[{k}] alone")
+    return found
 
 
 def absorb_shift(model: nn.Module, shift, example: torch.Tensor, *, layer: str | None = None) -> nn.Module:
@@ -283,11 +340,20 @@ def absorb_shift(model: nn.Module, shift, example: torch.Tensor, *, layer: str |
     example : a batch of inputs (one row is used to find the first layer and check what it receives).
     layer : the name of the layer to use (default: the first nn.Linear / nn.Conv called on the input).
     """
+    _check_module(model)
     check_model(model)
     check_inputs(model, example)
     m_full = _check_shift(shift, example)
     shifted = copy.deepcopy(model)
-    name, layer_mod, received = _first_layer(shifted, example[:1], layer)
+    _absorb(shifted, m_full, example[:1], layer)
+    return shifted
+
+
+def _absorb(shifted: nn.Module, m_full: torch.Tensor, example: torch.Tensor, layer: str | None,
+            run: Callable | None = None, which: int | None = None) -> None:
+    """Absorb the shift ``m_full`` of one input (``example`` its first sample) in the bias of the first linear
+    layer of ``shifted`` that receives it (see :func:`absorb_shift` and :func:`_first_layer`)."""
+    name, layer_mod, received = _first_layer(shifted, example, layer, run, which)
     m_in = m_full.reshape(received.shape[1:]).to(layer_mod.weight.dtype)
     weight = layer_mod.weight.detach()
     if isinstance(layer_mod, nn.Linear):
@@ -309,7 +375,12 @@ def absorb_shift(model: nn.Module, shift, example: torch.Tensor, *, layer: str |
             layer_mod.bias = nn.Parameter(-delta.to(weight.dtype), requires_grad=weight.requires_grad)
         else:
             layer_mod.bias.sub_(delta.to(layer_mod.bias.dtype))
-    return shifted
+
+
+def _check_module(model) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"input invariance absorbs the shift in a layer's bias, so the model must be an nn.Module; "
+                        f"got {type(model).__name__}")
 
 
 def _check_shift(shift, example: torch.Tensor) -> torch.Tensor:
@@ -345,14 +416,38 @@ def _pad_with_shift(conv: nn.Module, per_channel: torch.Tensor) -> None:
     conv.register_forward_pre_hook(pad_with_shift)
 
 
-def _outputs(model: nn.Module, x: torch.Tensor, batch_size: int) -> torch.Tensor:
-    with torch.no_grad():
-        return torch.cat([model(c) for c in x.split(batch_size)])
+def _shifted(model: nn.Module, view: ModelInputs, shift, layer) -> tuple[nn.Module, torch.Tensor]:
+    """A copy of ``model`` that absorbs ``shift`` of the inputs of ``view`` (:func:`absorb_shift`), and the
+    shifted inputs, packed.  With several inputs, ``shift`` and ``layer`` take one entry per input (or one for
+    all); an input whose shift is 0 stays as it is, each other input's first linear layer absorbs its own."""
+    layout = view.layout
+    shifted = copy.deepcopy(model)
+    forward = copy.copy(view.forward)
+    forward.model = shifted
+
+    def run(_):
+        forward(view.x[:1], torch.zeros(1, dtype=torch.long))
+    moved = []
+    for k, (s_k, layer_k, x_k) in enumerate(zip(layout.entries("shift", shift), layout.entries("layer", layer),
+                                                view.inputs, strict=True)):
+        m = _check_shift(s_k, x_k)
+        moved.append(x_k.detach() + m)
+        if layout.single or bool((m != 0).any()):
+            _absorb(shifted, m, x_k[:1].detach(), layer_k, run, None if layout.single else k)
+    return shifted, layout.pack(moved)
 
 
-def input_invariance(model: nn.Module, inputs: torch.Tensor, method, shift, target=None, *,
+def _flat(result) -> torch.Tensor:
+    """A method's result as one tensor per sample: several inputs' attributions laid end to end."""
+    if isinstance(result, (tuple, list)):
+        return torch.cat([t.flatten(1) for t in result], 1)
+    return result
+
+
+def input_invariance(model: nn.Module, inputs, method, shift, target=None, *,
                      layer: str | None = None, distance: str = "relative_l2", seed: int | None = 0,
-                     batch_size: int | None = None, **options) -> torch.Tensor:
+                     batch_size: int | None = None, forward_args=None, forward_kwargs=None, output=None,
+                     **options) -> torch.Tensor:
     """Input invariance (Kindermans et al. 2017): distance between the attribution of x on ``model`` and that
     of x + shift on a copy whose first layer absorbs the shift (:func:`absorb_shift`).
 
@@ -364,58 +459,72 @@ def input_invariance(model: nn.Module, inputs: torch.Tensor, method, shift, targ
         same noise draws and the same σ, as in Kindermans et al.'s mean-shift setting (a plain callable cannot
         be given a key: its draws are its own business).
     seed : seeds a method that draws noise, unless its options set one (deterministic methods draw nothing).
-    shift : a number or a tensor broadcastable to one input (e.g. per channel, shape (C, 1, 1)).
+    shift : a number or a tensor broadcastable to one input (e.g. per channel, shape (C, 1, 1)).  For a model
+        taking several inputs (``inputs`` a tuple), one entry per input (or one for all): an input shifted by 0
+        stays as it is, every other input's shift is absorbed by the first linear layer that receives it.
     target : fixed once on ``model`` at x (None: its prediction) and used for both.
-    layer : the layer that absorbs the shift (default: the first nn.Linear / nn.Conv on the input).
-    distance : ``"relative_l2"`` (default), ``"l2"`` or ``"max_abs"`` (see :func:`attribution_distance`).
+    layer : the layer that absorbs the shift (default: the first nn.Linear / nn.Conv on the input); one name per
+        input (a tuple) for several inputs.
+    distance : ``"relative_l2"`` (default), ``"l2"`` or ``"max_abs"`` (see :func:`attribution_distance`); with
+        several inputs, over all their attributions together.
+    forward_args, forward_kwargs, output : as for the methods; the method gets them too.
 
     Returns
     -------
     (N,) float64 tensor: 0 for an input-invariant method.
     """
-    check_model(model)
-    check_inputs(model, inputs)
+    _check_module(model)
+    view = model_inputs(model, inputs, forward_args=forward_args, forward_kwargs=forward_kwargs, output=output,
+                        integers=True)
+    refuse_token_ids(select_part(view, None), "input invariance")
     how = opt.choice(DISTANCES)("distance", distance)
     seed = opt.optional(opt.integer(0))("seed", seed)
     resolved = resolve_method(method, options)
-    x = inputs.detach()
-    bs = opt.optional(opt.integer(1))("batch_size", batch_size) or default_batch_size(x)
-    shifted = absorb_shift(model, shift, x, layer=layer)
-    x_shifted = x + _check_shift(shift, x)
-    _check_equal_function(_outputs(model, x, bs), _outputs(shifted, x_shifted, bs), None, "input invariance")
-    t = resolve_target(model, x, target, batch_size=bs, keep_callable=True)
-    at_x = resolved.bind(model, seed=seed)(x, t, noise_key=x)
-    at_shifted = resolved.bind(shifted, seed=seed)(x_shifted, t, noise_key=x)  # the same noise as at x
-    return attribution_distance(at_x, at_shifted, how)
+    bs = opt.optional(opt.integer(1))("batch_size", batch_size) or default_batch_size(view.x)
+    shifted, x_shifted = _shifted(model, view, shift, layer)
+    on_shifted = copy.copy(view.forward)
+    on_shifted.model = shifted
+    _check_equal_function(view.forward.outputs(view.x, bs), on_shifted.outputs(x_shifted, bs), None,
+                          "input invariance")
+    t = resolve_target_in(view, target, batch_size=bs, keep_callable=True)
+    options = view.method_options
+    at_x = call_method(resolved.bind(model, seed=seed), view.user_inputs, t, options, noise_key=view.x)
+    at_shifted = call_method(resolved.bind(shifted, seed=seed), view.user_rows(x_shifted), t, options,
+                             noise_key=view.x)  # the same noise as at x
+    return attribution_distance(_flat(at_x), _flat(at_shifted), how)
 
 
-def implementation_invariance(model_a: nn.Module, model_b: nn.Module, inputs: torch.Tensor, method, target=None,
+def implementation_invariance(model_a: nn.Module, model_b: nn.Module, inputs, method, target=None,
                               *, distance: str = "relative_l2", tolerance: float | None = None, seed: int | None = 0,
-                              batch_size: int | None = None, **options) -> torch.Tensor:
+                              batch_size: int | None = None, forward_args=None, forward_kwargs=None, output=None,
+                              **options) -> torch.Tensor:
     """Implementation invariance (Sundararajan et al. 2017): distance between the attributions of two
     functionally equal models.
 
     The models must agree on ``inputs`` to ``tolerance`` × (1 + max |f|) (default √eps of the dtype), or
     the comparison is refused.  ``target`` is fixed on ``model_a`` (None: its prediction).  ``method``,
     ``distance``, ``seed`` and ``options`` as in :func:`input_invariance` (a method that draws noise draws the
-    same noise for both models).
+    same noise for both models).  ``inputs`` may be a tuple (a model taking several; the distance runs over all
+    their attributions together) or token ids (for a layer method); ``forward_args``, ``forward_kwargs`` and
+    ``output`` go to both models and to the method.
 
     Returns
     -------
     (N,) float64 tensor: 0 for an implementation-invariant method.
     """
-    for mdl in (model_a, model_b):
-        check_model(mdl)
-        check_inputs(mdl, inputs)
+    views = [model_inputs(m, inputs, forward_args=forward_args, forward_kwargs=forward_kwargs, output=output,
+                          integers=True) for m in (model_a, model_b)]
     how = opt.choice(DISTANCES)("distance", distance)
     opt.optional(opt.real(0))("tolerance", tolerance)
     seed = opt.optional(opt.integer(0))("seed", seed)
     resolved = resolve_method(method, options)
-    x = inputs.detach()
+    x = views[0].x
     bs = opt.optional(opt.integer(1))("batch_size", batch_size) or default_batch_size(x)
-    _check_equal_function(_outputs(model_a, x, bs), _outputs(model_b, x, bs), tolerance, "implementation invariance")
-    t = resolve_target(model_a, x, target, batch_size=bs, keep_callable=True)
-    explained = [resolved.bind(m, seed=seed)(x, t, noise_key=x) for m in (model_a, model_b)]
+    _check_equal_function(*(v.forward.outputs(x, bs) for v in views), tolerance, "implementation invariance")
+    t = resolve_target_in(views[0], target, batch_size=bs, keep_callable=True)
+    key = x if x.is_floating_point() else None
+    explained = [_flat(call_method(resolved.bind(m, seed=seed), v.user_inputs, t, v.method_options, noise_key=key))
+                 for m, v in zip((model_a, model_b), views, strict=True)]
     return attribution_distance(*explained, how)
 
 

@@ -26,6 +26,7 @@ from ..core.forward_args import ForwardArgs
 from ..core.inputs import Layout
 from ..core.reduce import reduce as reduce_channels
 from ..core.targets import Target, check_target
+from .methods import NOISE_KEY, BoundExplainer
 
 #: why a metric that compares one class's scores refuses a callable target
 CLASSES_NEEDED = "this metric needs class indices (an int, a tensor of ints or None)"
@@ -106,9 +107,70 @@ class ModelInputs:
             got = f"{len(attributions)} tensors" if isinstance(attributions, (tuple, list)) else \
                 type(attributions).__name__
             raise ValueError(f"attributions of a model with {self.layout.count} inputs must be a tuple with one tensor "
-                             f"per input, got {got}")
-        parts = [check_attributions(t, a) for t, a in zip(self.inputs, attributions, strict=True)]
+                             f"per input, got {got} (a metric takes the attributions of one input with input_index=k)")
+        parts = []
+        for k, (t, a) in enumerate(zip(self.inputs, attributions, strict=True)):
+            part = _checked_part(k, t.shape, a, "attributions")
+            parts.append(part.to(self.x.dtype))
+        return self.layout.pack(parts)
+
+    def pack_explanation(self, out, rows: int) -> torch.Tensor:
+        """A method's result for ``rows`` packed rows (a tensor for one input, one tensor per input for several),
+        checked (finite, one row each; with several inputs each of its input's shape) and packed like ``x``."""
+        if self.layout.single:
+            if not isinstance(out, torch.Tensor):
+                raise TypeError(f"the method must return a tensor of attributions, got {type(out).__name__}")
+            if out.dim() == 0 or out.shape[0] != rows:
+                raise ValueError(f"the method returned attributions of shape {tuple(out.shape)}; "
+                                 f"expected ({rows}, ...)")
+            if not bool(torch.isfinite(out).all()):
+                raise ValueError("the method returned NaN or inf attributions")
+            return out.detach()
+        if not isinstance(out, (tuple, list)) or len(out) != self.layout.count:
+            got = f"{len(out)} tensors" if isinstance(out, (tuple, list)) else type(out).__name__
+            raise ValueError(f"the method must return one attribution per input ({self.layout.count}) for a model "
+                             f"with several inputs, got {got}")
+        parts = [_checked_part(k, (rows, *s), a, "the method's attributions")
+                 for k, (a, s) in enumerate(zip(out, self.layout.shapes, strict=True))]
         return self.layout.pack([p.to(self.x.dtype) for p in parts])
+
+
+def _checked_part(k: int, shape, a, what: str) -> torch.Tensor:
+    """One input's attributions among several: exactly that input's shape (no map: maps of several inputs
+    cannot be laid end to end; a metric takes one input's map with ``input_index=k``), finite."""
+    if not isinstance(a, torch.Tensor):
+        raise TypeError(f"{what}[{k}] must be a tensor, got {type(a).__name__}")
+    if tuple(a.shape) != tuple(shape):
+        raise ValueError(f"{what}[{k}] has shape {tuple(a.shape)}; with several inputs each attribution has its "
+                         f"input's shape {tuple(shape)} (a map of one input is taken with input_index=k)")
+    if not bool(torch.isfinite(a).all()):
+        raise ValueError(f"{what}[{k}] contain NaN or inf")
+    return a.detach()
+
+
+def call_method(explainer: BoundExplainer, inputs, target, options: dict[str, Any], *,
+                noise_key: torch.Tensor | None = None):
+    """``explainer`` (a bound method) on ``inputs`` in the user's structure with the call's ``options`` (forward
+    arguments, ``output=``): a tribute method takes them per call; a plain callable ``(model, inputs, target)``
+    cannot be given them, so it is refused rather than run on another model than the metric's."""
+    if not options:
+        return explainer(inputs, target, noise_key=noise_key)
+    if explainer.instance is None:
+        raise TypeError(
+            f"the method is a plain callable (model, inputs, target), which cannot be given this call's "
+            f"{', '.join(sorted(f'{k}=' for k in options))}: bind them in the callable (e.g. lambda m, x, t: "
+            "f(m, x, t, ...)) and leave them out here, or pass a tribute method (a name, class or instance)"
+        )
+    extra = {NOISE_KEY: noise_key} if noise_key is not None and explainer.keyed else {}
+    return explainer.explain(inputs, target, **options, **extra)
+
+
+def explain_rows(view: ModelInputs, explainer: BoundExplainer, rows: torch.Tensor, target, sample: torch.Tensor, *,
+                 noise_key: torch.Tensor | None = None) -> torch.Tensor:
+    """The method's attribution of packed ``rows`` (row r a copy, perturbed or not, of sample ``sample[r]``),
+    given to the method in the user's structure with those samples' forward arguments, and packed back."""
+    out = call_method(explainer, view.user_rows(rows), target, view.method_options_for(sample), noise_key=noise_key)
+    return view.pack_explanation(out, rows.shape[0])
 
 
 def model_inputs(model: nn.Module, inputs, *, forward_args=None, forward_kwargs=None, output=None,

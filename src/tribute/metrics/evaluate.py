@@ -27,6 +27,16 @@ e.g. ``("aopc_morf@10", "aopc_morf", {"steps": 10})``.  A callable metric ``fn(m
 **options)`` gets the attributions as ``x``, or the method when its third parameter is named ``method``; it
 returns (N,) scores or an object whose ``score`` is (N,).
 
+Any input a model takes.  ``data`` may hold several inputs per sample: tensor data ``((img, tab), labels)`` or
+``((img, tab), None)``, and batches ``((img, tab), labels)`` from an iterable (a batch's first element is its
+inputs, a tensor or a tuple of tensors).  Attributions are then tuples, one tensor per input, and the metrics
+take them as such (perturbation metrics rank all inputs jointly, element by element; pass metric options such
+as ``{"input_index": 0}`` for one input).  Token ids (N, T) go to layer methods and to the token forms of
+deletion and insertion (``replacement_token=`` among the metric's options).  ``forward_args=`` and
+``forward_kwargs=`` (an attention mask) hold tensors with one row per sample of the *whole* data, in order
+(as a target tensor), cut per batch (``tribute.constant(t)`` is passed whole), and go with ``output=`` to every
+method and metric: a plain callable method or metric that does not take them is then an error.
+
 Seeding and determinism.  ``seed`` is passed, each under its own derived seed, to every method and metric
 that takes one (a method's own ``seed`` option, when set, wins).  tribute seeds every sample's random stream
 from the seed and the sample's bytes, so a sample's scores do not depend on its batch-mates or on
@@ -40,7 +50,7 @@ import inspect
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,12 +60,13 @@ from torch import nn
 from ..core import options as opt
 from ..core.engine import PassCount, check_model, count_passes
 from ..core.targets import check_target
-from .common import check_attributions, derived_seed, resolve_target
+from .common import ModelInputs, call_method, derived_seed, model_inputs, resolve_target_in
+from .data import DEFAULT_BATCH as DEFAULT_BATCH  # the default batch size, published here first
+from .data import DataArguments, batches_of, count_samples
 from .methods import ResolvedMethod, named_methods
 from .registry import ATTRIBUTIONS, METHOD, MetricSpec, get_metric
 from .registry import metric_names as metric_names  # where it was first published
 
-DEFAULT_BATCH = 64
 FORMAT = "tribute.evaluate/1"
 
 
@@ -243,16 +254,21 @@ def evaluate(
     batch_size: int | None = None,
     seed: int = 0,
     progress: bool = True,
+    forward_args=None,
+    forward_kwargs=None,
+    output=None,
 ) -> EvaluationTable:
     """Score every method by every metric on every sample of ``data``; see the module doc.
 
     Parameters
     ----------
-    model : nn.Module
-        In eval mode; never modified.
+    model : nn.Module or callable
+        In eval mode; never modified.  A plain function is run under the train-mode guard (an op that would
+        run in train mode inside it is refused before it changes anything).
     data : Tensor, (inputs, labels) or iterable of batches
-        Inputs (N, ...) alone, an (inputs, labels) pair of tensors, or a re-iterable of batches (each inputs
-        or an (inputs, labels, ...) tuple, e.g. a ``DataLoader``).
+        Inputs (N, ...) alone, an (inputs, labels) pair, or a re-iterable of batches (each inputs or an
+        (inputs, labels, ...) tuple, e.g. a ``DataLoader``).  Inputs are a tensor or, for a model taking
+        several, a tuple of tensors (then labels may be None: ``((img, tab), None)``).
     methods : list
         Registry names (``"random"``: :func:`tribute.metrics.methods.random_attribution`), Method classes or
         instances, callables ``(model, inputs, target) -> attributions``, ``(label, method)`` pairs or
@@ -271,22 +287,24 @@ def evaluate(
         Seeds the methods and metrics (module doc).
     progress : bool
         A tqdm progress bar over the batches.
+    forward_args, forward_kwargs, output
+        Extra arguments of the model's forward (per-sample tensors cover the whole data, cut per batch) and
+        which part of a structured output holds the scores; given to every method and metric (module doc).
 
     Returns
     -------
     EvaluationTable
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     check_model(model)  # before any forward pass: a refused model is left as it was
     seed = opt.integer(0)("seed", seed)
     opt.boolean("progress", progress)
     items = named_methods(methods)
     specs = named_metrics(metrics)
-    batches, count = _batches(data, batch_size)
+    batches, count = batches_of(data, batch_size)
     if check_target(target, label=True) == "tensor" and target.dim() != 1:
         raise ValueError(f"a target tensor needs one class per sample of the data, shape (N,); got "
                          f"{tuple(target.shape)}")
+    extra = DataArguments(forward_args, forward_kwargs, output)
     run = _Run(model, items, specs, seed)
     bar = None
     if progress:
@@ -295,9 +313,11 @@ def evaluate(
         batches = bar
     try:
         for x, y in batches:
-            if x.dim() == 0 or x.shape[0] == 0:
+            n = count_samples(x)
+            if n == 0:
                 continue
-            run.batch(x, _batch_target(model, x, y, target, run.samples))
+            view = model_inputs(model, x, **extra.batch(run.samples, n), integers=True)
+            run.batch(view, _batch_target(view, y, target, run.samples))
     finally:
         if bar is not None:
             bar.close()
@@ -305,6 +325,7 @@ def evaluate(
         raise ValueError("data hold no samples: nothing to evaluate")
     if isinstance(target, torch.Tensor) and target.shape[0] != run.samples:
         raise ValueError(f"target has {target.shape[0]} entries but the data hold {run.samples} samples")
+    extra.check_total(run.samples)
     return run.table()
 
 
@@ -320,24 +341,28 @@ class _Run:
         self.passes = {m.label: PassCount() for m in items}
         self.samples = 0
 
-    def batch(self, x: torch.Tensor, t) -> None:
+    def batch(self, view: ModelInputs, t) -> None:
         """Every method's attributions of one batch (timed, counted) and every metric of them."""
+        x, options = view.user_inputs, view.method_options
         if self.samples == 0:  # one untimed, uncounted call first: lazy set-up costs are not the method's
+            first = torch.zeros(1, dtype=torch.long)
             for m in self.items:
-                self.explainers[m.label](x[:1], t[:1] if isinstance(t, torch.Tensor) else t)
-        self.samples += x.shape[0]
+                call_method(self.explainers[m.label], view.user_rows(view.x[:1]), t[:1] if isinstance(
+                    t, torch.Tensor) else t, view.method_options_for(first))
+        self.samples += view.x.shape[0]
         for m in self.items:
             start = time.perf_counter()
             with count_passes() as counted:
-                a = self.explainers[m.label](x, t)
+                a = call_method(self.explainers[m.label], x, t, options)
             self.seconds[m.label] += time.perf_counter() - start
             self.passes[m.label].add(counted.forward_rows, counted.backward_rows)
-            try:
-                a = check_attributions(x, a)
+            try:  # one tensor for several inputs explains one of them (a CAM): the metrics take it with input_index
+                if view.layout.single or isinstance(a, (tuple, list)):
+                    view.pack_attributions(a)
             except (TypeError, ValueError) as e:
                 raise type(e)(f"method {m.label!r}: {e}") from None
             for label, spec in self.specs.items():
-                value, curve = _run_metric(label, spec, self.model, x, a, m, t, self.seed)
+                value, curve = _run_metric(label, spec, self.model, view, a, m, t, self.seed)
                 self.scores[m.label, label].append(value)
                 if curve is not None:
                     self.curves.setdefault((m.label, label), []).append(curve)
@@ -402,11 +427,20 @@ def _callable_kind(fn) -> str:
     return METHOD if len(params) >= 3 and params[2].name == "method" else ATTRIBUTIONS
 
 
-def _run_metric(label: str, spec: MetricSpec, model, x, a, method: ResolvedMethod, target, seed: int):
+def _run_metric(label: str, spec: MetricSpec, model, view: ModelInputs, a, method: ResolvedMethod, target,
+                seed: int):
     """(N,) float64 scores on the CPU and the (N, K+1) curve if the metric has one."""
     options = dict(spec.options)
     if "seed" not in options and spec.takes("seed"):
         options["seed"] = derived_seed(seed, f"metric/{label}")
+    for key, value in view.method_options.items():
+        if key in options:
+            raise ValueError(f"metric {label!r}: {key}= is given both to evaluate() and in the metric's options")
+        if not spec.takes(key):
+            raise TypeError(f"metric {label!r} does not take {key}=, which this evaluation gives every metric; "
+                            "give the metric a way to take it or leave it out")
+        options[key] = value
+    x, n = view.user_inputs, view.x.shape[0]
     if spec.kind == METHOD:
         if method.options:
             if not spec.takes("method_options"):
@@ -416,12 +450,12 @@ def _run_metric(label: str, spec: MetricSpec, model, x, a, method: ResolvedMetho
     else:
         out = spec.fn(model, x, a, target, **options)
     value = getattr(out, "score", out)
-    if not isinstance(value, torch.Tensor) or value.shape != (x.shape[0],):
+    if not isinstance(value, torch.Tensor) or value.shape != (n,):
         got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-        raise ValueError(f"metric {label!r} must give one score per sample, shape ({x.shape[0]},); got {got}")
+        raise ValueError(f"metric {label!r} must give one score per sample, shape ({n},); got {got}")
     value = value.detach().to("cpu", torch.float64)
     curve = getattr(out, "curve", None)
-    if isinstance(curve, torch.Tensor) and curve.dim() == 2 and curve.shape[0] == x.shape[0]:
+    if isinstance(curve, torch.Tensor) and curve.dim() == 2 and curve.shape[0] == n:
         curve = curve.detach().to("cpu", torch.float64)
     else:
         curve = None
@@ -429,53 +463,19 @@ def _run_metric(label: str, spec: MetricSpec, model, x, a, method: ResolvedMetho
 
 
 # -- data and targets --------------------------------------------------------------------------------------------
-def _batches(data, batch_size) -> tuple[Iterable[tuple[torch.Tensor, torch.Tensor | None]], int | None]:
-    """The data as (inputs, labels or None) batches, and their number when known."""
-    batch_size = opt.optional(opt.integer(1))("batch_size", batch_size)
-    if isinstance(data, torch.Tensor) or (isinstance(data, (tuple, list)) and len(data) == 2
-                                          and all(isinstance(t, torch.Tensor) for t in data)):
-        x, y = (data, None) if isinstance(data, torch.Tensor) else data
-        if x.dim() < 1 or x.shape[0] == 0:
-            raise ValueError(f"data hold no samples (inputs of shape {tuple(x.shape)}): nothing to evaluate")
-        if y is not None and (y.dim() != 1 or y.shape[0] != x.shape[0]):
-            raise ValueError(f"data: labels must be 1-D with one entry per sample ({x.shape[0]}), got shape "
-                             f"{tuple(y.shape)}")
-        size = batch_size or DEFAULT_BATCH
-        starts = range(0, x.shape[0], size)
-        return ((x[i:i + size], None if y is None else y[i:i + size]) for i in starts), len(starts)
-    if isinstance(data, Iterable) and not isinstance(data, (str, bytes)):
-        if batch_size is not None:
-            raise ValueError("batch_size applies to tensor data; an iterable of batches gives its own batches")
-        try:
-            count = len(data)
-        except TypeError:
-            count = None
-        return (_split(item) for item in data), count
-    raise TypeError(f"data must be inputs, an (inputs, labels) pair of tensors or an iterable of batches; got "
-                    f"{type(data).__name__}")
-
-
-def _split(item) -> tuple[torch.Tensor, torch.Tensor | None]:
-    if isinstance(item, torch.Tensor):
-        return item, None
-    if isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
-        y = item[1] if len(item) > 1 and isinstance(item[1], torch.Tensor) else None
-        return item[0], y
-    raise TypeError(f"data must yield input tensors or (inputs, labels) batches, got {type(item).__name__}")
-
-
-def _batch_target(model, x: torch.Tensor, y, target, offset: int):
+def _batch_target(view: ModelInputs, y, target, offset: int):
     """The batch's target, fixed once: class indices (or the user's callable)."""
+    n = view.x.shape[0]
     if target == "label":
         if y is None:
             raise ValueError("target='label' needs labels: pass data as (inputs, labels)")
-        return y.to(x.device)
+        return y.to(view.x.device)
     if isinstance(target, torch.Tensor):
-        part = target[offset:offset + x.shape[0]]
-        if part.shape[0] != x.shape[0]:
+        part = target[offset:offset + n]
+        if part.shape[0] != n:
             raise ValueError(f"target has {target.shape[0]} entries, fewer than the samples of the data")
-        return resolve_target(model, x, part.to(x.device))
-    return resolve_target(model, x, target, keep_callable=True)
+        return resolve_target_in(view, part.to(view.x.device))
+    return resolve_target_in(view, target, keep_callable=True)
 
 
 __all__ = ["EvaluationTable", "efficiency", "evaluate"]

@@ -61,6 +61,24 @@ Perturbations (``perturbation=``; options in ``perturbation_options=``)
 ``"blur"``, ``"uniform"``, ``"gaussian"``, a callable; see :mod:`tribute.core.baselines`).  Random draws
 come from per-sample streams seeded by ``seed``: a sample's score is the same alone, in any batch, at any
 position and chunk size.
+
+Several inputs
+--------------
+For a model taking several inputs (``inputs`` a tuple), either
+
+- ``input_index=None`` (default): **every input is perturbed**, each by its own perturbation:
+  ``perturbation=``, ``perturbation_options=`` and ``baseline=`` take one entry per input (a tuple) or one
+  value used for each input, e.g. ``perturbation=("square", "subset")`` removes a square of the image and
+  a random subset of the table's features, and ``perturbation_options=({"sigma": 0.2}, {"sigma": 1.0})``
+  sets a noise level per input.  Each input draws from its own stream; a callable gets that input's rows and
+  a tensor holds that input's perturbations.  The attributions are a tuple with one tensor per input, each of
+  its input's shape, and Iᵀφ sums over all of them; or
+- ``input_index=k``: **only input k is perturbed**, exactly as if it were the model's only input (the others
+  keep their values, as forward arguments would); its attributions are a tensor (or a map) or the tuple of
+  all, entry k used.
+
+``forward_args=`` / ``forward_kwargs=`` go to every forward pass, each perturbed row with its sample's, and
+``output=`` picks the scores from a structured output, as for the methods.
 """
 
 from __future__ import annotations
@@ -72,9 +90,10 @@ from torch import nn
 
 from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
-from ..core.engine import Forward, check_inputs, check_model, chunk_rows, default_batch_size
+from ..core.engine import chunk_rows, default_batch_size
 from ..core.randomness import SampleStreams
-from .common import check_attributions, derived_seed, resolve_target
+from .common import derived_seed, model_inputs, resolve_target_in
+from .perturbed import Part, refuse_token_ids, select_part
 from .registry import ATTRIBUTIONS, register_metric
 
 CONVENTIONS = ("gradient", "salience")
@@ -91,8 +110,8 @@ DEFAULT_SAMPLES = 100
 @register_metric("infidelity", takes=ATTRIBUTIONS, better="lower")
 def infidelity(
     model: nn.Module,
-    inputs: torch.Tensor,
-    attributions: torch.Tensor,
+    inputs,
+    attributions,
     target=None,
     *,
     perturbation="noisy_baseline",
@@ -103,6 +122,10 @@ def infidelity(
     normalize: bool = True,
     seed: int | None = 0,
     batch_size: int | None = None,
+    input_index: int | None = None,
+    forward_args=None,
+    forward_kwargs=None,
+    output=None,
 ) -> torch.Tensor:
     """Infidelity of ``attributions`` for each input, E[(Iᵀφ − (f(x) − f(x − I)))²] (Yeh et al. 2019, §2).
 
@@ -133,34 +156,41 @@ def infidelity(
         Seeds the per-sample perturbation streams (None: fresh entropy).
     batch_size : int, optional
         Perturbed inputs per forward pass (default: from the input size, as the methods).
+    input_index : int, optional
+        With several inputs, perturb input k alone (module doc, "Several inputs"); default: all of them.
+    forward_args, forward_kwargs, output
+        Extra arguments of every forward pass and which part of a structured output holds the scores, as
+        for the methods.
 
     Returns
     -------
     Tensor (N,)
         Infidelity per input, in the inputs' dtype; 0 is perfect.
     """
-    check_model(model)
-    check_inputs(model, inputs)
-    phi = check_attributions(inputs, attributions)
+    view = model_inputs(model, inputs, forward_args=forward_args, forward_kwargs=forward_kwargs, output=output,
+                        integers=True)
+    part = select_part(view, input_index)
+    refuse_token_ids(part, "infidelity")
+    phi = part.attributions(attributions)
     convention = opt.choice(CONVENTIONS)("convention", convention)
     normalize = opt.boolean("normalize", normalize)
     seed = opt.optional(opt.integer(0))("seed", seed)
-    batch_size = opt.optional(opt.integer(1))("batch_size", batch_size) or default_batch_size(inputs)
-    x = inputs.detach()
-    x0 = make_baseline(check_baseline("baseline", baseline), x, seed=seed)
-    draws = Perturbations(x, x0, perturbation, perturbation_options, samples, seed)
-    target = resolve_target(model, x, target, batch_size=batch_size)
-    forward = Forward(model)
+    batch_size = opt.optional(opt.integer(1))("batch_size", batch_size) or default_batch_size(view.x)
+    x = part.x
+    x0 = part.option("baseline", baseline,
+                     lambda v, t, k: make_baseline(check_baseline("baseline", v), t, seed=seed)).detach()
+    draws = part_perturbations(part, x0, perturbation, perturbation_options, samples, seed)
+    target = resolve_target_in(view, target, batch_size=batch_size)
     n, k = x.shape[0], draws.samples
     predicted = torch.empty(n, k, dtype=torch.float64)  # Iᵀφ
     change = torch.empty(n, k, dtype=torch.float64)  # f(x) − f(x − I)
     with torch.no_grad():
-        f_x = _scores(forward.outputs(x, batch_size), target)
+        f_x = _scores(view.forward.outputs(view.x, batch_size), target)
         for rows in chunk_rows(n * k, batch_size):
             r = torch.arange(rows.start, rows.stop)
             sample, draw = r // k, r % k
             pert, perturbed = draws(sample, draw)
-            f_pert = _scores(forward(perturbed), target[sample.to(target.device)])
+            f_pert = _scores(view.forward(part.rows(perturbed, sample), sample), target[sample.to(target.device)])
             change[sample, draw] = (f_x[sample.to(f_x.device)] - f_pert).cpu()
             predicted[sample, draw] = _predicted_change(pert, phi[sample.to(phi.device)], x[sample] - x0[sample],
                                                         convention, sample).cpu()
@@ -169,7 +199,7 @@ def infidelity(
         beta = torch.where(power > 0, (predicted * change).sum(1) / power.clamp_min(torch.finfo(power.dtype).tiny),
                            torch.zeros_like(power))
         predicted = beta[:, None] * predicted
-    return ((predicted - change) ** 2).mean(1).to(device=inputs.device, dtype=inputs.dtype)
+    return ((predicted - change) ** 2).mean(1).to(device=x.device, dtype=x.dtype)
 
 
 def draw_perturbations(
@@ -198,10 +228,43 @@ def draw_perturbations(
     return pert.reshape(n, k, *x.shape[1:])
 
 
+def part_perturbations(part: Part, x0: torch.Tensor, spec, options, samples, seed):
+    """The perturbations of the features ``part``: of one input (:class:`Perturbations`), or of each of several
+    inputs, each with its entry of ``spec`` and ``options`` and its own stream (:class:`JointPerturbations`)."""
+    if not part.joint:
+        return Perturbations(part.x, x0, spec, options, samples, seed)
+    return JointPerturbations(part, x0, spec, options, samples, seed)
+
+
+class JointPerturbations:
+    """(I, x − I) for packed rows: each input drawn by its own :class:`Perturbations`, the results packed."""
+
+    def __init__(self, part: Part, x0: torch.Tensor, spec, options, samples, seed):
+        layout = part.view.layout
+        self.layout = layout
+        specs, opts = layout.entries("perturbation", spec), layout.entries("perturbation_options", options)
+        self.parts = []
+        for k, (t, b) in enumerate(zip(part.view.inputs, layout.unpack(x0), strict=True)):
+            try:
+                self.parts.append(Perturbations(t.detach(), b, specs[k], opts[k], samples, seed,
+                                                purpose=f"infidelity perturbations/inputs[{k}]"))
+            except (TypeError, ValueError) as e:
+                raise type(e)(f"inputs[{k}]: {e}") from None
+        counts = [p.samples for p in self.parts]
+        if len(set(counts)) > 1:
+            raise ValueError(f"the inputs' perturbations give different numbers of samples per input: {counts}")
+        self.samples = counts[0]
+
+    def __call__(self, sample: torch.Tensor, draw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        drawn = [p(sample, draw) for p in self.parts]
+        return self.layout.pack([d[0] for d in drawn]), self.layout.pack([d[1] for d in drawn])
+
+
 class Perturbations:
     """Draws (I, x − I) for rows (sample i, draw j); rows of one sample must come in order of j."""
 
-    def __init__(self, x: torch.Tensor, x0: torch.Tensor, spec, options: dict | None, samples, seed):
+    def __init__(self, x: torch.Tensor, x0: torch.Tensor, spec, options: dict | None, samples, seed,
+                 purpose: str = "infidelity perturbations"):
         self.x, self.x0 = x, x0
         self.spec = spec
         if isinstance(spec, torch.Tensor):
@@ -218,7 +281,7 @@ class Perturbations:
             raise ValueError(f"perturbation must be one of {', '.join(map(repr, PERTURBATIONS))}, a callable "
                              f"rows -> (I, rows - I) or a tensor (N, samples, ...) of perturbations; got {spec!r}")
         self.o = self._check_options(spec, dict(options or {}))
-        self.streams = SampleStreams(x, derived_seed(seed, "infidelity perturbations"))
+        self.streams = SampleStreams(x, derived_seed(seed, purpose))
 
     def _check_tensor(self, t: torch.Tensor, samples) -> int:
         n, shape = self.x.shape[0], tuple(self.x.shape[1:])

@@ -32,6 +32,7 @@ from torch import nn
 from ..core import options as opt
 from ..core.randomness import SampleStreams
 from ..core.tensors import per_sample
+from .common import model_inputs
 from .perturbation import (
     ORDERS,
     PerturbationCurve,
@@ -45,6 +46,7 @@ from .perturbation import (
     unit_ids,
     unit_ranks,
 )
+from .perturbed import refuse_token_ids, select_part
 from .registry import ATTRIBUTIONS, register_metric
 
 #: the neighbour weights of Rong et al.'s imputation: 1/6 for direct and 1/12 for diagonal neighbours
@@ -171,11 +173,12 @@ DEFAULT_FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 @register_metric("road_morf", takes=ATTRIBUTIONS, better="higher", options={"order": "morf"})
 @register_metric("road_lerf", takes=ATTRIBUTIONS, better="lower", options={"order": "lerf"})
-def road(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, target=None, *,
+def road(model: nn.Module, inputs, attributions, target=None, *,
          fractions=DEFAULT_FRACTIONS, order: str = "morf", noise: float = 0.01, patch_size=1,
          score: str = "probability", reduce: str | None = "sum", seed: int | None = None,
          batch_size: int | None = None, tol: float | None = None, max_iter: int | None = None,
-         progress: bool | str = False) -> PerturbationCurve:
+         progress: bool | str = False, input_index: int | None = None, forward_args=None, forward_kwargs=None,
+         output=None) -> PerturbationCurve:
     """ROAD (Rong et al. 2022): the target's score after removing a fraction of the pixels, MoRF or LeRF, with
     the removed pixels filled by noisy linear imputation.
 
@@ -194,6 +197,13 @@ def road(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, tar
         ``reduce=None`` is accepted only for maps or single-channel images.
     batch_size : rows (image × fraction) per chunk, imputed and scored together; ``tol``, ``max_iter``: of
         the conjugate-gradient solve (:func:`linear_imputation`).
+    input_index : for a model taking several inputs (a tuple), the image whose pixels are removed and imputed;
+        the other inputs keep their values (its attributions: a tensor, or the tuple of all, entry k used).
+        Imputation fills pixels from their neighbours in one image, so there is no joint removal over
+        several inputs.
+    forward_args, forward_kwargs, output
+        Extra arguments of every forward pass (each row gets its sample's) and which part of a structured
+        output holds the scores, as for the methods.
 
     Returns
     -------
@@ -205,9 +215,16 @@ def road(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, tar
     opt.choice(ORDERS)("order", order)
     opt.real(0)("noise", noise)
     opt.optional(opt.integer(0))("seed", seed)
-    if inputs.dim() != 4:
-        raise ValueError(f"ROAD imputes pixels of images: inputs must be (N, C, H, W), got {tuple(inputs.shape)}")
-    amap, batch_size = prepare(model, inputs, attributions, reduce, batch_size)
+    view = model_inputs(model, inputs, forward_args=forward_args, forward_kwargs=forward_kwargs, output=output,
+                        integers=True)
+    part = select_part(view, input_index)
+    refuse_token_ids(part, "ROAD")
+    if part.joint:
+        raise ValueError("ROAD imputes the removed pixels of one image from their neighbours; with several inputs "
+                         "name the image with input_index=k (the other inputs keep their values)")
+    if part.x.dim() != 4:
+        raise ValueError(f"ROAD imputes pixels of images: {part.name} must be (N, C, H, W), got {tuple(part.x.shape)}")
+    amap, batch_size = prepare(part, attributions, reduce, patch_size, batch_size)
     if amap.shape[1] != 1:
         raise ValueError(
             f"ROAD removes whole pixels: its ranking needs a map of shape (N, 1, H, W); got {tuple(amap.shape)} "
@@ -215,7 +232,7 @@ def road(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, tar
         )
     fractions = check_fractions(fractions, closed=False)
     fractions = torch.cat([fractions.new_zeros(1), fractions])
-    x = inputs.detach()
+    x = part.x
     ids, units = unit_ids(tuple(amap.shape[1:]), patch_size)
     ranks = unit_ranks(amap, ids, units, order)
     counts = unit_counts(fractions, units)
@@ -225,7 +242,7 @@ def road(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, tar
             "each must remove at least one and keep at least one"
         )
     streams = SampleStreams(x, seed) if noise > 0 else None
-    scorer = TargetScore(model, x, target, score, batch_size)
+    scorer = TargetScore(view, target, score, batch_size)
     k = len(fractions)
     # The solver's cost on small images is per call, not per pixel, so rows are imputed in blocks larger
     # than the model's chunks; each system converges on its own (see linear_imputation), so a row's values
@@ -248,7 +265,7 @@ def road(model: nn.Module, inputs: torch.Tensor, attributions: torch.Tensor, tar
 
     def rows(sample, step):
         r = sample * k + step
-        return scorer(imputed(int(r[0]), int(r[-1])), sample)
+        return scorer(part.rows(imputed(int(r[0]), int(r[-1])), sample), sample)
 
     curve, pred = evaluate_rows(x.shape[0], k, rows, batch_size=batch_size, progress=progress)
     return finish(curve, pred, fractions, scorer, order, "aopc")

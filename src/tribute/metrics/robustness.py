@@ -28,6 +28,15 @@ identical noise draws (common random numbers) and the score measures the explana
 ``(model, inputs, target) -> attributions`` (see :mod:`tribute.metrics.methods`); ``method_options`` go to
 a name, class or instance, not to a plain callable.  Perturbed points go through the method in chunks of
 ``batch_size`` points (also the method's own ``batch_size`` unless set in ``method_options``).
+
+Several inputs.  For a model taking several inputs (``inputs`` a tuple), the method is called on the inputs
+in that structure and returns one attribution per input; φ is all of them together (the norms run over
+every input's features).  δ is drawn for all inputs together (``input_index=None``, default: the ball of the
+features of all inputs laid end to end; ``radius`` may be a tuple with one radius ≥ 0 per input with
+``ball="linf"``, 0 leaving an input where it is), or for input k alone (``input_index=k``: δ drawn as if
+input k were the model's only input, the others kept).  ``forward_args=`` / ``forward_kwargs=`` are given
+to the method with the rows of their samples, and ``output=`` picks the scores of a structured output, so the
+method explains the same model as the metric; a plain callable method cannot take them (an error says so).
 """
 
 from __future__ import annotations
@@ -36,11 +45,12 @@ import torch
 from torch import nn
 
 from ..core import options as opt
-from ..core.engine import check_inputs, check_model, chunk_rows, default_batch_size
+from ..core.engine import chunk_rows, default_batch_size
 from ..core.randomness import SampleStreams
-from .common import derived_seed, resolve_target
+from .common import derived_seed, explain_rows, model_inputs, resolve_target_in
 from .methods import NOISE_KEY as NOISE_KEY  # the option's name, documented here too
 from .methods import resolve_method
+from .perturbed import Part, refuse_token_ids, select_part
 from .registry import METHOD, register_metric
 
 NORMS = ("l2", "l1", "linf")
@@ -48,10 +58,11 @@ BALLS = ("linf", "l2")
 
 
 @register_metric("max_sensitivity", takes=METHOD, better="lower")
-def max_sensitivity(model: nn.Module, inputs: torch.Tensor, method, target=None, *, radius: float = 0.02,
+def max_sensitivity(model: nn.Module, inputs, method, target=None, *, radius: float = 0.02,
                     samples: int = 10, norm: str = "l2", ball: str = "linf", relative: bool = False,
-                    seed: int | None = 0, batch_size: int | None = None,
-                    method_options: dict | None = None) -> torch.Tensor:
+                    seed: int | None = 0, batch_size: int | None = None, method_options: dict | None = None,
+                    input_index: int | None = None, forward_args=None, forward_kwargs=None,
+                    output=None) -> torch.Tensor:
     """Max-sensitivity max_{‖δ‖ ≤ r} ‖φ(x + δ) − φ(x)‖ per input (Yeh et al. 2019, §3), over sampled δ.
 
     Parameters
@@ -77,6 +88,11 @@ def max_sensitivity(model: nn.Module, inputs: torch.Tensor, method, target=None,
         Perturbed points per call of the method (default: from the input size).
     method_options : dict, optional
         Options for a method given by name, class or instance.
+    input_index : int, optional
+        With several inputs, perturb input k alone (module doc, "Several inputs"); default: all of them.
+    forward_args, forward_kwargs, output
+        Extra arguments of every forward pass and which part of a structured output holds the scores, given
+        to the method for the rows of their samples.
 
     Returns
     -------
@@ -84,15 +100,18 @@ def max_sensitivity(model: nn.Module, inputs: torch.Tensor, method, target=None,
     """
     relative = opt.boolean("relative", relative)
     phi0, change, _ = explanation_changes(model, inputs, method, target, radius=radius, samples=samples, norm=norm,
-                                          ball=ball, seed=seed, batch_size=batch_size, method_options=method_options)
+                                          ball=ball, seed=seed, batch_size=batch_size, method_options=method_options,
+                                          input_index=input_index, forward_args=forward_args,
+                                          forward_kwargs=forward_kwargs, output=output)
     return _scaled(change.amax(1), phi0, norm, relative, inputs)
 
 
 @register_metric("avg_sensitivity", takes=METHOD, better="lower")
-def avg_sensitivity(model: nn.Module, inputs: torch.Tensor, method, target=None, *, radius: float = 0.02,
+def avg_sensitivity(model: nn.Module, inputs, method, target=None, *, radius: float = 0.02,
                     samples: int = 10, norm: str = "l2", ball: str = "linf", relative: bool = False,
-                    seed: int | None = 0, batch_size: int | None = None,
-                    method_options: dict | None = None) -> torch.Tensor:
+                    seed: int | None = 0, batch_size: int | None = None, method_options: dict | None = None,
+                    input_index: int | None = None, forward_args=None, forward_kwargs=None,
+                    output=None) -> torch.Tensor:
     """Avg-sensitivity E_{‖δ‖ ≤ r} ‖φ(x + δ) − φ(x)‖ per input (Bhatt et al. 2020), the mean over sampled δ.
 
     Same parameters as :func:`max_sensitivity`; with the same arguments the two see the same draws, so
@@ -100,21 +119,27 @@ def avg_sensitivity(model: nn.Module, inputs: torch.Tensor, method, target=None,
     """
     relative = opt.boolean("relative", relative)
     phi0, change, _ = explanation_changes(model, inputs, method, target, radius=radius, samples=samples, norm=norm,
-                                          ball=ball, seed=seed, batch_size=batch_size, method_options=method_options)
+                                          ball=ball, seed=seed, batch_size=batch_size, method_options=method_options,
+                                          input_index=input_index, forward_args=forward_args,
+                                          forward_kwargs=forward_kwargs, output=output)
     return _scaled(change.mean(1), phi0, norm, relative, inputs)
 
 
 @register_metric("local_lipschitz", takes=METHOD, better="lower")
-def local_lipschitz(model: nn.Module, inputs: torch.Tensor, method, target=None, *, radius: float = 0.02,
+def local_lipschitz(model: nn.Module, inputs, method, target=None, *, radius: float = 0.02,
                     samples: int = 10, norm: str = "l2", ball: str = "linf", seed: int | None = 0,
-                    batch_size: int | None = None, method_options: dict | None = None) -> torch.Tensor:
+                    batch_size: int | None = None, method_options: dict | None = None,
+                    input_index: int | None = None, forward_args=None, forward_kwargs=None,
+                    output=None) -> torch.Tensor:
     """Local Lipschitz estimate max_{‖δ‖ ≤ r} ‖φ(x + δ) − φ(x)‖ / ‖δ‖ per input (Alvarez-Melis & Jaakkola 2018).
 
     Same parameters as :func:`max_sensitivity` (``norm`` measures both the explanation change and δ).
     """
     _, change, step = explanation_changes(model, inputs, method, target, radius=radius, samples=samples, norm=norm,
-                                          ball=ball, seed=seed, batch_size=batch_size, method_options=method_options)
-    return (change / step).amax(1).to(device=inputs.device, dtype=inputs.dtype)
+                                          ball=ball, seed=seed, batch_size=batch_size, method_options=method_options,
+                                          input_index=input_index, forward_args=forward_args,
+                                          forward_kwargs=forward_kwargs, output=output)
+    return (change / step).amax(1).to(device=_like(inputs).device, dtype=_like(inputs).dtype)
 
 
 def draw_ball(inputs: torch.Tensor, samples: int = 10, radius: float = 0.02, *, ball: str = "linf",
@@ -135,29 +160,33 @@ def draw_ball(inputs: torch.Tensor, samples: int = 10, radius: float = 0.02, *, 
     return _ball_rows(streams, r // samples, x, radius, ball).reshape(x.shape[0], samples, *x.shape[1:])
 
 
-def explanation_changes(model: nn.Module, inputs: torch.Tensor, method, target=None, *, radius: float = 0.02,
+def explanation_changes(model: nn.Module, inputs, method, target=None, *, radius: float = 0.02,
                         samples: int = 10, norm: str = "l2", ball: str = "linf", seed: int | None = 0,
-                        batch_size: int | None = None, method_options: dict | None = None):
+                        batch_size: int | None = None, method_options: dict | None = None,
+                        input_index: int | None = None, forward_args=None, forward_kwargs=None, output=None):
     """φ(x), and ‖φ(x + δ_j) − φ(x)‖ and ‖δ_j‖ for each input and draw j, shapes (N, ...), (N, samples) × 2.
 
     The shared core of the three metrics (float64 norms), for users who want other statistics of the draws.
+    With several inputs φ(x) is packed, (N, D): every input's attributions flattened end to end.
     """
-    check_model(model)
-    check_inputs(model, inputs)
-    radius = opt.real(0, low_open=True)("radius", radius)
+    view = model_inputs(model, inputs, forward_args=forward_args, forward_kwargs=forward_kwargs, output=output,
+                        integers=True)
+    part = select_part(view, input_index)
+    refuse_token_ids(part, "sensitivity")
+    radius = _radius(part, radius, ball)
     samples = opt.integer(1)("samples", samples)
     norm = opt.choice(NORMS)("norm", norm)
     ball = opt.choice(BALLS)("ball", ball)
     seed = opt.optional(opt.integer(0))("seed", seed)
-    batch_size = opt.optional(opt.integer(1))("batch_size", batch_size) or default_batch_size(inputs)
+    batch_size = opt.optional(opt.integer(1))("batch_size", batch_size) or default_batch_size(view.x)
     if method_options is not None and not isinstance(method_options, dict):
         raise TypeError(f"method_options must be a dict or None, got {type(method_options).__name__}")
-    x = inputs.detach()
+    x = part.x
     explain = resolve_method(method, method_options).bind(model, seed=seed, batch_size=batch_size)
-    target = resolve_target(model, x, target, batch_size=batch_size)
-    phi0 = _checked(explain(x, target, noise_key=x), x.shape[0], None)
-    streams = SampleStreams(x, derived_seed(seed, "robustness perturbations"))
+    target = resolve_target_in(view, target, batch_size=batch_size)
     n = x.shape[0]
+    phi0 = explain_rows(view, explain, view.x, target, torch.arange(n), noise_key=view.x)
+    streams = SampleStreams(x, derived_seed(seed, "robustness perturbations"))
     change = torch.empty(n, samples, dtype=torch.float64)
     step = torch.empty(n, samples, dtype=torch.float64)
     for rows in chunk_rows(n * samples, batch_size):
@@ -165,21 +194,37 @@ def explanation_changes(model: nn.Module, inputs: torch.Tensor, method, target=N
         sample, draw = r // samples, r % samples
         on = sample.to(x.device)
         delta = _ball_rows(streams, sample, x, radius, ball)
-        phi = _checked(explain(x[on] + delta, target[sample.to(target.device)], noise_key=x[on]), len(r), phi0.shape)
+        moved = part.rows(x[on] + delta, sample)
+        phi = explain_rows(view, explain, moved, target[sample.to(target.device)], sample, noise_key=view.x[on])
+        _same_shape(phi, phi0)
         change[sample, draw] = _norm(phi - phi0[sample.to(phi0.device)], norm).cpu()
         step[sample, draw] = _norm(delta, norm).cpu()
     return phi0, change, step
 
 
-def _checked(phi, rows: int, shape) -> torch.Tensor:
-    if not isinstance(phi, torch.Tensor):
-        raise TypeError(f"the method must return a tensor of attributions, got {type(phi).__name__}")
-    if phi.dim() == 0 or phi.shape[0] != rows or (shape is not None and phi.shape[1:] != shape[1:]):
-        expected = f"({rows}, ...)" if shape is None else str((rows, *shape[1:]))
-        raise ValueError(f"the method returned attributions of shape {tuple(phi.shape)}; expected {expected}")
-    if not bool(torch.isfinite(phi).all()):
-        raise ValueError("the method returned NaN or inf attributions")
-    return phi.detach()
+def _radius(part: Part, radius, ball: str):
+    """r > 0; with several inputs perturbed jointly, a tuple of radii ≥ 0 per input (not all 0, ``"linf"``
+    only), as one value per packed feature.  For one input, a tuple contributes that input's entry."""
+    layout = part.view.layout
+    if not part.joint or not isinstance(radius, tuple):
+        if isinstance(radius, tuple):
+            radius = layout.entries("radius", radius)[part.index or 0]
+        return opt.real(0, low_open=True)("radius", radius)
+    radii = tuple(opt.real(0)(f"radius[{k}]", r) for k, r in enumerate(layout.entries("radius", radius)))
+    if max(radii) == 0:
+        raise ValueError("radius must be > 0 for at least one input")
+    if len(set(radii)) == 1:
+        return radii[0]
+    if ball != "linf":
+        raise ValueError(f"ball={ball!r} draws from one Euclidean ball of all the inputs' features: give one radius, "
+                         "or ball='linf' for a radius per input")
+    return layout.per_feature("radius", radii, torch.empty(0, dtype=torch.float64))
+
+
+def _same_shape(phi: torch.Tensor, phi0: torch.Tensor) -> None:
+    if phi.shape[1:] != phi0.shape[1:]:
+        raise ValueError(f"the method returned attributions of shape {tuple(phi.shape)}; expected "
+                         f"{(phi.shape[0], *phi0.shape[1:])}")
 
 
 def _ball_rows(streams: SampleStreams, sample: torch.Tensor, x: torch.Tensor, radius: float, ball: str):
@@ -205,7 +250,12 @@ def _norm(t: torch.Tensor, norm: str) -> torch.Tensor:
     return flat.abs().amax(1)
 
 
-def _scaled(values: torch.Tensor, phi0: torch.Tensor, norm: str, relative: bool, inputs: torch.Tensor) -> torch.Tensor:
+def _like(inputs) -> torch.Tensor:
+    """The first input tensor (all share one dtype and device): what the scores are returned like."""
+    return inputs[0] if isinstance(inputs, (tuple, list)) else inputs
+
+
+def _scaled(values: torch.Tensor, phi0: torch.Tensor, norm: str, relative: bool, inputs) -> torch.Tensor:
     if relative:
         size = _norm(phi0, norm).cpu()
         zero = (size == 0).nonzero().flatten().tolist()
@@ -213,7 +263,7 @@ def _scaled(values: torch.Tensor, phi0: torch.Tensor, norm: str, relative: bool,
             raise ValueError(f"relative=True divides by ‖φ(x)‖, which is 0 for samples {zero[:10]}; "
                              "use relative=False for these inputs")
         values = values / size
-    return values.to(device=inputs.device, dtype=inputs.dtype)
+    return values.to(device=_like(inputs).device, dtype=_like(inputs).dtype)
 
 
 __all__ = ["avg_sensitivity", "draw_ball", "explanation_changes", "local_lipschitz", "max_sensitivity"]
