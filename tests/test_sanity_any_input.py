@@ -346,3 +346,42 @@ def test_bad_inputs_raise_clear_errors():
         alignment(model, (img, tab), y, input_index=5)
     with pytest.raises(ValueError, match="inputs is empty"):
         class_sensitivity(model, (img[:0], tab[:0]), "gradient")
+
+
+# -- token ids -----------------------------------------------------------------------------------------------------
+class TokenModel(nn.Module):
+    """Embeddings, masked mean pooling, a linear head: a tiny sequence classifier over token ids."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(4)
+        self.emb = nn.Embedding(11, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, ids, attention_mask):
+        h = torch.tanh(self.emb(ids)) * attention_mask.unsqueeze(-1)
+        return self.head(h.sum(1) / attention_mask.sum(1, keepdim=True))
+
+
+def test_token_ids_through_a_layer_method_follow_their_masks():
+    model = TokenModel().to(DT).eval()
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(1, 11, (4, 6), generator=g)
+    mask = (torch.arange(6) < torch.tensor([6, 2, 4, 5])[:, None]).to(DT)
+    ids = torch.where(mask > 0, ids, torch.zeros_like(ids))
+    y = torch.tensor([0, 1, 2, 0])
+    options = {"layer": "emb", "steps": 4, "reduce": "sum", "baseline_token": 0}
+    kw = {"method_options": options, "aggregate": None}
+    batched = class_sensitivity(model, ids, "layer_integrated_gradients", y, forward_kwargs={"attention_mask": mask},
+                                **kw)
+    sanity = parameter_randomisation(model, ids, "layer_integrated_gradients", y, method_options=options,
+                                     forward_kwargs={"attention_mask": mask})
+    assert sanity.steps == ("head", "emb")
+    for i in range(4):
+        one = {"forward_kwargs": {"attention_mask": mask[i:i + 1]}}
+        same(batched[i:i + 1], class_sensitivity(model, ids[i:i + 1], "layer_integrated_gradients", y[i:i + 1],
+                                                 **one, **kw))
+        same(sanity.scores[..., i:i + 1], parameter_randomisation(model, ids[i:i + 1], "layer_integrated_gradients",
+                                                                   y[i:i + 1], method_options=options, **one).scores)
+    with pytest.raises(TypeError, match="token ids cannot be attributed at the input.*layer method"):
+        class_sensitivity(model, ids, "integrated_gradients", y, forward_kwargs={"attention_mask": mask})

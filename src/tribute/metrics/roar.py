@@ -259,9 +259,7 @@ def roar(
     """
     t0 = time.perf_counter()
     _check_models(model, model_factory)
-    fixed = fixed_arguments("roar", forward_args, forward_kwargs, output)
-    options = {k: v for k, v in (("forward_args", forward_args), ("forward_kwargs", forward_kwargs),
-                                 ("output", output)) if v is not None}
+    fixed, options = _forward_options(forward_args, forward_kwargs, output)
     (x_train, y_train), (x_test, y_test) = _check_data("train_data", train_data), _check_data("test_data", test_data)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise ValueError(f"train_data and test_data inputs differ in shape: {tuple(x_train.shape[1:])} and "
@@ -271,19 +269,14 @@ def roar(
                                                repeats, seed, batch_size)
     check_target(target, label=True, refuse=REFUSED_TARGETS)
     train = trainer(train_fn, train_options, owner="roar", defaults=DEFAULT_TRAINING)
-    items = named_methods(methods)
-    if RANDOM not in [m.label for m in items]:
-        items.append(resolve_method(random_attribution))
+    items = _methods(methods, options)
     ids, units = unit_ids(_ranked_shape(x_train, unit), patch_size)
     counts = _unit_counts(fractions_t, units, unit)
 
-    for m in items:
-        refuse_options_for_callable(m, options, "roar")
     scorer = trainable(model, fixed)  # the model as the accuracies and the trainer call it: model(x) -> logits
     ranks = {m.label: tuple(_ranks(_bind(m, model, derived_seed(seed, "method"), options), scorer, m.label, *data,
                                    target, unit, absolute, ids, units, batch_size)
-                            for data in ((x_train, y_train), (x_test, y_test)))
-             for m in items}
+                            for data in ((x_train, y_train), (x_test, y_test))) for m in items}
     original = accuracy(scorer, (x_test, y_test), batch_size=batch_size)
     removal = _Removal(ids, _channel_mean(x_train), replacement, noise, derived_seed(seed, "imputation"), batch_size)
     retrain = _Retraining(model, model_factory, train, (x_train, y_train), (x_test, y_test), batch_size, fixed)
@@ -481,6 +474,24 @@ def _channel_mean(x: torch.Tensor) -> torch.Tensor:
     """The per-channel mean over the training set, shaped to broadcast against one batch (per feature for (N, D))."""
     dims = [0, *range(2, x.dim())]
     return x.mean(dim=dims, keepdim=True)
+
+
+def _forward_options(forward_args, forward_kwargs, output) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """What the trainer's model holds fixed (:func:`fixed_arguments`: constants only) and what the methods are
+    given (the user's options, constants still marked)."""
+    fixed = fixed_arguments("roar", forward_args, forward_kwargs, output)
+    given = {"forward_args": forward_args, "forward_kwargs": forward_kwargs, "output": output}
+    return fixed, {k: v for k, v in given.items() if v is not None}
+
+
+def _methods(methods, options: dict[str, Any]) -> list[ResolvedMethod]:
+    """The user's methods resolved, with the random baseline added; a plain callable cannot take ``options``."""
+    items = named_methods(methods)
+    if RANDOM not in [m.label for m in items]:
+        items.append(resolve_method(random_attribution))
+    for m in items:
+        refuse_options_for_callable(m, options, "roar")
+    return items
 
 
 def _bind(m: ResolvedMethod, model: nn.Module, seed: int | None, options: dict[str, Any]) -> BoundExplainer:
