@@ -353,8 +353,8 @@ def test_other_bad_input():
         ea.random_sign_perturbation(x * 2, eps=0.1, bounds=BOUNDS)
     with pytest.raises(ValueError, match="gamma must be a finite number >= 0"):
         ea.manipulate_explanation(model, x[:2], torch.rand(2, 1, 28, 28), eps=EPS, gamma=-1.0)
-    with pytest.raises(ValueError, match="output must be one of"):
-        ea.manipulate_explanation(model, x[:2], torch.rand(2, 1, 28, 28), eps=EPS, gamma=1.0, output="softmax")
+    with pytest.raises(ValueError, match="keep must be one of"):  # was output=: output= now picks the scores
+        ea.manipulate_explanation(model, x[:2], torch.rand(2, 1, 28, 28), eps=EPS, gamma=1.0, keep="softmax")
     with pytest.raises(ValueError, match=r"shape of the maps, \(2, 1, 28, 28\)"):
         ea.manipulate_explanation(model, x[:2], torch.rand(2, 1, 14, 14), eps=EPS, gamma=1.0, steps=1)
     with pytest.raises(ValueError, match=r"zero everywhere for samples \[1\]"):

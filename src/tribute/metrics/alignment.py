@@ -15,7 +15,10 @@ Fig 4).
     α(x) / ‖x‖₂ = |cos ∠(x, ∇S(x))| ∈ [0, 1]
 
 compares inputs of different norms.  Both are computed with tribute's gradient, so ``input_transform`` (x in
-pixel space; the gradient is with respect to the pixels) and ``target`` follow the library's conventions.
+pixel space; the gradient is with respect to the pixels) and ``target`` follow the library's conventions.  For a
+model taking several inputs, x and ∇S(x) are the vectors of all of a sample's inputs end to end
+(``input_index=`` takes one input's), and ``forward_args=`` / ``forward_kwargs=`` / ``output=`` are those of the
+attribution methods.
 """
 
 from __future__ import annotations
@@ -26,20 +29,24 @@ import torch
 from torch import nn
 
 from ..core.engine import check_model
-from .common import check_attributions
+from .common import check_attributions, model_inputs
 from .methods import resolve_method
+from .view_methods import check_input_index, explain_rows, refuse_options_for_callable
 
 
-def alignment(model: nn.Module, inputs: torch.Tensor, target=None, *, method="gradient",
-              input_transform: Callable | None = None, batch_size: int | None = None) -> torch.Tensor:
+def alignment(model: nn.Module, inputs, target=None, *, method="gradient", input_transform: Callable | None = None,
+              batch_size: int | None = None, input_index: int | None = None, forward_args=None, forward_kwargs=None,
+              output=None) -> torch.Tensor:
     """Etmann et al.'s alignment α(x) = |⟨x, ∇S(x)⟩| / ‖∇S(x)‖₂, one value per sample, shape (N,).
 
     Parameters
     ----------
     model : nn.Module
         The classifier (in eval mode, as for any attribution).
-    inputs : Tensor
-        (N, ...) in pixel space.
+    inputs : Tensor or tuple of Tensors
+        (N, ...) in pixel space; one tensor per input for a model taking several: then x and ∇S(x) are the
+        vectors of all of a sample's inputs, end to end (the gradient with respect to all of them), unless
+        ``input_index`` names one input.
     target : None, int, tensor or callable
         The score S (library convention); None (default): the predicted class's logit, as in the paper.
     method : str, Method or callable
@@ -49,41 +56,66 @@ def alignment(model: nn.Module, inputs: torch.Tensor, target=None, *, method="gr
         Applied before the model (e.g. :class:`tribute.Normalize`); x and the map stay in pixel space.
     batch_size : int, optional
         Rows through the model at once.
+    input_index : int, optional
+        With several inputs: α of this input and its part of the saliency map only.
+    forward_args, forward_kwargs, output
+        As for the attribution methods: extra arguments of every forward pass (tensors per sample,
+        ``tribute.constant`` for one shared by all), and which part of a structured output holds the scores.
 
     Raises
     ------
     ValueError
         If a sample's saliency map is exactly zero (α is 0/0 there; a dead ReLU network, or a flat score).
     """
-    x, s = _input_and_saliency(model, inputs, target, method, input_transform, batch_size)
+    x, s, dtype = _input_and_saliency("alignment", model, inputs, target, method, input_transform, batch_size,
+                                      input_index, forward_args=forward_args, forward_kwargs=forward_kwargs,
+                                      output=output)
     s_norm = s.norm(dim=1)
     _refuse_zero(s_norm, "saliency map", "alignment")
-    return ((x * s).sum(dim=1).abs() / s_norm).to(inputs.dtype)
+    return ((x * s).sum(dim=1).abs() / s_norm).to(dtype)
 
 
-def cosine_alignment(model: nn.Module, inputs: torch.Tensor, target=None, *, method="gradient",
-                     input_transform: Callable | None = None, batch_size: int | None = None) -> torch.Tensor:
+def cosine_alignment(model: nn.Module, inputs, target=None, *, method="gradient",
+                     input_transform: Callable | None = None, batch_size: int | None = None,
+                     input_index: int | None = None, forward_args=None, forward_kwargs=None,
+                     output=None) -> torch.Tensor:
     """The scale-free alignment α(x) / ‖x‖₂ = |cos ∠(x, ∇S(x))| ∈ [0, 1], shape (N,).
 
     Options as :func:`alignment`.  Raises ValueError for an all-zero input (no direction) or saliency map.
     """
-    x, s = _input_and_saliency(model, inputs, target, method, input_transform, batch_size)
+    x, s, dtype = _input_and_saliency("cosine_alignment", model, inputs, target, method, input_transform,
+                                      batch_size, input_index, forward_args=forward_args,
+                                      forward_kwargs=forward_kwargs, output=output)
     s_norm, x_norm = s.norm(dim=1), x.norm(dim=1)
     _refuse_zero(s_norm, "saliency map", "cosine_alignment")
     _refuse_zero(x_norm, "input", "cosine_alignment")
-    return ((x * s).sum(dim=1).abs() / (s_norm * x_norm)).clamp(max=1.0).to(inputs.dtype)
+    return ((x * s).sum(dim=1).abs() / (s_norm * x_norm)).clamp(max=1.0).to(dtype)
 
 
-def _input_and_saliency(model, inputs, target, method, input_transform, batch_size):
+def _input_and_saliency(owner, model, inputs, target, method, input_transform, batch_size, input_index, **call):
+    """(x, ∇S(x), dtype): each sample's input and saliency map as rows (N, D) in float64 (all inputs end to
+    end, or input ``input_index``), and the inputs' dtype."""
     check_model(model)  # before any forward pass: a refused model is left as it was
+    view = model_inputs(model, inputs, **call)
     given = {"input_transform": input_transform, "batch_size": batch_size}
-    explain = resolve_method(method, {k: v for k, v in given.items() if v is not None}).bind(model)
-    saliency = check_attributions(inputs, explain(inputs, target))
-    if saliency.shape != inputs.shape:
-        raise ValueError(f"the alignment needs a saliency map of the input's shape {tuple(inputs.shape)}; the method "
-                         f"returned {tuple(saliency.shape)}")
+    resolved = resolve_method(method, {k: v for k, v in given.items() if v is not None})
+    refuse_options_for_callable(resolved, view.method_options, owner)
+    saliency = explain_rows(resolved.bind(model), view, view.x, target, owner=owner)
+    parts = (saliency,) if view.layout.single else saliency
+    if not view.layout.single and (not isinstance(saliency, (tuple, list)) or len(saliency) != view.layout.count):
+        view.pack_attributions(saliency)  # raises: one attribution per input is needed
+    for x, a in zip(view.inputs, parts, strict=True):
+        a = check_attributions(x, a)
+        if a.shape != x.shape:
+            raise ValueError(f"the alignment needs a saliency map of the input's shape {tuple(x.shape)}; the "
+                             f"method returned {tuple(a.shape)}")
+    if input_index is not None:
+        k = check_input_index(input_index, view.layout.count)
+        x, s = view.inputs[k].detach(), parts[k].detach()
+    else:
+        x, s = view.x, view.pack_attributions(saliency)
     wide = torch.float64  # the inner product of two long vectors: accumulate in double precision
-    return inputs.detach().flatten(1).to(wide), saliency.flatten(1).to(wide)
+    return x.flatten(1).to(wide), s.flatten(1).to(wide), view.x.dtype
 
 
 def _refuse_zero(norms: torch.Tensor, what: str, owner: str) -> None:

@@ -20,6 +20,10 @@ classes) guided backpropagation gives a mean ρ of 0.84 and the plain gradient �
 - an int, a sequence of ints or a 1-D tensor: the same classes for every sample;
 - a 2-D integer tensor (N, K): K classes for each sample.
 
+Any input a model takes: ``inputs`` may be a tuple of tensors (a sample's maps of all its inputs are compared as
+one vector, or one input's with ``input_index=``), with ``forward_args=`` / ``forward_kwargs=`` and ``output=`` as
+for the attribution methods.
+
 A pair whose other class equals the sample's own t is not a comparison: its entry is NaN and it is left out
 of the mean.  A seeded stochastic method (SmoothGrad with ``seed=``) draws the same noise for a sample under
 every class, since its streams are seeded from the sample's bytes: the maps differ by the class only.
@@ -36,10 +40,11 @@ from torch import nn
 from ..core.engine import check_model
 from ..core.randomness import SampleStreams
 from ..core.reduce import check_reduce
-from .common import resolve_target
+from .common import model_inputs, resolve_target_in
 from .methods import resolve_method
 from .registry import METHOD, register_metric
-from .sanity import as_maps, compare_maps, similarity_functions
+from .sanity import compare_maps, similarity_functions
+from .view_methods import attribution_maps, explain_rows, refuse_options_for_callable
 
 #: attribution elements per call of the method; more classes than fit are explained in several calls
 _ELEMENTS_PER_CALL = 2**24
@@ -108,14 +113,18 @@ def class_sensitivity(
     seed: int = 0,
     batch_size: int | None = None,
     method_options: dict[str, Any] | None = None,
+    input_index: int | None = None,
+    forward_args: tuple | None = None,
+    forward_kwargs: dict | None = None,
+    output=None,
 ) -> torch.Tensor:
     """Similarity between each sample's map for its class and its maps for other classes (Nielsen et al. 2022, Fig 3).
 
     Parameters
     ----------
     model : nn.Module
-    inputs : Tensor
-        (N, ...) batch first.
+    inputs : Tensor or tuple of Tensors
+        (N, ...) batch first; one tensor per input for a model taking several.
     method : str, Method or callable
         The explanation method (:func:`tribute.metrics.methods.resolve_method`); ``method_options`` go to a
         method name or class.
@@ -136,6 +145,13 @@ def class_sensitivity(
         Seeds ``others="random"``.
     batch_size : int, optional
         Rows per forward pass when fixing ``target=None``.
+    input_index : int, optional
+        With several inputs, compare the maps of this input only; default: each sample's maps of all its inputs
+        as one vector (each input's map by ``reduce``, flattened, end to end).
+    forward_args, forward_kwargs, output
+        As for the attribution methods: extra arguments of every forward pass (tensors per sample, following
+        their sample through the repeated batch; ``tribute.constant`` for one shared by all), and which part of
+        a structured output holds the scores.
 
     Returns
     -------
@@ -144,41 +160,56 @@ def class_sensitivity(
         in float64.
     """
     check_model(model)  # before any forward pass: a refused model is left as it was
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs must be a tensor (batch first), got {type(inputs).__name__}")
-    if inputs.dim() == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs is empty (shape {tuple(inputs.shape)}): class sensitivity needs at least one "
-                         "sample")
+    for t in inputs if isinstance(inputs, (tuple, list)) and inputs else (inputs,):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"inputs must be a tensor or a tuple of tensors (batch first), got {type(t).__name__}")
+        if t.dim() == 0 or t.shape[0] == 0:
+            raise ValueError(f"inputs is empty (shape {tuple(t.shape)}): class sensitivity needs at least one sample")
     check_reduce("reduce", reduce)
     if aggregate not in ("mean", None):
         raise ValueError(f"aggregate must be 'mean' or None, got {aggregate!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an int >= 0, got {seed!r}")
     ((_, compare),) = similarity_functions({"similarity": similarity}).items()
-    explain = resolve_method(method, method_options).bind(model)
-    targets = resolve_target(model, inputs, target, batch_size=batch_size).cpu()
+    view = model_inputs(model, inputs, forward_args=forward_args, forward_kwargs=forward_kwargs, output=output,
+                        integers=True)
+    resolved = resolve_method(method, method_options)
+    refuse_options_for_callable(resolved, view.method_options, "class_sensitivity")
+    explain = resolved.bind(model)
+    targets = resolve_target_in(view, target, batch_size=batch_size).cpu()
     with torch.no_grad():
-        classes = model(inputs[:1]).shape[1]
-    versus = other_classes(targets, classes, others, inputs=inputs, seed=seed)
+        classes = view.forward(view.x[:1], torch.zeros(1, dtype=torch.long)).shape[1]
+    versus = other_classes(targets, classes, others, inputs=view.x, seed=seed)
+    maps = _maps(view, explain, torch.cat([targets[None, :], versus.T]), reduce, input_index)  # (1 + K, N, *map)
     n, k = versus.shape
-
-    # The method explains the batch repeated once per class, class-major: one call for as many classes as
-    # fit in _ELEMENTS_PER_CALL, so small batches still fill the engine's chunks.
-    all_targets = torch.cat([targets[None, :], versus.T])  # (1 + K, N)
-    per_call = max(1, _ELEMENTS_PER_CALL // max(1, inputs[:1].numel() * n))
-    maps = []
-    for first in range(0, 1 + k, per_call):
-        block = all_targets[first:first + per_call]
-        x = inputs.repeat(len(block), *([1] * (inputs.dim() - 1)))
-        m = as_maps(x, explain(x, block.reshape(-1).to(inputs.device)), reduce)
-        maps.append(m.reshape(len(block), n, *m.shape[1:]))
-    maps = torch.cat(maps)  # (1 + K, N, *map)
     # all K comparisons in one call of the (per-row) similarity: row j·N + i compares sample i with class j
     own = maps[0].expand(k, *maps.shape[1:]).flatten(0, 1)
     scores = compare_maps({"similarity": compare}, own, maps[1:].flatten(0, 1))[0].view(k, n).T.clone()
     scores[versus == targets[:, None]] = float("nan")
     out = scores.nanmean(dim=1) if aggregate == "mean" else scores
-    return out.to(inputs.device, inputs.dtype if inputs.is_floating_point() else torch.get_default_dtype())
+    x = view.x
+    return out.to(x.device, x.dtype if x.is_floating_point() else torch.get_default_dtype())
+
+
+def _maps(view, explain, all_targets: torch.Tensor, reduce, input_index) -> torch.Tensor:
+    """(1 + K, N, *map): each sample's map for each row of ``all_targets`` (1 + K, N).
+
+    The method explains the batch repeated once per class, class-major: one call for as many classes as fit in
+    _ELEMENTS_PER_CALL, so small batches still fill the engine's chunks; each repeated row meets its own
+    sample's forward arguments.
+    """
+    x = view.x
+    n = x.shape[0]
+    per_call = max(1, _ELEMENTS_PER_CALL // max(1, x[:1].numel() * n))
+    maps = []
+    for first in range(0, all_targets.shape[0], per_call):
+        block = all_targets[first:first + per_call]
+        rows = x.repeat(len(block), *([1] * (x.dim() - 1)))
+        sample = torch.arange(n).repeat(len(block))
+        a = explain_rows(explain, view, rows, block.reshape(-1).to(x.device), sample, owner="class_sensitivity")
+        m = attribution_maps(view.user_rows(rows), a, reduce, input_index)
+        maps.append(m.reshape(len(block), n, *m.shape[1:]))
+    return torch.cat(maps)
 
 
 __all__ = ["class_sensitivity", "other_classes"]

@@ -37,6 +37,8 @@ from collections.abc import Callable, Iterator, Sequence
 import torch
 from torch import nn
 
+from ..core.forward_args import ForwardArgs
+
 NORM_LAYERS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
 MODES = ("cascading", "independent")
 
@@ -107,11 +109,14 @@ def reinitialise_owners(model: nn.Module, owners: Sequence[str], seed: int, init
 
 
 # -- layers ----------------------------------------------------------------------------------------------------
-def _forward_order(model: nn.Module, inputs: torch.Tensor) -> list[str]:
-    """Parameter-owning modules of ``model`` in the order their forward finishes on ``inputs[:1]`` (eval mode).
+def _forward_order(model: nn.Module, inputs, forward_args=None, forward_kwargs=None) -> list[str]:
+    """Parameter-owning modules of ``model`` in the order their forward finishes on the first sample of
+    ``inputs`` (a tensor or a tuple of tensors, with the first sample's forward arguments), in eval mode.
 
     Registers hooks on ``model`` and switches it to eval mode for the pass: call it on a copy only.
     """
+    xs = (inputs,) if isinstance(inputs, torch.Tensor) else tuple(inputs)
+    args, kwargs = ForwardArgs(forward_args, forward_kwargs, xs[0].shape[0]).take(torch.zeros(1, dtype=torch.long), 1)
     finished: list[str] = []
     handles = []
 
@@ -127,7 +132,7 @@ def _forward_order(model: nn.Module, inputs: torch.Tensor) -> list[str]:
             handles.append(model.get_submodule(n).register_forward_hook(hook_for(n)))
         model.eval()
         with torch.no_grad():
-            model(inputs[:1])
+            model(*(t[:1] for t in xs), *args, **kwargs)
     finally:
         for h in handles:
             h.remove()
@@ -136,25 +141,27 @@ def _forward_order(model: nn.Module, inputs: torch.Tensor) -> list[str]:
     return finished
 
 
-def parameter_layers(model: nn.Module, inputs: torch.Tensor) -> list[str]:
+def parameter_layers(model: nn.Module, inputs, *, forward_args=None, forward_kwargs=None) -> list[str]:
     """Names of the modules that own parameters and run in ``model``'s forward pass, from input to output.
 
-    Ordered by when each module's forward finishes on ``inputs[:1]`` (its first call, if called several
-    times), in eval mode.  The pass runs on a deep copy: ``model`` is not touched.  The root model's own
-    parameters, if any, are named ``""``.
+    Ordered by when each module's forward finishes on the first sample of ``inputs`` (a tensor or a tuple of
+    tensors; ``forward_args`` / ``forward_kwargs`` as for the attribution methods) (its first call, if called
+    several times), in eval mode.  The pass runs on a deep copy: ``model`` is not touched.  The root model's
+    own parameters, if any, are named ``""``.
     """
     check_batch(inputs)
-    return _forward_order(copy.deepcopy(model), inputs)
+    return _forward_order(copy.deepcopy(model), inputs, forward_args, forward_kwargs)
 
 
-def _plan(model: nn.Module, inputs: torch.Tensor | None, layers: Sequence[str] | None) -> list[tuple[str, list[str]]]:
+def _plan(model: nn.Module, inputs, layers: Sequence[str] | None, forward: tuple = (None, None)
+          ) -> list[tuple[str, list[str]]]:
     """The steps, top (output side) first: (step name, the parameter-owning modules it re-initialises).
 
     Default: one step per parameter-owning module of the forward pass (its own parameters only).  User names
     are validated and kept in their order; a name re-initialises every parameter-owning module inside it.
     """
     if layers is None:
-        found = _forward_order(model, inputs)
+        found = _forward_order(model, inputs, *forward)
         if not found:
             raise ValueError("the model has no parameters that its forward pass uses: nothing to randomise")
         return [(name, [name]) for name in reversed(found)]
@@ -206,13 +213,16 @@ def randomisation_steps(
     layers: Sequence[str] | None = None,
     seed: int = 0,
     init: Init | None = None,
+    forward_args=None,
+    forward_kwargs=None,
 ) -> Iterator[tuple[str, nn.Module]]:
     """The steps of the parameter randomisation test, as an iterator of ``(layer name, randomised model)``.
 
     ``mode="cascading"``: step k has layers[0], …, layers[k] re-initialised (top layer first); ``"independent"``:
     step k has only layers[k] re-initialised.  ``layers=None`` takes every parameter-owning module of the
     forward pass (:func:`parameter_layers`), top first, each step re-initialising that module's own
-    parameters; ``inputs`` (one sample suffices) find that order.
+    parameters; ``inputs`` (one sample suffices; a tensor or a tuple of tensors, with ``forward_args`` /
+    ``forward_kwargs`` as for the attribution methods) find that order.
 
     The yielded model is one deep copy of ``model``, changed in place from step to step (a model of any size
     costs one copy): use it before asking for the next step, or deep-copy it to keep it.  ``model`` itself is
@@ -226,7 +236,7 @@ def randomisation_steps(
     if layers is None:
         check_batch(inputs)
     work = copy.deepcopy(model)
-    plan = _plan(work, inputs, layers)  # checked now, not when the first step is asked for
+    plan = _plan(work, inputs, layers, (forward_args, forward_kwargs))  # checked now, not at the first step
     return _steps(work, plan, mode, seed, init)
 
 
@@ -249,11 +259,13 @@ def _own_tensors(module: nn.Module) -> list[torch.Tensor]:
 
 # -- checks shared with the sanity checks ---------------------------------------------------------------------
 def check_batch(inputs) -> None:
-    """A non-empty batch of samples (the sanity checks explain at least one)."""
-    if not isinstance(inputs, torch.Tensor):
-        raise TypeError(f"inputs must be a tensor (batch first), got {type(inputs).__name__}")
-    if inputs.dim() == 0 or inputs.shape[0] == 0:
-        raise ValueError(f"inputs is empty (shape {tuple(inputs.shape)}): a sanity check needs at least one sample")
+    """A non-empty batch of samples (the sanity checks explain at least one): a tensor or a tuple of tensors."""
+    xs = inputs if isinstance(inputs, (tuple, list)) and len(inputs) > 0 else (inputs,)
+    for t in xs:
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"inputs must be a tensor or a tuple of tensors (batch first), got {type(t).__name__}")
+        if t.dim() == 0 or t.shape[0] == 0:
+            raise ValueError(f"inputs is empty (shape {tuple(t.shape)}): a sanity check needs at least one sample")
 
 
 def check_seed(seed) -> int:

@@ -55,10 +55,12 @@ from ..core.engine import check_model
 from ..core.targets import check_target
 from ..training import accuracy, trainer
 from .common import check_attributions, derived_seed, resolve_target
-from .methods import RANDOM, named_methods, random_attribution, resolve_method
+from .fixed_arguments import fixed_arguments, trainable
+from .methods import RANDOM, BoundExplainer, ResolvedMethod, named_methods, random_attribution, resolve_method
 from .perturbation import check_fractions, element_mask, unit_counts, unit_ids, unit_ranks
 from .reinitialise import randomised_copy
 from .road import noisy_linear_imputation
+from .view_methods import refuse_options_for_callable
 
 MODES = ("roar", "kar", "both")
 UNITS = ("pixel", "value")
@@ -194,6 +196,9 @@ def roar(
     seed: int = 0,
     batch_size: int | None = None,
     progress: bool = True,
+    forward_args: tuple | None = None,
+    forward_kwargs: dict | None = None,
+    output=None,
 ) -> RoarResult:
     """Remove (ROAR) or keep (KAR) the top-t features by each method's attribution, retrain, test (module doc).
 
@@ -238,6 +243,15 @@ def roar(
     seed : seeds the initialisations, the training, the random baseline, seeded methods and the imputation noise.
     batch_size : samples attributed (and modified) at once (default 256).
     progress : a progress bar over the retrainings.
+    forward_args, forward_kwargs : extra arguments of every forward pass that are the same for every sample (each
+        tensor wrapped in ``tribute.constant``; a per-sample tensor is refused, since the training and test sets
+        are different samples); they reach the attributions, the accuracies and the retrained models.
+    output : which part of a structured output holds the logits (:mod:`tribute.core.outputs`).  With forward
+        arguments or ``output=`` the trainer gets the fresh model as
+        :class:`tribute.metrics.fixed_arguments.FixedArguments`, whose ``forward(x)`` returns the logits.
+
+    Several inputs (a tuple of tensors) are refused: the units ranked and replaced are those of one input
+    tensor, and the trainer trains on one.
 
     Returns
     -------
@@ -245,6 +259,7 @@ def roar(
     """
     t0 = time.perf_counter()
     _check_models(model, model_factory)
+    fixed, options = _forward_options(forward_args, forward_kwargs, output)
     (x_train, y_train), (x_test, y_test) = _check_data("train_data", train_data), _check_data("test_data", test_data)
     if x_train.shape[1:] != x_test.shape[1:]:
         raise ValueError(f"train_data and test_data inputs differ in shape: {tuple(x_train.shape[1:])} and "
@@ -254,18 +269,17 @@ def roar(
                                                repeats, seed, batch_size)
     check_target(target, label=True, refuse=REFUSED_TARGETS)
     train = trainer(train_fn, train_options, owner="roar", defaults=DEFAULT_TRAINING)
-    items = named_methods(methods)
-    if RANDOM not in [m.label for m in items]:
-        items.append(resolve_method(random_attribution))
+    items = _methods(methods, options)
     ids, units = unit_ids(_ranked_shape(x_train, unit), patch_size)
     counts = _unit_counts(fractions_t, units, unit)
 
-    ranks = {m.label: tuple(_ranks(m.bind(model, seed=derived_seed(seed, "method")), m.label, *data, target, unit,
-                                   absolute, ids, units, batch_size) for data in ((x_train, y_train), (x_test, y_test)))
-             for m in items}
-    original = accuracy(model, (x_test, y_test), batch_size=batch_size)
+    scorer = trainable(model, fixed)  # the model as the accuracies and the trainer call it: model(x) -> logits
+    ranks = {m.label: tuple(_ranks(_bind(m, model, derived_seed(seed, "method"), options), scorer, m.label, *data,
+                                   target, unit, absolute, ids, units, batch_size)
+                            for data in ((x_train, y_train), (x_test, y_test))) for m in items}
+    original = accuracy(scorer, (x_test, y_test), batch_size=batch_size)
     removal = _Removal(ids, _channel_mean(x_train), replacement, noise, derived_seed(seed, "imputation"), batch_size)
-    retrain = _Retraining(model, model_factory, train, (x_train, y_train), (x_test, y_test), batch_size)
+    retrain = _Retraining(model, model_factory, train, (x_train, y_train), (x_test, y_test), batch_size, fixed)
     tests = ("roar", "kar") if mode == "both" else (mode,)
     runs, references = retrain.all(tests, ranks, counts, removal, repeats, seed, reference, progress)
     info = {"unit": unit, "absolute": absolute, "patch_size": patch_size, "replacement": replacement,
@@ -289,6 +303,11 @@ def kar(model: nn.Module, train_data, test_data, methods=("gradient",), **option
 
 # -- helpers -----------------------------------------------------------------------------------------------------
 def _check_data(name: str, data) -> tuple[torch.Tensor, torch.Tensor]:
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (tuple, list)):
+        raise TypeError(f"{name}: the inputs are a {type(data[0]).__name__} of {len(data[0])}; ROAR ranks and replaces "
+                        "the units of one input tensor and retrains on one, so a model taking several inputs is not "
+                        "supported (an input that is the same for every sample can be passed as "
+                        "forward_args=(tribute.constant(t),))")
     if not (isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data)):
         raise TypeError(f"{name} must be a pair of tensors (inputs, labels)")
     x, y = data
@@ -383,10 +402,11 @@ class _Retraining:
     train_data: tuple[torch.Tensor, torch.Tensor]
     test_data: tuple[torch.Tensor, torch.Tensor]
     batch_size: int
+    fixed: dict[str, Any] | None = None  # the constant forward arguments and output= (fixed_arguments)
 
     def accuracy(self, x_train: torch.Tensor, x_test: torch.Tensor, seeds: tuple[int, int]) -> float:
         """Accuracy on ``x_test`` of a fresh model trained on ``x_train`` (seeds: initialisation, training)."""
-        fresh = _fresh_model(self.model, self.model_factory, seeds[0])
+        fresh = trainable(_fresh_model(self.model, self.model_factory, seeds[0]), self.fixed)
         trained = self.train(fresh, x_train, self.train_data[1], seeds[1])
         return accuracy(trained.eval(), (x_test, self.test_data[1]), batch_size=self.batch_size)
 
@@ -456,15 +476,42 @@ def _channel_mean(x: torch.Tensor) -> torch.Tensor:
     return x.mean(dim=dims, keepdim=True)
 
 
-def _ranks(explain, label, x, y, target, unit, absolute, ids, units, batch_size) -> torch.Tensor:
-    """(N, units) int32: each unit's position in the ranking (0 = top) by the method's attribution scores."""
+def _forward_options(forward_args, forward_kwargs, output) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """What the trainer's model holds fixed (:func:`fixed_arguments`: constants only) and what the methods are
+    given (the user's options, constants still marked)."""
+    fixed = fixed_arguments("roar", forward_args, forward_kwargs, output)
+    given = {"forward_args": forward_args, "forward_kwargs": forward_kwargs, "output": output}
+    return fixed, {k: v for k, v in given.items() if v is not None}
+
+
+def _methods(methods, options: dict[str, Any]) -> list[ResolvedMethod]:
+    """The user's methods resolved, with the random baseline added; a plain callable cannot take ``options``."""
+    items = named_methods(methods)
+    if RANDOM not in [m.label for m in items]:
+        items.append(resolve_method(random_attribution))
+    for m in items:
+        refuse_options_for_callable(m, options, "roar")
+    return items
+
+
+def _bind(m: ResolvedMethod, model: nn.Module, seed: int | None, options: dict[str, Any]) -> BoundExplainer:
+    """``m`` bound to the user's model with the call's forward arguments and ``output=`` (the random baseline,
+    which ignores the model, takes none)."""
+    if m.klass is None:
+        return m.bind(model, seed=seed)
+    return m.bind(model, seed=seed, **options)
+
+
+def _ranks(explain, scorer, label, x, y, target, unit, absolute, ids, units, batch_size) -> torch.Tensor:
+    """(N, units) int32: each unit's position in the ranking (0 = top) by the method's attribution scores
+    (``scorer``: the model as ``model(x) -> logits``, for the predicted class of ``target=None``)."""
     out = []
     for first in range(0, x.shape[0], batch_size):
         xb = x[first:first + batch_size]
         if target == "label":
             t = y[first:first + batch_size].to(xb.device)
         elif target is None:
-            t = resolve_target(explain.model, xb, None)
+            t = resolve_target(scorer, xb, None)
         else:
             t = target
         a = explain(xb, t)

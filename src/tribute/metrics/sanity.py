@@ -26,6 +26,11 @@ first made maps by the shared ``reduce=`` (default ``"sum"`` over the channels; 
 
 Which layers are randomised, in which order, and how each is re-initialised: :mod:`tribute.metrics.reinitialise`.
 
+Any input a model takes: ``inputs`` may be a tuple of tensors, with ``forward_args=`` / ``forward_kwargs=`` and
+``output=`` as for the attribution methods.  The maps of a sample's several inputs are compared as one vector
+(each input's map flattened, end to end), or one input's alone with ``input_index=``
+(:func:`tribute.metrics.view_methods.attribution_maps`).
+
 The user's model is never modified: the checks work on one deep copy (:func:`randomisation_steps`).
 Targets are fixed once, on the trained model (``target=None``: its predicted class), and the same class is
 explained in every randomised model.
@@ -46,7 +51,8 @@ from ..core.engine import check_model
 from ..core.reduce import check_reduce
 from ..core.tensors import per_sample
 from ..training import trainer
-from .common import as_map, check_attributions, resolve_target
+from .common import as_map, check_attributions, model_inputs, resolve_target_in
+from .fixed_arguments import fixed_arguments, inner, trainable
 from .methods import resolve_method
 from .registry import METHOD, register_metric
 from .reinitialise import (
@@ -72,6 +78,7 @@ from .reinitialise import (
 from .reinitialise import (
     reinitialise as reinitialise,
 )
+from .view_methods import attribution_maps, explain_rows, refuse_options_for_callable
 
 MAP_SIMILARITIES = ("spearman", "spearman_abs", "ssim", "hog")
 FLAT_SIMILARITIES = ("spearman", "spearman_abs")
@@ -169,6 +176,10 @@ def parameter_randomisation(
     batch_size: int | None = None,
     progress: bool = False,
     method_options: dict[str, Any] | None = None,
+    input_index: int | None = None,
+    forward_args: tuple | None = None,
+    forward_kwargs: dict | None = None,
+    output=None,
 ) -> SanityResult:
     """Adebayo et al.'s model parameter randomisation test, per layer and sample.
 
@@ -206,27 +217,36 @@ def parameter_randomisation(
         Rows per forward pass when fixing ``target=None``.
     progress : bool
         A progress bar over the steps.
+    input_index : int, optional
+        With several inputs, compare the maps of this input only; default: each sample's maps of all its inputs
+        as one vector (each input's map by ``reduce``, flattened, end to end; :mod:`tribute.metrics.view_methods`).
+    forward_args, forward_kwargs, output
+        As for the attribution methods: extra arguments of every forward pass (tensors per sample,
+        ``tribute.constant`` for one shared by all), and which part of a structured output holds the scores.
 
     Returns
     -------
     SanityResult
         ``scores[s, k, i]``: similarity s between the trained and step-k maps of sample i.
     """
-    check_model(model)  # before any forward pass: a refused model is left as it was
-    check_batch(inputs)
-    check_reduce("reduce", reduce)
-    resolved = resolve_method(method, method_options)
-    explain = resolved.bind(model)
-    steps = randomisation_steps(model, inputs, mode=mode, layers=layers, seed=seed, init=init)
-    target = resolve_target(model, inputs, target, batch_size=batch_size, keep_callable=True)
-    original = as_maps(inputs, explain(inputs, target), reduce)
+    view, resolved = _prepare(model, inputs, method, method_options, reduce, "parameter_randomisation",
+                              forward_args=forward_args, forward_kwargs=forward_kwargs, output=output)
+    steps = randomisation_steps(model, view.user_inputs, mode=mode, layers=layers, seed=seed, init=init,
+                                forward_args=forward_args, forward_kwargs=forward_kwargs)
+    target = resolve_target_in(view, target, batch_size=batch_size, keep_callable=True)
+
+    def maps_of(m: nn.Module) -> torch.Tensor:
+        a = explain_rows(resolved.bind(m), view, view.x, target, owner="parameter_randomisation")
+        return attribution_maps(view.user_inputs, a, reduce, input_index)
+
+    original = maps_of(model)
     measures = similarity_functions(similarities, original)
     if progress:
         from tqdm.auto import tqdm
         steps = tqdm(steps, desc=f"{mode} randomisation", unit="layer")
     names, rows = [], []
     for name, randomised in steps:  # one copy changed in place from step to step: bound afresh each step
-        maps = as_maps(inputs, resolved.bind(randomised)(inputs, target), reduce)
+        maps = maps_of(randomised)
         names.append(name)
         rows.append(compare_maps(measures, original, maps))
     return SanityResult(mode, resolved.label, tuple(names), tuple(measures), torch.stack(rows, dim=1))
@@ -249,6 +269,10 @@ def label_randomisation(
     batch_size: int | None = None,
     method_options: dict[str, Any] | None = None,
     train_options: dict[str, Any] | None = None,
+    input_index: int | None = None,
+    forward_args: tuple | None = None,
+    forward_kwargs: dict | None = None,
+    output=None,
 ) -> SanityResult:
     """Adebayo et al.'s data randomisation test: the maps of a model trained on permuted labels.
 
@@ -262,10 +286,16 @@ def label_randomisation(
         The model trained on the true labels (not modified).
     inputs : Tensor
         (N, ...) the samples to explain (held-out data, as in the paper).
-    method, target, similarities, reduce, seed, init, batch_size, method_options
+    method, target, similarities, reduce, seed, init, batch_size, method_options, input_index
         As in :func:`parameter_randomisation`.
-    train_data : (Tensor, Tensor)
-        The training inputs (M, ...) and their integer labels (M,).
+    forward_args, forward_kwargs, output
+        As in :func:`parameter_randomisation`, except that a per-sample tensor is refused: the copy is trained on
+        ``train_data``, other samples than ``inputs``.  Arguments the same for every sample
+        (``tribute.constant``) and ``output=`` reach the training too: the trainer gets the copy as
+        :class:`tribute.metrics.fixed_arguments.FixedArguments`, whose ``forward(x)`` returns the scores.
+    train_data : (Tensor or tuple of Tensors, Tensor)
+        The training inputs (M, ...) (one tensor per input for a model taking several: then give a
+        ``train_fn``) and their integer labels (M,).
     train_fn : callable, optional
         ``train_fn(model_copy, train_inputs, train_labels)`` trains the copy and returns it (or None when it
         trained ``model_copy`` in place); the result is put in eval mode.  If it takes a ``seed`` keyword it gets
@@ -286,15 +316,20 @@ def label_randomisation(
         (Adebayo et al. train the permuted-label model past 95 %: if it is far lower, the model has not yet
         memorised its labels, and a longer training gives the test its intended form).
     """
-    check_model(model)  # before any forward pass: a refused model is left as it was
-    check_batch(inputs)
-    check_reduce("reduce", reduce)
+    owner = "label_randomisation"
+    view, resolved = _prepare(model, inputs, method, method_options, reduce, owner, forward_args=forward_args,
+                              forward_kwargs=forward_kwargs, output=output)
+    fixed = fixed_arguments(owner, forward_args, forward_kwargs, output)
     seed = check_seed(seed)
-    train_x, train_y = _check_train_data(train_data)
-    train = trainer(train_fn, train_options, owner="label_randomisation", required=("epochs", "lr"))
-    resolved = resolve_method(method, method_options)
-    target = resolve_target(model, inputs, target, batch_size=batch_size, keep_callable=True)
-    original = as_maps(inputs, resolved.bind(model)(inputs, target), reduce)
+    train_x, train_y = _check_train_data(train_data, several=train_fn is not None)
+    train = trainer(train_fn, train_options, owner=owner, required=("epochs", "lr"))
+    target = resolve_target_in(view, target, batch_size=batch_size, keep_callable=True)
+
+    def maps_of(m: nn.Module) -> torch.Tensor:
+        a = explain_rows(resolved.bind(m), view, view.x, target, owner=owner)
+        return attribution_maps(view.user_inputs, a, reduce, input_index)
+
+    original = maps_of(model)
     measures = similarity_functions(similarities, original)
     permutation = torch.randperm(len(train_y), generator=torch.Generator().manual_seed(seed))
     runs = [("true labels (retrained)", train_y)] if control else []
@@ -303,9 +338,9 @@ def label_randomisation(
     for name, labels in runs:
         start = copy.deepcopy(model)
         reinitialise_owners(start, parameter_owners(start, ""), seed, init)
-        trained = train(start, train_x, labels, seed).eval()
+        trained = train(trainable(start, fixed), train_x, labels, seed).eval()
         info[f"training accuracy, {name}"] = round(_accuracy(trained, train_x, labels, batch_size), 4)
-        maps = as_maps(inputs, resolved.bind(trained)(inputs, target), reduce)
+        maps = maps_of(inner(trained))
         names.append(name)
         rows.append(compare_maps(measures, original, maps))
     return SanityResult("labels", resolved.label, tuple(names), tuple(measures), torch.stack(rows, dim=1),
@@ -313,23 +348,50 @@ def label_randomisation(
 
 
 # -- helpers ---------------------------------------------------------------------------------------------------
-def _check_train_data(train_data) -> tuple[torch.Tensor, torch.Tensor]:
-    if not (isinstance(train_data, (tuple, list)) and len(train_data) == 2
-            and all(isinstance(t, torch.Tensor) for t in train_data)):
+def _prepare(model, inputs, method, method_options, reduce, owner, **call):
+    """The checks every sanity check starts with (the model first, before any forward pass), its view of the
+    inputs and the resolved method."""
+    check_model(model)  # before any forward pass: a refused model is left as it was
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"{owner} re-initialises the model's parameters, so the model must be an nn.Module; a "
+                        f"function ({type(model).__name__}) hides them")
+    check_batch(inputs)
+    check_reduce("reduce", reduce)
+    view = model_inputs(model, inputs, integers=True, **call)
+    resolved = resolve_method(method, method_options)
+    refuse_options_for_callable(resolved, view.method_options, owner)
+    return view, resolved
+
+
+def _check_train_data(train_data, *, several: bool) -> tuple:
+    """(inputs, labels); the inputs one tensor, or with ``several`` (a user's train_fn) a tuple of tensors."""
+    pair = isinstance(train_data, (tuple, list)) and len(train_data) == 2
+    x = train_data[0] if pair else None
+    multi = isinstance(x, (tuple, list)) and len(x) > 0 and all(isinstance(t, torch.Tensor) for t in x)
+    if multi and not several:
+        raise TypeError("train_data holds several inputs; the default trainer (tribute.training.fit) trains on one "
+                        "input tensor: pass train_fn= that trains the model on its inputs")
+    if not (pair and (multi or isinstance(x, torch.Tensor)) and isinstance(train_data[1], torch.Tensor)):
         raise TypeError("train_data must be a pair of tensors (train_inputs, train_labels)")
-    x, y = train_data
-    if x.dim() == 0 or x.shape[0] == 0:
+    y = train_data[1]
+    first = x[0] if multi else x
+    if first.dim() == 0 or first.shape[0] == 0:
         raise ValueError("train_data is empty: label randomisation needs training samples")
-    if y.dim() != 1 or y.shape[0] != x.shape[0] or y.is_floating_point() or y.dtype == torch.bool:
-        raise ValueError(f"train_data labels must be a 1-D integer tensor of length {x.shape[0]}, got "
+    if multi and any(t.dim() == 0 or t.shape[0] != first.shape[0] for t in x):
+        raise ValueError(f"train_data inputs disagree in their number of samples: {[tuple(t.shape) for t in x]}")
+    if y.dim() != 1 or y.shape[0] != first.shape[0] or y.is_floating_point() or y.dtype == torch.bool:
+        raise ValueError(f"train_data labels must be a 1-D integer tensor of length {first.shape[0]}, got "
                          f"{tuple(y.shape)} {y.dtype}")
-    return x, y
+    return (tuple(x) if multi else x), y
 
 
 @torch.no_grad()
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int | None) -> float:
-    correct = sum(int((model(c).argmax(1) == t).sum()) for c, t in zip(x.split(batch_size or 256),
-                                                                       y.split(batch_size or 256), strict=True))
+def _accuracy(model: nn.Module, x, y: torch.Tensor, batch_size: int | None) -> float:
+    """Accuracy of ``model`` (called on one tensor or one tensor per input) on ``(x, y)``."""
+    xs = tuple(x) if isinstance(x, tuple) else (x,)
+    size = batch_size or 256
+    chunks = zip(*(t.split(size) for t in xs), strict=True)
+    correct = sum(int((model(*c).argmax(1) == t).sum()) for c, t in zip(chunks, y.split(size), strict=True))
     return correct / len(y)
 
 

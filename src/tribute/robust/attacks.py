@@ -28,23 +28,40 @@ Conventions (every attack here):
   adversarial example does not depend on its batch-mates, its position or ``batch_size``.
 - The model is put in eval mode for the attack (every submodule), and each module's mode is restored
   afterwards, also on error.  Gradients are taken with respect to the input only (``torch.autograd.grad``):
-  no parameter's ``.grad`` or ``requires_grad`` changes.
+  no parameter's ``.grad`` or ``requires_grad`` changes.  A model given as a plain function hides its modules:
+  one that would run in train mode (batch norm with batch statistics, dropout) is refused before the op runs
+  (:mod:`tribute.core.train_guard`), so nothing has changed.
+- Any input a model takes (as for the attribution methods): ``inputs`` may be a tuple of tensors, attacked
+  jointly with one budget, step and bounds per input (:mod:`tribute.robust.attack_inputs`; the result has the
+  inputs' structure); ``forward_args=`` / ``forward_kwargs=`` are passed to every forward pass and held fixed,
+  a per-sample tensor following its sample's rows; ``output=`` picks the logits the loss reads from a
+  structured output.  Integer inputs (token ids) cannot take a gradient step and are refused.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..core import options as opt
-from ..core.engine import DisconnectedInputError, check_inputs, chunk_rows, default_batch_size, record_passes
+from ..core.engine import DisconnectedInputError, Forward, chunk_rows, default_batch_size, record_passes
 from ..core.randomness import SampleStreams
 from ..core.tensors import per_sample
+from ..metrics.common import model_inputs
+from .attack_inputs import (
+    InputStreams,
+    bounds_per_input,
+    budgets,
+    check_attackable,
+    steps_for,
+    transforms_per_input,
+    with_transform,
+)
 
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -56,16 +73,19 @@ _MAX_CORRECTIONS = 64
 
 def fgsm(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
     labels: torch.Tensor,
     *,
-    eps: float,
+    eps: float | tuple[float, ...],
     bounds: tuple | None = None,
     loss: Loss | None = None,
     targeted: bool = False,
-    input_transform: Callable | None = None,
+    input_transform: Callable | tuple | None = None,
     batch_size: int | None = None,
-) -> torch.Tensor:
+    forward_args: tuple | None = None,
+    forward_kwargs: dict | None = None,
+    output=None,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Fast gradient sign method: x' = Π_[lo, hi](x + ε · sign(∇_x L(x, y))).
 
     Goodfellow, Shlens & Szegedy 2015, "Explaining and Harnessing Adversarial Examples", eq 3.  With
@@ -74,70 +94,85 @@ def fgsm(
 
     Parameters
     ----------
-    model : nn.Module
-        Maps (transformed) inputs to logits, (N, classes).
-    inputs : Tensor
-        (N, ...) floating point, in pixel space; must lie within ``bounds`` when given.
+    model : nn.Module or callable
+        Maps (transformed) inputs to logits, (N, classes), or to a structured output holding them (``output=``).
+    inputs : Tensor or tuple of Tensors
+        (N, ...) floating point, in pixel space; must lie within ``bounds`` when given.  Several inputs are
+        attacked jointly, each in its own ball (:mod:`tribute.robust.attack_inputs`).
     labels : Tensor
         (N,) class indices: the true classes (untargeted) or the target classes (``targeted=True``).
-    eps : float
-        L∞ budget, > 0, in the units of ``inputs``.
+    eps : float or tuple of floats
+        L∞ budget, > 0, in the units of ``inputs``; with several inputs one for all or one per input (>= 0 each,
+        0 holds that input fixed).
     bounds : (lo, hi), optional
-        The input domain (numbers, or tensors broadcastable to ``inputs``); the result is clipped to it.
+        The input domain (numbers, or tensors broadcastable to ``inputs``); the result is clipped to it.  With
+        several inputs one pair for all or a tuple with one entry (None or a pair) per input.
     loss : callable, optional
         ``loss(logits, labels) -> (N,)``; default per-sample cross-entropy on the logits.
     targeted : bool
         Descend the loss towards ``labels`` instead of ascending it.
     input_transform : callable, optional
-        Applied to the inputs before the model (e.g. :class:`tribute.Normalize`).
+        Applied to the inputs before the model (e.g. :class:`tribute.Normalize`); one per input (a tuple) for
+        several.
     batch_size : int, optional
         Most rows through the model at once (default: from the input size, as the attribution methods).
+    forward_args, forward_kwargs : optional
+        Extra arguments of every forward pass, held fixed (not attacked), as for the attribution methods:
+        tensors are per sample and follow their sample's rows, ``tribute.constant(t)`` is the same for all.
+    output : str, int or callable, optional
+        Which part of a structured output holds the logits the loss reads (:mod:`tribute.core.outputs`).
 
     Returns
     -------
-    Tensor
-        Adversarial inputs, the input's shape, dtype and device.
+    Tensor or tuple of Tensors
+        Adversarial inputs in the structure, shapes, dtype and device of ``inputs``.
     """
-    return _attack(model, inputs, labels, norm="linf", eps=eps, step_size=eps, steps=1, random_start=False,
+    return _attack(model, inputs, labels, norm="linf", eps=eps, step_size=None, steps=1, random_start=False,
                    bounds=bounds, targeted=targeted, loss=loss, seed=None, input_transform=input_transform,
-                   batch_size=batch_size, owner="fgsm", step_name="eps")
+                   batch_size=batch_size, owner="fgsm", step_name="eps",
+                   call={"forward_args": forward_args, "forward_kwargs": forward_kwargs, "output": output})
 
 
 def pgd(
     model: nn.Module,
-    inputs: torch.Tensor,
+    inputs: torch.Tensor | tuple[torch.Tensor, ...],
     labels: torch.Tensor,
     *,
     norm: str = "linf",
-    eps: float,
-    step_size: float,
+    eps: float | tuple[float, ...],
+    step_size: float | tuple[float, ...],
     steps: int,
     random_start: bool = True,
     bounds: tuple | None = None,
     targeted: bool = False,
     loss: Loss | None = None,
     seed: int | None = None,
-    input_transform: Callable | None = None,
+    input_transform: Callable | tuple | None = None,
     batch_size: int | None = None,
-) -> torch.Tensor:
+    forward_args: tuple | None = None,
+    forward_kwargs: dict | None = None,
+    output=None,
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Projected gradient descent (ascent on the loss) in an L∞ or L2 ball of radius ε around each input.
 
     x_0 = x (+ a uniform random point of the ball), x_{t+1} = Π(x_t + α · s(±∇_x L(x_t, y))), t < ``steps``;
     returns x_T.  Madry et al. 2018, §2 and eq 2.1; Zeng et al. 2021, eq 2-3 (with the L2 steepest-ascent step
     s(g) = g / ‖g‖₂ rather than sign(g), see the module docstring).  A sample whose gradient is exactly zero does
-    not move in that step.
+    not move in that step.  Several inputs are attacked jointly, each in its own ball with its own step
+    (:mod:`tribute.robust.attack_inputs`).
 
     Parameters
     ----------
-    model, inputs, labels, bounds, loss, targeted, input_transform, batch_size
+    model, inputs, labels, bounds, loss, targeted, input_transform, batch_size, forward_args, forward_kwargs, output
         As in :func:`fgsm`.
     norm : {"linf", "l2"}
         The threat model: ‖δ‖∞ ≤ ε (sign steps) or ‖δ‖₂ ≤ ε (normalised-gradient steps), ‖·‖ over all of a
-        sample's elements.
-    eps : float
-        The budget ε > 0, in the units of ``inputs``.
-    step_size : float
-        α > 0, in the same units (a common choice is 2.5 · ε / steps: Madry et al.'s robustness library).
+        sample's elements (of each input, for several).
+    eps : float or tuple of floats
+        The budget ε > 0, in the units of ``inputs`` (per input as in :func:`fgsm`).
+    step_size : float or tuple of floats
+        α > 0, in the same units (a common choice is 2.5 · ε / steps: Madry et al.'s robustness library); one
+        for all inputs or one per input.
     steps : int
         Number of gradient steps, >= 1.
     random_start : bool
@@ -147,79 +182,101 @@ def pgd(
 
     Returns
     -------
-    Tensor
-        Adversarial inputs, the input's shape, dtype and device.
+    Tensor or tuple of Tensors
+        Adversarial inputs in the structure, shapes, dtype and device of ``inputs``.
     """
     return _attack(model, inputs, labels, norm=norm, eps=eps, step_size=step_size, steps=steps,
                    random_start=random_start, bounds=bounds, targeted=targeted, loss=loss, seed=seed,
-                   input_transform=input_transform, batch_size=batch_size, owner="pgd", step_name="step_size")
+                   input_transform=input_transform, batch_size=batch_size, owner="pgd", step_name="step_size",
+                   call={"forward_args": forward_args, "forward_kwargs": forward_kwargs, "output": output})
+
+
+@dataclass(frozen=True)
+class _Ball:
+    """One input's constraint set and step: ‖δ‖_p ≤ eps, lo ≤ x ≤ hi, steps of size ``step``; ``streams`` draw
+    its random start (None: it starts at x)."""
+
+    eps: float
+    step: float
+    lo: torch.Tensor | None
+    hi: torch.Tensor | None
+    streams: SampleStreams | None
+
+    def start(self, x0: torch.Tensor, sample: torch.Tensor, norm: str) -> torch.Tensor:
+        if self.streams is None or self.eps == 0:
+            return x0
+        return project(x0 + _ball_draw(self.streams, sample, x0, self.eps, norm), x0, self.eps, norm, self.lo,
+                       self.hi)
+
+    def step_from(self, xt: torch.Tensor, g: torch.Tensor, x0: torch.Tensor, norm: str) -> torch.Tensor:
+        if self.eps == 0:  # held fixed
+            return x0
+        return project(xt + self.step * _ascent_direction(g, norm), x0, self.eps, norm, self.lo, self.hi)
 
 
 def _attack(model, inputs, labels, *, norm, eps, step_size, steps, random_start, bounds, targeted, loss, seed,
-            input_transform, batch_size, owner, step_name) -> torch.Tensor:
-    eps = opt.real(0.0, low_open=True)(f"{owner}: eps", eps)
+            input_transform, batch_size, owner, step_name, call):
+    layout, xs = check_attackable(owner, inputs)
+    eps = budgets(owner, "eps", eps, layout)
     norm = opt.choice(NORMS)(f"{owner}: norm", norm)
-    step_size = opt.real(0.0, low_open=True)(f"{owner}: {step_name}", step_size)
+    steps_k = eps if step_size is None else budgets(owner, step_name, step_size, layout)
+    steps_for(owner, step_name, steps_k, eps)
     steps = opt.integer(1)(f"{owner}: steps", steps)
     random_start = opt.boolean(f"{owner}: random_start", random_start)
     targeted = opt.boolean(f"{owner}: targeted", targeted)
     opt.function(f"{owner}: loss", loss)
-    opt.function(f"{owner}: input_transform", input_transform)
+    transform = transforms_per_input(owner, input_transform, layout)
     batch_size = opt.optional(opt.integer(1))(f"{owner}: batch_size", batch_size)
-    for name, value in (("eps", eps), (step_name, step_size)):
-        if math.isinf(value):
-            raise ValueError(f"{owner}: {name} must be finite, got {value!r}")
     if seed is not None:
         opt.integer(0)(f"{owner}: seed", seed)
     if not callable(model):
         raise TypeError(f"{owner}: model must be a callable nn.Module, got {type(model).__name__}")
-    check_inputs(model, inputs)
-    x = inputs.detach()
-    lo, hi = check_bounds(owner, x, bounds)
-    y = _check_labels(owner, x, labels, custom_loss=loss is not None)
-    loss_fn = loss if loss is not None else _cross_entropy
-    streams = SampleStreams(x, seed) if random_start else None
-    batch_size = batch_size or default_batch_size(x)
-
-    out = torch.empty_like(x)
-    with _eval_mode(model), torch.enable_grad():
-        for rows in chunk_rows(x.shape[0], batch_size):
-            sample = torch.arange(rows.start, rows.stop)
-            x0 = x[rows.start:rows.stop]
-            xt = x0 if streams is None else project(x0 + _ball_draw(streams, sample, x0, eps, norm), x0, eps,
-                                                     norm, lo, hi)
-            for t in range(steps):
-                g = _loss_gradient(model, input_transform, loss_fn, xt, y[rows.start:rows.stop], owner,
-                                   check=t == 0)
-                if targeted:
-                    g = -g
-                xt = project(xt + step_size * _ascent_direction(g, norm), x0, eps, norm, lo, hi)
-            out[rows.start:rows.stop] = xt
-    return out
+    with _eval_mode(model):  # before the model is checked: an attack runs a module in train mode in eval mode
+        view = model_inputs(model, inputs, **call)
+        forward = with_transform(view, transform)
+        x = view.x
+        starts = InputStreams.of(view.inputs, eps, seed).streams if random_start else (None,) * layout.count
+        balls = [_Ball(e, s, *check_bounds(owner if layout.single else f"{owner}: inputs[{k}]", t.detach(), b), st)
+                 for k, (e, s, t, b, st) in enumerate(zip(eps, steps_k, view.inputs, bounds_per_input(bounds, layout),
+                                                          starts, strict=True))]
+        y = _check_labels(owner, x, labels, custom_loss=loss is not None)
+        loss_fn = loss if loss is not None else _cross_entropy
+        batch_size = batch_size or default_batch_size(x)
+        out = torch.empty_like(x)
+        with torch.enable_grad():
+            for rows in chunk_rows(x.shape[0], batch_size):
+                sample = torch.arange(rows.start, rows.stop)
+                x0 = layout.unpack(x[rows.start:rows.stop])
+                xt = [b.start(p, sample, norm) for b, p in zip(balls, x0, strict=True)]
+                for t in range(steps):
+                    g = _loss_gradient(forward, loss_fn, xt, y[rows.start:rows.stop], sample, owner, check=t == 0)
+                    g = [-d for d in g] if targeted else g
+                    xt = [b.step_from(p, d, q, norm) for b, p, d, q in zip(balls, xt, g, x0, strict=True)]
+                out[rows.start:rows.stop] = layout.pack(xt)
+    return layout.result(out)
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits, labels, reduction="none")
 
 
-def _loss_gradient(model, input_transform, loss_fn, x, y, owner, check) -> torch.Tensor:
-    """∇_x Σ_i L(x_i, y_i): one forward and one backward pass, to the input only."""
-    leaf = x.detach().requires_grad_()
-    logits = model(leaf if input_transform is None else input_transform(leaf))
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"{owner}: the model must return a tensor of logits, got {type(logits).__name__}")
+def _loss_gradient(forward: Forward, loss_fn, xs, y, sample, owner, check) -> tuple[torch.Tensor, ...]:
+    """∇_x Σ_i L(x_i, y_i) for each input: one forward and one backward pass, to the inputs only."""
+    layout = forward.layout
+    leaf = layout.pack([t.detach() for t in xs]).detach().requires_grad_()
+    logits = forward(leaf, sample)
     if check and loss_fn is _cross_entropy:
         _check_classes(owner, logits, y)
     losses = loss_fn(logits, y)
-    if not isinstance(losses, torch.Tensor) or losses.shape != (x.shape[0],):
+    if not isinstance(losses, torch.Tensor) or losses.shape != (leaf.shape[0],):
         got = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
-        raise ValueError(f"{owner}: loss must return one loss per sample, shape ({x.shape[0]},); got {got}")
+        raise ValueError(f"{owner}: loss must return one loss per sample, shape ({leaf.shape[0]},); got {got}")
     g = torch.autograd.grad(losses.sum(), leaf, allow_unused=True)[0] if losses.requires_grad else None
     if g is None:
         raise DisconnectedInputError(f"{owner}: the loss does not depend on the input through autograd "
                                      "(a torch.no_grad() or .detach() in the model or the loss?)")
-    record_passes(forward=x.shape[0], backward=x.shape[0])
-    return g
+    record_passes(backward=leaf.shape[0])  # the forward rows are counted by the forward itself
+    return layout.unpack(g)
 
 
 def _ascent_direction(g: torch.Tensor, norm: str) -> torch.Tensor:

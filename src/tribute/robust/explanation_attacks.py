@@ -48,6 +48,12 @@ projection of :mod:`tribute.robust.attacks`).  Work is done in chunks of ``batch
 running all steps, and a sample's path depends only on itself.  In float32 the rounding of a convolution can
 depend on the batch size, and sign steps may amplify such differences; in float64 results are identical alone
 and in any batch (tests/test_explanation_attacks.py).
+
+Models that take more than the attacked input: ``forward_args=`` / ``forward_kwargs=`` reach every forward pass
+of the model and of the explanation, each sample meeting its own (a per-sample mask follows its sample), and
+``output=`` picks the logits of a structured output (:mod:`tribute.core.outputs`).  The attacked input is one
+tensor: a tuple of inputs is refused (the maps compared are one input's), the others being held fixed as forward
+arguments.  ``manipulate_explanation``'s choice of the kept output g is ``keep=``.
 """
 
 from __future__ import annotations
@@ -61,14 +67,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..core.engine import check_inputs, check_model, default_batch_size
+from ..core.engine import Forward, check_model, default_batch_size
 from ..core.randomness import SampleStreams
 from ..core.reduce import check_reduce
 from ..core.targets import Target
 from ..core.tensors import per_sample
-from ..metrics.common import as_map
+from ..metrics.common import ModelInputs, as_map, model_inputs
 from ..metrics.methods import BoundExplainer, ResolvedMethod, resolve_method
 from ..metrics.similarity import center_of_mass, check_k, topk_intersection
+from ..metrics.view_methods import explain_rows
 from .attacks import check_bounds, project
 
 __all__ = [
@@ -102,7 +109,12 @@ def _steps(v) -> int:
     return v
 
 
-def _check_inputs(inputs) -> torch.Tensor:
+def _check_inputs(inputs, owner: str) -> torch.Tensor:
+    if isinstance(inputs, (tuple, list)):
+        raise TypeError(
+            f"{owner}: inputs is a {type(inputs).__name__} of {len(inputs)}; the attacks on explanations perturb one "
+            "input and compare its maps (its top-k features, its centre of mass). Attack one input and pass the "
+            "others with forward_args= (held fixed; a lambda can put the attacked input first)")
     if not isinstance(inputs, torch.Tensor):
         raise TypeError(f"inputs must be a torch.Tensor, got {type(inputs).__name__}")
     if inputs.dim() < 2 or inputs.shape[0] == 0:
@@ -132,7 +144,7 @@ def random_sign_perturbation(inputs: torch.Tensor, *, eps: float, bounds=None, s
     -------
     Tensor, the input's shape, dtype and device.
     """
-    x = _check_inputs(inputs)
+    x = _check_inputs(inputs, "random_sign_perturbation")
     eps = _positive("eps", eps)
     box = check_bounds("random_sign_perturbation", x, bounds)
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
@@ -146,42 +158,44 @@ def random_sign_perturbation(inputs: torch.Tensor, *, eps: float, bounds=None, s
 # -- explanations: the real one and its differentiable surrogate ------------------------------------------------
 @dataclass
 class _Maps:
-    """The importance maps of one resolved method on the attacked model: real (off the graph) and surrogate."""
+    """The importance maps of one resolved method on the attacked model: real (off the graph) and surrogate.
 
-    model: nn.Module
+    ``forward`` scores rows (the model with ``input_transform``, forward arguments and ``output=``); every
+    call names the samples its rows belong to, whose forward arguments they meet.
+    """
+
+    view: ModelInputs
+    forward: Forward
     real_method: BoundExplainer
     surrogate_method: BoundExplainer
     reduce: str | None
-    input_transform: Callable | None
     batch_size: int
 
-    def outputs(self, x: torch.Tensor) -> torch.Tensor:
-        z = x if self.input_transform is None else self.input_transform(x)
-        out = self.model(z)
-        if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[0] != x.shape[0]:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"the model must return logits of shape (N, classes); got {got}")
+    def outputs(self, x: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        out = self.forward(x, sample)
+        if out.dim() != 2 or out.shape[0] != x.shape[0]:
+            raise ValueError(f"the model must return logits of shape (N, classes); got {tuple(out.shape)}")
         return out
 
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
+    def predict(self, x: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
-            return self.outputs(x).argmax(1)
+            return self.outputs(x, sample).argmax(1)
 
-    def _map(self, explain: BoundExplainer, x, cls):
-        phi = explain(x, cls)
+    def _map(self, explain: BoundExplainer, x, cls, sample):
+        phi = explain_rows(explain, self.view, x, cls, sample)
         m = phi if self.reduce is None else as_map(phi, self.reduce)
         return m.abs()
 
-    def real(self, x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    def real(self, x: torch.Tensor, cls: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The importance map |reduce(φ(x))| of the unmodified model, detached."""
-        return self._map(self.real_method, x.detach(), cls).detach()
+        return self._map(self.real_method, x.detach(), cls, sample).detach()
 
-    def surrogate(self, x: torch.Tensor, cls: torch.Tensor) -> torch.Tensor:
+    def surrogate(self, x: torch.Tensor, cls: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
         """The importance map of the surrogate (softplus_β ReLUs), on the autograd graph back to x."""
-        return self._map(self.surrogate_method, x, cls)
+        return self._map(self.surrogate_method, x, cls, sample)
 
 
-def _maps(model, method, method_options, surrogate_beta, reduce, input_transform, batch_size, x) -> _Maps:
+def _maps(model, method, method_options, surrogate_beta, reduce, input_transform, batch_size, x, call) -> _Maps:
     check_model(model)  # before any forward pass: a refused model is left as it was
     resolved = resolve_method(method, method_options)
     if resolved.klass is None:
@@ -189,13 +203,13 @@ def _maps(model, method, method_options, surrogate_beta, reduce, input_transform
                         "attacks differentiate the explanation, which a plain callable cannot promise")
     if resolved.klass.returns == "layer":
         raise ValueError(f"method {resolved.klass.name!r} attributes to a layer; the attacks need maps of the input")
-    for reserved in ("differentiable", "input_transform", "batch_size"):
+    for reserved in ("differentiable", "input_transform", "batch_size", "forward_args", "forward_kwargs", "output"):
         if reserved in resolved.options:
             raise TypeError(f"method_options may not set {reserved!r}: " + (
                 "the attack needs the map both on and off the autograd graph" if reserved == "differentiable"
                 else f"pass {reserved}= to the attack itself"))
     check_reduce("reduce", reduce)
-    check_inputs(model, x)
+    view = model_inputs(model, x, **call)
     if batch_size is None:
         batch_size = default_batch_size(x)
     elif isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
@@ -205,7 +219,9 @@ def _maps(model, method, method_options, surrogate_beta, reduce, input_transform
     fixed = {"input_transform": input_transform, "batch_size": batch_size}
     real = resolved.bind(model, differentiable=False, **fixed)  # validates the options, with the method's messages
     surrogate = _surrogate(resolved, surrogate_beta).bind(model, differentiable=True, **fixed)
-    return _Maps(model, real, surrogate, reduce, input_transform, batch_size)
+    f = view.forward
+    forward = Forward(model, input_transform, layout=f.layout, args=f.args, output=f.output)
+    return _Maps(view, forward, real, surrogate, reduce, batch_size)
 
 
 def _surrogate(resolved: ResolvedMethod, surrogate_beta) -> ResolvedMethod:
@@ -228,7 +244,7 @@ def _surrogate(resolved: ResolvedMethod, surrogate_beta) -> ResolvedMethod:
 def _classes(ex: _Maps, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Tensor]:
     """The predicted labels on the clean inputs and the explained classes (``target``, default: predicted)."""
     with torch.no_grad():
-        out = torch.cat([ex.outputs(c) for c in x.split(ex.batch_size)])
+        out = torch.cat([ex.outputs(c, s) for c, s in _chunks(ex, x)])
     pred = out.argmax(1)
     t = Target(target, x.shape[0])
     if t.fn is not None:
@@ -241,10 +257,16 @@ def _classes(ex: _Maps, x: torch.Tensor, target) -> tuple[torch.Tensor, torch.Te
 
 
 # -- the iteration (Ghorbani et al. 2019, Algorithm 1) ---------------------------------------------------------
+def _chunks(ex: _Maps, x: torch.Tensor):
+    """The batch in chunks of ``ex.batch_size`` rows, with each chunk's sample indices."""
+    return zip(x.split(ex.batch_size), torch.arange(x.shape[0]).split(ex.batch_size), strict=True)
+
+
 @dataclass
 class _Chunk:
-    """What an objective and a score see of one chunk of samples."""
+    """What an objective and a score see of one chunk of samples (``sample``: their indices in the batch)."""
 
+    sample: torch.Tensor
     x0: torch.Tensor
     cls: torch.Tensor
     real0: torch.Tensor  # the real importance maps of x0
@@ -259,12 +281,12 @@ def _attack(ex: _Maps, x: torch.Tensor, target, *, eps: float, steps: int, step_
     """Projected signed ascent of ``objective`` (surrogate), per sample; keeps label-preserving steps and returns
     the iterate with the highest ``score`` (real model), the clean input if no step helped."""
     pred, cls = _classes(ex, x, target)
-    real0 = torch.cat([ex.real(c, k) for c, k in zip(x.split(ex.batch_size), cls.split(ex.batch_size), strict=True)])
+    real0 = torch.cat([ex.real(c, cls[s.to(cls.device)], s) for c, s in _chunks(ex, x)])
     extra = prepare(ex, x, real0)  # checks on the whole batch name the samples by their index in it
     out = []
     n_done = 0
     for rows in torch.arange(x.shape[0], device=x.device).split(ex.batch_size):
-        chunk = _Chunk(x[rows], cls[rows], real0[rows], {k: v[rows] for k, v in extra.items()})
+        chunk = _Chunk(rows.cpu(), x[rows], cls[rows], real0[rows], {k: v[rows] for k, v in extra.items()})
         out.append(_ascend(ex, chunk, pred[rows], eps, steps, step_size, bounds, objective, score, n_done))
         n_done += len(rows)
     return torch.cat(out)
@@ -288,7 +310,7 @@ def _ascend(ex, chunk: _Chunk, pred, eps, steps, step_size, bounds, objective, s
                     "locally constant in the input (a ReLU network without a softplus surrogate?); they stay put",
                     RuntimeWarning, stacklevel=4)
         candidate = _project_linf(x + step_size * grad.sign(), x0, eps, bounds)
-        keep = ex.predict(candidate) == pred  # a step that changes the label is undone (Algorithm 1)
+        keep = ex.predict(candidate, chunk.sample) == pred  # a step that changes the label is undone (Algorithm 1)
         x = torch.where(per_sample(keep, x0), candidate, x)
         s = score(ex, x, chunk)
         better = keep & (s > best_score)
@@ -298,8 +320,8 @@ def _ascend(ex, chunk: _Chunk, pred, eps, steps, step_size, bounds, objective, s
 
 
 def _validate_common(owner, model, inputs, eps, steps, step_size, bounds, method, method_options, surrogate_beta,
-                     reduce, input_transform, batch_size):
-    x = _check_inputs(inputs)
+                     reduce, input_transform, batch_size, call):
+    x = _check_inputs(inputs, owner)
     eps = _positive("eps", eps, allow_inf=True)
     steps = _steps(steps)
     if step_size is None:
@@ -308,7 +330,7 @@ def _validate_common(owner, model, inputs, eps, steps, step_size, bounds, method
         step_size = 2.5 * eps / steps
     step_size = _positive("step_size", step_size)
     box = check_bounds(owner, x, bounds)
-    ex = _maps(model, method, method_options, surrogate_beta, reduce, input_transform, batch_size, x)
+    ex = _maps(model, method, method_options, surrogate_beta, reduce, input_transform, batch_size, x, call)
     return x, eps, steps, step_size, box, ex
 
 
@@ -352,6 +374,11 @@ _DOC_COMMON = """eps : float
         Applied before the model (e.g. ``tribute.Normalize``); ε and bounds stay in the inputs' units.
     batch_size : int or None
         Samples attacked together (each chunk runs all steps).
+    forward_args, forward_kwargs : optional
+        Extra arguments of every forward pass (model and explanation alike), held fixed, not attacked: tensors
+        are per sample and follow their sample, ``tribute.constant(t)`` is the same for all samples.
+    output : str, int, callable or None
+        Which part of a structured output holds the logits (:mod:`tribute.core.outputs`).
 """
 _DOC_RETURNS = """    Returns
     -------
@@ -370,7 +397,7 @@ def _with_common_doc(doc: str | None) -> str | None:
 def topk_attack(model: nn.Module, inputs: torch.Tensor, *, k: int, eps: float, steps: int = 50,
                 step_size: float | None = None, target=None, method="saliency", method_options=None,
                 surrogate_beta="auto", reduce: str | None = "abs_sum", bounds=None, input_transform=None,
-                batch_size: int | None = None) -> torch.Tensor:
+                batch_size: int | None = None, forward_args=None, forward_kwargs=None, output=None) -> torch.Tensor:
     """Ghorbani et al. (2019) top-k attack: move the map's mass away from its k most important features.
 
     Maximises D(x) = −Σ_{i∈B} m̂_i(x), B the k largest entries of the real map of x_t and m̂ the surrogate
@@ -390,7 +417,7 @@ def topk_attack(model: nn.Module, inputs: torch.Tensor, *, k: int, eps: float, s
     """
     x, eps, steps, step_size, box, ex = _validate_common(
         "topk_attack", model, inputs, eps, steps, step_size, bounds, method, method_options, surrogate_beta, reduce,
-        input_transform, batch_size)
+        input_transform, batch_size, _call(forward_args, forward_kwargs, output))
     if isinstance(k, bool) or not isinstance(k, int):
         raise TypeError(f"k must be an integer, got {k!r}")
 
@@ -401,11 +428,11 @@ def topk_attack(model: nn.Module, inputs: torch.Tensor, *, k: int, eps: float, s
         return {"top": torch.zeros_like(flat, dtype=torch.bool).scatter_(1, top, True)}
 
     def objective(ex, xr, chunk):
-        m = _unit_sum(ex.surrogate(xr, chunk.cls))
+        m = _unit_sum(ex.surrogate(xr, chunk.cls, chunk.sample))
         return -(m * chunk.extra["top"]).sum(1)
 
     def score(ex, xs, chunk):
-        return -topk_intersection(chunk.real0, ex.real(xs, chunk.cls), k)
+        return -topk_intersection(chunk.real0, ex.real(xs, chunk.cls, chunk.sample), k)
 
     return _attack(ex, x, target, eps=eps, steps=steps, step_size=step_size, bounds=box, objective=objective,
                    score=score, prepare=prepare)
@@ -417,7 +444,7 @@ topk_attack.__doc__ = _with_common_doc(topk_attack.__doc__)
 def center_attack(model: nn.Module, inputs: torch.Tensor, *, eps: float, steps: int = 50,
                   step_size: float | None = None, target=None, method="saliency", method_options=None,
                   surrogate_beta="auto", reduce: str | None = "abs_sum", bounds=None, input_transform=None,
-                  batch_size: int | None = None) -> torch.Tensor:
+                  batch_size: int | None = None, forward_args=None, forward_kwargs=None, output=None) -> torch.Tensor:
     """Ghorbani et al. (2019) centre-of-mass attack: move the map's centre of mass as far as possible.
 
     Maximises D(x) = ‖C(m(x)) − C(m(x_t))‖², C the centre of mass (:func:`tribute.metrics.similarity.
@@ -435,17 +462,17 @@ def center_attack(model: nn.Module, inputs: torch.Tensor, *, eps: float, steps: 
     """
     x, eps, steps, step_size, box, ex = _validate_common(
         "center_attack", model, inputs, eps, steps, step_size, bounds, method, method_options, surrogate_beta, reduce,
-        input_transform, batch_size)
+        input_transform, batch_size, _call(forward_args, forward_kwargs, output))
 
     def prepare(ex, x, real0):
         return {"c0": center_of_mass(real0)}
 
     def objective(ex, xr, chunk):
-        d = _squared_shift(ex.surrogate(xr, chunk.cls), chunk.extra["c0"])
+        d = _squared_shift(ex.surrogate(xr, chunk.cls, chunk.sample), chunk.extra["c0"])
         return torch.where(torch.isfinite(d), d, torch.zeros_like(d))  # a map without mass: no direction
 
     def score(ex, xs, chunk):
-        d = _squared_shift(ex.real(xs, chunk.cls), chunk.extra["c0"])
+        d = _squared_shift(ex.real(xs, chunk.cls, chunk.sample), chunk.extra["c0"])
         return torch.where(torch.isfinite(d), d.clamp_min(0).sqrt(), d)  # a map without mass is never chosen
 
     return _attack(ex, x, target, eps=eps, steps=steps, step_size=step_size, bounds=box, objective=objective,
@@ -455,22 +482,32 @@ def center_attack(model: nn.Module, inputs: torch.Tensor, *, eps: float, steps: 
 center_attack.__doc__ = _with_common_doc(center_attack.__doc__)
 
 
-OUTPUTS = ("probabilities", "logits")
+#: what g is in :func:`manipulate_explanation`'s output term (``keep=``)
+KEEP = ("probabilities", "logits")
+
+
+def _call(forward_args, forward_kwargs, output) -> dict:
+    if output in KEEP[:1]:  # the name this option had before output= picked the scores of structured outputs
+        raise TypeError(f"output={output!r}: output= picks the scores of a structured output; what the "
+                        "manipulation keeps is keep='probabilities' or keep='logits'")
+    return {"forward_args": forward_args, "forward_kwargs": forward_kwargs, "output": output}
 
 
 def manipulate_explanation(model: nn.Module, inputs: torch.Tensor, target_map: torch.Tensor, *, eps: float,
-                           gamma: float, output: str = "probabilities", steps: int = 50,
+                           gamma: float, keep: str = "probabilities", steps: int = 50,
                            step_size: float | None = None, target=None, method="saliency", method_options=None,
                            surrogate_beta="auto", reduce: str | None = "abs_sum", bounds=None, input_transform=None,
-                           batch_size: int | None = None) -> torch.Tensor:
+                           batch_size: int | None = None, forward_args=None, forward_kwargs=None,
+                           output=None) -> torch.Tensor:
     """Dombrowski et al. (2019) targeted manipulation: bring the map close to ``target_map``, keep the output.
 
     Minimises their loss L(x) = ‖h(x) − h_t‖² + γ ‖g(x) − g(x_t)‖² by projected signed steps, with h the importance
     map normalised to unit sum (surrogate for the direction, real for the choice), h_t the target map made an
-    importance map the same way (|reduce(·)|, unit sum) and g the model's softmax probabilities (``output=
-    "probabilities"``, the paper's "vector of all class probabilities") or logits; keeps the label-preserving
-    iterate with the lowest L on the real model.  Dombrowski et al. report the size of the perturbation rather
-    than bound it; here the budget ε bounds it as in the attacks above (``eps=math.inf`` drops the ball).
+    importance map the same way (|reduce(·)|, unit sum) and g the model's softmax probabilities (``keep=
+    "probabilities"``, the paper's "vector of all class probabilities") or logits (``keep="logits"``); keeps the
+    label-preserving iterate with the lowest L on the real model.  Dombrowski et al. report the size of the
+    perturbation rather than bound it; here the budget ε bounds it as in the attacks above (``eps=math.inf`` drops
+    the ball).
 
     Parameters
     ----------
@@ -484,17 +521,17 @@ def manipulate_explanation(model: nn.Module, inputs: torch.Tensor, target_map: t
         γ ≥ 0, the weight of keeping the output; no default, as it depends on the sizes of both terms: the map
         term of unit-sum maps is of order 1/d (d the map's entries), the output term of order Δp².  On the
         28 × 28 Fashion-MNIST fixture γ = 1 keeps probabilities within 0.01 (tests/test_explanation_attacks.py).
-    output : str
-        ``"probabilities"`` or ``"logits"``: what g is.
+    keep : str
+        ``"probabilities"`` or ``"logits"``: what g is (the output kept).
     <common options and returns>
     """
     x, eps, steps, step_size, box, ex = _validate_common(
         "manipulate_explanation", model, inputs, eps, steps, step_size, bounds, method, method_options,
-        surrogate_beta, reduce, input_transform, batch_size)
+        surrogate_beta, reduce, input_transform, batch_size, _call(forward_args, forward_kwargs, output))
     if isinstance(gamma, bool) or not isinstance(gamma, (int, float)) or not gamma >= 0 or math.isinf(gamma):
         raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
-    if output not in OUTPUTS:
-        raise ValueError(f"output must be one of {', '.join(map(repr, OUTPUTS))}; got {output!r}")
+    if keep not in KEEP:
+        raise ValueError(f"keep must be one of {', '.join(map(repr, KEEP))}; got {keep!r}")
     if not isinstance(target_map, torch.Tensor):
         raise TypeError(f"target_map must be a tensor, got {type(target_map).__name__}")
     if not target_map.is_floating_point() or not bool(torch.isfinite(target_map).all()):
@@ -515,21 +552,21 @@ def manipulate_explanation(model: nn.Module, inputs: torch.Tensor, target_map: t
         return {"h_t": _unit_sum(h_t.abs()), "g0": g0}
 
     def g(out):
-        return F.softmax(out, dim=1) if output == "probabilities" else out
+        return F.softmax(out, dim=1) if keep == "probabilities" else out
 
     with torch.no_grad():
-        g0 = torch.cat([g(ex.outputs(c)) for c in x.split(ex.batch_size)])
+        g0 = torch.cat([g(ex.outputs(c, s)) for c, s in _chunks(ex, x)])
 
     def loss(h, xs, chunk):
         with torch.enable_grad() if xs.requires_grad else torch.no_grad():
-            out_term = (g(ex.outputs(xs)) - chunk.extra["g0"]).pow(2).sum(1)
+            out_term = (g(ex.outputs(xs, chunk.sample)) - chunk.extra["g0"]).pow(2).sum(1)
         return (_unit_sum(h) - chunk.extra["h_t"]).pow(2).sum(1) + gamma * out_term
 
     def objective(ex, xr, chunk):
-        return -loss(ex.surrogate(xr, chunk.cls), xr, chunk)
+        return -loss(ex.surrogate(xr, chunk.cls, chunk.sample), xr, chunk)
 
     def score(ex, xs, chunk):
-        return -loss(ex.real(xs, chunk.cls), xs, chunk)
+        return -loss(ex.real(xs, chunk.cls, chunk.sample), xs, chunk)
 
     return _attack(ex, x, target, eps=eps, steps=steps, step_size=step_size, bounds=box, objective=objective,
                    score=score, prepare=prepare)

@@ -59,7 +59,9 @@ def adversarial_train(
     model : nn.Module
         Trained in place and left in eval mode (see :mod:`tribute.training`).
     train_data
-        (inputs, labels) pair or iterable of batches, inputs in pixel space (the units of ``eps``).
+        (inputs, labels) pair or iterable of batches, inputs in pixel space (the units of ``eps``).  The inputs
+        are one tensor: the trainer (:func:`tribute.training.fit`) calls ``model(x)``, so a pair whose inputs are
+        a tuple of tensors is refused.
     norm : {"linf", "l2"}
         Threat model of the inner maximisation.
     eps : float
@@ -95,6 +97,8 @@ def adversarial_train(
     History
         Per-epoch ``loss``, ``train_accuracy``, and with ``eval_data`` ``accuracy`` and ``robust_accuracy``.
     """
+    for name, data in (("train_data", train_data), ("eval_data", eval_data)):
+        _refuse_several_inputs(name, data)
     taken = sorted({"perturb", "config"} & set(training))
     if taken:
         raise TypeError(f"adversarial_train sets fit's {', '.join(taken)} itself (the PGD attack and its settings)")
@@ -131,3 +135,11 @@ def adversarial_train(
                config={"norm": norm, "eps": eps, "steps": steps, "step_size": step_size, "random_start": random_start,
                        "bounds": bounds, "eval_steps": eval_steps, "eval_step_size": eval_step_size,
                        "custom_loss": loss is not None})
+
+
+def _refuse_several_inputs(name: str, data) -> None:
+    """A pair (inputs, labels) whose inputs are several tensors: the trainer takes one input tensor."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and isinstance(data[0], (tuple, list)):
+        raise TypeError(f"adversarial_train: {name} holds several inputs ({type(data[0]).__name__} of "
+                        f"{len(data[0])}); it trains with tribute.training.fit, which calls model(x) on one input "
+                        "tensor. Attack several inputs with tribute.robust.pgd and train with your own loop")
