@@ -552,3 +552,28 @@ def test_layer_gradient_x_activation_and_deeplift_with_forward_arguments_agree_w
     ours = tribute.explain(model, (img, tab), "deeplift", target=0, forward_args=(gate,))
     for p, q in zip(ours, theirs, strict=True):
         torch.testing.assert_close(p, q.detach(), rtol=1e-10, atol=1e-12)
+
+
+class TwoBranches(nn.Module):
+    """Two images, each with its own convolution: the last spatial map before the output is the first image's."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a, self.conv_b = nn.Conv2d(1, 2, 3), nn.Conv2d(1, 2, 3)
+        self.head = nn.Linear(4, 2)
+
+    def forward(self, a, b):
+        return self.head(torch.cat([F.relu(self.conv_a(a)).mean((2, 3)), F.relu(self.conv_b(b)).mean((2, 3))], 1))
+
+
+def test_image_methods_on_several_inputs_need_the_images_layer():
+    """The default layer could be a map of another image (here the first): Grad-CAM of the second image needs its
+    layer named, and then it is the map of that image's own branch."""
+    torch.manual_seed(0)
+    model = TwoBranches().to(DT).eval()
+    a, b = torch.rand(2, 1, 6, 6, dtype=DT), torch.rand(2, 1, 6, 6, dtype=DT)
+    with pytest.raises(ValueError, match=r"needs layer=, a layer on the branch of the image \(input 1\)"):
+        tribute.explain(model, (a, b), "gradcam", target=0, input_index=1)
+    cam = tribute.explain(model, (a, b), "gradcam", target=0, input_index=1, layer="conv_b")
+    held = tribute.explain(lambda y, x: model(x, y), b, "gradcam", target=0, forward_args=(a,), layer=model.conv_b)
+    torch.testing.assert_close(cam, held, rtol=1e-12, atol=1e-14)
