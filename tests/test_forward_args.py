@@ -152,8 +152,8 @@ def test_refined_integrated_gradients_gives_each_sample_its_own_arguments():
         alone = tribute.explain(model, x[i:i + 1], "integrated_gradients", target=1, forward_args=(mask[i:i + 1],),
                                 **options)
         torch.testing.assert_close(batched[i:i + 1], alone, rtol=1e-10, atol=1e-12)
-    gain = model(x, mask)[:, 1] - model(torch.zeros_like(x), mask)[:, 1]
-    torch.testing.assert_close(batched.flatten(1).sum(1), gain.detach(), rtol=0, atol=2e-4 * float(gain.abs().max()))
+    gain = (model(x, mask)[:, 1] - model(torch.zeros_like(x), mask)[:, 1]).detach()
+    torch.testing.assert_close(batched.flatten(1).sum(1), gain, rtol=0, atol=2e-4 * float(gain.abs().max()))
 
 
 def test_smoothgrad_of_a_base_method_that_expands_rows_again_keeps_each_samples_arguments():

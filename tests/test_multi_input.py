@@ -341,16 +341,19 @@ def test_a_composite_reads_first_on_each_inputs_first_layer_only():
 
 
 class WithToken(nn.Module):
-    """A learned vector concatenated beside the input's features (a [CLS]-like token): off the input's path."""
+    """A learned vector concatenated beside the input's features (a [CLS]-like token): off the input's path; a
+    layer mixes both before a nonlinearity, so the token's parts (zero) meet the input's."""
 
     def __init__(self):
         super().__init__()
         self.token = nn.Parameter(torch.randn(3))
         self.inner = nn.Linear(4, 5)
-        self.head = nn.Linear(8, 2)
+        self.mix = nn.Linear(8, 6)
+        self.head = nn.Linear(6, 2)
 
     def forward(self, x):
-        return self.head(torch.tanh(torch.cat([self.inner(x), self.token.expand(x.shape[0], -1)], 1)))
+        h = torch.cat([self.inner(x), self.token.expand(x.shape[0], -1)], 1)
+        return self.head(torch.tanh(self.mix(torch.tanh(h))))
 
 
 def test_reveal_cancel_gives_no_difference_to_a_constant_concatenated_beside_the_input():
@@ -364,8 +367,20 @@ def test_reveal_cancel_gives_no_difference_to_a_constant_concatenated_beside_the
     torch.testing.assert_close(phi.sum(1), gain.detach(), rtol=1e-10, atol=1e-12)
 
 
+class MixedImageTable(ImageTableRelu):
+    """The image's and the table's features mixed by a layer and a ReLU before the head."""
+
+    def __init__(self):
+        super().__init__()
+        self.mix = nn.Linear(3 + 5, 3 + 5)
+
+    def forward(self, image, table):
+        h = torch.cat([F.relu(self.conv(image)).mean((2, 3)), F.relu(self.dense(table))], 1)
+        return self.head(F.relu(self.mix(h)))
+
+
 def test_reveal_cancel_with_the_table_held_as_a_forward_argument_equals_the_table_at_its_baseline():
-    model, (img, tab) = _relu_model(), _positive_inputs()
+    model, (img, tab) = _relu_model(MixedImageTable), _positive_inputs()
     both = tribute.explain(model, (img, tab), "deeplift_reveal_cancel", target=2, baseline=("zero", tab))
     held = tribute.explain(model, img, "deeplift_reveal_cancel", target=2, forward_args=(tab,))
     torch.testing.assert_close(held, both[0], rtol=1e-12, atol=1e-14)
