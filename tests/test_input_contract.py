@@ -222,3 +222,21 @@ def test_output_naming_a_field_of_a_model_that_returns_a_tensor_is_refused():
     plain = tribute.explain(net, (img, tab), "gradient", target=0)
     for p, q in zip(picked, plain, strict=True):
         torch.testing.assert_close(p, 2 * q, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("method", tribute.methods())
+def test_a_one_tuple_is_one_input_given_as_a_tuple(method):
+    """``(image,)`` gives what ``image`` gives, as a 1-tuple for input-shaped methods (the structure given)."""
+    net, (img, tab) = _net(), _data()
+    options = _options(method, net, image_only=True)
+    model, held = net, {"forward_args": (tab,)}
+    if method == "layer_expected_gradients":  # no per-sample forward arguments: one table for every row
+        model, held = (lambda i: net(i, tab[:1].expand(i.shape[0], -1))), {}
+    tensor = tribute.explain(model, img, method, target=1, **held, **options)
+    if "baselines" in options:
+        options["baselines"] = (options["baselines"],)
+    one = tribute.explain(model, (img,), method, target=1, **held, **options)
+    if _expected_shapes(method, img, tab) == (img.shape, tab.shape):
+        assert isinstance(one, tuple) and len(one) == 1
+        one = one[0]
+    torch.testing.assert_close(one, tensor, rtol=1e-12, atol=1e-14)

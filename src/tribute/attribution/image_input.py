@@ -32,6 +32,8 @@ class ImageMethod:
             if o.input_index not in (None, 0):
                 raise ValueError(f"input_index={o.input_index}: the inputs are one tensor (input_index 0)")
             return
+        if o.input_index is None and layout.count == 1:
+            o.input_index = 0  # a 1-tuple: its only input is the image
         if o.input_index is None:
             raise ValueError(f"{self.name} explains one image: for a model taking {layout.count} inputs, say which "
                              "one with input_index=")
