@@ -138,3 +138,74 @@ def test_lrp_with_a_per_sample_mask_equals_one_sample_at_a_time():
     for i in range(x.shape[0]):
         alone = tribute.explain(model, x[i:i + 1], "lrp", target=0, forward_args=(mask[i:i + 1],))
         torch.testing.assert_close(batched[i:i + 1], alone, rtol=1e-10, atol=1e-12)
+
+
+def test_refined_integrated_gradients_gives_each_sample_its_own_arguments():
+    """tolerance= refines only the samples not yet converged; their rows must still meet their own masks.  Sample 0
+    sits at the baseline (converged at once), so the samples refined afterwards are not the first ones."""
+    model, x, mask = _setup()
+    x = x.clone()
+    x[0] = 0.0
+    options = {"steps": 2, "tolerance": 1e-4, "batch_size": 3}
+    batched = tribute.explain(model, x, "integrated_gradients", target=1, forward_args=(mask,), **options)
+    for i in range(x.shape[0]):
+        alone = tribute.explain(model, x[i:i + 1], "integrated_gradients", target=1, forward_args=(mask[i:i + 1],),
+                                **options)
+        torch.testing.assert_close(batched[i:i + 1], alone, rtol=1e-10, atol=1e-12)
+    gain = (model(x, mask)[:, 1] - model(torch.zeros_like(x), mask)[:, 1]).detach()
+    torch.testing.assert_close(batched.flatten(1).sum(1), gain, rtol=0, atol=2e-4 * float(gain.abs().max()))
+
+
+def test_smoothgrad_of_a_base_method_that_expands_rows_again_keeps_each_samples_arguments():
+    """SmoothGrad's noisy copies go to integrated gradients, which expands them into path points: a mask follows a
+    row through both expansions."""
+    model, x, mask = _setup()
+    options = {"samples": 3, "seed": 2, "base": "integrated_gradients", "base_options": {"steps": 4},
+               "batch_size": 4}
+    batched = tribute.explain(model, x, "smoothgrad", target=0, forward_kwargs={"mask": mask}, **options)
+    for i in range(x.shape[0]):
+        alone = tribute.explain(model, x[i:i + 1], "smoothgrad", target=0, forward_kwargs={"mask": mask[i:i + 1]},
+                                **options)
+        torch.testing.assert_close(batched[i:i + 1], alone, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("method, options", [
+    ("integrated_gradients", {"steps": 4, "batch_size": 3}),
+    ("lrp", {"batch_size": 2}),
+    ("smoothgrad", {"samples": 3, "seed": 0, "batch_size": 4}),
+])
+def test_two_threads_with_different_forward_arguments_on_one_explainer(method, options):
+    import threading
+
+    torch.manual_seed(0)
+
+    class ReluMasked(Masked):
+        def forward(self, x, mask):
+            return self.head((F.relu(self.inner(x)) * mask.unsqueeze(-1)).sum(1))
+
+    model, x, mask = ReluMasked().to(DT).eval(), *_setup()[1:]
+    explainer = tribute.get_method(method)(model, **options)
+    calls = [(x[:3], {"mask": mask[:3]}), (x[2:], {"mask": mask[2:]})]
+    alone = [explainer.attribute(xi, target=1, forward_kwargs=kw) for xi, kw in calls]
+    results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(i):
+        try:
+            start.wait()
+            for _ in range(8):
+                results[i].append(explainer.attribute(calls[i][0], target=1, forward_kwargs=calls[i][1]))
+        except BaseException as e:  # noqa: BLE001 - reported below, a thread cannot raise into the test
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    for i in (0, 1):
+        assert len(results[i]) == 8
+        for r in results[i]:
+            torch.testing.assert_close(r, alone[i], rtol=1e-12, atol=1e-14)

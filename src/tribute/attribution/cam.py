@@ -36,9 +36,9 @@ import torch.nn.functional as F
 
 from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
-from ..core.engine import Forward, accumulate, check_inputs, check_model
+from ..core.engine import accumulate
 from ..core.layers import LayerError, LayerRows, Site, layer_activations
-from ..core.method import Call, Method
+from ..core.method import Method
 from ..core.randomness import SampleStreams
 from ..core.reduce import check_reduce, reduce
 from ..core.registry import register
@@ -448,8 +448,9 @@ class GuidedGradCAM(ImageMethod, LayerMethod):
         a = accumulate(x.shape[0], 1, contribution, batch_size=o.batch_size)
         return a if o.reduce is None else reduce(a, o.reduce)
 
-    def _result(self, a, layout):
-        return a  # the image's shape, whichever input the image is
+    @classmethod
+    def _per_input_result(cls, o):
+        return False  # the image's shape, whichever input the image is
 
 
 # -- FullGrad ----------------------------------------------------------------------------------------
@@ -510,22 +511,29 @@ class FullGrad(ImageMethod, Method):
         "normalize": opt.Option(False, opt.boolean, "rescale each map to [0, 1] (min–max per sample)"),
     }
 
-    def _decompose(self, x: torch.Tensor, target: Target, sample: torch.Tensor, o: SimpleNamespace) -> FullGradient:
+    def _decompose(self, x: torch.Tensor, target: Target, sample: torch.Tensor, o: SimpleNamespace, *,
+                   every_input: bool = False) -> FullGradient:
+        """Eq 1's terms for the rows ``x``: the input term of the image (``every_input``: of every input, in the
+        user's structure) and the bias terms."""
         r = bias_gradient_rows(o.call.forward, x, target, sample, create_graph=o.differentiable)
-        image_term = image_of(r.input_grad * x, o)
-        d = FullGradient(image_term, [g * b for g, b in zip(r.grads, r.biases, strict=True)], r.kinds, r.scores)
+        term = r.input_grad * x
+        if not o.differentiable:
+            term = term.detach()
+        term = o.call.layout.result(term) if every_input else image_of(term, o)
+        d = FullGradient(term, [g * b for g, b in zip(r.grads, r.biases, strict=True)], r.kinds, r.scores)
         if o.differentiable:
             return d
-        return FullGradient(d.input_term.detach(), [t.detach() for t in d.bias_terms], d.kinds, d.scores.detach())
+        return FullGradient(d.input_term, [t.detach() for t in d.bias_terms], d.kinds, d.scores.detach())
 
-    def full_gradient(self, inputs: torch.Tensor, target=None, **options: Any) -> FullGradient:
-        """The full-gradient decomposition (Eq 1) of ``inputs`` in one pass: S(x) = Σ input_term + Σ bias_terms."""
-        o = self._namespace(options)
-        check_model(self.model)
-        check_inputs(self.model, inputs)
-        o.call = Call(Forward(self.model, o.input_transform))
-        tgt = Target(target, inputs.shape[0])
-        return self._decompose(inputs, tgt, torch.arange(inputs.shape[0]), o)
+    def full_gradient(self, inputs: torch.Tensor | tuple[torch.Tensor, ...], target=None,
+                      **options: Any) -> FullGradient:
+        """The full-gradient decomposition (Eq 1) of ``inputs`` in one pass: S(x) = Σ input_term + Σ bias_terms.
+
+        ``inputs``, ``forward_args``, ``forward_kwargs`` and ``output`` as in :meth:`attribute`; for a tuple of inputs
+        ``input_term`` is a tuple with each input's ∇S ⊙ x (Eq 1 sums over all of them)."""
+        o, layout, x = self._prepare(inputs, options, check_layout=False)
+        tgt = Target(target, x.shape[0])
+        return self._decompose(x, tgt, torch.arange(x.shape[0]), o, every_input=True)
 
     def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
         return x.shape[0] <= o.batch_size  # one chunk: the engine takes the prediction from its forward pass

@@ -32,10 +32,17 @@ class ImageMethod:
             if o.input_index not in (None, 0):
                 raise ValueError(f"input_index={o.input_index}: the inputs are one tensor (input_index 0)")
             return
+        if o.input_index is None and layout.count == 1:
+            o.input_index = 0  # a 1-tuple: its only input is the image
         if o.input_index is None:
             raise ValueError(f"{self.name} explains one image: for a model taking {layout.count} inputs, say which "
                              "one with input_index=")
         layout.check_index(o.input_index)
+        if "layer" in self.schema() and o.layer is None and layout.count > 1:
+            # the default (the last spatial feature map on the way to the output) may lie on another input's branch
+            raise ValueError(f"{self.name} on a model taking {layout.count} inputs needs layer=, a layer on the "
+                             f"branch of the image (input {o.input_index}): the default layer, the last spatial "
+                             "feature map before the output, may belong to another input")
 
 
 def image_of(x: torch.Tensor, o: SimpleNamespace) -> torch.Tensor:

@@ -88,12 +88,11 @@ class IntegratedGradients(Method):
         """Σ_k ∂S(x̄ + α_k(x − x̄))/∂x over the nodes ``alphas``, for the samples ``active``."""
         acc = accumulation_dtype(x.dtype)
         alphas = alphas.to(x.device, x.dtype)
-        sub_target = target.for_samples(active)
 
         def contribution(sample, step):
-            i = active[sample]
+            i = active[sample]  # the rows' own samples: they pick the target and the forward arguments
             points = base[i] + per_sample(alphas[step], x) * (x[i] - base[i])
-            return self._gradients(points, sub_target, sample, o).to(acc)
+            return self._gradients(points, target, i, o).to(acc)
 
         return accumulate(len(active), len(alphas), contribution, batch_size=o.batch_size, progress=o.progress)
 

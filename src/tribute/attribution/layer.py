@@ -276,8 +276,9 @@ class LayerExpectedGradients(LayerMethod):
         refs = check_references(o.baselines, x, self.name)
         if o.call.forward.args is not None and o.call.forward.args.per_sample:
             # a reference's activation would depend on whose forward arguments it ran with
-            raise ValueError("layer_expected_gradients takes no per-sample forward arguments: its references' "
-                             "activations are computed once for all samples")
+            raise ValueError("layer_expected_gradients takes no per-sample forward arguments (tensors in "
+                             "forward_args= or forward_kwargs=): its references' activations are computed once for all "
+                             "samples; wrap an argument that is the same for every sample in tribute.constant(...)")
         site = self._site(x, o)
         a_x, out = layer_activations(o.call.forward, x, site, o.batch_size)
         target.resolve(out)

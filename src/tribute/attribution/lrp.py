@@ -132,8 +132,8 @@ class LRP(Method):
         if o.alpha - o.beta != 1:
             raise ValueError(f"the αβ rule needs alpha − beta = 1, got alpha={o.alpha}, beta={o.beta}")
         if not o.call.layout.single and (o.low is not None or o.high is not None):
-            raise ValueError("low= and high= bound one input's pixels (the zᴮ rule at its first layer); with several "
-                             "inputs, use a composite without the box rule")
+            raise ValueError("low= and high= bound one input's pixels (the zᴮ rule at its first layer); with inputs "
+                             "given as a tuple, use a composite without the box rule (e.g. 'epsilon_plus_flat')")
         composite = _composite(o, x.shape, o.input_transform)
         name = f"lrp[{getattr(composite, 'name', 'custom')}]"
         cache = self.weights if o.cache_weights else None

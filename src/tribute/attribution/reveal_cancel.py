@@ -265,13 +265,19 @@ class NoDifference(PartsRule):
 
 
 class PartsApart(PartsRule):
-    """A linear op with non-negative coefficients or a move: each part goes through it alone."""
+    """A linear op with non-negative coefficients or a move: each part goes through it alone.
+
+    A tensor off the input's path inside a list (``torch.cat([x, c])``: a constant, a learned token, a forward
+    argument) is data with the same value in the input and the reference rows, so its parts are zeros; other
+    arguments off the path (indices, shapes) are passed as they are."""
 
     def parts(self, func, args, kwargs, tagged, name, out):
-        def sub(a, k):
+        def sub(a, k, listed=False):
             if isinstance(a, (list, tuple)):
-                return type(a)(sub(b, k) for b in a)
-            return twins(a)[k] if tagged(a) else a
+                return type(a)(sub(b, k, listed=True) for b in a)
+            if tagged(a):
+                return twins(a)[k]
+            return torch.zeros_like(a) if listed and isinstance(a, torch.Tensor) else a
 
         return tuple(func(*(sub(a, k) for a in args), **{key: sub(v, k) for key, v in kwargs.items()}) for k in (0, 1))
 

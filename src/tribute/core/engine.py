@@ -20,7 +20,7 @@ from torch import nn
 
 from .forward_args import ForwardArgs
 from .inputs import Layout
-from .interception import Coverage, apply_rules
+from .interception import Coverage, apply_rules, note_inputs
 from .outputs import select_output
 from .rules import GRADIENT, RuleSet
 from .targets import Target
@@ -160,6 +160,7 @@ class Forward:
             inputs = (x if self.transform is None else self.transform(x),)
         else:
             inputs = self.layout.unpack(x)
+            note_inputs(inputs)
             if self.transform is not None:
                 inputs = tuple(t if f is None else f(t) for f, t in zip(self.transform, inputs, strict=True))
         args, kwargs = ((), {}) if self.args is None else self.args.take(sample, x.shape[0])

@@ -194,20 +194,61 @@ def _elementwise(name: str, v: Any, x: torch.Tensor) -> torch.Tensor:
     return torch.full_like(x, float(v))
 
 
-def check_nested_options(schema: dict, o: Any, layout: Layout) -> None:
-    """The per-input options of a method run inside another's call (SmoothGrad's base method): with several
-    inputs, only values that need no input to resolve are accepted (a number, or ``"zero"``), packed per
-    feature; a name that looks at the input (``"blur"``, ``"mean"``) or a tensor is refused, not guessed."""
+def check_nested_options(schema: dict, o: Any, layout: Layout | None) -> None:
+    """The per-input options of a method run inside another's call (SmoothGrad's base method), whose rows are
+    copies of the samples in chunks that need not hold every sample once in order.
+
+    So a baseline is broadcast to every row, never paired with rows by position: a per-sample tensor (dim 0
+    of size N > 1) is refused, one for all samples (dim 0 of size 1, or fewer dims) is taken.  With several
+    inputs, each entry (or the one value for all) must need no input to resolve: a number, ``"zero"`` or such
+    a tensor, packed per feature; a name that looks at the input (``"blur"``, ``"mean"``) or a callable is
+    refused, not guessed.  References (expected gradients) are packed as at the top level.
+    """
     for name, option in schema.items():
-        value = getattr(o, name)
-        if option.per_input is None or value is None or layout is None or layout.single \
-                or option.per_input == "transform":
+        kind, value = option.per_input, getattr(o, name)
+        if kind is None or value is None or kind == "transform":
             continue
-        entries = layout.entries(name, value)
-        if not all(e == "zero" or (isinstance(e, (int, float)) and not isinstance(e, bool)) for e in entries):
-            raise ValueError(
-                f"{name}={value!r}: a method nested in another (e.g. SmoothGrad's base) on several inputs takes "
-                f"{name} as a number or 'zero' per input"
-            )
-        numbers = tuple(0.0 if e == "zero" else float(e) for e in entries)
-        setattr(o, name, layout.per_feature(name, numbers, torch.empty(0)))
+        if layout is None or layout.single:
+            if isinstance(value, tuple) and layout is not None:
+                value = layout.entries(name, value)[0]
+                setattr(o, name, value)
+            if kind == "baseline" and isinstance(value, torch.Tensor) and layout is not None:
+                _one_for_all(name, value, layout.shapes[0])
+            continue
+        if kind == "references":
+            setattr(o, name, layout.pack_references(name, value))
+            continue
+        parts = [_nested_entry(name, e, s) for e, s in zip(layout.entries(name, value), layout.shapes, strict=True)]
+        setattr(o, name, torch.cat(parts))
+
+
+def _nested_entry(name: str, e: Any, shape: tuple[int, ...]) -> torch.Tensor:
+    """One input's entry of a nested method's per-input option as one value per feature (D_k,)."""
+    if isinstance(e, str) and e == "zero":
+        e = 0.0
+    if isinstance(e, (int, float)) and not isinstance(e, bool):
+        return torch.full((math.prod(shape),), float(e), dtype=torch.float64)
+    if isinstance(e, torch.Tensor):
+        _one_for_all(name, e, shape)
+        t = e.detach().to(torch.float64)
+        t = t[0] if t.dim() == len(shape) + 1 else t  # (1, …): the one sample's shape
+        try:
+            return torch.broadcast_to(t, shape).reshape(-1)
+        except RuntimeError:
+            raise ValueError(f"{name}: a tensor of shape {tuple(e.shape)} does not broadcast to its input's sample "
+                             f"shape {shape}") from None
+    raise ValueError(
+        f"{name}={e!r}: a method nested in another (e.g. SmoothGrad's base) on several inputs takes {name} per "
+        "input as a number, 'zero' or a tensor for all samples; a name or callable that looks at the input is not "
+        "resolved against noisy copies of packed inputs"
+    )
+
+
+def _one_for_all(name: str, t: torch.Tensor, shape: tuple[int, ...]) -> None:
+    """Refuse a per-sample tensor where rows are not the samples in order (a nested method's noisy copies)."""
+    if t.dim() > len(shape) and t.shape[0] != 1:
+        raise ValueError(
+            f"{name} of shape {tuple(t.shape)} has one entry per sample, but a method nested in another (e.g. "
+            "SmoothGrad's base) sees copies of the samples, not the samples in order: give one for all samples "
+            "(dim 0 of size 1), a number or 'zero'"
+        )

@@ -72,6 +72,16 @@ def current_phase() -> Phase | None:
     return stack[-1].phase if stack else None
 
 
+def note_inputs(inputs: tuple[torch.Tensor, ...]) -> None:
+    """Tell this thread's innermost pass under rules that ``inputs`` are the model's inputs, unpacked from the
+    packed rows of several inputs (:mod:`tribute.core.inputs`).  An op handler that treats each input apart
+    (LRP's composites give every input's first layer the first-layer rule) takes them as ``inputs_unpacked``."""
+    stack = _active()
+    hook = getattr(stack[-1].propagation, "inputs_unpacked", None) if stack else None
+    if hook is not None:
+        hook(inputs)
+
+
 _NAMES: dict = {}
 
 

@@ -57,6 +57,7 @@ from .engine import (
 from .interception import Coverage, op_name
 from .rules import GRADIENT, RuleSet
 from .targets import Target
+from .threads import this_thread
 
 
 class LayerError(ValueError):
@@ -267,6 +268,7 @@ def find_default_layer(forward: Forward, x: torch.Tensor) -> Site:
     modules = {n: m for n, m in model.named_modules() if n} if isinstance(model, nn.Module) else {}
 
     def watcher(name: str):
+        @this_thread
         def hook(module, args, out):
             k = calls.get(name, 0)
             calls[name] = k + 1
@@ -446,13 +448,15 @@ class _CaptureMode(PathMode):
 
 
 def _capture_module(site: ModuleSite, cap: Capture, keep_input: bool) -> Iterator[Capture]:
-    """Hooks on the module that record its wanted call into ``cap``, removed also on error."""
+    """Hooks on the module that record its wanted call into ``cap`` (this thread's calls), removed also on error."""
     want = 0 if site.call is None else site.call
 
+    @this_thread
     def pre_hook(module, args, kwargs):
         if cap.calls == want:
             cap.take_input(args, kwargs)
 
+    @this_thread
     def hook(module, args, out):
         k = cap.calls
         cap.calls += 1

@@ -162,24 +162,8 @@ class Method:
                   **options: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """Attributions for ``inputs`` (batch first; a tensor, or a tuple of tensors for a model taking several)
         with respect to ``target`` (see :mod:`tribute.core.targets`); a tuple of inputs gets a tuple back."""
-        o = self._namespace(options)
-        check_model(self.model)
-        layout, xs = Layout.of(inputs)
-        for k, t in enumerate(xs):
-            check_inputs(self.model, t, integers=self.accepts_integer_inputs,
-                         name="inputs" if layout.single else f"inputs[{k}]")
-        n = xs[0].shape[0]
-        args = ForwardArgs(o.forward_args, o.forward_kwargs, n)
-        self._check_layout(layout, o)
-        resolve_per_input(self.schema(), o, layout, xs)
-        x = layout.pack(xs)
-        if o.batch_size is None:
-            o.batch_size = default_batch_size(x)
-        forward = Forward(self.model, o.input_transform, layout=layout, args=None if args.empty else args,
-                          output=o.output)
-        o.call = Call(forward, Coverage() if o.strict else None)
-        self._last_call.coverage = o.call.coverage
-        tgt = Target(target, n)
+        o, layout, x = self._prepare(inputs, options)
+        tgt = Target(target, x.shape[0])
         with count_passes() as count:
             if tgt.needs_argmax and not self._predicts_on_first_pass(x, o):
                 tgt.set_argmax(o.call.forward.outputs(x.detach(), o.batch_size))
@@ -190,11 +174,36 @@ class Method:
             a = a.detach()
         self._check_finite(a, x.dtype)
         a = a.to(x.dtype) if x.is_floating_point() else a
-        return self._result(a, layout)
+        return layout.result(a) if self._per_input_result(o) else a
 
-    def _result(self, a: torch.Tensor, layout: Layout) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        """The attribution in the user's structure: one tensor per input for input-shaped results."""
-        return layout.result(a) if self.returns == "input" else a
+    def _prepare(self, inputs: Any, options: dict[str, Any], *,
+                 check_layout: bool = True) -> tuple[SimpleNamespace, Layout, torch.Tensor]:
+        """A call's validated options with its state in ``o.call``, the inputs' layout and the packed inputs, after
+        checking the model, the inputs, the forward arguments and (``check_layout``) that this method takes them."""
+        o = self._namespace(options)
+        check_model(self.model)
+        layout, xs = Layout.of(inputs)
+        for k, t in enumerate(xs):
+            check_inputs(self.model, t, integers=self.accepts_integer_inputs,
+                         name="inputs" if layout.single else f"inputs[{k}]")
+        args = ForwardArgs(o.forward_args, o.forward_kwargs, xs[0].shape[0])
+        if check_layout:
+            self._check_layout(layout, o)
+        resolve_per_input(self.schema(), o, layout, xs)
+        x = layout.pack(xs)
+        if o.batch_size is None:
+            o.batch_size = default_batch_size(x)
+        forward = Forward(self.model, o.input_transform, layout=layout, args=None if args.empty else args,
+                          output=o.output)
+        o.call = Call(forward, Coverage() if o.strict else None)
+        self._last_call.coverage = o.call.coverage
+        return o, layout, x
+
+    @classmethod
+    def _per_input_result(cls, o: SimpleNamespace) -> bool:
+        """Whether this call's result holds one value per packed input feature, given back in the user's structure
+        (one tensor per input); a map or a layer's activation is returned as it is."""
+        return cls.returns == "input"
 
     def _check_layout(self, layout: Layout, o: SimpleNamespace) -> None:
         """Refuse inputs this method cannot take; a method whose result is not input-shaped (a CAM, a layer's
@@ -229,6 +238,8 @@ class Method:
         o = self._namespace(options)
         if o.batch_size is None:
             raise ValueError("a bound method needs batch_size= (the calling method's)")
+        if call.layout is not None:
+            self._check_layout(call.layout, o)
         check_nested_options(self.schema(), o, call.layout)
         o.call = call
         return BoundMethod(self, o)

@@ -36,8 +36,11 @@ def select_output(raw: Any, output: Any = None) -> torch.Tensor:
         if not isinstance(picked, torch.Tensor):
             raise TypeError(f"output= returned {type(picked).__name__}; it must return the tensor of scores")
         return picked
-    if output is None and isinstance(raw, torch.Tensor):
-        return raw
+    if isinstance(raw, torch.Tensor):
+        if output is None:
+            return raw
+        raise TypeError(f"output={output!r} names a field, but the model returned a tensor {tuple(raw.shape)}, which "
+                        "has none: leave output= unset (or pass a callable)")
     fields = _fields(raw)
     if fields is None:
         raise TypeError(

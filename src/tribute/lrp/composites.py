@@ -32,8 +32,9 @@ class Composite:
     """Assigns an LRP rule to each linear-layer call.
 
     ``Composite(first=…, conv=…, dense=…, by_name={"features.0": …})``: ``by_name`` wins, then ``first``
-    (the first linear layer on the input's path), then the layer's kind (``conv`` also covers transposed
-    convolutions).  For anything else, subclass and override :meth:`rule`.
+    (the first linear layer on the input's path; for a model taking several inputs, on each input's path: an
+    image's first convolution and a table's first dense layer), then the layer's kind (``conv`` also covers
+    transposed convolutions).  For anything else, subclass and override :meth:`rule`.
     """
 
     def __init__(self, *, conv: LinearRule, dense: LinearRule, first: LinearRule | None = None,

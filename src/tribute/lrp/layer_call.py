@@ -76,11 +76,16 @@ class LayerCall:
     # the planned batch norm (tribute.lrp.merge_plan) this layer ran with merged, until that norm reads its output
     pending: Merge | None = field(default=None, repr=False)
     planned: bool = field(default=False, repr=False)  # run with batch norm merged by an earlier pass's plan
+    #: with several inputs, whether this is the first linear layer on one of their paths (None: one input, where
+    #: the first layer is the first call, index 0)
+    first_of_input: bool | None = None
     _entry: Any = field(default=_UNSET, repr=False)
 
     @property
     def first(self) -> bool:
-        return self.index == 0
+        """The first linear layer on the input's path; with several inputs, on any one input's path (each input's
+        first layer meets the composite's first-layer rule)."""
+        return self.index == 0 if self.first_of_input is None else self.first_of_input
 
     @property
     def merged(self) -> bool:

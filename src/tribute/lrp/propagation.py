@@ -74,6 +74,7 @@ def _storage(t: torch.Tensor) -> int:
     return t.untyped_storage().data_ptr()
 
 
+_LINEAR_NODE = LinearLayerFunction._backward_cls  # a linear layer's node in the autograd graph
 _LAYER = "_tribute_layer"  # on a linear layer's output z: its LayerCall
 _OUT = "_tribute_merged_out"  # on the output of batch norm right after a linear layer: that LayerCall
 _NORM = "_tribute_norm_version"  # on the output of a Norm-rule op: its version when made
@@ -105,6 +106,41 @@ class Propagation:
         self.unruled: list[str] = self.facts.plain  # ops with no rule that made tensors (plain gradient)
         self._kept: dict[int, list[Kept]] = {}  # storage address → tensors kept by reference there
         self._rectifying: list[Kept] = []  # kept tensors a ReLU is writing in place right now
+        # several inputs: the autograd edge of each unpacked input → its position, and those whose first layer is
+        # still to come (see inputs_unpacked)
+        self._inputs: dict[tuple, int] | None = None
+        self._unclaimed: set[int] = set()
+
+    def inputs_unpacked(self, inputs: tuple[torch.Tensor, ...]) -> None:
+        """The forward pass unpacked several inputs from the packed rows (:mod:`tribute.core.inputs`): from now on
+        a layer is first when it is the first linear layer on one of these inputs' paths, so a composite's
+        first-layer rule meets every input's first layer (an image's first convolution and a table's first dense
+        layer), not only the first layer called."""
+        self._inputs = {(t.grad_fn, t.output_nr): k for k, t in enumerate(inputs) if t.grad_fn is not None}
+        self._unclaimed = set(self._inputs.values())
+
+    def _first_of_inputs(self, x: torch.Tensor) -> bool:
+        """Whether the layer reading ``x`` is the first linear layer on the path of an input not yet claimed by
+        one: the inputs ``x`` is computed from through no linear layer (a walk up its autograd graph that stops
+        at linear layers, whose inputs earlier layers have claimed)."""
+        if not self._unclaimed:
+            return False
+        reached: set[int] = set()
+        todo, seen = [(x.grad_fn, x.output_nr)], set()
+        while todo:
+            edge = todo.pop()
+            k = self._inputs.get(edge)
+            if k is not None:
+                reached.add(k)
+                continue
+            node = edge[0]
+            if node is None or node in seen or isinstance(node, _LINEAR_NODE):
+                continue
+            seen.add(node)
+            todo.extend(node.next_functions)
+        claimed = reached & self._unclaimed
+        self._unclaimed -= claimed
+        return bool(claimed)
 
     def keep(self, t: torch.Tensor, unneeded: Callable[[], bool] | None = None, rectify: bool = False) -> Kept:
         """Keep ``t`` for the backward pass by reference; :meth:`before_write` copies it if need be."""
@@ -216,7 +252,8 @@ class Propagation:
             self.cache.discard((w, b), tag=(kind, op.groups))  # what its rules derived from W unmerged
             pending, (w, b), _ = found
         layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module,
-                          cache=self.cache, facts=self.facts, pending=pending, planned=pending is not None)
+                          cache=self.cache, facts=self.facts, pending=pending, planned=pending is not None,
+                          first_of_input=None if self._inputs is None else self._first_of_inputs(x))
         self.count += 1
         rule = self.composite.rule(layer)
         layer.nonnegative_input = _made_here(x, _NONNEGATIVE, lambda v: v) is not None
