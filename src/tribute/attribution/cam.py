@@ -48,10 +48,12 @@ from .fullgrad_bias import bias_gradient_rows
 from .guided import GuidedBackprop
 from .image_input import INPUT_INDEX_OPTION, ImageMethod, image_of, with_image
 from .layer import LAYER_OPTION, LayerMethod
+from .token_maps import TOKEN_MAP_OPTIONS, as_feature_map, feature_map_rows
 
 CAM_OPTIONS = {
     **LAYER_OPTION,
     **INPUT_INDEX_OPTION,
+    **TOKEN_MAP_OPTIONS,
     "relu": opt.Option(True, opt.boolean, "rectify the map, ReLU(Σ_k w_k A_k)"),
     "upsample": opt.Option(True, opt.boolean,
                            "upsample bilinearly (align_corners=False) to the input's size; False: the layer's size"),
@@ -74,14 +76,6 @@ def _check_images(method: str, x: torch.Tensor) -> None:
         raise ValueError(
             f"{method} makes 2-D class activation maps: inputs must be images of shape (N, C, H, W), got shape "
             f"{tuple(x.shape)}"
-        )
-
-
-def _check_feature_map(method: str, site: Site, a: torch.Tensor) -> None:
-    if a.dim() != 4:
-        raise LayerError(
-            f"{method} needs a convolutional feature map (N, K, h, w) at its layer, but {site.describe()} gives shape "
-            f"{tuple(a.shape)}; choose another layer="
         )
 
 
@@ -125,7 +119,7 @@ class _GradientCAM(_CAM):
     def _maps(self, x, target, o, site):
         def contribution(sample, _):
             r = self._layer_rows(x[sample], target, sample, o, site)
-            _check_feature_map(self.name, site, r.activation)
+            r = feature_map_rows(self.name, site, r, image_of(x[sample], o), o)
             w = self.weights(r, x[sample], target, sample, o, site)
             return (w * r.activation).sum(1, keepdim=True)
 
@@ -185,8 +179,8 @@ class CAM(_GradientCAM):
                 "of this layer. Use gradcam, which needs no particular head"
             )
         with torch.no_grad():
-            _, out2 = layer_activations(o.call.forward, rows, site, rows.shape[0], replace=2 * a.detach(),
-                                        sample=sample)
+            doubled = self._doubled(a, rows, sample, o, site)
+            _, out2 = layer_activations(o.call.forward, rows, site, rows.shape[0], replace=doubled, sample=sample)
             s2 = target.scores(out2, sample)
             s1 = r.scores.detach()
             lin = (g.detach() * a.detach()).flatten(1).sum(1)
@@ -200,6 +194,14 @@ class CAM(_GradientCAM):
             )
         h, w = g.shape[-2:]
         return g.mean(dim=(2, 3), keepdim=True) * (h * w)
+
+    def _doubled(self, a: torch.Tensor, rows: torch.Tensor, sample: torch.Tensor, o: SimpleNamespace,
+                 site: Site) -> torch.Tensor:
+        """The layer's output with the map A doubled (with ``reshape=``: the entries left out of the map unchanged)."""
+        if o.reshape is None:
+            return 2 * a.detach()
+        full, _ = layer_activations(o.call.forward, rows, site, rows.shape[0], sample=sample)
+        return as_feature_map(self.name, site, full, image_of(rows, o), o).back(2 * a.detach(), full)
 
 
 @register("gradcam_plus_plus")
@@ -358,7 +360,8 @@ class ScoreCAM(_CAM):
         if o.differentiable:
             raise ValueError("scorecam is computed from forward passes only; it does not support differentiable=True")
         acts, out = layer_activations(o.call.forward, x, site, o.batch_size)
-        _check_feature_map(self.name, site, acts)
+        layout = as_feature_map(self.name, site, acts, image_of(x, o), o)
+        acts = acts if layout is None else layout(acts)
         target.resolve(out)
         n = x.shape[0]
         channels = self._channels(acts, x, o)
@@ -428,6 +431,7 @@ class GuidedGradCAM(ImageMethod, LayerMethod):
         "rules": opt.Option(None, _no_rules),
         "interpolation": opt.Option("bilinear", opt.choice(("bilinear", "nearest")), "how Grad-CAM is upsampled"),
         **INPUT_INDEX_OPTION,
+        **TOKEN_MAP_OPTIONS,
         "reduce": opt.Option(None, check_reduce, "reduce the channels to an (N, 1, H, W) map"),
     }
 
@@ -439,7 +443,7 @@ class GuidedGradCAM(ImageMethod, LayerMethod):
 
         def contribution(sample, _):
             r = self._layer_rows(x[sample], target, sample, o, site)
-            _check_feature_map(self.name, site, r.activation)
+            r = feature_map_rows(self.name, site, r, image_of(x[sample], o), o)
             cam = (r.grad.mean(dim=(2, 3), keepdim=True) * r.activation).sum(1, keepdim=True).clamp(min=0)
             cam = F.interpolate(cam, size=size, mode=o.interpolation, align_corners=align)
             guided = image_of(self._gradients(x[sample], target, sample, o, rules=GuidedBackprop.rules), o)
@@ -467,6 +471,19 @@ class FullGradient(NamedTuple):
     """"conv", "linear" or "batch_norm" for each bias term"""
     scores: torch.Tensor
     """S(x), one per sample"""
+
+
+def _check_bias_rows(grads: list[torch.Tensor], kinds: list[str], n: int) -> None:
+    """Refuse bias terms whose first dimension is not the rows': they cannot be told apart by sample."""
+    for i, (g, kind) in enumerate(zip(grads, kinds, strict=True)):
+        if g.dim() == 0 or g.shape[0] != n:
+            raise LayerError(
+                f"fullgrad: the bias term of {kind} layer #{i} (in the order of the forward pass) has shape "
+                f"{tuple(g.shape)}, whose first dimension is not the {n} rows of the batch: the model moves other "
+                "things into the batch dimension (Swin's window attention makes one row per window), so its terms "
+                "cannot be assigned to samples. FullGrad needs layers that keep the batch dimension; use another "
+                "method (gradcam with layer= and reshape='tokens', integrated_gradients, ...)"
+            )
 
 
 @register("fullgrad")
@@ -516,6 +533,7 @@ class FullGrad(ImageMethod, Method):
         """Eq 1's terms for the rows ``x``: the input term of the image (``every_input``: of every input, in the
         user's structure) and the bias terms."""
         r = bias_gradient_rows(o.call.forward, x, target, sample, create_graph=o.differentiable)
+        _check_bias_rows(r.grads, r.kinds, x.shape[0])
         term = r.input_grad * x
         if not o.differentiable:
             term = term.detach()

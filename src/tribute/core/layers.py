@@ -20,8 +20,8 @@ network a copy of it, so an in-place operation downstream (``relu_``) cannot alt
 the gradient taken at the activation is the gradient at the module's output.  The hook can also *replace*
 the output with another tensor (integrated gradients in the layer's activation space).
 
-The default layer of the CAM family
------------------------------------
+The default layer of the CAM family (a transformer's tokens: :mod:`tribute.core.token_layers`)
+-----------------------------------------------------------------------------------------------
 :func:`find_default_layer` runs a one-row probe pass that follows the tensors derived from the input (a
 torch-function mode tags them) and walks back from the model's output to the nearest four-dimensional
 tensor (N, C, H, W) with more than one spatial position: the last spatial feature map before the spatial
@@ -58,6 +58,7 @@ from .interception import Coverage, op_name
 from .rules import GRADIENT, RuleSet
 from .targets import Target
 from .threads import this_thread
+from .token_layers import SHAPE_FUNCTIONS, is_token_grid, is_tokens, token_model_message
 
 
 class LayerError(ValueError):
@@ -277,9 +278,8 @@ def find_default_layer(forward: Forward, x: torch.Tensor) -> Site:
                 module_calls.append((name, k, s))
         return hook
 
-    row = x[:1].detach()
+    row, handles = x[:1].detach(), []
     probe.number(row)
-    handles = []
     try:
         for name, m in modules.items():
             handles.append(m.register_forward_hook(watcher(name)))
@@ -291,28 +291,29 @@ def find_default_layer(forward: Forward, x: torch.Tensor) -> Site:
     start = probe.serial(out)
     if start is None:
         raise LayerError("the model's output is not computed from its input by torch operations; pass layer=")
+    owner = {s: name for name, _, s in module_calls}  # the outermost module returning each tensor
     queue, seen, found = deque([start]), {start}, None
     while queue:
         s = queue.popleft()
-        shape = probe.shapes[s]
-        if len(shape) == 4 and shape[2] * shape[3] > 1:
+        shape, rec = probe.shapes[s], probe.records.get(s)
+        if s in owner and is_tokens(shape):  # a transformer's tokens before any map: see core/token_layers.py
+            grids = [(n if calls[n] == 1 else f"{n}#{k}", probe.shapes[t]) for n, k, t in module_calls
+                     if is_token_grid(probe.shapes[t])]
+            raise LayerError(token_model_message(owner[s], shape, list(dict(grids).items())))
+        if len(shape) == 4 and shape[2] * shape[3] > 1 and (s in owner or rec is None
+                                                            or _func_name(rec.func) not in SHAPE_FUNCTIONS):
             found = s
             break
-        rec = probe.records.get(s)
         for p in rec.inputs if rec is not None else ():
             if p not in seen:
                 seen.add(p)
                 queue.append(p)
     if found is None:
-        raise LayerError(
-            "found no spatial feature map (an (N, C, H, W) activation with H·W > 1) on the path from the input "
-            "to the output; pass layer= with a module name"
-        )
+        raise LayerError("found no spatial feature map (an (N, C, H, W) activation with H·W > 1) on the path from "
+                         "the input to the output; pass layer= with a module name")
     if found == 0:
-        raise LayerError(
-            "the last spatial map before the spatial dimensions collapse is the input itself: the model has no "
-            "convolutional feature map to explain; pass layer= with a module name"
-        )
+        raise LayerError("the last spatial map before the spatial dimensions collapse is the input itself: the model "
+                         "has no convolutional feature map to explain; pass layer= with a module name")
     owners = [(name, k) for name, k, s in module_calls if s == found]
     if owners:
         name, k = owners[-1]  # hooks fire inner modules first: the last is the outermost
