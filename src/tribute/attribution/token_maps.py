@@ -147,4 +147,15 @@ def as_feature_map(method: str, site: Site, a: torch.Tensor, image: torch.Tensor
 def feature_map_rows(method: str, site: Site, r: LayerRows, image: torch.Tensor, o: SimpleNamespace) -> LayerRows:
     """``r`` with the activation and its gradient as maps (N, K, h, w), rearranged alike (module doc)."""
     m = as_feature_map(method, site, r.activation, image, o)
-    return r if m is None else r._replace(activation=m(r.activation), grad=m(r.grad))
+    if m is None:
+        return r
+    grad = m(r.grad)
+    blind = (grad.flatten(1) == 0).all(1) & (r.grad.flatten(1) != 0).any(1)
+    if bool(blind.any()):
+        raise LayerError(
+            f"{method}: at {site.describe()} the score depends on the tokens reshape= leaves out (class/register "
+            f"tokens) but not on the map's (samples {blind.nonzero().flatten().tolist()[:5]}): after a ViT's last "
+            "attention the head reads only the class token, so the map would be 0. Choose an earlier layer, e.g. "
+            "the input of the last block's attention (its layernorm_before)"
+        )
+    return r._replace(activation=m(r.activation), grad=grad)

@@ -41,4 +41,5 @@ def token_model_message(stop: str, stop_shape: tuple[int, ...], candidates: list
             f"{stop!r} gives {tuple(stop_shape)}, so the model is a transformer, and its patch embedding is no "
             f"feature map to explain. Pass layer= with a layer of tokens and reshape='tokens' (prefix_tokens= for "
             f"class/register tokens) to lay them out on the image's grid; layers whose tokens fill a square grid, "
-            f"nearest the output first (one row's shapes): {listed}{more}")
+            f"nearest the output first (one row's shapes): {listed}{more}. A head that reads a class token (ViT) "
+            "sees no patch token after the last attention: take a layer before it (the last block's layernorm_before)")
