@@ -251,6 +251,9 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "max_channels": [({}, {"max_channels": 2})],
     "channel_selection": [({"max_channels": 2}, {"channel_selection": "random"})],
     "interpolation": [({}, {"interpolation": "nearest"})],
+    # a rearrangement of a CNN's map (mirrored) moves the map; prefix_tokens= without reshape='tokens' is refused
+    "reshape": [({}, {"reshape": lambda a: a.flip(-1)})],
+    "prefix_tokens": [({}, {"prefix_tokens": 1})],
     "reduce": [({}, {"reduce": "sum"})],
     "rescale": [({}, {"rescale": "channel"})],
     "composite": [({}, {"composite": "epsilon"})],

@@ -24,6 +24,14 @@ than once needs its call named, ``"block.relu#1"``; see :mod:`tribute.core.layer
 last spatial feature map on the input's path before the spatial dimensions collapse, i.e. the input of the
 global pooling: ``layer4``'s output in a torchvision ResNet (not ``layer4[-1].conv2``).  The layer used is
 left in ``method.layer`` after each call.
+
+Transformers.  A vision transformer's layers give tokens (N, T, C), not maps: ``reshape="tokens"`` drops the
+leading class/register tokens (``prefix_tokens=``, inferred as 1 or 0 by default) and lays the others out on
+the image's grid as (N, C, h, w), as Chefer et al. (2021) do for Grad-CAM on ViT (``reshape=`` also takes a
+callable, checked to be a rearrangement; see :mod:`tribute.attribution.token_maps`).  Such a model has no
+default layer: without ``layer=`` the error lists its token layers.  On a ViT take a layer before the last
+block's attention (``"vit.layers.<last>.layernorm_before"``): after it the head reads the class token alone and
+the map would be 0, which is refused.
 """
 
 from __future__ import annotations
@@ -139,7 +147,7 @@ class GradCAM(_GradientCAM):
 
     Options
     -------
-    layer, relu, upsample, normalize : see the module doc.
+    layer, reshape, prefix_tokens, relu, upsample, normalize : see the module doc.
     """
 
     def weights(self, r, rows, target, sample, o, site):
@@ -161,8 +169,8 @@ class CAM(_GradientCAM):
 
     Options
     -------
-    layer, relu, upsample, normalize : see the module doc.  Zhou's maps are not rectified: pass relu=False
-    for the signed map.
+    layer, reshape, prefix_tokens, relu, upsample, normalize : see the module doc.  Zhou's maps are not
+    rectified: pass relu=False for the signed map.
     """
 
     def weights(self, r, rows, target, sample, o, site):
@@ -226,7 +234,7 @@ class GradCAMPlusPlus(_GradientCAM):
 
     Options
     -------
-    layer, relu, upsample, normalize : see the module doc.
+    layer, reshape, prefix_tokens, relu, upsample, normalize : see the module doc.
     """
 
     def weights(self, r, rows, target, sample, o, site):
@@ -281,7 +289,7 @@ class ContrastiveGradCAM(GradCAM):
     Options
     -------
     contrast : int, 1-D tensor (one class per sample) or None (the runner-up class).
-    layer, relu, upsample, normalize : see the module doc.
+    layer, reshape, prefix_tokens, relu, upsample, normalize : see the module doc.
     """
 
     options = {"contrast": opt.Option(None, _check_contrast, "the contrast class Q: 'why P, rather than Q?'")}
@@ -340,7 +348,7 @@ class ScoreCAM(_CAM):
         target receives the softmax output.
     baseline, baseline_options : None (default) or a baseline image, see above.
     max_channels, channel_selection, seed : channel sampling on wide layers.
-    layer, relu, upsample, normalize : see the module doc.
+    layer, reshape, prefix_tokens, relu, upsample, normalize : see the module doc.
     """
 
     options = {
@@ -420,7 +428,7 @@ class GuidedGradCAM(ImageMethod, LayerMethod):
 
     Options
     -------
-    layer : the Grad-CAM layer (see the module doc).
+    layer, reshape, prefix_tokens : the Grad-CAM layer (see the module doc).
     interpolation : "bilinear" (default) or "nearest".
     reduce : None (the input's shape) or a channel reduction.
     """
