@@ -295,3 +295,14 @@ def test_fullgrad_on_vit_keeps_the_batch_in_every_bias_term(x):
     one = tribute.get_method("fullgrad")(_vit()).full_gradient(x[1:2], 1)
     for t, u in zip(d.bias_terms, one.bias_terms, strict=True):
         torch.testing.assert_close(t[1:2], u, rtol=1e-9, atol=1e-12)
+
+
+def test_the_default_layer_of_a_text_transformer_names_no_grid():
+    """BERT's 7 tokens fill no square grid: the error says so and asks for layer=."""
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=20, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                     intermediate_size=32, max_position_embeddings=16, num_labels=2)
+    bert = transformers.BertForSequenceClassification(config).to(DT).eval()
+    ids = torch.randint(0, 20, (2, 7), generator=torch.Generator().manual_seed(0))
+    with pytest.raises(LayerError, match="no layer's tokens fill a square grid"):
+        find_default_layer(Forward(bert), ids)

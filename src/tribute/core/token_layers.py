@@ -34,12 +34,17 @@ def is_token_grid(shape: tuple[int, ...]) -> bool:
 
 def token_model_message(stop: str, stop_shape: tuple[int, ...], candidates: list[tuple[str, tuple[int, ...]]]) -> str:
     """The default-layer error on a token model: where the tokens were met, and the layers to choose from."""
+    head = (f"no spatial feature map (N, C, H, W) before the output: the path runs through tokens (N, T, C), "
+            f"{stop!r} gives {tuple(stop_shape)}")
+    if not candidates:
+        return (f"{head}, and no layer's tokens fill a square grid (T or T − 1 a square); pass layer= (with "
+                "reshape= a callable laying the tokens out as (N, C, h, w) for a class activation map)")
     shown = candidates[::-1][:8]  # nearest to the output first
-    listed = ", ".join(f"{name!r} {tuple(shape)}" for name, shape in shown) if shown else "none"
+    listed = ", ".join(f"{name!r} {tuple(shape)}" for name, shape in shown)
     more = f" (and {len(candidates) - len(shown)} earlier)" if len(candidates) > len(shown) else ""
-    return (f"no spatial feature map (N, C, H, W) before the output: the path runs through tokens (N, T, C), "
-            f"{stop!r} gives {tuple(stop_shape)}, so the model is a transformer, and its patch embedding is no "
-            f"feature map to explain. Pass layer= with a layer of tokens and reshape='tokens' (prefix_tokens= for "
-            f"class/register tokens) to lay them out on the image's grid; layers whose tokens fill a square grid, "
-            f"nearest the output first (one row's shapes): {listed}{more}. A head that reads a class token (ViT) "
-            "sees no patch token after the last attention: take a layer before it (the last block's layernorm_before)")
+    return (f"{head}, so the model is a transformer and its patch embedding is no feature map to explain. Pass "
+            f"layer= with a layer of tokens and reshape='tokens' (prefix_tokens= for class/register tokens) to lay "
+            f"them out on the image's grid (or layer= a convolutional layer before the tokens); layers whose tokens "
+            f"fill a square grid, nearest the output first (one row's shapes): {listed}{more}. A head that reads a "
+            "class token (ViT) sees no patch token after the last attention: take a layer before it (the last "
+            "block's layernorm_before)")
