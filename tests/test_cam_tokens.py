@@ -306,3 +306,17 @@ def test_the_default_layer_of_a_text_transformer_names_no_grid():
     ids = torch.randint(0, 20, (2, 7), generator=torch.Generator().manual_seed(0))
     with pytest.raises(LayerError, match="no layer's tokens fill a square grid"):
         find_default_layer(Forward(bert), ids)
+
+
+def test_swin_on_a_wide_image_lays_the_tokens_out_at_its_aspect_ratio():
+    """A 32 × 64 image: 8 × 16 patches in Swin's first stage, 4 × 8 after the merge (h/w = H/W)."""
+    swin, target = _swin(), torch.tensor([2, 4])
+    x = torch.rand(2, 3, 32, 64, dtype=DT, generator=torch.Generator().manual_seed(3))
+    for layer, (h, w) in {"swin.embeddings.norm": (8, 16), "swin.layernorm": (4, 8)}.items():
+        a, g = _tokens_and_grad(swin, x, layer, target)
+        a, g = (t.reshape(2, h, w, t.shape[2]).permute(0, 3, 1, 2) for t in (a, g))
+        m = (g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True)
+        got = tribute.explain(swin, x, "gradcam", target=target, layer=layer, reshape="tokens", relu=False,
+                              upsample=False)
+        assert got.shape == (2, 1, h, w) and m.abs().max() > 0
+        torch.testing.assert_close(got, m, rtol=1e-9, atol=1e-12)
