@@ -76,5 +76,6 @@ def problem(rules: RuleSet, coverage: Coverage, method: str) -> str | None:
         seen = ", ".join(sorted(coverage.plain)) or "none"
         return (f"strict: {method}: the {rules.name} rules changed nothing on this model: no op on the input's "
                 f"path is one they modify (nonlinearities seen: {seen}), so the result would be the plain gradient "
-                f"under another name. Use a gradient method, register a rule, or pass strict=False to accept it (with a warning)")
+                f"under another name. Use a gradient method, register a rule, or pass strict=False to accept it "
+                f"(with a warning)")
     return None
