@@ -71,10 +71,32 @@ _BILINEAR_SUFFIXES = {
 }
 
 
-def linear_on_path(op: str, n_tagged: int) -> bool:
+# Reductions that select one entry (``x.max(dim)``), switches like max pooling, when they take one tensor alone;
+# ``torch.max(a, b)`` of two tensors is a nonlinearity (ReLU(a − b) + b).
+_SELECTING_SUFFIXES = {"max", "min", "amax", "amin", "median", "nanmedian", "kthvalue", "topk", "sort", "cummax",
+                       "cummin"}
+# Ops that leave the input's path in place but carry no gradient to be plain about: ``x.data`` (detached) and
+# overwrites with a constant.
+_UNCOUNTED_NAMES = {"torch.Tensor.data.__get__", "torch.Tensor.zero_", "torch.Tensor.fill_", "torch.Tensor.detach_"}
+
+
+def linear_on_path(op: str, n_tagged: int, n_tensors: int | None = None) -> bool:
     """Whether the op named ``op`` (the last part of its name) needs no rule when ``n_tagged`` of its tensor
-    arguments lie on the input's path: it is linear or structural in them, so its gradient is every family's rule."""
-    return op in _LINEAR_SUFFIXES or (op in _BILINEAR_SUFFIXES and n_tagged == 1)
+    arguments (``n_tensors`` of them in all, if known) lie on the input's path: it is linear or structural in them,
+    so its gradient is every family's rule."""
+    return op in _LINEAR_SUFFIXES or (op in _BILINEAR_SUFFIXES and n_tagged == 1) or (
+        op in _SELECTING_SUFFIXES and n_tensors == 1)
+
+
+def count_tensors(args, kwargs) -> int:
+    """The number of tensor arguments of a call (in lists too)."""
+    n = 0
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            n += 1
+        elif isinstance(a, (list, tuple)):
+            n += sum(isinstance(b, torch.Tensor) for b in a)
+    return n
 
 
 def current_phase() -> Phase | None:
@@ -307,9 +329,10 @@ class RuleMode(TorchFunctionMode):
         _tag(out, self.token)
         if self.coverage is not None:
             if prop is not None:
-                (self.coverage.unruled if unruled else self.coverage.linear)[name] += 1
+                counted = unruled and name not in _UNCOUNTED_NAMES
+                (self.coverage.unruled if counted else self.coverage.linear)[name] += 1
             else:
-                self._record(func, _count_tagged(args, kwargs, self.token))
+                self._record(func, _count_tagged(args, kwargs, self.token), count_tensors(args, kwargs))
         return out
 
     def _nonlinearity(self, nl, z, params, inplace):
@@ -360,9 +383,9 @@ class RuleMode(TorchFunctionMode):
         if made is not None:
             made(y, nl.name)
 
-    def _record(self, func, n_tagged: int) -> None:
+    def _record(self, func, n_tagged: int, n_tensors: int) -> None:
         name = op_name(func)
-        linear = linear_on_path(name.rsplit(".", 1)[-1], n_tagged)
+        linear = linear_on_path(name.rsplit(".", 1)[-1], n_tagged, n_tensors) or name in _UNCOUNTED_NAMES
         (self.coverage.linear if linear else self.coverage.unruled)[name] += 1
 
 

@@ -66,13 +66,13 @@ class Strictness:
 
 def problem(rules: RuleSet, coverage: Coverage, method: str) -> str | None:
     """The message naming what ``rules`` do not cover in ``coverage``, or None."""
-    if coverage.unruled:
+    if coverage.unruled and not rules.exact_elsewhere:
         ops = ", ".join(sorted(coverage.unruled))
         return (f"strict: {method}: ops on the input's path have no {rules.name} rule and would get the plain "
                 f"gradient: {ops}. Register a rule (an elementwise op with tribute.register_nonlinearity, another "
                 f"op with tribute.core.register_rule(family, op, rule)), or pass strict=False to accept the plain "
                 f"gradient there (with a warning)")
-    if not coverage.ruled:
+    if not coverage.ruled and coverage.plain:  # (a path with no nonlinearity at all is every method's own answer)
         seen = ", ".join(sorted(coverage.plain)) or "none"
         return (f"strict: {method}: the {rules.name} rules changed nothing on this model: no op on the input's "
                 f"path is one they modify (nonlinearities seen: {seen}), so the result would be the plain gradient "
