@@ -155,3 +155,36 @@ def test_rules_that_change_nothing_are_refused_by_default_and_warned_with_strict
     with pytest.raises(UncoveredModelError, match="softplus.*changed nothing"):
         tribute.explain(net, X, "gradient", target=0, softplus_beta=2.0)
 
+
+
+class MaskBeforeNorm(nn.Module):
+    """A comparison reads a layer's output that batch norm also reads: LRP must not merge the norm into the layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin1, self.bn, self.lin2 = nn.Linear(4, 6), nn.BatchNorm1d(6), nn.Linear(6, 3)
+        with torch.no_grad():
+            self.bn.running_mean.uniform_(-0.5, 0.5)
+            self.bn.running_var.uniform_(0.5, 2.0)
+            self.bn.weight.uniform_(0.5, 1.5)
+
+    def forward(self, x):
+        h = self.lin1(x)
+        mask = (h > 0).to(h.dtype)
+        return self.lin2(torch.relu(self.bn(h)) * mask)
+
+
+def test_a_valueless_read_still_counts_as_a_reader_for_lrp():
+    net = MaskBeforeNorm().to(DT).eval()
+    reused = tribute.LRP(net, composite="epsilon")
+    fresh = [tribute.LRP(net, composite="epsilon", cache_weights=False).attribute(X, target=0) for _ in range(2)]
+    for _ in range(3):  # later calls of one explainer run from its merge plan
+        torch.testing.assert_close(reused.attribute(X, target=0), fresh[0])
+    torch.testing.assert_close(fresh[1], fresh[0])
+    # the relevance form (strict=True skips the gradient form) gives the same
+    masked = tribute.LRP(net, composite="epsilon", cache_weights=False, strict=True)
+    torch.testing.assert_close(masked.attribute(X, target=0), fresh[0])
+    cov = masked.coverage  # the comparison and the cast of its boolean are off the path
+    assert set(cov.ruled) == {"torch.nn.functional.linear", "torch.nn.functional.batch_norm", "relu", "torch.Tensor.mul"}
+    assert not cov.unruled and not cov.linear and not cov.plain

@@ -296,7 +296,10 @@ class RuleMode(TorchFunctionMode):
         kwargs = kwargs or {}
         if func in _METADATA:
             return func(*args, **kwargs)
-        if not _any_tagged(args, kwargs, self.token) or _valueless(func):
+        if not _any_tagged(args, kwargs, self.token):
+            return func(*args, **kwargs)
+        valueless = _valueless(func)
+        if valueless and self.propagation is None:  # (an ops handler sees it below: it may count the read)
             return func(*args, **kwargs)
         form = call_form(func)
         if form is not None:
@@ -322,7 +325,7 @@ class RuleMode(TorchFunctionMode):
         out = func(*args, **kwargs)
         if prop is not None and _holds_tensor(out):  # metadata queries (x.dim(), x.shape) read no values
             prop.count_consumers(args, kwargs, tagged)
-        if not _holds_float(out):  # metadata, integers, booleans: no gradient to be plain about, off the path
+        if valueless or not _holds_float(out):  # metadata, integers, booleans: no gradient to be plain about
             if unruled:
                 prop.unruled.pop()
             return out
