@@ -186,5 +186,6 @@ def test_a_valueless_read_still_counts_as_a_reader_for_lrp():
     masked = tribute.LRP(net, composite="epsilon", cache_weights=False, strict=True)
     torch.testing.assert_close(masked.attribute(X, target=0), fresh[0])
     cov = masked.coverage  # the comparison and the cast of its boolean are off the path
-    assert set(cov.ruled) == {"torch.nn.functional.linear", "torch.nn.functional.batch_norm", "relu", "torch.Tensor.mul"}
+    assert set(cov.ruled) == {"torch.nn.functional.linear", "torch.nn.functional.batch_norm", "relu",
+                              "torch.Tensor.mul"}
     assert not cov.unruled and not cov.linear and not cov.plain
