@@ -189,3 +189,27 @@ def test_a_valueless_read_still_counts_as_a_reader_for_lrp():
     assert set(cov.ruled) == {"torch.nn.functional.linear", "torch.nn.functional.batch_norm", "relu",
                               "torch.Tensor.mul"}
     assert not cov.unruled and not cov.linear and not cov.plain
+
+
+class ModeProbe(nn.Module):
+    """Records whether a torch-function mode is active while it runs."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(torch._C._is_torch_function_mode_enabled())
+        return self.lin(torch.relu(x))
+
+
+@pytest.mark.parametrize("method,options", [("gradient", {}), ("integrated_gradients", {"steps": 4}),
+                                            ("smoothgrad", {"samples": 2, "seed": 0})])
+def test_gradient_methods_run_without_the_function_mode(method, options):
+    net = ModeProbe().to(DT).eval()
+    tribute.explain(net, X, method, target=0, **options)
+    assert net.seen and not any(net.seen)
+    net.seen.clear()
+    tribute.explain(net, X, "guided_backprop", target=0)  # a rule method does run it
+    assert all(net.seen)
