@@ -176,7 +176,10 @@ def test_strict_names_nonlinear_ops_without_a_rule():
     net, x = Unruled().double().eval(), torch.randn(2, 4, dtype=torch.float64)
     with pytest.raises(ValueError, match=r"strict.*mul.*erf"):
         tribute.explain(net, x, "lrp_epsilon", target=0, strict=True)
-    tribute.explain(net, x, "lrp_epsilon", target=0)  # without strict: plain gradient through them
+    with pytest.raises(ValueError, match=r"lrp_epsilon.*mul.*erf.*register_nonlinearity.*strict=False"):
+        tribute.explain(net, x, "lrp_epsilon", target=0)  # the default refuses them too
+    with pytest.warns(UserWarning, match=r"mul.*erf"):
+        tribute.explain(net, x, "lrp_epsilon", target=0, strict=False)  # the plain gradient through them
     m = tribute.Gradient(net, strict=True)
     m.attribute(x, target=0)  # the gradient needs no rules
     assert "torch.erf" in m.coverage.unruled and m.coverage.linear["torch.nn.functional.linear"] == 1

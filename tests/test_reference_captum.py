@@ -319,13 +319,14 @@ def test_deeplift_functional_relu_matches_captum_on_module_relu():
 
 def test_guided_backprop_matches_captum(case):
     name, model, x, _, target = case
-    ours = tribute.GuidedBackprop(model).attribute(x, target)
+    # on the tanh/sigmoid MLP guided backprop changes nothing (refused by default): Captum's answer is the gradient
+    ours = tribute.GuidedBackprop(model, strict=False).attribute(x, target)
     assert_close(ours, captum_call(captum_attr.GuidedBackprop, model, x, target=target), EXACT, f"{name} guided")
 
 
 def test_deconvnet_matches_captum(case):
     name, model, x, _, target = case
-    ours = tribute.DeconvNet(model).attribute(x, target)
+    ours = tribute.DeconvNet(model, strict=False).attribute(x, target)
     assert_close(ours, captum_call(captum_attr.Deconvolution, model, x, target=target), EXACT, f"{name} deconv")
 
 

@@ -150,8 +150,11 @@ def test_without_a_product_rule_deeplift_misses_summation_to_delta_and_strict_re
     x = torch.tensor([[3.0, 2.0]], dtype=DT)
     # Rescale at the ReLUs: (2 − 0)/(2 − (−1)) = 2/3 and 1; the product's plain gradient at x: ∂y/∂a = b = 2,
     # ∂y/∂b = a = 2.  φ₁ = 3·(2/3)·2 = 4, φ₂ = 2·1·2 = 4: Σφ = 8, not f(x) − f(0) = 4
-    phi = tribute.DeepLift(Product()).attribute(x, target=0)
+    with pytest.warns(UserWarning, match="deeplift.*mul"):
+        phi = tribute.DeepLift(Product(), strict=False).attribute(x, target=0)
     torch.testing.assert_close(phi, torch.tensor([[4.0, 4.0]], dtype=DT))
+    with pytest.raises(ValueError, match="mul"):
+        tribute.DeepLift(Product()).attribute(x, target=0)
     with pytest.raises(ValueError, match="mul"):
         tribute.DeepLift(Product(), strict=True).attribute(x, target=0)
 

@@ -193,10 +193,12 @@ class DeepLiftRevealCancel(Method):
             dp = torch.cat([delta.clamp(min=0), zeros]).requires_grad_()
             dn = torch.cat([delta.clamp(max=0), zeros]).requires_grad_()
             rows = torch.cat([x[sample], base[sample]]).detach()
-            with torch.enable_grad(), apply_rules(self.rules) as mode:
+            with torch.enable_grad(), apply_rules(self.rules, coverage=o.call.coverage) as mode:
                 mode.tag_input(rows)
                 rows._tribute_twins = (dp, dn)
                 out = o.call.forward(rows, torch.cat([sample, sample]))
+            o.call.coverage.passes += 1
+            o.call.strictness.check(self.rules, o.call.coverage)
             if not hasattr(out, "_tribute_twins"):
                 if not mode.on_path(out):  # computed without the input (a constant): no difference reaches it
                     raise disconnected()

@@ -31,6 +31,7 @@ class SoftplusRelu(ElementwiseRule):
     """
 
     name = "softplus"
+    changes_forward_only = True  # the smoothed network's true gradient: other ops' plain gradient is exact
 
     def __init__(self, beta: float = 10.0):
         if not beta > 0:

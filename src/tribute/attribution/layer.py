@@ -170,7 +170,8 @@ class LayerMethod(Method):
     def _layer_rows(self, rows: torch.Tensor, target: Target, sample: torch.Tensor, o: SimpleNamespace,
                     site: Site, **kw: Any) -> LayerRows:
         return layer_gradient_rows(o.call.forward, rows, site, target, sample, rules=self.rule_set(o),
-                                   create_graph=o.differentiable, coverage=o.call.coverage, strict=o.strict, **kw)
+                                   create_graph=o.differentiable, coverage=o.call.coverage,
+                                   strict=o.call.strictness, **kw)
 
 
 @register("layer_gradient")

@@ -140,7 +140,7 @@ class LRP(Method):
         at_nonlinearities = rules_of_kind(FAMILY, RuleKind.ELEMENTWISE)  # the pass rule
         rules = RuleSet(name, at_nonlinearities, ops=WithWeights(composite, cache, self._plan))
         # ε everywhere: the same relevance as x ⊙ a modified gradient, in fewer passes (tribute.lrp.epsilon_form)
-        fast = None if o.strict or not covers(composite) else \
+        fast = None if o.strict is True or not covers(composite) else \
             RuleSet(name, {"*": FusedEpsilonRelu()}, ops=EpsilonForm(composite, cache, self._plan))
         # relevance is taken at the model's own input
         xm = o.call.forward.transformed(x).detach()

@@ -132,8 +132,10 @@ class _Pass:
         if rule is not None:
             return rule.apply(self, func, args, kwargs, tagged, name)
         out = func(*args, **kwargs)
-        if _holds_tensors(out):
-            raise ValueError(f"RevealCancel has no rule for {name} on the input's path")
+        if _holds_tensors(out):  # the differences have no plain-gradient fallback: strict=False cannot help here
+            raise ValueError(f"deeplift_reveal_cancel: RevealCancel has no rule for {name} on the input's path; "
+                             f"register one with tribute.core.register_rule({FAMILY!r}, op, rule) (strict=False "
+                             "does not apply: RevealCancel's differences cannot pass an op by its plain gradient)")
         return out  # metadata (x.shape, x.dim()) carries no differences
 
 

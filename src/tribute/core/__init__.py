@@ -11,12 +11,14 @@ from .reduce import REDUCTIONS, reduce
 from .registry import explain, get_method, methods, register
 from .rule_registry import BackwardRule, OpRule, RuleKind, register_rule, rule_table, unregister_rule
 from .rules import GRADIENT, ElementwiseRule, RuleSet
+from .strictness import UncoveredModelError
 from .transforms import Normalize
 
 __all__ = [
     "GRADIENT", "REDUCTIONS", "BackwardRule", "Coverage", "DisconnectedInputError", "ElementwiseRule", "FamilyRules",
     "LayerError", "Method", "NonFiniteAttributionError", "Normalize", "OpRule", "PassCount", "RuleKind", "RuleSet",
-    "apply_rules", "constant", "count_passes", "explain", "family_rules", "find_default_layer", "get_method",
+    "UncoveredModelError", "apply_rules", "constant", "count_passes", "explain", "family_rules", "find_default_layer",
+    "get_method",
     "known_nonlinearities", "methods", "reduce", "register", "register_nonlinearity", "register_rule", "resolve_layer",
     "rule_table", "unregister_rule",
 ]

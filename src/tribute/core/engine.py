@@ -23,6 +23,7 @@ from .inputs import Layout
 from .interception import Coverage, apply_rules, note_inputs
 from .outputs import select_output
 from .rules import GRADIENT, RuleSet
+from .strictness import Strictness
 from .targets import Target
 from .train_guard import MODE_DEPENDENT, refuse_train_mode
 
@@ -224,7 +225,7 @@ def gradient_rows(
     rules: RuleSet = GRADIENT,
     create_graph: bool = False,
     coverage: Coverage | None = None,
-    strict: bool = False,
+    strict: Strictness | bool | None = None,
     score_rows: int | None = None,
     relevance: bool = False,
 ) -> torch.Tensor:
@@ -314,16 +315,19 @@ def row_samples(sample: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def forward_under_rules(forward: Forward, leaf: torch.Tensor, *, rules: RuleSet, coverage: Coverage | None,
-                        strict: bool, phases: list, within: Callable | None = None,
+                        strict: Strictness | bool | None, phases: list, within: Callable | None = None,
                         differentiable: bool = True, sample: torch.Tensor | None = None) -> torch.Tensor:
     """``forward(leaf, sample)`` with ``rules`` applied to the tensors computed from ``leaf``.
 
     Each tagged input opens a phase (appended to ``phases``; see :class:`tribute.core.rules.Phase`) that the
     caller ends with :func:`end_phases` after the attribution's backward pass.  ``within(mode)`` may give a
-    further context for the pass (layer capture).  With ``strict``, ops without a rule are an error.
+    further context for the pass (layer capture).  ``strict`` (a :class:`~tribute.core.strictness.Strictness`, or
+    the option's value) decides what ops without a rule do: rule sets other than the plain gradient refuse them
+    unless it is False (then a warning); the plain gradient runs without the function mode unless it is True.
     """
-    use_mode = rules != GRADIENT or coverage is not None or strict
-    if strict and coverage is None:
+    policy = strict if isinstance(strict, Strictness) else Strictness(strict)
+    use_mode = policy.records(rules)
+    if use_mode and coverage is None:
         coverage = Coverage()
     with apply_rules(rules, coverage=coverage) if use_mode else contextlib.nullcontext() as mode:
         if mode is not None:
@@ -334,20 +338,9 @@ def forward_under_rules(forward: Forward, leaf: torch.Tensor, *, rules: RuleSet,
             out = forward(leaf, sample)
     if hasattr(propagation, "finish"):  # the ops handler's last word on the output (LRP's gradient form)
         out = propagation.finish(out)
-    if strict and rules != GRADIENT:
-        if not coverage.ruled:
-            seen = ", ".join(sorted(coverage.plain)) or "none"
-            raise ValueError(
-                f"strict: the {rules.name} rules changed nothing on this model: no nonlinearity on the input's "
-                f"path is one they modify (nonlinearities seen: {seen})"
-            )
-        if coverage.unruled:
-            raise ValueError(
-                f"strict: ops on the input's path have no {rules.name} rule and would get the plain "
-                f"gradient: {', '.join(sorted(coverage.unruled))}. Register elementwise ones with "
-                "tribute.register_nonlinearity, a rule at another op with tribute.core.register_rule(family, op, "
-                "rule), or pass strict=False"
-            )
+    if use_mode:
+        coverage.passes += 1
+        policy.check(rules, coverage)
     return out
 
 

@@ -50,7 +50,19 @@ _LINEAR_SUFFIXES = {
     "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
     "interpolate", "upsample", "flip", "roll", "repeat", "tile", "gather", "index_select", "movedim",
     "unbind", "__setitem__", "zero_", "fill_", "masked_fill", "masked_fill_", "cumsum", "einsum",
-    "pixel_shuffle", "pixel_unshuffle", "unfold", "fold", "real", "requires_grad_",
+    "pixel_shuffle", "pixel_unshuffle", "unfold", "fold", "real", "requires_grad_", "where",
+}
+# Ops whose result carries no value of the input's that a gradient could follow: comparisons and masks, indices,
+# piecewise-constant roundings (zero gradient almost everywhere) and tensors that take only the input's shape.
+# They run plainly, their results stay off the input's path, and they never count as ops without a rule.
+_VALUELESS_SUFFIXES = {
+    "gt", "lt", "ge", "le", "eq", "ne", "greater", "less", "greater_equal", "less_equal", "not_equal", "equal",
+    "__gt__", "__lt__", "__ge__", "__le__", "__eq__", "__ne__", "isnan", "isinf", "isfinite", "isclose", "allclose",
+    "isposinf", "isneginf", "signbit", "logical_and", "logical_or", "logical_not", "logical_xor",
+    "argmax", "argmin", "argsort", "argwhere", "nonzero", "bucketize", "searchsorted", "sign", "sgn",
+    "round", "floor", "ceil", "trunc", "fix", "zeros_like", "ones_like", "empty_like", "full_like", "rand_like",
+    "randn_like", "randint_like", "new_zeros", "new_ones", "new_empty", "new_full", "bernoulli",
+    "__int__", "__float__", "__bool__", "__index__", "item", "tolist", "long", "int", "bool", "short", "byte",
 }
 # Binary ops that are linear when only one operand lies on the input's path.
 _BILINEAR_SUFFIXES = {
@@ -59,10 +71,32 @@ _BILINEAR_SUFFIXES = {
 }
 
 
-def linear_on_path(op: str, n_tagged: int) -> bool:
+# Reductions that select one entry (``x.max(dim)``), switches like max pooling, when they take one tensor alone;
+# ``torch.max(a, b)`` of two tensors is a nonlinearity (ReLU(a − b) + b).
+_SELECTING_SUFFIXES = {"max", "min", "amax", "amin", "median", "nanmedian", "kthvalue", "topk", "sort", "cummax",
+                       "cummin"}
+# Ops that leave the input's path in place but carry no gradient to be plain about: ``x.data`` (detached) and
+# overwrites with a constant.
+_UNCOUNTED_NAMES = {"torch.Tensor.data.__get__", "torch.Tensor.zero_", "torch.Tensor.fill_", "torch.Tensor.detach_"}
+
+
+def linear_on_path(op: str, n_tagged: int, n_tensors: int | None = None) -> bool:
     """Whether the op named ``op`` (the last part of its name) needs no rule when ``n_tagged`` of its tensor
-    arguments lie on the input's path: it is linear or structural in them, so its gradient is every family's rule."""
-    return op in _LINEAR_SUFFIXES or (op in _BILINEAR_SUFFIXES and n_tagged == 1)
+    arguments (``n_tensors`` of them in all, if known) lie on the input's path: it is linear or structural in them,
+    so its gradient is every family's rule."""
+    return op in _LINEAR_SUFFIXES or (op in _BILINEAR_SUFFIXES and n_tagged == 1) or (
+        op in _SELECTING_SUFFIXES and n_tensors == 1)
+
+
+def count_tensors(args, kwargs) -> int:
+    """The number of tensor arguments of a call (in lists too)."""
+    n = 0
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, torch.Tensor):
+            n += 1
+        elif isinstance(a, (list, tuple)):
+            n += sum(isinstance(b, torch.Tensor) for b in a)
+    return n
 
 
 def current_phase() -> Phase | None:
@@ -107,6 +141,27 @@ _METADATA = frozenset({
     *(getattr(torch.Tensor, a).__get__ for a in ("shape", "ndim", "dtype", "device", "is_cuda", "layout",
                                                   "requires_grad", "is_sparse", "is_quantized", "is_meta")),
 })
+
+
+_VALUELESS: dict = {}
+
+
+def _valueless(func) -> bool:
+    """Whether ``func`` is one of the ops whose results stay off the input's path (:data:`_VALUELESS_SUFFIXES`)."""
+    try:
+        return _VALUELESS[func]
+    except KeyError:
+        v = _VALUELESS[func] = op_name(func).rsplit(".", 1)[-1] in _VALUELESS_SUFFIXES
+        return v
+    except TypeError:  # an unhashable callable
+        return op_name(func).rsplit(".", 1)[-1] in _VALUELESS_SUFFIXES
+
+
+def _holds_float(out) -> bool:
+    """Whether ``out`` holds a floating-point tensor: integer and boolean results carry no gradient."""
+    if isinstance(out, torch.Tensor):
+        return out.is_floating_point() or out.is_complex()
+    return isinstance(out, (list, tuple)) and any(_holds_float(o) for o in out)
 
 
 def _tagged(x, token) -> bool:
@@ -185,6 +240,13 @@ class Coverage:
     """linear or structural ops that need no rule"""
     unruled: Counter = field(default_factory=Counter)
     """nonlinear ops the engine has no rule for: their plain gradient is used"""
+    passes: int = 0
+    """forward passes that filled this record"""
+
+    def add(self, other: Coverage) -> None:
+        """Count ``other``'s ops in this record too."""
+        for name in ("ruled", "plain", "linear", "unruled"):
+            getattr(self, name).update(getattr(other, name))
 
     def __str__(self) -> str:
         lines = []
@@ -221,8 +283,10 @@ class RuleMode(TorchFunctionMode):
         """Tag the input of one forward pass; the returned phase must be ended after its first backward.
 
         ``differentiable=False`` promises that the attribution will not be differentiated (rules may then
-        save less)."""
-        _tag(x, self.token)
+        save less).  Integer inputs (token ids) are not tagged: the input's float path starts at the layer a
+        layer method replaces (tagged with :meth:`tag`)."""
+        if x.is_floating_point():
+            _tag(x, self.token)
         self.phase = Phase(differentiable)
         if self.rules.ops is not None:
             self.propagation = self.rules.ops.start()
@@ -233,6 +297,9 @@ class RuleMode(TorchFunctionMode):
         if func in _METADATA:
             return func(*args, **kwargs)
         if not _any_tagged(args, kwargs, self.token):
+            return func(*args, **kwargs)
+        valueless = _valueless(func)
+        if valueless and self.propagation is None:  # (an ops handler sees it below: it may count the read)
             return func(*args, **kwargs)
         form = call_form(func)
         if form is not None:
@@ -258,14 +325,17 @@ class RuleMode(TorchFunctionMode):
         out = func(*args, **kwargs)
         if prop is not None and _holds_tensor(out):  # metadata queries (x.dim(), x.shape) read no values
             prop.count_consumers(args, kwargs, tagged)
-        elif unruled:
-            prop.unruled.pop()  # a metadata query has no gradient to be plain about
+        if valueless or not _holds_float(out):  # metadata, integers, booleans: no gradient to be plain about
+            if unruled:
+                prop.unruled.pop()
+            return out
         _tag(out, self.token)
-        if self.coverage is not None and _holds_tensor(out):
+        if self.coverage is not None:
             if prop is not None:
-                (self.coverage.unruled if unruled else self.coverage.linear)[name] += 1
+                counted = unruled and name not in _UNCOUNTED_NAMES
+                (self.coverage.unruled if counted else self.coverage.linear)[name] += 1
             else:
-                self._record(func, _count_tagged(args, kwargs, self.token))
+                self._record(func, _count_tagged(args, kwargs, self.token), count_tensors(args, kwargs))
         return out
 
     def _nonlinearity(self, nl, z, params, inplace):
@@ -316,9 +386,9 @@ class RuleMode(TorchFunctionMode):
         if made is not None:
             made(y, nl.name)
 
-    def _record(self, func, n_tagged: int) -> None:
+    def _record(self, func, n_tagged: int, n_tensors: int) -> None:
         name = op_name(func)
-        linear = linear_on_path(name.rsplit(".", 1)[-1], n_tagged)
+        linear = linear_on_path(name.rsplit(".", 1)[-1], n_tagged, n_tensors) or name in _UNCOUNTED_NAMES
         (self.coverage.linear if linear else self.coverage.unruled)[name] += 1
 
 
@@ -337,7 +407,16 @@ def apply_rules(rules: RuleSet, *, coverage: Coverage | None = None) -> Iterator
             raise RuntimeError(
                 f"conflicting rule sets in one pass: {rules.name!r} requested inside {outer.rules.name!r}"
             )
-        yield outer
+        # the inner pass's ops go to both records: the inner caller checks its own (a method's strictness)
+        prev, fresh = outer.coverage, Coverage()
+        outer.coverage = fresh
+        try:
+            yield outer
+        finally:
+            outer.coverage = prev
+            for c in (prev, coverage):
+                if c is not None:
+                    c.add(fresh)
         return
     mode = RuleMode(rules, coverage=coverage)
     stack.append(mode)

@@ -534,7 +534,7 @@ def layer_gradient_rows(
     replace: torch.Tensor | None = None,
     create_graph: bool = False,
     coverage: Coverage | None = None,
-    strict: bool = False,
+    strict=None,
     score_rows: int | None = None,
 ) -> LayerRows:
     """∂^g S_t / ∂A for the activation A of layer ``site``, for every row of ``rows`` (one forward + backward).

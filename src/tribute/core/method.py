@@ -8,7 +8,7 @@ its own copies of the weights its rules derive between calls: :mod:`tribute.lrp.
 
 The base class does the plumbing once for every method: it validates the options, resolves ``target=None``
 to the prediction on the clean inputs, and keeps the state of one call (the model seen through the input
-transform, the coverage record of ``strict=True``) in a :class:`Call` that travels with the call's options
+transform, the coverage record of its passes under rules) in a :class:`Call` that travels with the call's options
 as ``o.call``, never on the explainer.  One explainer may therefore be used from several threads at once.
 """
 
@@ -39,6 +39,7 @@ from .inputs import Layout, check_nested_options, resolve_per_input
 from .interception import Coverage
 from .outputs import check_output
 from .rules import GRADIENT, RuleSet
+from .strictness import Strictness, WarnOnce
 from .targets import Target
 
 
@@ -61,8 +62,11 @@ COMMON_OPTIONS: dict[str, opt.Option] = {
     "batch_size": opt.Option(None, opt.optional(opt.integer(1)),
                              "most rows sent through the model at once (default: from the input size)"),
     "differentiable": opt.Option(False, opt.boolean, "keep the attribution on the autograd graph"),
-    "strict": opt.Option(False, opt.boolean,
-                         "raise if an op on the input's path is nonlinear and has no rule"),
+    "strict": opt.Option(None, opt.optional(opt.boolean),
+                         "methods with rules (not the plain gradient): by default (None) and with True, an op on the "
+                         "input's float path that the rules do not cover, or rules that change nothing on the model, "
+                         "is an error; False accepts the plain gradient there with one warning per explainer. True "
+                         "also records the coverage of gradient methods"),
     "progress": opt.Option(False, opt.anything, "show a progress bar over chunks (True or a label)"),
 }
 
@@ -72,11 +76,13 @@ class Call:
     """The state of one :meth:`Method.attribute` call, handed to ``_attribute`` as ``o.call``.
 
     ``forward`` is the model as the method sees it (``model(input_transform(x))``, counted); ``coverage``
-    records which ops met a rule when ``strict=True`` (else None).
+    records which ops met a rule in the passes under rules (every pass of a rule method; gradient methods' only
+    with ``strict=True``); ``strictness`` is what ops without a rule do (:mod:`tribute.core.strictness`).
     """
 
     forward: Forward
     coverage: Coverage | None = None
+    strictness: Strictness = Strictness()
 
     def for_samples(self, sample: torch.Tensor) -> Call:
         """This call's state for a nested call whose samples are the rows ``sample`` of this call's samples."""
@@ -135,6 +141,7 @@ class Method:
         self.model = model
         self._defaults = opt.validate(self.schema(), options, type(self).__name__)
         self._last_call = threading.local()
+        self._warned = WarnOnce()  # strict=False warns once per explainer and problem, across calls and threads
 
     @classmethod
     def schema(cls) -> dict[str, opt.Option]:
@@ -155,8 +162,10 @@ class Method:
 
     @property
     def coverage(self) -> Coverage | None:
-        """Which ops met a rule in the last ``strict=True`` call of the calling thread (else None)."""
-        return getattr(self._last_call, "coverage", None)
+        """Which ops on the input's path met a rule in the last call of the calling thread: filled on every call of
+        a rule method, on a gradient method's only with ``strict=True`` (else None)."""
+        coverage = getattr(self._last_call, "coverage", None)
+        return coverage if coverage is not None and coverage.passes else None
 
     def attribute(self, inputs: torch.Tensor | tuple[torch.Tensor, ...], target=None,
                   **options: Any) -> torch.Tensor | tuple[torch.Tensor, ...]:
@@ -195,7 +204,7 @@ class Method:
             o.batch_size = default_batch_size(x)
         forward = Forward(self.model, o.input_transform, layout=layout, args=None if args.empty else args,
                           output=o.output)
-        o.call = Call(forward, Coverage() if o.strict else None)
+        o.call = Call(forward, Coverage(), Strictness(o.strict, self.name or type(self).__name__, self._warned))
         self._last_call.coverage = o.call.coverage
         return o, layout, x
 
@@ -272,6 +281,6 @@ class Method:
         return gradient_rows(
             o.call.forward, rows, target, sample,
             rules=self.rule_set(o) if rules is None else rules,
-            create_graph=o.differentiable, coverage=o.call.coverage, strict=o.strict, score_rows=score_rows,
+            create_graph=o.differentiable, coverage=o.call.coverage, strict=o.call.strictness, score_rows=score_rows,
             relevance=relevance,
         )

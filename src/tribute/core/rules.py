@@ -65,6 +65,9 @@ class ElementwiseRule(BackwardRule):
     name = "rule"
     #: whether :meth:`save` keeps the input z (an in-place call is then given a copy of z)
     saves_input = True
+    #: whether the rule only replaces the forward function (smoothing) and keeps its true gradient: the plain
+    #: gradient at ops without a rule is then exact, so strictness does not count them (:mod:`.strictness`)
+    changes_forward_only = False
 
     def applies(self, nl: Nonlinearity, params: dict[str, Any]) -> bool:
         return True
@@ -186,6 +189,12 @@ class RuleSet:
         if rule is None or not rule.applies(nl, params) or isinstance(rule, Gradient):
             return None
         return rule
+
+    @property
+    def exact_elsewhere(self) -> bool:
+        """Whether ops without a rule are exact under this set: its rules only replace forward functions."""
+        return self.ops is None and bool(self.rules) and all(
+            getattr(r, "changes_forward_only", False) for r in self.rules.values())
 
     def key(self) -> tuple:
         ops = None if self.ops is None else self.ops.key()
