@@ -156,10 +156,16 @@ def test_scorecam_with_reshape_equals_the_hand_computation(x):
 def test_guided_and_contrastive_gradcam_take_reshape(x):
     vit, layer = _vit(), "vit.layers.0"
     cam = tribute.explain(vit, x, "gradcam", target=1, layer=layer, reshape="tokens")
-    guided = tribute.explain(vit, x, "guided_backprop", target=1)
+    # guided backprop has no rule at layer norm and attention: refused by default (issue 13), the plain gradient
+    # there with strict=False, which warns
+    with pytest.raises(ValueError, match="layer_norm"):
+        tribute.explain(vit, x, "guided_backprop", target=1)
+    with pytest.warns(UserWarning, match="layer_norm"):
+        guided = tribute.explain(vit, x, "guided_backprop", target=1, strict=False)
     assert cam.abs().max() > 0 and guided.abs().max() > 0
-    torch.testing.assert_close(tribute.explain(vit, x, "guided_gradcam", target=1, layer=layer, reshape="tokens"),
-                               guided * cam, rtol=1e-9, atol=1e-12)
+    with pytest.warns(UserWarning, match="layer_norm"):
+        both = tribute.explain(vit, x, "guided_gradcam", target=1, layer=layer, reshape="tokens", strict=False)
+    torch.testing.assert_close(both, guided * cam, rtol=1e-9, atol=1e-12)
     # contrastive Grad-CAM is Grad-CAM of J = −log softmax_Q: the hand Grad-CAM with that score
     held = {}
 
