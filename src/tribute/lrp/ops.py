@@ -17,6 +17,7 @@ the relevance form.
 from __future__ import annotations
 
 from ..core.rule_registry import OpRule, RuleKind, register_rule
+from .linear_forms import PRODUCTS, parse_product
 from .rules import PassRelevance
 
 FAMILY = "lrp"
@@ -56,6 +57,28 @@ class LinearLayer(OpRule):
 
     def apply(self, handler, func, args, kwargs, tagged, name):
         return handler.linear(func, args, kwargs, tagged, name)
+
+
+class ProductLayer(OpRule):
+    """``addmm``, ``matmul``/``@``/``mm``/``bmm`` or a two-operand ``einsum`` with one operand on the input's path
+    and the other off it: a dense layer under the composite's rule (:mod:`tribute.lrp.linear_forms`).  A form
+    that is not such a layer (both operands on the path: attention) keeps ``fallback``, the Norm rule for a
+    product (which refuses two operands on the path: plain gradient, listed as unruled), or None: no rule."""
+
+    kind = RuleKind.LINEAR
+    name = "product_layer"
+    gradient_form = True
+
+    def __init__(self, fallback: Proportional | None):
+        self.fallback = fallback
+
+    def apply(self, handler, func, args, kwargs, tagged, name):
+        parsed = parse_product(func, name, args, kwargs, tagged)
+        if parsed is not None:
+            return handler.layer(parsed, args, kwargs, tagged, name)
+        if self.fallback is not None:
+            return self.fallback.apply(handler, func, args, kwargs, tagged, name)
+        return handler.no_rule(func, args, kwargs, tagged, name)
 
 
 class BatchNorm(OpRule):
@@ -100,5 +123,7 @@ register_rule(FAMILY, "batch_norm", BatchNorm())
 register_rule(FAMILY, MOVES, Move())
 for _op in PROPORTIONAL:
     register_rule(FAMILY, _op, Proportional(_op))
+for _op in PRODUCTS:
+    register_rule(FAMILY, _op, ProductLayer(Proportional(_op) if _op in PROPORTIONAL else None), replace=True)
 for _op, _base in IN_PLACE.items():
     register_rule(FAMILY, _op, Proportional(_base, inplace=True))
