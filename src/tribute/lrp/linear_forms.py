@@ -25,7 +25,8 @@ from collections.abc import Callable
 import torch
 
 # the ops this module reads, by the last part of their name
-PRODUCTS = ("addmm", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "einsum")
+# (torch.mm resolves to the name "spmm")
+PRODUCTS = ("addmm", "matmul", "__matmul__", "__rmatmul__", "mm", "spmm", "bmm", "einsum")
 
 
 class ProductOp:
@@ -135,7 +136,7 @@ def parse_product(func, name: str, args, kwargs, tagged) -> tuple | None:
     """(kind, input, weight, bias, op) if the call named ``name`` is a product with exactly one operand on the
     input's path (``tagged``), as a dense layer; None for a form this cannot map (see the module doc)."""
     op = name.rsplit(".", 1)[-1]
-    if op in ("matmul", "__matmul__", "__rmatmul__", "mm", "bmm"):
+    if op in ("matmul", "__matmul__", "__rmatmul__", "mm", "spmm", "bmm"):
         parsed = _matmul(func, op, args, kwargs, tagged)
     elif op == "addmm":
         parsed = _addmm(args, kwargs, tagged)
