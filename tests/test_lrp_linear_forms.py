@@ -86,7 +86,7 @@ def test_every_form_of_a_dense_layer_gives_the_same_relevance(composite):
 
 
 def _no_bias_forms(w: torch.Tensor):
-    """x ↦ x Wᵀ written seven ways (W of shape (out, in))."""
+    """x ↦ x Wᵀ written seven ways (the last, W copied as (in, out)) (W of shape (out, in))."""
     return {
         "linear": lambda x: torch.nn.functional.linear(x, w),
         "matmul": lambda x: torch.matmul(x, w.T),
@@ -94,7 +94,7 @@ def _no_bias_forms(w: torch.Tensor):
         "mm": lambda x: torch.mm(x, w.t()),
         "bmm": lambda x: torch.bmm(x.unsqueeze(1), w.T.expand(x.shape[0], *w.T.shape)).squeeze(1),
         "einsum_list": lambda x: torch.einsum("oi,ni->no", [w, x]),
-        "rmatmul_weight_left": lambda x: torch.einsum("ni,io->no", x, w.T.contiguous()),
+        "einsum_in_out": lambda x: torch.einsum("ni,io->no", x, w.T.contiguous()),
     }
 
 
@@ -263,3 +263,22 @@ def test_batch_norm_over_another_axis_than_a_dense_layers_outputs_is_not_merged(
         a = tribute.explain(Net(False), x, "lrp", composite=composite, target=5)
         b = tribute.explain(Net(True), x, "lrp", composite=composite, target=5)
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("composite", ["gamma", "alpha_beta", "epsilon"])
+def test_an_explainer_reused_on_conv1d_layers_keeps_its_answer_and_follows_a_weight_change(composite):
+    """Conv1D's weight is a parameter: the weights rules derive from it are kept between calls (weight cache), and
+    rederived after an in-place change; each call equals an explainer that keeps nothing."""
+    net = _MLP("conv1d_hf", _layers(7))
+    x = torch.randn(3, 6, dtype=DT, generator=torch.Generator().manual_seed(8))
+    cached = tribute.LRP(net, composite=composite)
+    fresh = tribute.LRP(net, composite=composite, cache_weights=False)
+    first = cached(x, target=1)
+    torch.testing.assert_close(cached(x, target=1), first, rtol=0, atol=0)
+    torch.testing.assert_close(first, fresh(x, target=1), rtol=0, atol=1e-13)
+    if composite != "epsilon":  # (ε's gradient form derives nothing from W)
+        assert cached.weights.hits > 0
+    with torch.no_grad():
+        net.b.weight.mul_(-0.5)
+    torch.testing.assert_close(cached(x, target=1), fresh(x, target=1), rtol=0, atol=1e-13)
+    assert not torch.allclose(cached(x, target=1), first)

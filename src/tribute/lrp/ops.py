@@ -1,7 +1,8 @@
 """LRP's rules at the ops other than nonlinearities, registered as the family ``"lrp"``
 (:mod:`tribute.core.rule_registry`).
 
-- a linear layer (conv, transposed conv, dense) takes the rule its composite assigns it (:class:`LinearLayer`);
+- a linear layer (conv, transposed conv, dense) takes the rule its composite assigns it (:class:`LinearLayer`),
+  also written as a product with one operand off the input's path (:class:`ProductLayer`);
 - batch norm right after such a layer merges into it, else it is an affine map under the Norm rule;
 - ops linear or affine in their inputs on the input's path (additions, means, pooling, scaling) split relevance
   in proportion to the contributions of their inputs, the Norm rule R_i = x_i Σ_j ∂y_j/∂x_i R_j / stab(y_j)

@@ -5,8 +5,9 @@ modified-gradient view), so the attribution is the signal arriving at the input,
 handler sees every op on the input's path and applies the rule of the ``"lrp"`` family at it
 (:mod:`tribute.lrp.ops`):
 
-- a linear layer (conv, transposed conv, dense) z = Wx + b, called as a module or functionally,
-  redistributes R_j over its inputs with the rule a composite assigns it (:mod:`tribute.lrp.rules`);
+- a linear layer (conv, transposed conv, dense) z = Wx + b, called as a module or functionally, or written as a
+  product with a parameter (``addmm``, ``@``, ``einsum``: :mod:`tribute.lrp.linear_forms`), redistributes R_j
+  over its inputs with the rule a composite assigns it (:mod:`tribute.lrp.rules`);
 - batch norm right after a linear layer whose output nothing else reads is merged into that layer
   (W' = W·γ/σ, b' = (b − μ)·γ/σ + β) and passes relevance unchanged; the model is not modified (from an
   explainer's second call on, such layers run with W', b' and the batch-norm op is skipped:
