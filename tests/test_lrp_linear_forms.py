@@ -282,3 +282,35 @@ def test_an_explainer_reused_on_conv1d_layers_keeps_its_answer_and_follows_a_wei
         net.b.weight.mul_(-0.5)
     torch.testing.assert_close(cached(x, target=1), fresh(x, target=1), rtol=0, atol=1e-13)
     assert not torch.allclose(cached(x, target=1), first)
+
+
+class _Tokens(nn.Module):
+    """A dense layer on (N, T, F) tokens, written as ``form``, then ReLU and a dense readout of the flattened tokens."""
+
+    def __init__(self, form, lin, head):
+        super().__init__()
+        self.form, self.lin, self.head = form, lin, head
+
+    def forward(self, x):
+        w, b = self.lin.weight, self.lin.bias
+        if self.form == "linear":
+            h = self.lin(x)
+        elif self.form == "matmul":
+            h = torch.matmul(x, w.T) + b
+        elif self.form == "einsum":
+            h = torch.einsum("bti,oi->bto", x, w) + b
+        else:  # HF Conv1D's own reshaping: addmm on (N·T, F)
+            h = torch.addmm(b, x.reshape(-1, x.shape[-1]), w.T).view(*x.shape[:-1], -1)
+        return self.head(torch.relu(h).flatten(1))
+
+
+@pytest.mark.parametrize("composite", ["gamma", "alpha_beta", "epsilon_plus_flat", "zplus"])
+def test_forms_on_token_sequences_agree(composite):
+    """On (N, T, F) inputs as in a transformer, the forms give nn.Linear's relevance."""
+    torch.manual_seed(9)
+    lin, head = nn.Linear(4, 5).to(DT), nn.Linear(15, 2).to(DT)
+    x = torch.randn(2, 3, 4, dtype=DT)
+    ref = tribute.explain(_Tokens("linear", lin, head), x, "lrp", composite=composite, target=1)
+    for form in ("matmul", "einsum", "addmm"):
+        got = tribute.explain(_Tokens(form, lin, head), x, "lrp", composite=composite, target=1)
+        torch.testing.assert_close(got, ref, rtol=0, atol=1e-12, msg=form)
