@@ -5,6 +5,8 @@
 - :mod:`.composites`: :class:`Composite` (which rule at which layer) and the registry of named composites;
 - :mod:`.ops`: the family's rules at every other op (additions, pooling, moves, batch norm), registered in
   :mod:`tribute.core.rule_registry`;
+- :mod:`.linear_forms`: dense layers written as products with a parameter (``addmm``: Hugging Face's ``Conv1D``;
+  ``x @ W.T + b``, ``mm``, ``bmm``, ``einsum``), recognised as layers like ``F.linear``;
 - :mod:`.layer_call`, :mod:`.kept`, :mod:`.nodes`, :mod:`.propagation`: a linear layer's call and its transposed
   map, tensors kept for the backward pass, the autograd nodes, and the per-pass relevance handler;
 - :mod:`.epsilon_form`, :mod:`.merge_plan`, :mod:`.weight_cache`: the ε composites as a modified gradient, batch

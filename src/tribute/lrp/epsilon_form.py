@@ -36,6 +36,7 @@ import torch
 from ..core.rules import ElementwiseRule, stab
 from .composites import Composite
 from .layer_call import LayerCall, parse_linear, rotate
+from .linear_forms import added_bias
 from .merge_plan import Merge, MergePlan, Replan, batch_norm_arguments
 from .propagation import Propagation
 from .rules import STABILIZER, Epsilon
@@ -252,13 +253,18 @@ class GradientForm(Propagation):
         parsed = parse_linear(func, args, kwargs)
         if parsed is None:
             raise Unsupported(f"{name} has no rule in the gradient form")
+        return self.layer(parsed, args, kwargs, tagged, name)
+
+    def layer(self, parsed, args, kwargs, tagged, name):
+        """The layer ``parsed`` (a conv, ``F.linear`` or a product: :mod:`tribute.lrp.linear_forms`) under ε."""
         kind, x, w, b, op = parsed
         if not tagged(x) or tagged(w) or tagged(b):
             raise Unsupported(f"{name} with a weight on the input's path")
         module = self.module_stack[-1] if self.module_stack else None
         layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module)
         self.count += 1
-        found = None if self.plan is None else self.plan.planned(layer.index, kind, op.groups, w, b, self.cache)
+        found = None if self.plan is None or not op.mergeable else \
+            self.plan.planned(layer.index, kind, op.groups, w, b, self.cache)
         planned = None
         if found is None:
             out = self._linear(op, self._edge(x), w, b)
@@ -270,11 +276,24 @@ class GradientForm(Propagation):
         setattr(out, _PRODUCER, _Producer(layer, planned))
         return out
 
+    def no_rule(self, func, args, kwargs, tagged, name):
+        raise Unsupported(f"{name} has no rule in the gradient form")
+
     def proportional(self, func, args, kwargs, tagged, name, rule):
         if rule.inplace:
             if rule.base not in _IN_PLACE_ADD:
                 raise Unsupported(f"{name} has no rule in the gradient form")
             return self._in_place_add(args, kwargs, tagged, _IN_PLACE_ADD[rule.base])
+        fused = None if rule.inplace else added_bias(rule.base, args, kwargs, tagged)
+        producer = None if fused is None else getattr(fused[0], _PRODUCER, None)
+        if producer is not None and producer.readers == 0 and producer.layer.op.fuses_bias \
+                and producer.layer.bias is None:
+            # z + b right after a product without a bias: the layer's bias (linear_forms.added_bias), so the
+            # layer's stabiliser is owed at the sum, not at z
+            producer.readers += 1
+            out = func(*args, **kwargs)
+            setattr(out, _EPS, getattr(fused[0], _EPS))
+            return out
         if rule.bilinear and sum(1 for a in list(args) + list(kwargs.values()) if tagged(a)) > 1:
             raise Unsupported(f"{name} of two tensors on the input's path has no rule in the gradient form")
         out = func(*self._edges(args, tagged), **{k: self._edge(v) if tagged(v) else v for k, v in kwargs.items()})
@@ -355,7 +374,8 @@ class GradientForm(Propagation):
             self.merges[producer.layer.index] = producer.planned
             delattr(z, _PRODUCER)  # z is the norm's output now, read like ``out`` below
             return z
-        if producer is not None and producer.readers == 0:  # merged into the layer: z's stabiliser moves on
+        # merged into the layer (if it normalises the layer's output channels): z's stabiliser moves on
+        if producer is not None and producer.readers == 0 and producer.layer.op.merges_norm(z):
             producer.readers, producer.merged = 1, True
             out = func(*args, **kwargs)
             setattr(out, _EPS, getattr(z, _EPS))

@@ -9,7 +9,7 @@ forward pass where the layer allows (:func:`vjp`), or as a convolution with the 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -79,7 +79,15 @@ class LayerCall:
     #: with several inputs, whether this is the first linear layer on one of their paths (None: one input, where
     #: the first layer is the first call, index 0)
     first_of_input: bool | None = None
+    #: the layer's input (kept by a product without a bias, until a bias added after it joins the layer)
+    input: torch.Tensor | None = field(default=None, repr=False)
     _entry: Any = field(default=_UNSET, repr=False)
+
+    def with_bias(self, b: torch.Tensor) -> LayerCall:
+        """This layer with bias ``b`` (added to its output right after: :func:`tribute.lrp.linear_forms.added_bias`),
+        at the same position, with its own cache entry and no reads counted yet."""
+        return replace(self, bias=b, consumers=0, z_relu_reads=0, out_reads=0, out_relu_reads=0, input=None,
+                       _entry=_UNSET)
 
     @property
     def first(self) -> bool:
@@ -127,7 +135,7 @@ class LayerCall:
             values = self.bn if self.merged else (None, None)
             # the kind and groups fix which dimension holds the outputs: a weight shared by a convolution and a
             # transposed one derives different biases for each
-            self._entry = self.cache.entry((self.weight, self.bias), values, tag=(self.kind, self.op.groups))
+            self._entry = self.cache.entry((self.weight, self.bias), values, tag=self.op.cache_tag)
         return self._entry
 
     def transposed(self, name: Hashable, s: torch.Tensor, x: torch.Tensor, w: torch.Tensor | None = None,
@@ -201,6 +209,8 @@ class LayerOp:
     first asked: the ε gradient form never asks) is ``(s, w, x) ↦ Jᵀs`` or None (see :func:`_adjoint`)."""
 
     __slots__ = ("func", "kind", "rest", "kwargs", "_adjoint", "_rotated")
+    mergeable = True  # batch norm may merge into it (see merges_norm); an earlier pass's plan may say it did
+    fuses_bias = False  # its bias is an argument of the call
 
     def __init__(self, func, kind: str, rest: tuple, kwargs: dict):
         self.func, self.kind, self.rest, self.kwargs = func, kind, rest, kwargs
@@ -214,6 +224,25 @@ class LayerOp:
         position = {"conv": 3, "conv_transpose": 3}.get(self.kind)  # after stride, padding(, output_padding)
         return self.kwargs.get("groups", self.rest[position] if position is not None and len(self.rest) > position
                                else 1)
+
+    @property
+    def cache_tag(self) -> tuple:
+        return (self.kind, self.groups)
+
+    @property
+    def stackable(self) -> bool:
+        """Whether two signals may go back through two weights at once, stacked on the output-channel axis
+        (the weight's axis 0): a convolution without groups, or a dense layer."""
+        return self.kind in ("conv", "dense") and self.groups == 1
+
+    def constant(self, like: torch.Tensor, value: float) -> torch.Tensor:
+        """A bias of ``value`` for every output channel of ``like``, the layer's output."""
+        return like.new_full((like.shape[-1] if self.kind == "dense" else like.shape[1],), value)
+
+    def merges_norm(self, z: torch.Tensor) -> bool:
+        """Whether batch norm reading the output ``z`` normalises the layer's output channels (its axis 1), so
+        that it can be merged into the weight: always for a convolution, for a dense layer when z is (N, out)."""
+        return self.kind != "dense" or z.dim() == 2
 
     @property
     def adjoint(self) -> Callable | None:

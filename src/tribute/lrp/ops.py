@@ -1,7 +1,8 @@
 """LRP's rules at the ops other than nonlinearities, registered as the family ``"lrp"``
 (:mod:`tribute.core.rule_registry`).
 
-- a linear layer (conv, transposed conv, dense) takes the rule its composite assigns it (:class:`LinearLayer`);
+- a linear layer (conv, transposed conv, dense) takes the rule its composite assigns it (:class:`LinearLayer`),
+  also written as a product with one operand off the input's path (:class:`ProductLayer`);
 - batch norm right after such a layer merges into it, else it is an affine map under the Norm rule;
 - ops linear or affine in their inputs on the input's path (additions, means, pooling, scaling) split relevance
   in proportion to the contributions of their inputs, the Norm rule R_i = x_i Σ_j ∂y_j/∂x_i R_j / stab(y_j)
@@ -17,6 +18,7 @@ the relevance form.
 from __future__ import annotations
 
 from ..core.rule_registry import OpRule, RuleKind, register_rule
+from .linear_forms import PRODUCTS, parse_product
 from .rules import PassRelevance
 
 FAMILY = "lrp"
@@ -56,6 +58,28 @@ class LinearLayer(OpRule):
 
     def apply(self, handler, func, args, kwargs, tagged, name):
         return handler.linear(func, args, kwargs, tagged, name)
+
+
+class ProductLayer(OpRule):
+    """``addmm``, ``matmul``/``@``/``mm``/``bmm`` or a two-operand ``einsum`` with one operand on the input's path
+    and the other off it: a dense layer under the composite's rule (:mod:`tribute.lrp.linear_forms`).  A form
+    that is not such a layer (both operands on the path: attention) keeps ``fallback``, the Norm rule for a
+    product (which refuses two operands on the path: plain gradient, listed as unruled), or None: no rule."""
+
+    kind = RuleKind.LINEAR
+    name = "product_layer"
+    gradient_form = True
+
+    def __init__(self, fallback: Proportional | None):
+        self.fallback = fallback
+
+    def apply(self, handler, func, args, kwargs, tagged, name):
+        parsed = parse_product(func, name, args, kwargs, tagged)
+        if parsed is not None:
+            return handler.layer(parsed, args, kwargs, tagged, name)
+        if self.fallback is not None:
+            return self.fallback.apply(handler, func, args, kwargs, tagged, name)
+        return handler.no_rule(func, args, kwargs, tagged, name)
 
 
 class BatchNorm(OpRule):
@@ -100,5 +124,7 @@ register_rule(FAMILY, "batch_norm", BatchNorm())
 register_rule(FAMILY, MOVES, Move())
 for _op in PROPORTIONAL:
     register_rule(FAMILY, _op, Proportional(_op))
+for _op in PRODUCTS:
+    register_rule(FAMILY, _op, ProductLayer(Proportional(_op) if _op in PROPORTIONAL else None), replace=True)
 for _op, _base in IN_PLACE.items():
     register_rule(FAMILY, _op, Proportional(_base, inplace=True))

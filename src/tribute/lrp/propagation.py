@@ -5,8 +5,9 @@ modified-gradient view), so the attribution is the signal arriving at the input,
 handler sees every op on the input's path and applies the rule of the ``"lrp"`` family at it
 (:mod:`tribute.lrp.ops`):
 
-- a linear layer (conv, transposed conv, dense) z = Wx + b, called as a module or functionally,
-  redistributes R_j over its inputs with the rule a composite assigns it (:mod:`tribute.lrp.rules`);
+- a linear layer (conv, transposed conv, dense) z = Wx + b, called as a module or functionally, or written as a
+  product with a parameter (``addmm``, ``@``, ``einsum``: :mod:`tribute.lrp.linear_forms`), redistributes R_j
+  over its inputs with the rule a composite assigns it (:mod:`tribute.lrp.rules`);
 - batch norm right after a linear layer whose output nothing else reads is merged into that layer
   (W' = W·γ/σ, b' = (b − μ)·γ/σ + β) and passes relevance unchanged; the model is not modified (from an
   explainer's second call on, such layers run with W', b' and the batch-norm op is skipped:
@@ -35,6 +36,7 @@ from torch import nn
 from ..core.rule_registry import rule_table
 from .kept import Kept
 from .layer_call import LayerCall, PassFacts, parse_linear
+from .linear_forms import added_bias
 from .merge_plan import Merge, MergePlan, Replan, batch_norm_affine, batch_norm_arguments, has_forward_hooks
 from .nodes import BatchNormFunction, LinearLayerFunction, NormFunction
 from .ops import FAMILY
@@ -235,21 +237,27 @@ class Propagation:
         return rule.apply(self, func, args, kwargs, tagged, name)
 
     def linear(self, func, args, kwargs, tagged, name):
-        """A linear layer's call under the rule its composite assigns it."""
+        """A linear layer's call (conv, transposed conv, ``F.linear``) under the rule its composite assigns it."""
         parsed = parse_linear(func, args, kwargs)
         if parsed is None:
             self.unruled.append(name)
             return NotImplemented
+        return self.layer(parsed, args, kwargs, tagged, name)
+
+    def layer(self, parsed, args, kwargs, tagged, name):
+        """The layer ``parsed`` (kind, x, W, b, op: :func:`parse_linear`,
+        :func:`tribute.lrp.linear_forms.parse_product`) under the rule its composite assigns it."""
         kind, x, w, b, op = parsed
         if not tagged(x) or tagged(w) or tagged(b):  # a weight computed from the input: plain gradient
             self.unruled.append(name)
             return NotImplemented
         self.count_consumers(args, kwargs, tagged)
         module = self.module_stack[-1] if self.module_stack else None
-        found = None if self.plan is None else self.plan.planned(self.count, kind, op.groups, w, b, self.cache)
+        found = None if self.plan is None or not op.mergeable else \
+            self.plan.planned(self.count, kind, op.groups, w, b, self.cache)
         pending = None
         if found is not None:  # a layer with batch norm merged, run so: its output is batch norm's
-            self.cache.discard((w, b), tag=(kind, op.groups))  # what its rules derived from W unmerged
+            self.cache.discard((w, b), tag=op.cache_tag)  # what its rules derived from W unmerged
             pending, (w, b), _ = found
         layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module,
                           cache=self.cache, facts=self.facts, pending=pending, planned=pending is not None,
@@ -262,7 +270,38 @@ class Propagation:
         y = LinearLayerFunction.apply(x, layer, rule, self.keep)
         setattr(y, _LAYER, layer)
         layer.z_version = y._version
+        if op.fuses_bias and b is None:  # a bias added right after may join it (see _fused_bias)
+            layer.input = x
         return y
+
+    def _fused_bias(self, rule, args, kwargs, tagged) -> torch.Tensor | None:
+        """z + b where z is the output of a product without a bias (:mod:`tribute.lrp.linear_forms`), nothing has
+        read it yet and b is a bias: the layer with that bias, computed again from its input, under its rule (z's
+        own node then receives relevance only from later readers of z, if any)."""
+        if rule.inplace:
+            return None
+        found = added_bias(rule.base, args, kwargs, tagged)
+        if found is None:
+            return None
+        z, b = found
+        layer = _made_here(z, _LAYER, lambda m: m.z_version)
+        if layer is None or layer.input is None or layer.consumers or layer.bn is not None:
+            return None
+        layer.consumers += 1  # this addition read z
+        fused = layer.with_bias(b)
+        x, layer.input = layer.input, None
+        return self._run_fused(fused, x)
+
+    def _run_fused(self, fused: LayerCall, x: torch.Tensor) -> torch.Tensor:
+        y = LinearLayerFunction.apply(x, fused, self.composite.rule(fused), self.keep)
+        setattr(y, _LAYER, fused)
+        fused.z_version = y._version
+        return y
+
+    def no_rule(self, func, args, kwargs, tagged, name):
+        """An op the family has no rule for in this form: its plain gradient, listed in :attr:`unruled`."""
+        self.unruled.append(name)
+        return NotImplemented
 
     @staticmethod
     def move(func, args, kwargs, tagged, name):
@@ -271,6 +310,9 @@ class Propagation:
     def proportional(self, func, args, kwargs, tagged, name, rule):
         """An op linear in its inputs on the input's path, under the Norm rule (``rule``: a
         :class:`tribute.lrp.ops.Proportional`)."""
+        fused = self._fused_bias(rule, args, kwargs, tagged)
+        if fused is not None:
+            return fused
         n_tagged = sum(1 for a in list(args) + list(kwargs.values()) if tagged(a))
         # no tagged argument: the input's path runs through a list argument this rule cannot split
         if not n_tagged or (rule.bilinear and n_tagged > 1):
@@ -325,6 +367,8 @@ class Propagation:
             return z  # read from now on as the layer's own output, with nothing merged into it
         self.count_consumers(args, kwargs, tagged)
         scale, shift = batch_norm_affine(p)
+        if layer is not None and not layer.op.merges_norm(z):  # it normalises another axis than the layer's outputs
+            layer = None
         if layer is not None:
             layer.bn = (scale, shift)  # merged at backward time if nothing else read the layer's output
             if self.plan is not None:

@@ -95,7 +95,7 @@ class _TwoSignals:
 
     def __init__(self, layer: LayerCall, like: torch.Tensor):
         self.layer = layer
-        self.stacked = layer.kind in ("conv", "dense") and layer.op.groups == 1
+        self.stacked = layer.op.stackable
         self.first = self.second = self.buffer = None
         if self.stacked:
             dim = like.dim() - 1 if layer.kind == "dense" else 1
@@ -120,8 +120,7 @@ def _bias(b: torch.Tensor | None, add: float, like: torch.Tensor, layer: LayerCa
         return b
     if b is not None:
         return b + add
-    n = like.shape[-1] if layer.kind == "dense" else like.shape[1]
-    return like.new_full((n,), add)
+    return layer.op.constant(like, add)
 
 
 def _positive_part(layer: LayerCall, z: torch.Tensor, scale: float = 1.0) -> Callable:
