@@ -41,7 +41,7 @@ _LINEAR_SUFFIXES = {
     "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear",
     "add", "__add__", "__radd__", "__iadd__", "add_", "sub", "__sub__", "__rsub__", "__isub__", "sub_",
     "neg", "__neg__", "sum", "mean", "cat", "concat", "concatenate", "stack", "hstack", "vstack",
-    "reshape", "view", "view_as", "flatten", "unflatten", "permute", "transpose", "t", "contiguous",
+    "reshape", "view", "view_as", "flatten", "unflatten", "permute", "transpose", "t", "T", "mT", "contiguous",
     "squeeze", "unsqueeze", "expand", "expand_as", "__getitem__", "chunk", "split", "narrow", "select",
     "pad", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
     "adaptive_avg_pool3d", "batch_norm", "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout",
@@ -78,6 +78,13 @@ _SELECTING_SUFFIXES = {"max", "min", "amax", "amin", "median", "nanmedian", "kth
 # Ops that leave the input's path in place but carry no gradient to be plain about: ``x.data`` (detached) and
 # overwrites with a constant.
 _UNCOUNTED_NAMES = {"torch.Tensor.data.__get__", "torch.Tensor.zero_", "torch.Tensor.fill_", "torch.Tensor.detach_"}
+
+
+def op_key(name: str) -> str:
+    """The part of an op's name that rule tables are keyed by: the last one (``torch.Tensor.transpose`` →
+    ``transpose``), or the property for a property getter (``torch.Tensor.T.__get__`` → ``T``)."""
+    parts = name.rsplit(".", 2)
+    return parts[-2] if parts[-1] == "__get__" and len(parts) > 1 else parts[-1]
 
 
 def linear_on_path(op: str, n_tagged: int, n_tensors: int | None = None) -> bool:
@@ -206,7 +213,7 @@ def _written(name: str, args, kwargs):
     """The tensor an in-place op (``x.add_``, ``x += y``, ``x[i] = v``, ``out=``) writes into, or None."""
     if "out" in kwargs:
         return kwargs["out"]
-    suffix = name.rsplit(".", 1)[-1]
+    suffix = op_key(name)
     inplace = (suffix.endswith("_") and not suffix.startswith("__")) or suffix == "__setitem__" or (
         suffix.startswith("__i") and suffix.endswith("__") and suffix not in ("__init__", "__index__",
                                                                              "__int__", "__invert__", "__iter__"))
@@ -388,7 +395,7 @@ class RuleMode(TorchFunctionMode):
 
     def _record(self, func, n_tagged: int, n_tensors: int) -> None:
         name = op_name(func)
-        linear = linear_on_path(name.rsplit(".", 1)[-1], n_tagged, n_tensors) or name in _UNCOUNTED_NAMES
+        linear = linear_on_path(op_key(name), n_tagged, n_tensors) or name in _UNCOUNTED_NAMES
         (self.coverage.linear if linear else self.coverage.unruled)[name] += 1
 
 

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from ..core.interception import op_key
 from ..core.rules import ElementwiseRule, stab
 from .composites import Composite
 from .layer_call import LayerCall, parse_linear, rotate
@@ -240,7 +241,7 @@ class GradientForm(Propagation):
         return _OutputFactor.apply(out, eps)
 
     def handle(self, func, args, kwargs, tagged, name):
-        rule = self.table.get(name.rsplit(".", 1)[-1])
+        rule = self.table.get(op_key(name))
         if rule is not None and getattr(rule, "gradient_form", False):
             return rule.apply(self, func, args, kwargs, tagged, name)
         out = func(*args, **kwargs)

@@ -26,7 +26,7 @@ FAMILY = "lrp"
 LINEAR_LAYERS = ("conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d", "linear")
 # Ops that only move entries around: their gradient moves relevance unchanged.
 MOVES = frozenset({
-    "reshape", "view", "view_as", "flatten", "unflatten", "permute", "transpose", "t", "contiguous",
+    "reshape", "view", "view_as", "flatten", "unflatten", "permute", "transpose", "t", "T", "mT", "contiguous",
     "squeeze", "unsqueeze", "__getitem__", "chunk", "split", "narrow", "select", "cat", "concat",
     "concatenate", "stack", "hstack", "vstack", "flip", "roll", "movedim", "unbind", "clone", "to", "float",
     "double", "detach", "pad", "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices",

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from ..core.interception import op_key
 from ..core.rule_registry import rule_table
 from .kept import Kept
 from .layer_call import LayerCall, PassFacts, parse_linear
@@ -230,7 +231,7 @@ class Propagation:
     def handle(self, func, args, kwargs, tagged: Callable[[Any], bool], name: str):
         """The op's output under its rule in the family's table (:mod:`tribute.lrp.ops`), or ``NotImplemented``
         to run it plainly (moves, max pooling, and ops with no rule, which :attr:`unruled` lists)."""
-        rule = self.table.get(name.rsplit(".", 1)[-1])
+        rule = self.table.get(op_key(name))
         if rule is None:
             self.unruled.append(name)
             return NotImplemented
