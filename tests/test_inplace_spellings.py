@@ -76,11 +76,12 @@ def test_inplace_silu_without_a_rule_equals_the_out_of_place_model(method, kw):
     torch.testing.assert_close(got, expected, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("block", [MobileBlock, EfficientBlock])
 @pytest.mark.parametrize("composite", composites())
-def test_inplace_hardswish_under_every_lrp_composite_equals_the_out_of_place_model(composite):
+def test_inplace_blocks_under_every_lrp_composite_equal_the_out_of_place_model(composite, block):
     # F.hardswish(x, inplace=True) and nn.Hardswish(inplace=True) (which passes the flag by position) write in
     # place through an argument: LRP must see the write (before: an error blaming .data)
-    a, b = _pair(MobileBlock)
+    a, b = _pair(block)
     kw = {"composite": composite, "target": 2}
     if "box" in composite:
         kw.update(low=-4.0, high=4.0)

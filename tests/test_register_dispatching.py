@@ -18,6 +18,7 @@ from tribute.core.nonlinearities import (
     unregister_nonlinearity,
 )
 from tribute.core.rule_registry import register_rule, unregister_rule
+from tribute.lrp.composites import composites
 
 DT = torch.float64
 
@@ -84,6 +85,17 @@ def test_without_the_registration_deeplift_misses_summation_to_delta():
     assert (phi.sum(1) - delta).abs().max() > 1e-3  # the plain gradient at hardswish breaks it
 
 
+@pytest.mark.parametrize("composite", composites())
+def test_registered_inplace_hardswish_under_every_lrp_composite_equals_out_of_place(hardswish, composite):
+    # with a rule, the in-place call runs the rule out of place and the engine writes the result back
+    x, _ = _data()
+    kw = {"composite": composite, "target": 0, **({"low": -9.0, "high": 9.0} if "box" in composite else {})}
+    got = tribute.explain(Net(True).to(DT).eval(), x, "lrp", **kw)
+    expected = tribute.explain(Net(False).to(DT).eval(), x, "lrp", **kw)
+    assert torch.isfinite(expected).all() and expected.abs().sum() > 0
+    torch.testing.assert_close(got, expected, rtol=0, atol=0)
+
+
 class Spy(Rescale):
     def __init__(self):
         super().__init__()
@@ -125,3 +137,16 @@ def test_a_plain_python_function_is_refused_with_the_reason():
         unregister_nonlinearity("cube_wrapped")
     with pytest.raises(KeyError, match="cube_wrapped"):
         unregister_nonlinearity("cube_wrapped")
+
+
+def test_aliases_read_their_own_inplace_spelling():
+    register_nonlinearity(F.hardswish, name="hardswish_aliases",
+                          aliases=(torch._C._nn.hardswish, torch._C._nn.hardswish_))
+    try:
+        z = torch.zeros(2)
+        assert call_form(torch._C._nn.hardswish).parse((z,), {})[1:] == ({}, False)
+        assert call_form(torch._C._nn.hardswish_).parse((z,), {})[1:] == ({}, True)
+        assert call_form(F.hardswish).parse((z, True), {})[1:] == ({}, True)
+    finally:
+        unregister_nonlinearity("hardswish_aliases")
+    assert call_form(F.hardswish) is None or call_form(F.hardswish).nonlinearity.name != "hardswish_aliases"

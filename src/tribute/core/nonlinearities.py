@@ -194,7 +194,8 @@ def register_nonlinearity(
     family : str
         ``"relu"`` marks a ReLU-like function that guided backprop and DeconvNet modify.
     aliases : tuple
-        Further torch callables computing the same function out of place (e.g. a ``Tensor`` method).
+        Further torch callables computing the same function (e.g. a ``Tensor`` method); one whose name ends in
+        ``_`` writes into its input, one with an ``inplace`` argument does when it is true.
     arg_names, defaults : tuple, dict
         Names and defaults of ``fn``'s positional arguments after the input.
     wrap : bool
@@ -223,8 +224,10 @@ def register_nonlinearity(
             "would change nothing. Pass wrap=True and call the returned wrapper in the model"
         )
     _REGISTRY[public] = CallForm(nl, arg_names, defaults, inplace)
-    for f in aliases:
-        _REGISTRY[f] = CallForm(nl, arg_names, defaults, _inplace_form(f, arg_names, defaults)[2])
+    for f in aliases:  # each alias reads its own ``inplace`` argument, if it has one; ``relu_``-style names write
+        names, alias_defaults, alias_inplace = _inplace_form(f, tuple(n for n in arg_names if n != "inplace"), plain)
+        by_name = getattr(f, "__name__", "").endswith("_") and not getattr(f, "__name__", "").startswith("__")
+        _REGISTRY[f] = CallForm(nl, names, alias_defaults, alias_inplace or by_name)
     _NONLINEARITIES[nl.name] = nl
     return public
 
