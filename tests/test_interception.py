@@ -194,7 +194,7 @@ def test_registered_nonlinearities_get_rules():
         z = x @ net.A.T + net.b
         expected = x * ((F.mish(z) / (z + EPS * sign0(z)) * net.w) @ net.A)
     torch.testing.assert_close(tribute.explain(net, x, "lrp_epsilon", target=0, epsilon=EPS), expected)
-    cube = tribute.register_nonlinearity(lambda z: z**3, name="cube3")
+    cube = tribute.register_nonlinearity(lambda z: z**3, name="cube3", wrap=True)  # a plain function: wrapped
     net = OneLayer(cube, False)
     with torch.no_grad():
         z = x @ net.A.T + net.b

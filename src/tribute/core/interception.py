@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.overrides import TorchFunctionMode, resolve_name
 
-from .nonlinearities import call_form
+from .nonlinearities import call_form, writes_inplace_by_argument
 from .rules import Phase, RuleSet
 
 _TAG = "_tribute_path"
@@ -209,14 +209,18 @@ def _tag(out, token) -> None:
             _tag(o, token)
 
 
-def _written(name: str, args, kwargs):
-    """The tensor an in-place op (``x.add_``, ``x += y``, ``x[i] = v``, ``out=``) writes into, or None."""
-    if "out" in kwargs:
+def _written(name: str, args, kwargs, func=None):
+    """The tensor an in-place op writes into, or None: every spelling, ``x.add_``, ``x += y``, ``x[i] = v``,
+    ``out=`` and an ``inplace=True`` argument (``F.hardswish(x, inplace=True)``, positional in
+    ``nn.Hardswish(inplace=True)``), which the name does not show."""
+    if kwargs.get("out") is not None:
         return kwargs["out"]
     suffix = op_key(name)
     inplace = (suffix.endswith("_") and not suffix.startswith("__")) or suffix == "__setitem__" or (
         suffix.startswith("__i") and suffix.endswith("__") and suffix not in ("__init__", "__index__",
                                                                              "__int__", "__invert__", "__iter__"))
+    if not inplace and func is not None and args:
+        inplace = writes_inplace_by_argument(func, args, kwargs)
     return args[0] if inplace and args else None
 
 
@@ -326,7 +330,7 @@ class RuleMode(TorchFunctionMode):
                     self.coverage.ruled[name] += 1
                 return out
             unruled = len(prop.unruled) > n_unruled
-            written = _written(name, args, kwargs)
+            written = _written(name, args, kwargs, func)
             if written is not None:
                 prop.before_write(written)
         out = func(*args, **kwargs)
@@ -374,7 +378,9 @@ class RuleMode(TorchFunctionMode):
                 self._made(z, nl)
                 return z
         if rule is None:
-            y = nl(z, **params)
+            # out of place on a copy: the plain backward saves its input (SiLU's z), which the write below
+            # would overwrite under autograd
+            y = nl(z.clone() if inplace else z, **params)
         else:
             # an in-place call may not overwrite a tensor the rule saved: give the rule a copy
             src = z.clone() if (inplace and rule.keeps_input(self.phase)) else z

@@ -9,6 +9,7 @@ the same :class:`Nonlinearity`, which is what rules are written against.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -69,7 +70,7 @@ _NONLINEARITIES: dict[str, Nonlinearity] = {}
 
 
 def _overridable(fn: Any) -> bool:
-    """Whether calls to ``fn`` reach a torch-function mode by themselves (torch's own API)."""
+    """Whether ``fn`` is on torch's list of overridable functions (those need no probe)."""
     global _OVERRIDABLE
     if _OVERRIDABLE is None:
         _OVERRIDABLE = {f for fs in torch.overrides.get_overridable_functions().values() for f in fs}
@@ -77,6 +78,37 @@ def _overridable(fn: Any) -> bool:
 
 
 _OVERRIDABLE: set | None = None
+
+
+class _Probe(torch.overrides.TorchFunctionMode):
+    """Record the functions a call hands to torch-function modes."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: list = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.seen.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def dispatches_to_modes(fn: Any, defaults: dict[str, Any] | None = None) -> bool:
+    """Whether calling ``fn`` on a tensor hands the call, as ``fn`` itself, to torch-function modes.
+
+    Torch's list of overridable functions misses some that do dispatch (``F.hardswish``, ``F.silu``), so a
+    function off the list is called once on a small tensor under a recording mode."""
+    if _overridable(fn):
+        return True
+    probe = _Probe()
+    with probe, torch.no_grad():
+        try:
+            fn(torch.linspace(-1.0, 1.0, 4, dtype=torch.float64), **(defaults or {}))
+        except Exception as e:  # noqa: BLE001 - the reason is reported to the caller
+            raise TypeError(
+                f"register_nonlinearity could not call {fn!r} on a small tensor to check that torch-function "
+                f"modes see it ({type(e).__name__}: {e}); give the defaults of its parameters"
+            ) from e
+    return fn in probe.seen
 
 
 def _dispatching(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:
@@ -91,6 +123,47 @@ def _dispatching(fn: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]
     return wrapper
 
 
+_INPLACE_AT: dict = {}
+
+
+def inplace_position(func: Any) -> int | None:
+    """The position of ``func``'s ``inplace`` argument (``F.hardswish(x, inplace)`` → 1), or None if it has none
+    or no readable signature.  Remembered per function: the mode asks on every in-place check."""
+    try:
+        return _INPLACE_AT[func]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable callable
+        return None
+    try:
+        names = list(inspect.signature(func).parameters)
+    except (TypeError, ValueError):  # builtins without a signature
+        names = []
+    at = _INPLACE_AT[func] = names.index("inplace") if "inplace" in names else None
+    return at
+
+
+def writes_inplace_by_argument(func: Any, args: tuple, kwargs: dict) -> bool:
+    """Whether a call asks ``func`` to write into its input through an ``inplace=True`` argument (by keyword or
+    by position: ``nn.Hardswish(inplace=True)`` calls ``F.hardswish(x, True)``)."""
+    if "inplace" in kwargs:
+        return bool(kwargs["inplace"])
+    at = inplace_position(func)
+    return at is not None and len(args) > at and args[at] is True
+
+
+def _inplace_form(fn: Any, arg_names: tuple[str, ...], defaults: dict[str, Any]):
+    """The positional names, defaults and in-place flag of a registered function with an ``inplace`` argument:
+    the flag is read off each call and never reaches the rule, which computes out of place."""
+    at = inplace_position(fn)
+    if at is None:
+        return arg_names, defaults, False
+    if "inplace" not in arg_names:
+        names = list(inspect.signature(fn).parameters)
+        arg_names = tuple(names[1:at + 1]) if at >= 1 else arg_names
+    return arg_names, {**defaults, "inplace": False}, "inplace"
+
+
 def register_nonlinearity(
     fn: Callable[..., torch.Tensor],
     *,
@@ -99,12 +172,18 @@ def register_nonlinearity(
     aliases: tuple[Any, ...] = (),
     arg_names: tuple[str, ...] = (),
     defaults: dict[str, Any] | None = None,
+    wrap: bool = False,
 ) -> Callable[..., torch.Tensor]:
     """Teach the engine a new elementwise nonlinearity, and return the function models should call.
 
-    A torch function (``torch.erf``, ``F.mish``, …) is intercepted wherever a model calls it, and is
-    returned unchanged.  A plain Python function is invisible to torch-function modes, so it is
-    returned wrapped: call the wrapper in the model (it computes the same values).
+    The engine intercepts calls through torch-function modes, so ``fn`` must hand its calls to them: every
+    torch function does (``torch.erf``, ``F.mish``, and ``F.hardswish`` too, though torch's list of overridable
+    functions misses it; a function off that list is checked by calling it once on a small tensor).  A plain
+    Python function does not (a mode sees only the ops inside it) and is refused, since registering it would
+    silently change nothing; ``wrap=True`` returns it wrapped instead, and the model must call the wrapper.
+
+    A function with an ``inplace`` argument (``F.hardswish(x, inplace=True)``) is routed in either spelling;
+    the flag never reaches the rule, which computes out of place before the engine writes the result back.
 
     Parameters
     ----------
@@ -115,26 +194,50 @@ def register_nonlinearity(
     family : str
         ``"relu"`` marks a ReLU-like function that guided backprop and DeconvNet modify.
     aliases : tuple
-        Further torch callables computing the same function out of place (e.g. a ``Tensor`` method).
+        Further torch callables computing the same function (e.g. a ``Tensor`` method); one whose name ends in
+        ``_`` writes into its input, one with an ``inplace`` argument does when it is true.
     arg_names, defaults : tuple, dict
         Names and defaults of ``fn``'s positional arguments after the input.
+    wrap : bool
+        Return a plain Python function wrapped so that modes see calls to the wrapper.
 
     Examples
     --------
     >>> import torch, tribute
-    >>> cube = tribute.register_nonlinearity(lambda z: z ** 3, name="cube")
+    >>> cube = tribute.register_nonlinearity(lambda z: z ** 3, name="cube", wrap=True)
     >>> float(cube(torch.tensor(2.0)))
     8.0
     """
     if not callable(fn):
         raise TypeError(f"register_nonlinearity needs a callable, got {type(fn).__name__}")
     nl = Nonlinearity(name or getattr(fn, "__name__", repr(fn)), fn, family)
-    defaults = dict(defaults or {})
-    public = fn if _overridable(fn) else _dispatching(fn)
-    for f in (public, *aliases):
-        _REGISTRY[f] = CallForm(nl, arg_names, defaults, False)
+    arg_names, defaults, inplace = _inplace_form(fn, tuple(arg_names), dict(defaults or {}))
+    plain = {k: v for k, v in defaults.items() if k != "inplace"}
+    if wrap:
+        public = _dispatching(fn)
+    elif dispatches_to_modes(fn, plain):
+        public = fn
+    else:
+        raise TypeError(
+            f"register_nonlinearity({nl.name}): calls to this function never reach torch-function modes (they "
+            "see only the torch ops inside it), so the engine could not apply a rule to it and registering it "
+            "would change nothing. Pass wrap=True and call the returned wrapper in the model"
+        )
+    _REGISTRY[public] = CallForm(nl, arg_names, defaults, inplace)
+    for f in aliases:  # each alias reads its own ``inplace`` argument, if it has one; ``relu_``-style names write
+        names, alias_defaults, alias_inplace = _inplace_form(f, tuple(n for n in arg_names if n != "inplace"), plain)
+        by_name = getattr(f, "__name__", "").endswith("_") and not getattr(f, "__name__", "").startswith("__")
+        _REGISTRY[f] = CallForm(nl, names, alias_defaults, alias_inplace or by_name)
     _NONLINEARITIES[nl.name] = nl
     return public
+
+
+def unregister_nonlinearity(name: str) -> None:
+    """Forget the nonlinearity registered as ``name`` and every calling form of it (tests, notebooks)."""
+    if _NONLINEARITIES.pop(name, None) is None:
+        raise KeyError(f"no nonlinearity named {name!r} is registered")
+    for f in [f for f, form in _REGISTRY.items() if form.nonlinearity.name == name]:
+        del _REGISTRY[f]
 
 
 def _builtin(name: str, fn: Callable, family: str, forms: list[tuple[Any, tuple, dict, bool | str]]):
