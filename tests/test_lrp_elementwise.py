@@ -133,3 +133,30 @@ def test_lrp_epsilon_keeps_f0_zero(name):
     net = _mlp(ZERO_AT_ZERO[name], 0)
     x = torch.randn(2, 8, dtype=torch.float64)
     assert torch.isfinite(tribute.explain(net, x, "lrp_epsilon", target=0)).all()
+
+
+def test_inplace_sigmoid_matches_out_of_place():
+    class Net(nn.Module):
+        def __init__(self, inplace):
+            super().__init__()
+            torch.manual_seed(3)
+            self.a, self.b, self.inplace = nn.Linear(6, 5), nn.Linear(5, 2, bias=False), inplace
+
+        def forward(self, x):
+            h = self.a(x)
+            return self.b(h.sigmoid_() if self.inplace else torch.sigmoid(h))
+
+    x = torch.randn(3, 6, dtype=torch.float64)
+    a = tribute.explain(Net(False).double().eval(), x, "lrp", composite="epsilon", target=0)
+    b = tribute.explain(Net(True).double().eval(), x, "lrp", composite="epsilon", target=0)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert a.abs().sum() > 0
+
+
+def test_log_has_no_composite_rule():
+    class Net(nn.Module):
+        def forward(self, x):
+            return torch.log(x.exp() + 1.0).sum(1, keepdim=True)
+
+    with pytest.raises(ValueError, match="no rule at log: f\\(0\\) = -inf"):
+        tribute.explain(Net(), torch.rand(2, 3, dtype=torch.float64), "lrp", composite="epsilon", target=0)

@@ -18,7 +18,7 @@ import torch
 from ..core.rule_registry import BackwardRule, RuleKind
 from ..core.rules import ElementwiseRule, stab
 from .layer_call import LayerCall, vjp
-from .zero_value import zero_value
+from .zero_value import absorbed_value, zero_value
 
 STABILIZER = 1e-6
 
@@ -342,7 +342,7 @@ class PassRelevance(ElementwiseRule):
     name = "pass"
 
     def save(self, nl, z, y, params):
-        return () if zero_value(nl, params, z) == 0 else (z,)
+        return () if absorbed_value(nl, params, z) == 0 else (z,)
 
     def backward(self, nl, gy, saved, params):
         if not saved:  # f(0) = 0: relevance passes unchanged

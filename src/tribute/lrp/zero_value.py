@@ -14,10 +14,8 @@ _CACHE_SIZE = 256
 
 
 def zero_value(nl: Nonlinearity, params: dict[str, Any], like: torch.Tensor) -> float:
-    """f(0) for ``nl`` with ``params``, evaluated in ``like``'s dtype (one scalar op on the CPU, then cached).
-
-    A nonlinearity with no finite f(0) (``log``) has no bounded LRP rule: that is a clear error, never a ratio
-    that silently divides by infinity."""
+    """f(0) for ``nl`` with ``params``, evaluated in ``like``'s dtype (one scalar op on the CPU, then cached);
+    ±inf or NaN where f has no finite value at 0 (``log``)."""
     try:
         key = (nl.name, nl.fn, tuple(sorted(params.items())), like.dtype)
         return _CACHE[key]
@@ -27,12 +25,19 @@ def zero_value(nl: Nonlinearity, params: dict[str, Any], like: torch.Tensor) -> 
         pass
     with torch.no_grad():
         f0 = float(nl(torch.zeros((), dtype=like.dtype), **params))
-    if not math.isfinite(f0):
-        raise ValueError(f"LRP has no rule at {nl.name}: f(0) = {f0} is not finite, so neither the pass rule "
-                         "(f(z) − f(0))/z nor ε-LRP's f(z)/(z + ε) is defined; use a gradient method "
-                         "(integrated_gradients, deeplift) for this model")
     if key is not None:
         if len(_CACHE) >= _CACHE_SIZE:
             _CACHE.clear()
         _CACHE[key] = f0
+    return f0
+
+
+def absorbed_value(nl: Nonlinearity, params: dict[str, Any], like: torch.Tensor) -> float:
+    """f(0), the value the composites' rule counts as an absorbed bias.  A nonlinearity with no finite f(0)
+    (``log``) has no such rule: that is a clear error, never a ratio that silently divides by infinity."""
+    f0 = zero_value(nl, params, like)
+    if not math.isfinite(f0):
+        raise ValueError(f"LRP has no rule at {nl.name}: f(0) = {f0} is not finite, so the composites' rule "
+                         "(f(z) − f(0))/z is not defined; use a gradient method (integrated_gradients, deeplift) "
+                         "for this model")
     return f0
