@@ -160,3 +160,16 @@ def test_log_has_no_composite_rule():
 
     with pytest.raises(ValueError, match="no rule at log: f\\(0\\) = -inf"):
         tribute.explain(Net(), torch.rand(2, 3, dtype=torch.float64), "lrp", composite="epsilon", target=0)
+
+
+def test_layer_lrp_epsilon_refuses_and_takes_unbounded():
+    net = _mlp(nn.Sigmoid(), 0)
+    x = torch.randn(2, 8, dtype=torch.float64)
+    with pytest.raises(ValueError, match="refuses sigmoid"):
+        tribute.LayerAttribution("lrp_epsilon", net, layer="2").attribute(x, target=0)
+    a = tribute.LayerAttribution("lrp_epsilon", net, layer="2", unbounded=True).attribute(x, target=0)
+    # at the layer's output h: h ⊙ the ratio-modified gradient above it (one sigmoid between h and the score)
+    with torch.no_grad():
+        h = net[2](net[1](net[0](x)))
+        g = torch.sigmoid(h) / (h + 1e-9 * torch.where(h >= 0, 1.0, -1.0))
+    torch.testing.assert_close(a, h * g * net[4].weight[0])
