@@ -285,6 +285,9 @@ NO_OPS: dict[str, tuple[str, dict]] = {
     "cache_weights": ("keeps derived weights between calls: time, not values", {"cache_weights": False}),
     "max_steps": ("bounds tolerance='s refinement: the same values, or an error past it",
                   {"tolerance": 1e-2, "max_steps": 10_000}),
+    # its effect, where f(0) ≠ 0, is tested in tests/test_lrp_elementwise.py
+    "unbounded": ("lets lrp_epsilon compute its ratio at nonlinearities with f(0) ≠ 0, refused otherwise: this net "
+                  "has ReLUs only, so the same values", {"unbounded": True}),
 }
 
 

@@ -202,7 +202,10 @@ def test_epsilon_lrp_is_its_modified_gradient_and_far_from_gradient_x_input(act)
     net = seeded_mlp(act)
     x = torch.randn(8, 4, generator=torch.Generator().manual_seed(4), dtype=DT)
     eps = 1e-9
-    lrp = tribute.explain(net, x, "lrp_epsilon", target=2, epsilon=eps)
+    # f(0) ≠ 0: Ancona's ratio is unbounded near z = 0, so lrp_epsilon computes it only when asked
+    with pytest.raises(ValueError, match="unbounded=True"):
+        tribute.explain(net, x, "lrp_epsilon", target=2, epsilon=eps)
+    lrp = tribute.explain(net, x, "lrp_epsilon", target=2, epsilon=eps, unbounded=True)
     torch.testing.assert_close(lrp, modified_gradient_x_input(net, x, 2, epsilon_ratio(act, eps)), rtol=1e-12,
                                atol=1e-12)
     gxi = tribute.explain(net, x, "input_x_gradient", target=2)
@@ -222,7 +225,7 @@ def test_epsilon_lrp_on_one_sigmoid_unit_by_hand():
         net[0].bias.fill_(-1.0)
     x = tensor([1.0])
     s1 = 1 / (1 + torch.exp(torch.tensor(-1.0, dtype=DT))).item()
-    lrp = tribute.explain(net, x, "lrp_epsilon", target=0, epsilon=1e-9)
+    lrp = tribute.explain(net, x, "lrp_epsilon", target=0, epsilon=1e-9, unbounded=True)  # refused by default
     assert lrp.item() == pytest.approx(2 * s1 / (1 + 1e-9), rel=1e-15)
     assert lrp.item() == pytest.approx(1.4621171572600098, abs=2e-9)
     gxi = tribute.explain(net, x, "input_x_gradient", target=0)
@@ -231,7 +234,7 @@ def test_epsilon_lrp_on_one_sigmoid_unit_by_hand():
     # ≈ 0.5/1.001e-6 = 499 500, so ε-LRP ≈ (½) · 2 · 499 500 ≈ 5.0e5 for an output below 1
     x = tensor([0.5 + 5e-7])
     z = 2 * x.item() - 1
-    lrp = tribute.explain(net, x, "lrp_epsilon", target=0, epsilon=1e-9)
+    lrp = tribute.explain(net, x, "lrp_epsilon", target=0, epsilon=1e-9, unbounded=True)
     expected = x.item() * 2 * (1 / (1 + torch.exp(torch.tensor(-z, dtype=DT))).item()) / (z + 1e-9)
     assert lrp.item() == pytest.approx(expected, rel=1e-6)
     assert 4.9e5 < lrp.item() < 5.1e5

@@ -335,6 +335,8 @@ class LayerDeepLift(LayerMethod):
 
 def _epsilon_rules(options: dict) -> RuleSet:
     eps = opt.real(0, low_open=True)("epsilon", options.pop("epsilon", 1e-9))
+    if opt.boolean("unbounded", options.pop("unbounded", False)):  # the ratio at f(0) ≠ 0 (see LRPEpsilon)
+        return family_rules(LRP_EPSILON, epsilon=eps, unbounded=True)
     return family_rules(LRP_EPSILON, epsilon=eps)
 
 
@@ -364,7 +366,7 @@ def LayerAttribution(method: str, model: nn.Module, layer: str | nn.Module | Non
     ``tribute.LayerAttribution("integrated_gradients", model, layer="layer4", steps=32).attribute(x, target=3)``
     computes integrated gradients in ``layer4``'s activation space; the result has ``layer4``'s output shape.
     Supported: ``gradient``, ``input_x_gradient``, ``integrated_gradients``, ``deeplift``,
-    ``guided_backprop``, ``deconvnet`` and ``lrp_epsilon`` (``epsilon=``); see the module doc.
+    ``guided_backprop``, ``deconvnet`` and ``lrp_epsilon`` (``epsilon=``, ``unbounded=``); see the module doc.
     """
     if method not in _LAYER_VERSIONS:
         import difflib

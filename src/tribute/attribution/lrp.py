@@ -45,11 +45,17 @@ class LRPEpsilon(GradientAtInput):
     Options
     -------
     epsilon : the stabiliser ε > 0 (default 1e-9).
+    unbounded : bool, default False.  A nonlinearity with f(0) ≠ 0 (sigmoid, hardsigmoid, softplus, exp) makes the
+        ratio unbounded, ~f(0)/ε near z = 0, so it is refused; ``True`` computes the ratio anyway.  Method
+        ``"lrp"`` counts f(0) as an absorbed bias and stays bounded.
     """
 
-    options = {"epsilon": opt.Option(1e-9, opt.real(0, low_open=True))}
+    options = {"epsilon": opt.Option(1e-9, opt.real(0, low_open=True)),
+               "unbounded": opt.Option(False, opt.boolean)}
 
     def rule_set(self, o: SimpleNamespace) -> RuleSet:
+        if o.unbounded:
+            return family_rules(LRP_EPSILON, epsilon=o.epsilon, unbounded=True)
         return family_rules(LRP_EPSILON, epsilon=o.epsilon)
 
     def combine(self, x, grad):

@@ -292,6 +292,22 @@ _builtin("tanh", torch.tanh, "", [
     (torch.tanh, (), {}, False), (torch.Tensor.tanh, (), {}, False), (F.tanh, (), {}, False),
     (torch.tanh_, (), {}, True), (torch.Tensor.tanh_, (), {}, True),
 ])
+_builtin("hardswish", F.hardswish, "", [
+    (F.hardswish, ("inplace",), {"inplace": False}, "inplace"),
+])
+_builtin("hardsigmoid", F.hardsigmoid, "", [
+    (F.hardsigmoid, ("inplace",), {"inplace": False}, "inplace"),
+])
+_builtin("mish", F.mish, "", [
+    (F.mish, ("inplace",), {"inplace": False}, "inplace"),
+])
+_builtin("selu", F.selu, "", [
+    (F.selu, ("inplace",), {"inplace": False}, "inplace"), (_get(torch, "selu_"), (), {}, True),
+])
+_builtin("celu", lambda z, alpha=1.0: F.celu(z, alpha), "", [
+    (F.celu, ("alpha", "inplace"), {"alpha": 1.0, "inplace": False}, "inplace"),
+    (_get(torch, "celu_"), ("alpha",), {"alpha": 1.0}, True),
+])
 for _name, _fn in (("sqrt", torch.sqrt), ("exp", torch.exp), ("log", torch.log)):
     _builtin(_name, _fn, "", [
         (_fn, (), {}, False), (getattr(torch.Tensor, _name), (), {}, False),

@@ -1,6 +1,7 @@
 """Layer-wise relevance propagation (Bach et al. 2015; Montavon et al. 2019): rules, composites, the handler.
 
-- :mod:`.rules`: the rules at linear layers (ε, z⁺, αβ, γ, zᴮ, flat, w²) and the pass rule at nonlinearities;
+- :mod:`.rules`: the rules at linear layers (ε, z⁺, αβ, γ, zᴮ, flat, w²) and the pass rule at nonlinearities
+  (f(0) counted as an absorbed bias: :mod:`.zero_value`);
 - :mod:`.elementwise`: ε-LRP in Ancona's form, the rule at nonlinearities of the family ``"lrp_epsilon"``;
 - :mod:`.composites`: :class:`Composite` (which rule at which layer) and the registry of named composites;
 - :mod:`.ops`: the family's rules at every other op (additions, pooling, moves, batch norm), registered in

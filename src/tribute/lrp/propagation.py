@@ -16,7 +16,9 @@ handler sees every op on the input's path and applies the rule of the ``"lrp"`` 
   pooling, scaling, unmerged batch norm — splits relevance in proportion to the contributions of its
   inputs (the "Norm" rule R_i = x_i Σ_j ∂z_j/∂x_i R_j / z_j, stabilised), so an addition x + y gives
   x/(x+y) and y/(x+y) of the relevance to each branch, however the addition is written;
-- elementwise nonlinearities pass relevance unchanged; reshapes, concatenations and indexing move it;
+- elementwise nonlinearities y = f(z) pass relevance unchanged where f(0) = 0, and R_y·(f(z) − f(0))/f(z) where
+  f(0) ≠ 0, f(0) counted as an absorbed bias (:class:`tribute.lrp.rules.PassRelevance`); reshapes,
+  concatenations and indexing move it;
   max pooling routes it to the selected entry (its gradient).
 
 Tensors the rules read backward are kept by reference (:class:`tribute.lrp.kept.Kept`) and copied only
@@ -199,7 +201,7 @@ class Propagation:
     def read_by_nonlinearity(self, z: torch.Tensor, name: str) -> None:
         """A nonlinearity reads ``z`` (before an in-place call writes it)."""
         if name != "relu":
-            self.facts.proportional = False  # its pass rule may give relevance where z = 0 (sigmoid)
+            self.facts.proportional = False  # not shown to give no relevance where z ≤ 0 (a rule may not say so)
         self._read(z, relu=name == "relu")
 
     @staticmethod

@@ -18,6 +18,7 @@ import torch
 from ..core.rule_registry import BackwardRule, RuleKind
 from ..core.rules import ElementwiseRule, stab
 from .layer_call import LayerCall, vjp
+from .zero_value import absorbed_value, zero_value
 
 STABILIZER = 1e-6
 
@@ -324,18 +325,36 @@ class WSquare(LinearRule):
 
 
 class PassRelevance(ElementwiseRule):
-    """Elementwise nonlinearities pass relevance unchanged (Zennit's 'Pass')."""
+    """The composites' rule at an elementwise nonlinearity y = f(z), with f(0) counted as an absorbed bias.
+
+    As a ratio (Ancona et al. 2019's view) the rule is the slope g = (f(z) − f(0)) / z (f'(0) at z = 0): y =
+    f(0) + g·z is an affine map whose constant f(0) absorbs relevance like a bias.  In relevance form:
+
+        R_z = R_y · (f(z) − f(0)) / stab(f(z)),    the share f(0)·R_y / f(z) absorbed,
+
+    with stab(v) = v + ε·sign v (ε = :data:`STABILIZER`), and R_z = 0 where f(z) = 0.  Where f(0) = 0 (ReLU,
+    GELU, SiLU, tanh, Mish, hardswish, ELU) it is Zennit's 'Pass', R_z = R_y: the ratio f(z)/z.  Where f(0) ≠ 0
+    (sigmoid, hardsigmoid, softplus, exp) relevance per unit of z stays bounded by |R_y / y|·|f(z) − f(0)|,
+    whereas passing R_y unchanged and dividing by z at the layer before (AttnLRP's identity rule followed by
+    the ε rule, equivalently Ancona's f(z)/(z + ε)) is unbounded near z = 0.
+    """
 
     name = "pass"
-    saves_input = False
 
     def save(self, nl, z, y, params):
-        return ()
+        return () if absorbed_value(nl, params, z) == 0 else (z,)
 
     def backward(self, nl, gy, saved, params):
-        return gy
+        if not saved:  # f(0) = 0: relevance passes unchanged
+            return gy
+        (z,) = saved
+        y = nl(z, **params)
+        share = (y - zero_value(nl, params, z)) / stab(y, STABILIZER)
+        return gy * torch.where(y == 0, torch.zeros_like(share), share)
 
     def apply_inplace(self, nl, z, params, phase):
+        if zero_value(nl, params, z) != 0:
+            return False  # the rule reads z backward: computed out of place from a copy
         # The backward is the identity, so autograd need not see the op at all: writing z in place with
         # grad mode off keeps z's graph, and spares a fresh output and its copy into z.
         with torch.no_grad():
@@ -347,5 +366,4 @@ class PassRelevance(ElementwiseRule):
 
     def forward_derivative(self, nl, gy, saved, params):
         raise RuntimeError("LRP composites do not support differentiable=True")
-
 
