@@ -89,7 +89,7 @@ def test_composite_matches_absorbed_bias_formulation():
         shifted_last.weight.copy_(last.weight)
         shifted_last.bias.copy_(last.weight.sum(1) * 0.5)
 
-    centred = tribute.register_nonlinearity(lambda z: torch.sigmoid(z) - 0.5, name="test_centred_sigmoid")
+    centred = tribute.register_nonlinearity(lambda z: torch.sigmoid(z) - 0.5, name="test_centred_sigmoid", wrap=True)
 
     class Shifted(nn.Module):  # sigmoid − ½ : f(0) = 0, so its rule is the pass rule
         def forward(self, z):

@@ -25,23 +25,25 @@ DT = torch.float64
 
 @pytest.fixture
 def hardswish():
-    if "hardswish" in known_nonlinearities():  # a built-in rule landed: this test is about registering one
-        pytest.skip("hardswish is built in")
-    public = register_nonlinearity(F.hardswish)
+    """A registered function with an ``inplace`` argument that the engine does not know: F.rrelu (in eval, a leaky
+    ReLU of slope (lower + upper)/2). hardswish, the issue's example, has since become built in."""
+    if "rrelu" in known_nonlinearities():  # a built-in rule landed: this test is about registering one
+        pytest.skip("rrelu is built in")
+    public = register_nonlinearity(F.rrelu)
     yield public
-    unregister_nonlinearity("hardswish")
+    unregister_nonlinearity("rrelu")
 
 
 class Net(nn.Module):
     def __init__(self, inplace: bool):
         super().__init__()
         torch.manual_seed(0)
-        self.lin1, self.act, self.lin2 = nn.Linear(4, 8), nn.Hardswish(inplace=inplace), nn.Linear(8, 2)
+        self.lin1, self.act, self.lin2 = nn.Linear(4, 8), nn.RReLU(inplace=inplace), nn.Linear(8, 2)
         self.inplace = inplace
 
     def forward(self, x):
         h = self.act(self.lin1(x))
-        return self.lin2(F.hardswish(h * 2.0 - 1.0, inplace=self.inplace))
+        return self.lin2(F.rrelu(h * 2.0 - 1.0, inplace=self.inplace))
 
 
 def _data():
@@ -57,7 +59,7 @@ def test_torch_functions_off_the_overridable_list_are_found_to_dispatch():
 
 @pytest.mark.parametrize("inplace", [False, True])
 def test_registered_hardswish_gives_deeplift_summation_to_delta(hardswish, inplace):
-    assert hardswish is F.hardswish  # returned unchanged: models keep calling F.hardswish
+    assert hardswish is F.rrelu  # returned unchanged: models keep calling F.rrelu
     x, base = _data()
     net = Net(inplace).to(DT).eval()
     explainer = tribute.DeepLift(net, baseline=base, strict=True)
@@ -65,24 +67,24 @@ def test_registered_hardswish_gives_deeplift_summation_to_delta(hardswish, inpla
     with torch.no_grad():
         delta = (net(x.clone()) - net(base.clone()))[:, 1]
     torch.testing.assert_close(phi.sum(1), delta, rtol=1e-10, atol=1e-10)
-    assert explainer.coverage.ruled["hardswish"] == 2 and not explainer.coverage.unruled
+    assert explainer.coverage.ruled["rrelu"] == 2 and not explainer.coverage.unruled
     # in place and out of place agree exactly
     phi_other = tribute.DeepLift(Net(not inplace).to(DT).eval(), baseline=base, strict=True).attribute(x, target=1)
     torch.testing.assert_close(phi, phi_other, rtol=0, atol=0)
 
 
 def test_without_the_registration_deeplift_misses_summation_to_delta():
-    if "hardswish" in known_nonlinearities():
-        pytest.skip("hardswish is built in")
+    if "rrelu" in known_nonlinearities():
+        pytest.skip("rrelu is built in")
     x, base = _data()
     net = Net(False).to(DT).eval()
-    with pytest.raises(ValueError, match="hardswish"):
+    with pytest.raises(ValueError, match="rrelu"):
         tribute.DeepLift(net, baseline=base).attribute(x, target=1)
-    with pytest.warns(UserWarning, match="hardswish"):
+    with pytest.warns(UserWarning, match="rrelu"):
         phi = tribute.DeepLift(net, baseline=base, strict=False).attribute(x, target=1)
     with torch.no_grad():
         delta = (net(x) - net(base))[:, 1]
-    assert (phi.sum(1) - delta).abs().max() > 1e-3  # the plain gradient at hardswish breaks it
+    assert (phi.sum(1) - delta).abs().max() > 1e-3  # the plain gradient at rrelu breaks it
 
 
 @pytest.mark.parametrize("composite", composites())
@@ -107,19 +109,21 @@ class Spy(Rescale):
 
 
 def test_the_rule_never_receives_inplace(hardswish):
-    form = call_form(F.hardswish)
+    form = call_form(F.rrelu)
     z = torch.zeros(3)
-    for args, kwargs in (((z, True), {}), ((z,), {"inplace": True}), ((z,), {})):
+    # F.rrelu(input, lower, upper, training, inplace): nn.RReLU passes inplace by position
+    for args, kwargs, expected in (((z, 0.125, 1 / 3, False, True), {}, True), ((z,), {"inplace": True}, True),
+                                   ((z,), {}, False)):
         got, params, inplace = form.parse(args, kwargs)
-        assert got is z and "inplace" not in params and inplace == (args[1:] == (True,) or bool(kwargs))
+        assert got is z and "inplace" not in params and bool(inplace) == expected
     spy = Spy()
-    register_rule(DEEPLIFT, "hardswish", spy)
+    register_rule(DEEPLIFT, "rrelu", spy)
     try:
         x, base = _data()
         tribute.DeepLift(Net(True).to(DT).eval(), baseline=base, strict=True).attribute(x, target=0)
     finally:
-        unregister_rule(DEEPLIFT, "hardswish")
-    assert spy.params == [{}, {}]
+        unregister_rule(DEEPLIFT, "rrelu")
+    assert len(spy.params) == 2 and all("inplace" not in p for p in spy.params)
 
 
 def test_a_plain_python_function_is_refused_with_the_reason():
@@ -150,3 +154,17 @@ def test_aliases_read_their_own_inplace_spelling():
     finally:
         unregister_nonlinearity("hardswish_aliases")
     assert call_form(F.hardswish) is None or call_form(F.hardswish).nonlinearity.name != "hardswish_aliases"
+
+
+def test_unregistering_restores_what_a_registration_covered_up():
+    """Registering over a built-in (its function as an alias, or its own name) and unregistering gives the built-in
+    back, with its in-place handling: later models are not left without a rule."""
+    before = {f: call_form(f) for f in (F.hardswish, torch._C._nn.hardswish_, F.mish)}
+    register_nonlinearity(F.hardswish, name="hardswish_cover", aliases=(torch._C._nn.hardswish_,))
+    assert call_form(F.hardswish).nonlinearity.name == "hardswish_cover"
+    unregister_nonlinearity("hardswish_cover")
+    register_nonlinearity(F.mish)
+    unregister_nonlinearity("mish")
+    for f, form in before.items():
+        assert call_form(f) == form
+    assert "mish" in known_nonlinearities() and "hardswish" in known_nonlinearities()

@@ -223,21 +223,36 @@ def register_nonlinearity(
             "see only the torch ops inside it), so the engine could not apply a rule to it and registering it "
             "would change nothing. Pass wrap=True and call the returned wrapper in the model"
         )
-    _REGISTRY[public] = CallForm(nl, arg_names, defaults, inplace)
+    forms = {public: CallForm(nl, arg_names, defaults, inplace)}
     for f in aliases:  # each alias reads its own ``inplace`` argument, if it has one; ``relu_``-style names write
         names, alias_defaults, alias_inplace = _inplace_form(f, tuple(n for n in arg_names if n != "inplace"), plain)
         by_name = getattr(f, "__name__", "").endswith("_") and not getattr(f, "__name__", "").startswith("__")
-        _REGISTRY[f] = CallForm(nl, names, alias_defaults, alias_inplace or by_name)
+        forms[f] = CallForm(nl, names, alias_defaults, alias_inplace or by_name)
+    # what this registration covers up (a built-in's calling forms, a nonlinearity of the same name) comes back
+    # when it is unregistered
+    _SHADOWED.setdefault(nl.name, []).append(
+        ({f: _REGISTRY[f] for f in forms if f in _REGISTRY}, _NONLINEARITIES.get(nl.name)))
+    _REGISTRY.update(forms)
     _NONLINEARITIES[nl.name] = nl
     return public
 
 
+_SHADOWED: dict[str, list[tuple[dict, Nonlinearity | None]]] = {}
+
+
 def unregister_nonlinearity(name: str) -> None:
     """Forget the nonlinearity registered as ``name`` and every calling form of it (tests, notebooks)."""
-    if _NONLINEARITIES.pop(name, None) is None:
+    nl = _NONLINEARITIES.pop(name, None)
+    if nl is None:
         raise KeyError(f"no nonlinearity named {name!r} is registered")
-    for f in [f for f, form in _REGISTRY.items() if form.nonlinearity.name == name]:
+    for f in [f for f, form in _REGISTRY.items() if form.nonlinearity is nl]:
         del _REGISTRY[f]
+    stack = _SHADOWED.get(name)
+    if stack:  # restore what the registration covered up
+        forms, previous = stack.pop()
+        _REGISTRY.update(forms)
+        if previous is not None:
+            _NONLINEARITIES[name] = previous
 
 
 def _builtin(name: str, fn: Callable, family: str, forms: list[tuple[Any, tuple, dict, bool | str]]):
