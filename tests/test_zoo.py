@@ -62,8 +62,9 @@ def _swin():
 
 
 def _realistic(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """``model`` in float64 and eval mode with weights of variance 1/fan-in, random biases, random norm affines (weights in [0.5, 1.5]), random
-    ConvNeXt layer scales and batch-norm running statistics measured on random images."""
+    """``model`` in float64 and eval mode with weights of variance 1/fan-in, random biases, random norm affines
+    (weights in [0.5, 1.5]), random ConvNeXt layer scales and batch-norm running statistics measured on random
+    images."""
     g = torch.Generator().manual_seed(seed)
     model = model.to(DT)
     with torch.no_grad():
@@ -239,3 +240,16 @@ def test_gradcam_equals_its_definition(name):
     torch.testing.assert_close(cam, expected, rtol=1e-10, atol=1e-12)
     full = tribute.explain(model, x, "gradcam", target=TARGET, **options)
     assert full.shape == (N, 1, 32, 32) and torch.isfinite(full).all()
+
+
+@pytest.mark.parametrize("name", NAMES, ids=NAMES)
+def test_a_batch_equals_one_sample_at_a_time(name):
+    # eval mode: no batch statistics, so each sample's attribution must not depend on the other samples
+    model, x = _model(name), _images()
+    methods = ["gradient", "integrated_gradients"] + (["deeplift", "lrp"] if ZOO[name][1] is None else [])
+    for method in methods:
+        options = {"lrp": {"composite": "epsilon"}, "integrated_gradients": {"steps": 8}}.get(method, {})
+        batch = tribute.explain(model, x, method, target=TARGET, **options)
+        for i in range(N):
+            alone = tribute.explain(model, x[i:i + 1], method, target=TARGET, **options)
+            torch.testing.assert_close(batch[i:i + 1], alone, rtol=1e-9, atol=1e-12, msg=f"{method}, sample {i}")
