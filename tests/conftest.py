@@ -125,3 +125,112 @@ def fashion_fixture(n: int | None = None, dtype: torch.dtype = torch.float32):
     module = fixture_module("fashion")
     images, labels = module.samples()
     return module.load().to(dtype), images[:n].to(dtype), labels[:n]
+
+
+# -- models with several inputs (issue 12) ---------------------------------------------------------------------------
+class ImageAndTable(nn.Module):
+    """A convolutional branch for an image (N, 2, 6, 6) and a dense branch for a table (N, 4), merged by a linear
+    head; ``act`` is the nonlinearity of both branches."""
+
+    def __init__(self, act=F.relu, classes: int = 3):
+        super().__init__()
+        self.act = act
+        self.conv = nn.Conv2d(2, 3, 3, padding=1)
+        self.dense = nn.Linear(4, 5)
+        self.head = nn.Linear(3 * 4 + 5, classes)
+
+    def forward(self, image, table):
+        h = F.adaptive_avg_pool2d(self.act(self.conv(image)), 2).flatten(1)
+        return self.head(torch.cat([h, self.act(self.dense(table))], 1))
+
+
+def image_and_table(act=F.relu, seed: int = 0, dtype=torch.float64) -> ImageAndTable:
+    """An :class:`ImageAndTable` with parameters drawn from ``seed``, in eval mode."""
+    torch.manual_seed(seed)
+    return ImageAndTable(act).to(dtype).eval()
+
+
+def image_and_table_inputs(n: int = 4, seed: int = 1, image=torch.randn, dtype=torch.float64, generator=None):
+    """(image, table) for :class:`ImageAndTable`: the image drawn by ``image`` (``torch.rand`` for pixels in
+    [0, 1)), the table normal, both from ``generator`` (default: a new one seeded ``seed``)."""
+    g = torch.Generator().manual_seed(seed) if generator is None else generator
+    return image(n, 2, 6, 6, generator=g, dtype=dtype), torch.randn(n, 4, generator=g, dtype=dtype)
+
+
+def two_inputs(n: int = 5, seed: int = 0):
+    """A softplus :class:`ImageAndTable` (seed ``seed``), images in [0, 1), a table and class labels (seed + 1)."""
+    model = image_and_table(F.softplus, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    img, tab = image_and_table_inputs(n, image=torch.rand, generator=g)
+    return model, img, tab, torch.randint(0, 3, (n,), generator=g)
+
+
+# -- threads ---------------------------------------------------------------------------------------------------------
+def concurrently(call, rounds: int) -> dict[int, list]:
+    """``call(i)`` ``rounds`` times in each of two threads i = 0, 1 started together; their results by thread.
+    An exception in a thread is raised here (a thread cannot raise into the test)."""
+    import threading
+
+    results: dict[int, list] = {0: [], 1: []}
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def work(i):
+        try:
+            start.wait()
+            for _ in range(rounds):
+                results[i].append(call(i))
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    assert all(len(results[i]) == rounds for i in (0, 1))
+    return results
+
+
+# -- LRP's ε gradient form -------------------------------------------------------------------------------------------
+@pytest.fixture
+def fallbacks(monkeypatch):
+    """The reasons LRP's ε gradient form gave up during the test (it then falls back to the relevance form)."""
+    from tribute.lrp import epsilon_form
+
+    seen: list[str] = []
+    original = epsilon_form.Unsupported.__init__
+
+    def record(self, *args):
+        seen.append(args[0] if args else "")
+        original(self, *args)
+
+    monkeypatch.setattr(epsilon_form.Unsupported, "__init__", record)
+    return seen
+
+
+# -- a model with a per-sample forward argument (issue 12) -----------------------------------------------------------
+class MaskedSequence(nn.Module):
+    """Features of a sequence (N, T, F), a per-sample mask over positions (N, T), masked mean pooling; ``scale`` a
+    non-tensor forward argument."""
+
+    def __init__(self, features: int = 3, classes: int = 4):
+        super().__init__()
+        self.inner = nn.Linear(features, 6)
+        self.head = nn.Linear(6, classes)
+
+    def forward(self, x, mask, scale: float = 1.0):
+        h = F.softplus(self.inner(x)) * mask.unsqueeze(-1)
+        return self.head(h.sum(1) / mask.sum(1, keepdim=True)) * scale
+
+
+def masked_sequences(n: int = 5, seed: int = 0):
+    """A :class:`MaskedSequence` (seed ``seed``), sequences (n, 7, 3), masks of lengths 7, 3, 5, 1, 6 and labels."""
+    torch.manual_seed(seed)
+    model = MaskedSequence().to(torch.float64).eval()
+    g = torch.Generator().manual_seed(seed + 1)
+    x = torch.randn(n, 7, 3, generator=g, dtype=torch.float64)
+    mask = (torch.arange(7) < torch.tensor([7, 3, 5, 1, 6])[:n, None]).to(torch.float64)
+    return model, x, mask, torch.randint(0, 4, (n,), generator=g)

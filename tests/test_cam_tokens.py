@@ -41,8 +41,9 @@ def x():
     return torch.rand(3, 3, 32, 32, dtype=DT, generator=torch.Generator().manual_seed(1))
 
 
-def _tokens_and_grad(model, x, layer, target):
-    """A (N, T, C) at ``layer`` and ∂S_target/∂A, by a forward hook and autograd (no tribute)."""
+def _tokens_and_grad(model, x, layer, target=None, score=None):
+    """A (N, T, C) at ``layer`` and ∂S/∂A, by a forward hook and autograd (no tribute); S is the logit of
+    ``target``, or ``score(logits)`` (one value per sample)."""
     held = {}
 
     def hook(module, args, out):
@@ -54,7 +55,7 @@ def _tokens_and_grad(model, x, layer, target):
         logits = model(x.clone().requires_grad_()).logits
     finally:
         h.remove()
-    logits[torch.arange(x.shape[0]), target].sum().backward()
+    (logits[torch.arange(x.shape[0]), target] if score is None else score(logits)).sum().backward()
     return held["a"].detach(), held["a"].grad.detach()
 
 
@@ -167,19 +168,8 @@ def test_guided_and_contrastive_gradcam_take_reshape(x):
         both = tribute.explain(vit, x, "guided_gradcam", target=1, layer=layer, reshape="tokens", strict=False)
     torch.testing.assert_close(both, guided * cam, rtol=1e-9, atol=1e-12)
     # contrastive Grad-CAM is Grad-CAM of J = −log softmax_Q: the hand Grad-CAM with that score
-    held = {}
-
-    def hook(module, args, out):
-        out.retain_grad()
-        held["a"] = out
-
-    h = vit.get_submodule(layer).register_forward_hook(hook)
-    try:
-        logits = vit(x).logits
-    finally:
-        h.remove()
-    (-logits.log_softmax(dim=1)[:, 4]).sum().backward()
-    a, g = _grid(held["a"].detach(), 1, 4), _grid(held["a"].grad, 1, 4)
+    a, g = _tokens_and_grad(vit, x, layer, score=lambda logits: -logits.log_softmax(dim=1)[:, 4])
+    a, g = _grid(a, 1, 4), _grid(g, 1, 4)
     want = F.interpolate((g.mean(dim=(2, 3), keepdim=True) * a).sum(1, keepdim=True).clamp(min=0), size=(32, 32),
                          mode="bilinear", align_corners=False)
     assert want.abs().max() > 0

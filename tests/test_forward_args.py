@@ -10,35 +10,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
+from conftest import MaskedSequence, concurrently, masked_sequences
 
 import tribute
 
 DT = torch.float64
 
 
-class Masked(nn.Module):
-    """Features of a sequence (N, T, F), a per-sample mask over positions (N, T), masked mean pooling."""
-
-    def __init__(self, features: int = 3, classes: int = 4):
-        super().__init__()
-        self.inner = nn.Linear(features, 6)
-        self.head = nn.Linear(6, classes)
-
-    def forward(self, x, mask, scale: float = 1.0):
-        h = F.softplus(self.inner(x)) * mask.unsqueeze(-1)
-        pooled = h.sum(1) / mask.sum(1, keepdim=True)
-        return self.head(pooled) * scale
+Masked = MaskedSequence
 
 
 def _setup(n=5, seed=0):
-    torch.manual_seed(seed)
-    model = Masked().to(DT).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(n, 7, 3, generator=g, dtype=DT)
-    lengths = torch.tensor([7, 3, 5, 1, 6])[:n]
-    mask = (torch.arange(7) < lengths[:, None]).to(DT)
-    return model, x, mask
+    return masked_sequences(n, seed)[:3]
 
 
 CASES = {
@@ -175,8 +158,6 @@ def test_smoothgrad_of_a_base_method_that_expands_rows_again_keeps_each_samples_
     ("smoothgrad", {"samples": 3, "seed": 0, "batch_size": 4}),
 ])
 def test_two_threads_with_different_forward_arguments_on_one_explainer(method, options):
-    import threading
-
     torch.manual_seed(0)
 
     class ReluMasked(Masked):
@@ -187,25 +168,7 @@ def test_two_threads_with_different_forward_arguments_on_one_explainer(method, o
     explainer = tribute.get_method(method)(model, **options)
     calls = [(x[:3], {"mask": mask[:3]}), (x[2:], {"mask": mask[2:]})]
     alone = [explainer.attribute(xi, target=1, forward_kwargs=kw) for xi, kw in calls]
-    results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
-    errors: list[BaseException] = []
-    start = threading.Barrier(2)
-
-    def work(i):
-        try:
-            start.wait()
-            for _ in range(8):
-                results[i].append(explainer.attribute(calls[i][0], target=1, forward_kwargs=calls[i][1]))
-        except BaseException as e:  # noqa: BLE001 - reported below, a thread cannot raise into the test
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = concurrently(lambda i: explainer.attribute(calls[i][0], target=1, forward_kwargs=calls[i][1]), 8)
     for i in (0, 1):
-        assert len(results[i]) == 8
         for r in results[i]:
             torch.testing.assert_close(r, alone[i], rtol=1e-12, atol=1e-14)

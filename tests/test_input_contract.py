@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import concurrently
 from torch import nn
 
 import tribute
@@ -247,31 +248,12 @@ def test_a_one_tuple_is_one_input_given_as_a_tuple(method):
 def test_two_threads_capture_their_own_layers_and_arguments_on_one_model(method):
     """Module hooks are process-wide: each thread's capture sees only its own calls of the layer (else a thread
     would meet the other's call: 'called 2 times', or worse, the other's activation)."""
-    import threading
-
     net, (img, tab) = _net(), _data()
     explainer = tribute.get_method(method)(net, **tribute.get_method(method).example_options)
     index = {"input_index": 0} if "input_index" in explainer.schema() else {}
     work_of = [{"layer": "conv2", "forward_kwargs": {"gate": torch.tensor([0.1, -0.2, 0.3], dtype=DT)}},
                {"layer": "relu2", "forward_kwargs": {"scale": torch.tensor([2.0, 1.0, -1.0], dtype=DT)}}]
     alone = [explainer.attribute((img, tab), target=1, **index, **w) for w in work_of]
-    results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
-    errors: list[BaseException] = []
-    start = threading.Barrier(2)
-
-    def work(i):
-        try:
-            start.wait()
-            for _ in range(10):
-                results[i].append(explainer.attribute((img, tab), target=1, **index, **work_of[i]))
-        except BaseException as e:  # noqa: BLE001 - reported below, a thread cannot raise into the test
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = concurrently(lambda i: explainer.attribute((img, tab), target=1, **index, **work_of[i]), 10)
     for i in (0, 1):
-        assert len(results[i]) == 10 and all(torch.equal(r, alone[i]) for r in results[i])
+        assert all(torch.equal(r, alone[i]) for r in results[i])

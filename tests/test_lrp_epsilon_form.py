@@ -22,20 +22,6 @@ class RelevanceForm(Composite):
     """The same rules; being a subclass it is computed in the relevance form."""
 
 
-@pytest.fixture
-def fallbacks(monkeypatch):
-    """The reasons the gradient form gave up during the test (it then falls back to the relevance form)."""
-    seen: list[str] = []
-    original = epsilon_form.Unsupported.__init__
-
-    def record(self, *args):
-        seen.append(args[0] if args else "")
-        original(self, *args)
-
-    monkeypatch.setattr(epsilon_form.Unsupported, "__init__", record)
-    return seen
-
-
 def relevance_form(net, x, target, eps, **kw):
     comp = RelevanceForm(conv=Epsilon(eps), dense=Epsilon(eps), name="epsilon")
     return tribute.explain(net, x, "lrp", target=target, composite=comp, **kw)

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 import tribute
-import tribute.lrp.epsilon_form as epsilon_form
 from tribute.lrp import Composite, Epsilon
 
 transformers = pytest.importorskip("transformers")
@@ -186,19 +185,6 @@ def test_every_gpt2_projection_is_a_dense_layer():
     expected = [("dense", f"gpt2.transformer.h.{i}.{m}") for i in range(2)
                 for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")] + [("dense", "gpt2.score")]
     assert comp.seen == expected
-
-
-@pytest.fixture
-def fallbacks(monkeypatch):
-    seen: list[str] = []
-    original = epsilon_form.Unsupported.__init__
-
-    def record(self, *args):
-        seen.append(args[0] if args else "")
-        original(self, *args)
-
-    monkeypatch.setattr(epsilon_form.Unsupported, "__init__", record)
-    return seen
 
 
 @pytest.mark.parametrize("form", FORMS)

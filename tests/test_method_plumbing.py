@@ -8,6 +8,7 @@ from contextlib import nullcontext
 
 import pytest
 import torch
+from conftest import concurrently
 from torch import nn
 
 import tribute
@@ -116,28 +117,9 @@ def test_one_explainer_used_from_two_threads_gives_the_single_threaded_results(m
     explainer = tribute.get_method(method)(net, input_transform=NORMALIZE, **options)
     batches = [inputs(3, seed=s) for s in (11, 12)]
     alone = [explainer.attribute(b, target=1) for b in batches]
-    start = threading.Barrier(2)
-    results: dict[int, list[torch.Tensor]] = {0: [], 1: []}
-    errors: list[BaseException] = []
-
-    def work(i):
-        try:
-            start.wait()
-            for _ in range(15):
-                results[i].append(explainer.attribute(batches[i], target=1))
-        except BaseException as e:  # noqa: BLE001 - reported below, a thread cannot raise into the test
-            errors.append(e)
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors, errors
+    results = concurrently(lambda i: explainer.attribute(batches[i], target=1), 15)
     for i in (0, 1):
-        assert len(results[i]) == 15
-        for r in results[i]:
-            assert torch.equal(r, alone[i])
+        assert all(torch.equal(r, alone[i]) for r in results[i])
 
 
 def test_passes_and_coverage_report_the_last_call_of_the_calling_thread():

@@ -16,6 +16,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import image_and_table, image_and_table_inputs
 from torch import nn
 
 import tribute
@@ -40,21 +41,6 @@ DT = torch.float64
 
 
 # -- models and data -------------------------------------------------------------------------------------------------
-class ImageAndTable(nn.Module):
-    """A convolutional branch for an image and a dense branch for a table, merged by a linear head."""
-
-    def __init__(self, act=F.relu, classes: int = 3):
-        super().__init__()
-        self.act = act
-        self.conv = nn.Conv2d(2, 3, 3, padding=1)
-        self.dense = nn.Linear(4, 5)
-        self.head = nn.Linear(3 * 4 + 5, classes)
-
-    def forward(self, image, table):
-        h = F.adaptive_avg_pool2d(self.act(self.conv(image)), 2).flatten(1)
-        return self.head(torch.cat([h, self.act(self.dense(table))], 1))
-
-
 class Packed(nn.Module):
     """``inner`` on one packed input z = (image flattened, table) per row: the model a joint metric sees."""
 
@@ -88,14 +74,11 @@ class Masked(nn.Module):
         return self.lin(torch.tanh(x * mask * scale))
 
 
-def _model(act=F.relu, seed=0):
-    torch.manual_seed(seed)
-    return ImageAndTable(act).to(DT).eval()
+_model = image_and_table
 
 
 def _inputs(n=4, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(n, 2, 6, 6, generator=g, dtype=DT), torch.randn(n, 4, generator=g, dtype=DT)
+    return image_and_table_inputs(n, seed, image=torch.rand)  # pixels in [0, 1): replacements stay in range
 
 
 def _masked(n=5):

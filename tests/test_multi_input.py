@@ -11,27 +11,13 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import ImageAndTable, image_and_table, image_and_table_inputs
 from torch import nn
 
 import tribute
 from tribute.core.baselines import make_baseline
 
 DT = torch.float64
-
-
-class ImageAndTable(nn.Module):
-    """A convolutional branch for an image and a dense branch for a table, merged by a linear head."""
-
-    def __init__(self, act=F.relu, classes: int = 3):
-        super().__init__()
-        self.act = act
-        self.conv = nn.Conv2d(2, 3, 3, padding=1)
-        self.dense = nn.Linear(4, 5)
-        self.head = nn.Linear(3 * 4 + 5, classes)
-
-    def forward(self, image, table):
-        h = F.adaptive_avg_pool2d(self.act(self.conv(image)), 2).flatten(1)
-        return self.head(torch.cat([h, self.act(self.dense(table))], 1))
 
 
 class TwoImages(nn.Module):
@@ -47,14 +33,8 @@ class TwoImages(nn.Module):
         return self.head((self.relu_a(self.conv(a)) - self.relu_b(self.conv(b))).flatten(1))
 
 
-def _model(act=F.relu, seed=0):
-    torch.manual_seed(seed)
-    return ImageAndTable(act).to(DT).eval()
-
-
-def _inputs(n=4, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, 2, 6, 6, generator=g, dtype=DT), torch.randn(n, 4, generator=g, dtype=DT)
+_model = image_and_table
+_inputs = image_and_table_inputs
 
 
 def _total(attributions):

@@ -15,7 +15,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import ResidualCNN, randomise_bn
+from conftest import ResidualCNN, randomise_bn, two_inputs
+from conftest import masked_sequences as masked
 from torch import nn
 
 import tribute
@@ -24,30 +25,6 @@ from tribute.robust import adversarial_train, fgsm, pgd, topk_attack
 from tribute.robust import explanation_attacks as ea
 
 DT = torch.float64
-
-
-class ImageAndTable(nn.Module):
-    """A convolutional branch for an image and a dense branch for a table, merged by a linear head."""
-
-    def __init__(self, classes: int = 3):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 3, 3, padding=1)
-        self.dense = nn.Linear(4, 5)
-        self.head = nn.Linear(3 * 4 + 5, classes)
-
-    def forward(self, image, table):
-        h = F.adaptive_avg_pool2d(F.softplus(self.conv(image)), 2).flatten(1)
-        return self.head(torch.cat([h, F.softplus(self.dense(table))], 1))
-
-
-def two_inputs(n=5, seed=0):
-    torch.manual_seed(seed)
-    model = ImageAndTable().to(DT).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    img = torch.rand(n, 2, 6, 6, generator=g, dtype=DT)
-    tab = torch.randn(n, 4, generator=g, dtype=DT)
-    y = torch.randint(0, 3, (n,), generator=g)
-    return model, img, tab, y
 
 
 def linf(d):
@@ -141,28 +118,6 @@ def test_two_equal_inputs_start_from_independent_random_points():
 
 
 # -- forward arguments and outputs -------------------------------------------------------------------------------
-class Masked(nn.Module):
-    """Features of a sequence (N, T, F), a per-sample mask over positions (N, T), masked mean pooling."""
-
-    def __init__(self, features: int = 3, classes: int = 4):
-        super().__init__()
-        self.inner = nn.Linear(features, 6)
-        self.head = nn.Linear(6, classes)
-
-    def forward(self, x, mask):
-        h = F.softplus(self.inner(x)) * mask.unsqueeze(-1)
-        return self.head(h.sum(1) / mask.sum(1, keepdim=True))
-
-
-def masked(n=5, seed=0):
-    torch.manual_seed(seed)
-    model = Masked().to(DT).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(n, 7, 3, generator=g, dtype=DT)
-    mask = (torch.arange(7) < torch.tensor([7, 3, 5, 1, 6])[:n, None]).to(DT)
-    return model, x, mask, torch.randint(0, 4, (n,), generator=g)
-
-
 @pytest.mark.parametrize("norm", ["linf", "l2"])
 def test_per_sample_forward_arguments_follow_the_rows_of_an_attack(norm):
     model, x, mask, y = masked()

@@ -16,8 +16,8 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
-from conftest import ResidualCNN, randomise_bn
+from conftest import ResidualCNN, randomise_bn, two_inputs
+from conftest import masked_sequences as masked
 from torch import nn
 
 import tribute
@@ -36,47 +36,9 @@ from tribute.metrics.similarity import spearman
 DT = torch.float64
 
 
-class ImageAndTable(nn.Module):
-    def __init__(self, classes: int = 3):
-        super().__init__()
-        self.conv = nn.Conv2d(2, 3, 3, padding=1)
-        self.dense = nn.Linear(4, 5)
-        self.head = nn.Linear(3 * 4 + 5, classes)
-
-    def forward(self, image, table):
-        h = F.adaptive_avg_pool2d(F.softplus(self.conv(image)), 2).flatten(1)
-        return self.head(torch.cat([h, F.softplus(self.dense(table))], 1))
 
 
-def two_inputs(n=4, seed=0):
-    torch.manual_seed(seed)
-    model = ImageAndTable().to(DT).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    img = torch.rand(n, 2, 6, 6, generator=g, dtype=DT)
-    tab = torch.randn(n, 4, generator=g, dtype=DT)
-    return model, img, tab, torch.randint(0, 3, (n,), generator=g)
 
-
-class Masked(nn.Module):
-    """Features of a sequence (N, T, F), a per-sample mask over positions (N, T), masked mean pooling."""
-
-    def __init__(self, features: int = 3, classes: int = 4):
-        super().__init__()
-        self.inner = nn.Linear(features, 6)
-        self.head = nn.Linear(6, classes)
-
-    def forward(self, x, mask):
-        h = F.softplus(self.inner(x)) * mask.unsqueeze(-1)
-        return self.head(h.sum(1) / mask.sum(1, keepdim=True))
-
-
-def masked(n=5, seed=0):
-    torch.manual_seed(seed)
-    model = Masked().to(DT).eval()
-    g = torch.Generator().manual_seed(seed + 1)
-    x = torch.randn(n, 7, 3, generator=g, dtype=DT)
-    mask = (torch.arange(7) < torch.tensor([7, 3, 5, 1, 6])[:n, None]).to(DT)
-    return model, x, mask, torch.randint(0, 4, (n,), generator=g)
 
 
 def same(a: torch.Tensor, b: torch.Tensor, atol: float = 1e-12) -> None:
@@ -93,7 +55,7 @@ def gradients(model, inputs, target):
 # -- parameter randomisation -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["cascading", "independent"])
 def test_one_input_of_two_equals_the_check_with_the_other_held_as_a_forward_argument(mode):
-    model, img, tab, y = two_inputs()
+    model, img, tab, y = two_inputs(n=4)
     a = parameter_randomisation(model, (img, tab), "gradient", y, mode=mode, input_index=0)
     b = parameter_randomisation(model, img, "gradient", y, mode=mode, forward_args=(tab,))
     assert a.steps == b.steps == ("head", "dense", "conv")
@@ -104,7 +66,7 @@ def test_one_input_of_two_equals_the_check_with_the_other_held_as_a_forward_argu
 
 
 def test_a_samples_maps_of_both_inputs_are_compared_as_one_vector():
-    model, img, tab, y = two_inputs()
+    model, img, tab, y = two_inputs(n=4)
     seen = []
 
     def record(p, q):
@@ -198,7 +160,7 @@ def test_label_randomisation_trains_through_constant_arguments_and_output():
 
 
 def test_label_randomisation_of_a_two_input_model_with_a_train_fn():
-    model, img, tab, y = two_inputs()
+    model, img, tab, y = two_inputs(n=4)
     _, train_img, train_tab, train_y = two_inputs(n=10, seed=5)
     seen = []
 
@@ -239,8 +201,8 @@ def test_forward_arguments_follow_the_rows_of_class_sensitivity():
         same(batched[i:i + 1], closure)
 
 
-def test_class_sensitivity_of_two_inputs():
-    model, img, tab, y = two_inputs()
+def test_class_sensitivity_of_two_inputs(n=4):
+    model, img, tab, y = two_inputs(n=4)
     a = class_sensitivity(model, (img, tab), "gradient", y, input_index=0, aggregate=None)
     b = class_sensitivity(model, img, "gradient", y, forward_kwargs={"table": tab}, aggregate=None)
     same(a, b)
@@ -266,7 +228,7 @@ def test_class_sensitivity_reads_the_selected_output():
 
 # -- alignment -------------------------------------------------------------------------------------------------
 def test_alignment_of_two_inputs_by_hand():
-    model, img, tab, y = two_inputs()
+    model, img, tab, y = two_inputs(n=4)
     g_img, g_tab = gradients(model, (img, tab), y)
     x = torch.cat([img.flatten(1), tab], 1)
     g = torch.cat([g_img.flatten(1), g_tab], 1)
@@ -329,7 +291,7 @@ def test_a_plain_callable_method_cannot_take_forward_arguments():
 
 
 def test_bad_inputs_raise_clear_errors():
-    model, img, tab, y = two_inputs()
+    model, img, tab, y = two_inputs(n=4)
     with pytest.raises(ValueError, match="disagree in their number of samples"):
         parameter_randomisation(model, (img, tab[:3]), "gradient", y)
     with pytest.raises(ValueError, match="disagree in their number of samples"):
