@@ -234,3 +234,85 @@ def masked_sequences(n: int = 5, seed: int = 0):
     x = torch.randn(n, 7, 3, generator=g, dtype=torch.float64)
     mask = (torch.arange(7) < torch.tensor([7, 3, 5, 1, 6])[:n, None]).to(torch.float64)
     return model, x, mask, torch.randint(0, 4, (n,), generator=g)
+
+
+# -- third-party models in a realistic state (issue 13's zoo) ---------------------------------------------------------
+def realistic_state(model: nn.Module, seed: int = 0, dtype=torch.float64, images: tuple | None = None) -> nn.Module:
+    """``model`` in ``dtype`` and eval mode with weights of variance 1/fan-in, random biases, random norm affines
+    (weights in [0.5, 1.5]), random ConvNeXt layer scales and, given an image shape ``images``, batch-norm running
+    statistics measured on random images of that shape.
+
+    At initialisation Hugging Face zeroes every linear bias and makes every normalisation the identity, and a
+    bias-free ReLU net is positively homogeneous: completeness checks would pass for almost any implementation."""
+    g = torch.Generator().manual_seed(seed)
+    model = model.to(dtype)
+    with torch.no_grad():
+        for module in model.modules():
+            is_norm = "norm" in type(module).__name__.lower()
+            for name, p in module.named_parameters(recurse=False):
+                if name == "bias":
+                    p.copy_(torch.rand(p.shape, generator=g, dtype=dtype) - 0.5)
+                elif name == "weight" and p.dim() >= 2:  # HF's std 0.02 leaves tiny logits on tiny widths
+                    p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * p[0].numel() ** -0.5)
+                elif name == "weight" and is_norm:
+                    p.copy_(torch.rand(p.shape, generator=g, dtype=dtype) + 0.5)
+                elif "layer_scale" in name:  # ConvNeXt initialises these at 1e-6: blocks would be the identity
+                    p.copy_(torch.rand(p.shape, generator=g, dtype=dtype) + 0.5)
+        batch_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if batch_norms and images is None:
+            raise ValueError("the model has batch norm: give the image shape to measure its statistics on")
+        for module in batch_norms:
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the passes below
+        if batch_norms:
+            model.train()
+            for _ in range(3):
+                model(torch.randn(8, *images, generator=g, dtype=dtype) * 1.5 + 0.2)
+    return model.eval()
+
+
+TEXT_VOCAB = 40  # ids 0-4: [PAD] [UNK] [CLS] [SEP] [MASK]
+
+
+def text_model(arch: str, seed: int = 0, dtype=torch.float64) -> nn.Module:
+    """A tiny Hugging Face BERT or GPT-2 sequence classifier (3 labels) in a realistic state, nothing downloaded."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    if arch == "bert":
+        model = transformers.BertForSequenceClassification(transformers.BertConfig(
+            vocab_size=TEXT_VOCAB, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+            max_position_embeddings=32, num_labels=3))
+    elif arch == "gpt2":
+        model = transformers.GPT2ForSequenceClassification(transformers.GPT2Config(
+            vocab_size=TEXT_VOCAB, n_embd=16, n_layer=2, n_head=2, n_positions=32, num_labels=3, pad_token_id=0,
+            bos_token_id=2, eos_token_id=3))
+    else:
+        raise ValueError(arch)
+    return realistic_state(model, seed, dtype)
+
+
+def text_batch(n: int = 3, length: int = 9, seed: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (n, length) of sentences of decreasing length, right-padded with 0, and their attention mask."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, TEXT_VOCAB, (n, length), generator=g)
+    lengths = torch.linspace(length, max(2, length // 2), n).round().long()
+    mask = (torch.arange(length) < lengths[:, None]).long()
+    ids[:, 0] = 2
+    ids = torch.where(mask.bool(), ids, torch.zeros_like(ids))
+    return ids, mask
+
+
+class OnEmbeddings(nn.Module):
+    """A Hugging Face text model as a function of its input embeddings (N, T, C) and attention mask: the float input
+    rule methods attribute to; position and token-type embeddings are then constants added on the path."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, embeddings, attention_mask):
+        return self.model(inputs_embeds=embeddings, attention_mask=attention_mask).logits
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.model.get_input_embeddings()(ids)

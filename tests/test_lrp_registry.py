@@ -154,60 +154,60 @@ def test_the_families_register_their_rules_of_every_kind():
 
 
 class _PassBackward(torch.autograd.Function):
-    """y = x² forward; the relevance passes unchanged backward (LRP's pass rule, here at a square)."""
+    """y = sinh(x) forward; the relevance passes unchanged backward (LRP's pass rule, here at a sinh)."""
 
     @staticmethod
     def forward(ctx, x):
-        return x.square()
+        return x.sinh()
 
     @staticmethod
     def backward(ctx, r):
         return r
 
 
-class PassAtSquare(OpRule):
-    """A new rule for an op LRP has no rule for: relevance passes through ``torch.square`` unchanged."""
+class PassAtSinh(OpRule):
+    """A new rule for an op LRP has no rule for: relevance passes through ``torch.sinh`` unchanged."""
 
-    name = "pass_at_square"
+    name = "pass_at_sinh"
 
     def apply(self, handler, func, args, kwargs, tagged, name):
         return _PassBackward.apply(args[0])
 
 
-class Squared(nn.Module):
+class Sinh(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(3)
         self.fc1, self.fc2 = nn.Linear(3, 4).to(DT), nn.Linear(4, 2).to(DT)
 
     def forward(self, x):
-        return self.fc2(torch.square(self.fc1(x)))
+        return self.fc2(torch.sinh(self.fc1(x)))
 
 
 def test_a_rule_registered_for_a_new_op_is_used_by_lrp():
-    net, eps = Squared().eval(), 0.01
+    net, eps = Sinh().eval(), 0.01
     x = torch.randn(1, 3, dtype=DT)
     explainer = tribute.LRP(net, composite="epsilon", epsilon=eps)
-    with pytest.raises(ValueError, match="torch.square"):  # no rule at the square: refused by default
+    with pytest.raises(ValueError, match="torch.sinh"):  # no rule at the sinh: refused by default
         explainer(x, target=1)
-    with pytest.warns(UserWarning, match="torch.square"):
+    with pytest.warns(UserWarning, match="torch.sinh"):
         without = explainer(x, target=1, strict=False)
-    register_rule("lrp", "square", PassAtSquare())
+    register_rule("lrp", "sinh", PassAtSinh())
     try:
         got = explainer(x, target=1)
     finally:
-        unregister_rule("lrp", "square")
-    # by hand: ε at fc2 from R = S_1 at the output, the relevance passed through the square, ε at fc1
+        unregister_rule("lrp", "sinh")
+    # by hand: ε at fc2 from R = S_1 at the output, the relevance passed through the sinh, ε at fc1
     w1, b1, w2, b2 = (t.detach() for t in (net.fc1.weight, net.fc1.bias, net.fc2.weight, net.fc2.bias))
     z1 = x[0] @ w1.T + b1
-    h = z1.square()
+    h = z1.sinh()
     z2 = h @ w2.T + b2
     r2 = torch.zeros(2, dtype=DT)
     r2[1] = z2[1]
     r_h = h * (w2.T @ (r2 / stab(z2, eps)))
     want = x[0] * (w1.T @ (r_h / stab(z1, eps)))
     torch.testing.assert_close(got[0], want, rtol=1e-10, atol=1e-12)
-    assert not torch.allclose(without, got)  # without the rule the square's own gradient ran
+    assert not torch.allclose(without, got)  # without the rule the sinh's own gradient ran
     torch.testing.assert_close(explainer(x, target=1, strict=False), without, rtol=0, atol=0)  # and so it does again
 
 

@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .interception import count_tensors, current_phase, linear_on_path
+from .interception import count_tensors, current_phase, divisor_on_path, linear_on_path
 from .rule_registry import RuleKind, families, registry_version, rule_table, rules_of_kind
 from .rules import RuleSet
 
@@ -108,7 +108,8 @@ class FamilyPass:
         rule = self.table.get(op)
         if rule is not None and rule.kind is not RuleKind.ELEMENTWISE:
             return rule.apply(self, func, args, kwargs, tagged, name)
-        if not linear_on_path(op, _count_on_path(args, kwargs, tagged), count_tensors(args, kwargs)):
+        if not linear_on_path(op, _count_on_path(args, kwargs, tagged), count_tensors(args, kwargs),
+                              denominator=divisor_on_path(op, args, kwargs, tagged)):
             self.unruled.append(name)
         return NotImplemented
 

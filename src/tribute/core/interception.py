@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch.overrides import TorchFunctionMode, resolve_name
 
+from .attention import BY_PARTS
 from .nonlinearities import call_form, writes_inplace_by_argument
 from .rules import Phase, RuleSet
 
@@ -49,7 +50,7 @@ _LINEAR_SUFFIXES = {
     "max_pool1d", "max_pool2d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
     "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
     "interpolate", "upsample", "flip", "roll", "repeat", "tile", "gather", "index_select", "movedim",
-    "unbind", "__setitem__", "zero_", "fill_", "masked_fill", "masked_fill_", "cumsum", "einsum",
+    "unbind", "__setitem__", "zero_", "fill_", "masked_fill", "masked_fill_", "cumsum",
     "pixel_shuffle", "pixel_unshuffle", "unfold", "fold", "real", "requires_grad_", "where",
 }
 # Ops whose result carries no value of the input's that a gradient could follow: comparisons and masks, indices,
@@ -67,8 +68,10 @@ _VALUELESS_SUFFIXES = {
 # Binary ops that are linear when only one operand lies on the input's path.
 _BILINEAR_SUFFIXES = {
     "mul", "__mul__", "__rmul__", "__imul__", "mul_", "div", "__truediv__", "__itruediv__", "div_",
-    "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm", "baddbmm", "einsum",
+    "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "addmm", "baddbmm", "einsum", "true_divide", "divide",
 }
+# Divisions among them: linear in the numerator only (x / y is no linear function of y).
+_DIVISIONS = {"div", "__truediv__", "__itruediv__", "div_", "true_divide", "divide"}
 
 
 # Reductions that select one entry (``x.max(dim)``), switches like max pooling, when they take one tensor alone;
@@ -87,12 +90,21 @@ def op_key(name: str) -> str:
     return parts[-2] if parts[-1] == "__get__" and len(parts) > 1 else parts[-1]
 
 
-def linear_on_path(op: str, n_tagged: int, n_tensors: int | None = None) -> bool:
+def linear_on_path(op: str, n_tagged: int, n_tensors: int | None = None, *, denominator: bool = False) -> bool:
     """Whether the op named ``op`` (the last part of its name) needs no rule when ``n_tagged`` of its tensor
     arguments (``n_tensors`` of them in all, if known) lie on the input's path: it is linear or structural in them,
-    so its gradient is every family's rule."""
-    return op in _LINEAR_SUFFIXES or (op in _BILINEAR_SUFFIXES and n_tagged == 1) or (
+    so its gradient is every family's rule.  ``denominator``: a division's divisor is on the path (then it is not
+    linear; see :func:`divisor_on_path`)."""
+    return op in _LINEAR_SUFFIXES or (op in _BILINEAR_SUFFIXES and n_tagged == 1 and not denominator) or (
         op in _SELECTING_SUFFIXES and n_tensors == 1)
+
+
+def divisor_on_path(op: str, args: tuple, kwargs: dict, on_path) -> bool:
+    """Whether ``op`` is a division whose divisor lies on the input's path (``on_path(t)``)."""
+    if op not in _DIVISIONS:
+        return False
+    divisor = args[1] if len(args) > 1 else kwargs.get("other")
+    return on_path(divisor)
 
 
 def count_tensors(args, kwargs) -> int:
@@ -315,12 +327,16 @@ class RuleMode(TorchFunctionMode):
         form = call_form(func)
         if form is not None:
             z, params, inplace = form.parse(args, kwargs)
-            if _tagged(z, self.token):
+            if _tagged(z, self.token) and form.accepts(params):
                 return self._nonlinearity(form.nonlinearity, z, params, inplace)
         prop = self.propagation
         unruled = False
         tagged = self._is_tagged
         if prop is not None:
+            parts = BY_PARTS.get(func)
+            if parts is not None:  # fused attention: its parts meet their rules
+                with self:
+                    return parts(*args, **kwargs)
             name = op_name(func)
             n_unruled = len(prop.unruled)
             out = prop.handle(func, args, kwargs, tagged, name)  # counts the reads of what it handles
@@ -346,7 +362,8 @@ class RuleMode(TorchFunctionMode):
                 counted = unruled and name not in _UNCOUNTED_NAMES
                 (self.coverage.unruled if counted else self.coverage.linear)[name] += 1
             else:
-                self._record(func, _count_tagged(args, kwargs, self.token), count_tensors(args, kwargs))
+                self._record(func, _count_tagged(args, kwargs, self.token), count_tensors(args, kwargs),
+                             args, kwargs)
         return out
 
     def _nonlinearity(self, nl, z, params, inplace):
@@ -399,9 +416,11 @@ class RuleMode(TorchFunctionMode):
         if made is not None:
             made(y, nl.name)
 
-    def _record(self, func, n_tagged: int, n_tensors: int) -> None:
+    def _record(self, func, n_tagged: int, n_tensors: int, args: tuple, kwargs: dict) -> None:
         name = op_name(func)
-        linear = linear_on_path(op_key(name), n_tagged, n_tensors) or name in _UNCOUNTED_NAMES
+        op = op_key(name)
+        divisor = divisor_on_path(op, args, kwargs, self._is_tagged)
+        linear = linear_on_path(op, n_tagged, n_tensors, denominator=divisor) or name in _UNCOUNTED_NAMES
         (self.coverage.linear if linear else self.coverage.unruled)[name] += 1
 
 

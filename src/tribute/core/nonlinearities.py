@@ -40,13 +40,20 @@ class CallForm:
 
     ``arg_names`` name the positional arguments after the input, ``defaults`` their default values;
     ``inplace`` is ``True``/``False`` for functions that always/never work in place, or the name of
-    the boolean argument that decides it.
+    the boolean argument that decides it.  ``numbers`` name the parameters that must be plain numbers for the
+    call to be this elementwise function of one tensor (``torch.pow(x, 3)`` is; ``torch.pow(x, y)`` of two
+    tensors is a product-like op of two inputs, left to the op rules).
     """
 
     nonlinearity: Nonlinearity
     arg_names: tuple[str, ...] = ()
     defaults: dict[str, Any] = field(default_factory=dict)
     inplace: bool | str = False
+    numbers: tuple[str, ...] = ()
+
+    def accepts(self, params: dict[str, Any]) -> bool:
+        """Whether a call with ``params`` is this nonlinearity (its ``numbers`` parameters are numbers)."""
+        return all(isinstance(params.get(n), (int, float)) for n in self.numbers)
 
     def parse(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict[str, Any], bool]:
         """Return ``(input, params, inplace)`` for one call."""
@@ -255,12 +262,13 @@ def unregister_nonlinearity(name: str) -> None:
             _NONLINEARITIES[name] = previous
 
 
-def _builtin(name: str, fn: Callable, family: str, forms: list[tuple[Any, tuple, dict, bool | str]]):
+def _builtin(name: str, fn: Callable, family: str, forms: list[tuple[Any, tuple, dict, bool | str]],
+             numbers: tuple[str, ...] = ()):
     nl = Nonlinearity(name, fn, family)
     _NONLINEARITIES[name] = nl
     for func, arg_names, defaults, inplace in forms:
         if func is not None:
-            _REGISTRY[func] = CallForm(nl, arg_names, defaults, inplace)
+            _REGISTRY[func] = CallForm(nl, arg_names, defaults, inplace, numbers)
 
 
 def _get(obj: Any, attr: str) -> Any:
@@ -323,7 +331,15 @@ _builtin("celu", lambda z, alpha=1.0: F.celu(z, alpha), "", [
     (F.celu, ("alpha", "inplace"), {"alpha": 1.0, "inplace": False}, "inplace"),
     (_get(torch, "celu_"), ("alpha",), {"alpha": 1.0}, True),
 ])
-for _name, _fn in (("sqrt", torch.sqrt), ("exp", torch.exp), ("log", torch.log)):
+# Powers with a number as exponent, as models write them by hand (GPT-2's gelu_new: x + 0.044715 * x**3; RMSNorm:
+# x * torch.rsqrt(x.pow(2).mean(-1) + eps)).  A tensor exponent is no function of one input: see CallForm.numbers.
+_builtin("pow", lambda z, exponent: torch.pow(z, exponent), "", [
+    (torch.pow, ("exponent",), {}, False), (torch.Tensor.pow, ("exponent",), {}, False),
+    (torch.Tensor.__pow__, ("exponent",), {}, False), (torch.Tensor.pow_, ("exponent",), {}, True),
+    (torch.Tensor.__ipow__, ("exponent",), {}, True),
+], numbers=("exponent",))
+for _name, _fn in (("sqrt", torch.sqrt), ("exp", torch.exp), ("log", torch.log), ("rsqrt", torch.rsqrt),
+                   ("reciprocal", torch.reciprocal), ("square", torch.square)):
     _builtin(_name, _fn, "", [
         (_fn, (), {}, False), (getattr(torch.Tensor, _name), (), {}, False),
         (getattr(torch, _name + "_"), (), {}, True), (getattr(torch.Tensor, _name + "_"), (), {}, True),
