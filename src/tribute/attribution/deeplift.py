@@ -19,23 +19,15 @@ from ..core.family_rules import FamilyRules
 from ..core.interception import apply_rules
 from ..core.method import Method
 from ..core.registry import register
-from ..core.rule_registry import OpRule, RuleKind, register_rule, rules_of_kind
-from ..core.rules import ElementwiseRule, Phase, RuleSet, derivative
+from ..core.rule_registry import RuleKind, register_rule, rules_of_kind
+from ..core.rules import ElementwiseRule, RuleSet, derivative
 from ..core.targets import Target
+from .deeplift_multivariate import GROUPINGS, AveragedJacobian
+from .deeplift_ops import BILINEAR, QUOTIENTS, BilinearRule, QuotientRule, check_pairs
 from .reveal_cancel import FAMILY as REVEAL_CANCEL
 from .reveal_cancel import RevealCancelOps
 
 FAMILY = "deeplift"
-#: the ops that multiply two tensors elementwise (the in-place forms write into a tensor the rule would save)
-PRODUCTS = ("mul", "__mul__", "__rmul__")
-
-
-def _check_pairs(t: torch.Tensor, what: str) -> None:
-    if t.dim() == 0 or t.shape[0] % 2:
-        raise ValueError(
-            f"DeepLIFT runs inputs and references as one batch of 2N rows, but a {what} received a tensor of shape "
-            f"{tuple(t.shape)}: the model must keep the batch as the first dimension"
-        )
 
 
 class Rescale(ElementwiseRule):
@@ -52,7 +44,7 @@ class Rescale(ElementwiseRule):
         self.tolerance = float(tolerance)
 
     def apply(self, nl, z, params, phase):
-        _check_pairs(z, nl.name)
+        check_pairs(z, nl.name)
         return super().apply(nl, z, params, phase)
 
     def backward(self, nl, gy, saved, params):
@@ -68,60 +60,9 @@ class Rescale(ElementwiseRule):
 
 
 register_rule(FAMILY, "*", Rescale())
-
-
-def _midpoint(t: torch.Tensor) -> torch.Tensor:
-    """(t + t̄)/2 in both halves of a 2N-row batch: the value halfway between each input row and its reference."""
-    x, r = t.chunk(2)
-    m = (x + r) / 2
-    return torch.cat([m, m])
-
-
-class _MidpointProduct(torch.autograd.Function):
-    """y = a·b forward; in the attribution's backward pass m_a = (b + b̄)/2 and m_b = (a + ā)/2, in any later
-    one (derivatives of the attribution) the true derivatives b and a."""
-
-    @staticmethod
-    def forward(ctx, a, b, phase: Phase | None):
-        ctx.phase = phase
-        ctx.save_for_backward(a, b)
-        return a * b
-
-    @staticmethod
-    def backward(ctx, gy):
-        a, b = ctx.saved_tensors
-        if ctx.phase is None or ctx.phase.first_order:
-            a, b = _midpoint(a), _midpoint(b)
-        return (gy * b).sum_to_size(a.shape), (gy * a).sum_to_size(b.shape), None
-
-
-class ShapleyProduct(OpRule):
-    """DeepLIFT at y = a·b with both factors on the input's path: the Shapley values of the two factors, as Deep
-    SHAP composes DeepLIFT's multipliers with the Shapley values of small components (Lundberg & Lee 2017, §4.2).
-
-    Δy = ā·Δb + Δa·b̄ + Δa·Δb (Δa = a − ā against the reference) is split as Δa·(b̄ + Δb/2) + Δb·(ā + Δa/2),
-    each factor taking its own term and half the interaction: multipliers m_a = (b + b̄)/2, m_b = (a + ā)/2, so
-    summation-to-delta holds through the product.  A product with one factor off the path (c·a) is linear and
-    keeps its gradient.  Not registered by default; to use it::
-
-        register_rule("deeplift", PRODUCTS, ShapleyProduct())
-    """
-
-    name = "shapley_product"
-
-    def apply(self, handler, func, args, kwargs, tagged, name):
-        if sum(map(tagged, (*args, *kwargs.values()))) < 2:
-            return NotImplemented  # one factor on the path: linear, its gradient is the rule
-        if len(args) != 2 or kwargs:  # out=, keywords: the plain product's gradient would be a silent wrong answer
-            handler.unruled.append(name)
-            return NotImplemented
-        a, b = args
-        for t in (a, b):
-            _check_pairs(t, name)
-        if a.shape[0] != b.shape[0]:
-            raise ValueError(f"DeepLIFT's product rule needs both factors of {name} batched alike, got shapes "
-                             f"{tuple(a.shape)} and {tuple(b.shape)}")
-        return _MidpointProduct.apply(a, b, getattr(handler, "phase", None))
+register_rule(FAMILY, BILINEAR, BilinearRule())
+register_rule(FAMILY, QUOTIENTS, QuotientRule())
+register_rule(FAMILY, tuple(GROUPINGS), AveragedJacobian())
 
 
 @register("deeplift")
