@@ -3,7 +3,8 @@
 The families' elementwise rules live beside their methods; a family with only elementwise rules gets no op
 handler (the gradient methods' hot path is unchanged); a family that registers an n-ary rule gets the generic
 handler, which the seam test shows with DeepLIFT's product rule (Shapley values of the two factors) on Ancona
-et al.'s (2019, §3.2) multiplicative example f(x) = ReLU(x₁ − 1)·ReLU(x₂).
+et al.'s (2019, §3.2) multiplicative example f(x) = ReLU(x₁ − 1)·ReLU(x₂), and what DeepLIFT does without its
+op rules (the fixture ``without_op_rules`` takes them out for a test).
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ from torch import nn
 
 import tribute
 from tribute.attribution.deeplift import FAMILY as DEEPLIFT
-from tribute.attribution.deeplift import PRODUCTS, Rescale, ShapleyProduct
+from tribute.attribution.deeplift import Rescale
 from tribute.attribution.gradient import SoftplusRelu
 from tribute.attribution.guided import DeconvRelu, GuidedRelu
 from tribute.core import family_rules, register_rule, rule_table, unregister_rule
 from tribute.core import rules as core_rules
+from tribute.core.rule_registry import RuleKind, rules_of_kind
 from tribute.lrp import ElementwiseEpsilon
 
 DT = torch.float64
@@ -52,6 +54,14 @@ class KeywordProduct(nn.Module):
         return torch.mul(input=F.relu(x[:, :1] - 1), other=F.relu(x[:, 1:2]))
 
 
+class TrilinearProduct(nn.Module):
+    """a·b·c in one einsum of three tensors on the path: no DeepLIFT rule (the split of three factors differs)."""
+
+    def forward(self, x):
+        a, b = F.relu(x[:, :1] - 1), F.relu(x[:, 1:2])
+        return torch.einsum("ni,ni,ni->ni", a, b, a + b)
+
+
 def _cnn(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
 
@@ -69,17 +79,22 @@ def _cnn(seed: int = 0) -> nn.Module:
     return Net().to(DT).eval()
 
 
+def _op_rules() -> dict:
+    return {op: r for op, r in rule_table(DEEPLIFT).items() if r.kind is not RuleKind.ELEMENTWISE}
+
+
 @pytest.fixture
-def product_rule():
-    """DeepLIFT's product rule registered for the test, the registry restored after it."""
-    before = dict(rule_table(DEEPLIFT))
-    register_rule(DEEPLIFT, PRODUCTS, ShapleyProduct())
+def without_op_rules():
+    """DeepLIFT with its rules at products, quotients and multivariate ops taken out, restored after the test."""
+    taken = _op_rules()
+    for op in taken:
+        unregister_rule(DEEPLIFT, op)
     try:
-        yield
+        yield taken
     finally:
-        for op in PRODUCTS:
-            unregister_rule(DEEPLIFT, op)
-        assert dict(rule_table(DEEPLIFT)) == before
+        for op, rule in taken.items():
+            register_rule(DEEPLIFT, op, rule)
+        assert _op_rules() == taken
 
 
 # -- the families and their rules ---------------------------------------------------------------------------
@@ -89,7 +104,10 @@ def test_the_method_rules_live_with_their_families_and_core_keeps_only_machinery
     for family, rule_type in expected.items():
         rules = family_rules(family)
         assert type(rules.rules["*"]) is rule_type, family
-        assert rules.ops is None, f"{family} has elementwise rules only: it must get no op handler"
+        if family == DEEPLIFT:  # rules at products, quotients, softmax and the normalisations: an op handler
+            assert rules.ops is not None and {"mul", "matmul", "div", "softmax", "layer_norm"} <= set(_op_rules())
+        else:
+            assert rules.ops is None, f"{family} has elementwise rules only: it must get no op handler"
     for moved in ("GuidedRelu", "DeconvRelu", "Rescale", "SoftplusRelu", "ElementwiseEpsilon"):
         assert not hasattr(core_rules, moved)
 
@@ -132,21 +150,23 @@ def test_the_epsilon_option_reaches_the_rule_worked_by_hand():
 
 
 def test_a_rule_set_is_rebuilt_when_the_family_changes():
-    before = family_rules(DEEPLIFT)
-    assert before.ops is None
-    register_rule(DEEPLIFT, PRODUCTS, ShapleyProduct())
+    with_ops = family_rules(DEEPLIFT)
+    taken = _op_rules()
+    for op in taken:
+        unregister_rule(DEEPLIFT, op)
     try:
-        with_products = family_rules(DEEPLIFT)
-        assert with_products.ops is not None and with_products != before
-        assert tribute.DeepLift.rules == with_products
+        elementwise_only = family_rules(DEEPLIFT)
+        assert elementwise_only.ops is None and elementwise_only != with_ops
+        assert tribute.DeepLift.rules == elementwise_only
+        assert set(rules_of_kind(DEEPLIFT, RuleKind.ELEMENTWISE)) == {"*"}
     finally:
-        for op in PRODUCTS:
-            unregister_rule(DEEPLIFT, op)
-    assert family_rules(DEEPLIFT) == before and family_rules(DEEPLIFT).ops is None
+        for op, rule in taken.items():
+            register_rule(DEEPLIFT, op, rule)
+    assert family_rules(DEEPLIFT) == with_ops and family_rules(DEEPLIFT).ops is not None
 
 
 # -- the seam: an n-ary rule in a gradient-form family --------------------------------------------------
-def test_without_a_product_rule_deeplift_misses_summation_to_delta_and_strict_refuses():
+def test_without_a_product_rule_deeplift_misses_summation_to_delta_and_strict_refuses(without_op_rules):
     x = torch.tensor([[3.0, 2.0]], dtype=DT)
     # Rescale at the ReLUs: (2 − 0)/(2 − (−1)) = 2/3 and 1; the product's plain gradient at x: ∂y/∂a = b = 2,
     # ∂y/∂b = a = 2.  φ₁ = 3·(2/3)·2 = 4, φ₂ = 2·1·2 = 4: Σφ = 8, not f(x) − f(0) = 4
@@ -159,7 +179,7 @@ def test_without_a_product_rule_deeplift_misses_summation_to_delta_and_strict_re
         tribute.DeepLift(Product(), strict=True).attribute(x, target=0)
 
 
-def test_deeplift_uses_a_registered_product_rule_worked_by_hand(product_rule):
+def test_deeplift_uses_its_product_rule_worked_by_hand():
     x = torch.tensor([[3.0, 2.0]], dtype=DT)
     # a = ReLU(x₁ − 1): ā = 0, Δa = 2; b = ReLU(x₂): b̄ = 0, Δb = 2.  Δy = 4 splits as Δa·(b̄ + Δb/2) = 2 and
     # Δb·(ā + Δa/2) = 2; through Rescale (2/3 and 1): φ₁ = 3·(2/3)·(b̄ + Δb/2) = 2, φ₂ = 2·1·(ā + Δa/2) = 2
@@ -169,7 +189,7 @@ def test_deeplift_uses_a_registered_product_rule_worked_by_hand(product_rule):
     assert any(name.endswith("mul__") or name.endswith("mul") for name in explainer.coverage.ruled)
 
 
-def test_layer_deeplift_reads_the_same_family(product_rule):
+def test_layer_deeplift_reads_the_same_family():
     class Layered(nn.Module):  # an identity layer first, so the layer's activation is the input
         def __init__(self):
             super().__init__()
@@ -185,7 +205,7 @@ def test_layer_deeplift_reads_the_same_family(product_rule):
     torch.testing.assert_close(phi, torch.tensor([[2.0, 2.0]], dtype=DT))  # as at the input, worked above
 
 
-def test_the_product_rule_keeps_summation_to_delta_and_its_derivative(product_rule):
+def test_the_product_rule_keeps_summation_to_delta_and_its_derivative():
     torch.manual_seed(0)
     x = torch.rand(12, 2, dtype=DT) * 3 + torch.tensor([1.2, 0.2], dtype=DT)  # both factors active at x
     base = torch.rand(12, 2, dtype=DT) * 4 - 1
@@ -202,28 +222,30 @@ def test_the_product_rule_keeps_summation_to_delta_and_its_derivative(product_ru
     torch.testing.assert_close(grad, torch.stack([x[:, 1], x[:, 0] - 1], 1))
 
 
-def test_a_family_with_an_op_rule_leaves_linear_ops_to_their_gradient(product_rule):
+def test_a_family_with_an_op_rule_leaves_linear_ops_to_their_gradient():
     model = _cnn()
     x = torch.randn(3, 2, 6, 6, dtype=DT)
     with_handler = tribute.DeepLift(model, strict=True).attribute(x, target=1)
-    unregister_rule(DEEPLIFT, "mul")
-    try:
-        assert family_rules(DEEPLIFT).ops is not None  # "__mul__" and "__rmul__" are still registered
-    finally:
-        register_rule(DEEPLIFT, "mul", ShapleyProduct())
-    for op in PRODUCTS:
+    taken = _op_rules()
+    for op in taken:
         unregister_rule(DEEPLIFT, op)
     try:
+        assert family_rules(DEEPLIFT).ops is None
         plain = tribute.DeepLift(model, strict=True).attribute(x, target=1)
     finally:
-        register_rule(DEEPLIFT, PRODUCTS, ShapleyProduct())
+        for op, rule in taken.items():
+            register_rule(DEEPLIFT, op, rule)
     torch.testing.assert_close(with_handler, plain, rtol=0, atol=0)
 
 
-def test_an_op_with_no_rule_in_a_family_with_op_rules_is_refused_under_strict(product_rule):
+def test_every_spelling_of_the_product_takes_the_rule_and_three_factors_are_refused():
     x = torch.tensor([[3.0, 2.0]], dtype=DT)
-    # the in-place product (``a *= b`` runs Tensor.mul_) has no rule: refused, not silently plain
-    with pytest.raises(ValueError, match="mul_"):
-        tribute.DeepLift(InPlaceProduct(), strict=True).attribute(x, target=0)
-    with pytest.raises(ValueError, match="mul"):  # a form the product rule does not take: refused too
-        tribute.DeepLift(KeywordProduct(), strict=True).attribute(x, target=0)
+    # ``a *= b`` (Tensor.__imul__, computed out of place and written back) and torch.mul(input=, other=): the
+    # split worked by hand above, φ = (2, 2)
+    for model in (InPlaceProduct(), KeywordProduct()):
+        explainer = tribute.DeepLift(model, strict=True)
+        torch.testing.assert_close(explainer.attribute(x, target=0), torch.tensor([[2.0, 2.0]], dtype=DT))
+        assert not explainer.coverage.unruled
+    # three factors on the path in one einsum: the two-factor split does not apply, refused by name
+    with pytest.raises(ValueError, match="einsum"):
+        tribute.DeepLift(TrilinearProduct(), strict=True).attribute(x, target=0)

@@ -74,9 +74,7 @@ ZOO = {
     "swin": (_swin, "swin.layernorm", "tokens"),
 }
 # The ops each family's rules do not cover yet, per model (absent: covered); the method must refuse naming them.
-DEEPLIFT_REFUSES = {"convnext": ("layer_norm",), "efficientnet": ("torch.mul",),
-                    "vit": ("layer_norm", "scaled_dot_product_attention"),
-                    "swin": ("layer_norm", "scaled_dot_product_attention")}
+DEEPLIFT_REFUSES: dict[str, tuple[str, ...]] = {}  # products, softmax and the norms have rules (deeplift_ops)
 LRP_REFUSES = {"convnext": ("layer_norm",), "efficientnet": ("torch.mul",), "vit": ("layer_norm", "softmax"),
                "swin": ("layer_norm", "softmax")}
 PIECEWISE_LINEAR = {"resnet", "mobilenet_v2"}  # ReLU / ReLU6 nets: kinks along the IG path
