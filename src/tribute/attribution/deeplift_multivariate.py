@@ -207,7 +207,7 @@ class AveragedJacobian(OpRule):
 
     name = "averaged_jacobian"
 
-    def __init__(self, nodes: int = 4):
+    def __init__(self, nodes: int = 8):
         if not isinstance(nodes, int) or nodes < 1:
             raise ValueError(f"nodes must be an integer >= 1, got {nodes!r}")
         self.nodes = nodes

@@ -376,7 +376,10 @@ class Capture:
                 out = out.detach().requires_grad_()
             # downstream continues with a copy: in-place ops there cannot overwrite the recorded output
             self.value = self.grad_wrt = out
-            return out.clone()
+            new = out.clone()
+            if self.tag is not None:  # the input's float path may start here (a layer on token ids)
+                self.tag(new)
+            return new
         if rep.shape != out.shape:
             raise LayerError(
                 f"the replacement for {self.site.describe()} has shape {tuple(rep.shape)} but the layer's output has "
@@ -524,18 +527,9 @@ class LayerRows(NamedTuple):
 
 
 def layer_gradient_rows(
-    forward: Forward,
-    rows: torch.Tensor,
-    site: Site,
-    target: Target,
-    sample: torch.Tensor,
-    *,
-    rules: RuleSet = GRADIENT,
-    replace: torch.Tensor | None = None,
-    create_graph: bool = False,
-    coverage: Coverage | None = None,
-    strict=None,
-    score_rows: int | None = None,
+    forward: Forward, rows: torch.Tensor, site: Site, target: Target, sample: torch.Tensor, *,
+    rules: RuleSet = GRADIENT, replace: torch.Tensor | None = None, create_graph: bool = False,
+    coverage: Coverage | None = None, strict=None, score_rows: int | None = None,
 ) -> LayerRows:
     """∂^g S_t / ∂A for the activation A of layer ``site``, for every row of ``rows`` (one forward + backward).
 
@@ -555,8 +549,9 @@ def layer_gradient_rows(
             def within(mode):
                 tag = None
                 if mode is not None:
-                    def tag(t):  # the replacement starts the input's path anew for the rules
-                        phases.append(mode.tag_input(t, create_graph))
+                    def tag(t):  # a replacement, or an output off the input's float path, starts the path anew
+                        if replace is not None or not mode.on_path(t):
+                            phases.append(mode.tag_input(t, create_graph))
                 # plain gradients need no graph before the layer: the forward pass records from it on
                 plain = mode is None and not create_graph
                 with capture(site, inp, grad=True, replace=replace, tag=tag, graph_from_here=plain) as c:
