@@ -1,9 +1,10 @@
 """DeepLIFT with the Rescale rule (Shrikumar et al. 2017; Ancona et al. 2019, Eq 17–18, Prop 2).
 
 Its rules are registered as the family ``"deeplift"`` (:mod:`tribute.core.rule_registry`): :class:`Rescale` at
-every nonlinearity.  Input and reference run as one batch of 2N rows (inputs first), so a rule finds the
-reference of every row in the other half.  :class:`ShapleyProduct`, DeepLIFT's rule for a product of two
-tensors on the input's path, is not registered by default (see its docstring).
+every elementwise nonlinearity; at products and quotients of two tensors on the input's path the exact
+Shapley split (:mod:`.deeplift_ops`); at softmax and the normalisations the averaged Jacobian, corrected so that
+M Δx = Δy (:mod:`.deeplift_multivariate`).  Input and reference run as one batch of 2N rows (inputs first), so a
+rule finds the reference of every row in the other half.
 """
 
 from __future__ import annotations
@@ -70,10 +71,24 @@ class DeepLift(Method):
     """DeepLIFT (Rescale): (x − x̄) ⊙ ∂^g S_c(x)/∂x with g = (f(z) − f(z̄)) / (z − z̄) (Ancona et al. 2019, Prop 2).
 
     z̄ are the pre-activations at the baseline x̄; input and baseline go through the model as one batch
-    of 2N rows, so the references cost no separate pass.  Summation-to-delta,
-    Σ_i φ_i = S_c(x) − S_c(x̄), holds exactly on networks of linear layers and elementwise
-    nonlinearities.  Max pooling routes the signal to the entry selected at the input (its gradient), so
-    summation-to-delta holds there when input and baseline select the same entries.
+    of 2N rows, so the references cost no separate pass (the model must keep the batch as its first dimension).
+    Each op on the input's path gets multipliers m with Σ m·Δ(inputs) = Δ(output) exactly (Shrikumar et al.
+    2017, §3.3), so summation-to-delta, Σ_i φ_i = S_c(x) − S_c(x̄), holds to rounding on networks built from:
+
+    - linear layers, additions, reshapes (their gradient);
+    - elementwise nonlinearities, including powers, square roots and reciprocals: Rescale's secant;
+    - products of two tensors on the path (a·b, a @ b, ``einsum``, ``bmm``, gates, attention's QKᵀ and AV) and
+      quotients a / b: the Shapley split Δ(ab) = ½(b + b̄)Δa + ½(a + ā)Δb (Lundberg & Lee 2017), with 1/b's
+      secant −1/(b·b̄) for a divisor (:mod:`tribute.attribution.deeplift_ops`);
+    - softmax, log-softmax, LayerNorm, GroupNorm, RMSNorm, instance norm, ``F.normalize``: per softmax vector or
+      normalised group M = J̄ + (Δy − J̄Δx)Δxᵀ/‖Δx‖², J̄ the op's Jacobian averaged from x̄ to x by 8-node
+      Gauss–Legendre quadrature (:mod:`tribute.attribution.deeplift_multivariate`).  Attention (``sdpa``,
+      ``nn.MultiheadAttention``) is taken apart into its products and softmax.
+
+    Measured in float64: relative gap below 1e-14 on Hugging Face ConvNeXt, EfficientNet, ViT, Swin, BERT and
+    GPT-2 (tests/test_deeplift_modern.py).  Max pooling routes the signal to the entry selected at the input (its
+    gradient), so summation-to-delta holds there when input and baseline select the same entries.  An op on the
+    path with none of these rules is refused (``strict=False``: a warning, and its plain gradient).
 
     Options
     -------

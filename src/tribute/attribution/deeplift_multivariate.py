@@ -45,6 +45,7 @@ import torch
 
 from ..core.quadrature import quadrature
 from ..core.rule_registry import OpRule
+from .deeplift_norms import norm_averaged_vjps, norm_params
 from .deeplift_ops import check_pairs, halves, in_attribution_pass
 
 
@@ -132,12 +133,15 @@ def _nodes(n: int) -> tuple[list[float], list[float]]:
 class _Op:
     """The op as a function of its input on the path, its grouping and the quadrature nodes."""
 
-    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], groups: Groups, nodes: int):
-        self.f, self.groups = f, groups
+    def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], groups: Groups, nodes: int, norm: Any = None):
+        self.f, self.groups, self.norm = f, groups, norm
         self.alphas, self.weights = _nodes(nodes)
 
     def averaged_vjps(self, r: torch.Tensor, dx: torch.Tensor, gs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """J̄ᵀ g for each g of ``gs`` (N rows each): weighted VJPs at the nodes r + α_k Δx, one batch of K·N rows."""
+        """J̄ᵀ g for each g of ``gs`` (N rows each): weighted VJPs at the nodes r + α_k Δx, one batch of K·N rows;
+        for LayerNorm, GroupNorm and RMSNorm the closed form of :mod:`.deeplift_norms`."""
+        if self.norm is not None:
+            return norm_averaged_vjps(self.groups.sums, self.norm, r, dx, gs)
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
             points = torch.cat([r + a * dx for a in self.alphas])
@@ -224,5 +228,6 @@ class AveragedJacobian(OpRule):
             handler.unruled.append(name)  # a grouping over the batch, or a parameter on the path
             return NotImplemented
         check_pairs(x, name)
-        op = _Op(lambda t: func(t, *rest, **kwargs), groups, self.nodes)
+        norm = norm_params(name.rsplit(".", 1)[-1], x, (x, *rest), kwargs)
+        op = _Op(lambda t: func(t, *rest, **kwargs), groups, self.nodes, norm)
         return _Averaged.apply(x, op, getattr(handler, "phase", None))
