@@ -17,11 +17,16 @@ theorem of calculus on the segment, and M = J̄.
 (:func:`tribute.core.quadrature.quadrature`); the rank-one term, the update of least Frobenius norm that makes
 M Δx = Δy (Broyden 1965), removes what the quadrature leaves, so summation-to-delta holds to rounding whatever
 the number of nodes.  On a group of one entry M is Rescale's ratio exactly, for any number of nodes.
-*How many nodes.*  The ops are analytic along the segment, so Gauss–Legendre converges fast: 4 nodes (exact for
-polynomials of degree 7) leave J̄ Δx within about 1e-3 of Δy, relative, at a softmax of scores a few units
-apart, the correction covering the rest.  Each node costs the op's forward and backward pass on N rows,
-small beside the matrix products around it.  ``nodes`` is the rule's option
-(``register_rule("deeplift", ("softmax", …), AveragedJacobian(nodes=8), replace=True)``).
+LayerNorm, GroupNorm and RMSNorm need no nodes: their J̄ has a closed form (:mod:`.deeplift_norms`), exact
+also where the segment passes near zero variance and 1/σ peaks sharply (there 8 nodes left ‖Δy − J̄Δx‖ up to
+14% of ‖Δy‖ on the zoo's ConvNeXt and Swin).
+*How many nodes* (softmax, log-softmax, softmin, instance norm, ``F.normalize``).  The ops are analytic along
+the segment, so Gauss–Legendre converges geometrically; 8 nodes (exact for polynomials of degree 15) leave
+‖Δy − J̄Δx‖/‖Δy‖ at most 3e-8 over every attention softmax of the zoo's ViT, Swin, BERT and GPT-2, and on
+random scores (N(0, 1)·2) φ within 4e-7 of the integral's; a softmax that sharpens along the segment (scores
+twice as spread) needs more: 1.6e-3 at 8 nodes, 4e-7 at 16 (measured; tests/test_deeplift_modern.py).  Each
+node costs the op's forward and backward pass on N rows, small beside the products around it.  ``nodes`` is the
+rule's option (``register_rule("deeplift", "softmax", AveragedJacobian(nodes=16), replace=True)``).
 *Where Δx = 0 in a group* (entries that do not move, or move by less than rounding:
 ‖Δx‖ ≤ ε·(1 + ‖x‖) with ε the dtype's resolution) the group's output does not move either and M = J̄ = J(x),
 the op's gradient, as Rescale takes f' where Δz = 0: the correction's quotient is skipped there.
