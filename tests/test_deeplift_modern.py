@@ -109,6 +109,22 @@ def test_matrix_products_of_two_path_tensors_sum_to_delta():
         torch.testing.assert_close(phi.sum(1), _delta(attention_like, x, base, target), rtol=1e-12, atol=1e-14)
 
 
+def test_affine_products_of_two_path_tensors_sum_to_delta():
+    # addmm(c, a, W) = c + a @ W with c and a on the path (separately affine: the rule holds), baddbmm(c, q, k)
+    g = torch.Generator().manual_seed(9)
+    x, base = torch.randn(4, 6, generator=g, dtype=DT), torch.randn(4, 6, generator=g, dtype=DT)
+    w = torch.randn(3, 3, generator=g, dtype=DT)
+
+    def affine(t):
+        a, c = torch.tanh(t[:, :3]), torch.sigmoid(t[:, 3:])
+        h = torch.addmm(c, a, w, beta=0.5, alpha=2.0)
+        return torch.baddbmm(c[:, :, None], h[:, :, None], a[:, None, :]).flatten(1)
+
+    for target in range(9):
+        phi = _deeplift(affine, x, base, target=target)
+        torch.testing.assert_close(phi.sum(1), _delta(affine, x, base, target), rtol=1e-12, atol=1e-14)
+
+
 # -- quotients ----------------------------------------------------------------------------------------------------
 DEN, DEN_REF = torch.tensor([2.0, 4.0, 1.0], dtype=DT), torch.tensor([1.0, 2.0, 1.0], dtype=DT)
 
@@ -139,6 +155,20 @@ def test_a_reciprocal_takes_the_secant_of_one_over_b():
         phi = _deeplift(lambda t: 1 / t, DEN[None], DEN_REF[None], target=target)
         torch.testing.assert_close(phi[0, target], torch.tensor(value, dtype=DT))
         assert phi.sum() == phi[0, target]
+
+
+def test_a_constant_divided_in_place_by_a_path_tensor_and_forms_without_a_rule():
+    # c /= b with c off the path: c's copy is kept for the rule, the write goes into c; φ as for 1/b above
+    def constant_over(t):
+        c = torch.full_like(t, 2.0)
+        c /= t
+        return c
+
+    phi = _deeplift(constant_over, DEN[None], DEN_REF[None], target=0)
+    torch.testing.assert_close(phi, torch.tensor([[-1.0, 0.0, 0.0]], dtype=DT))  # 2·(−1/(2·1))·1 = Δ(2/b₁)
+    # a floor division of two path tensors (piecewise constant) has no rule: refused by name
+    with pytest.raises(ValueError, match="div"):
+        _deeplift(lambda t: torch.div(t, t.flip(1), rounding_mode="floor"), DEN[None], DEN_REF[None])
 
 
 def test_a_hand_written_layer_norm_and_gelu_sum_to_delta():

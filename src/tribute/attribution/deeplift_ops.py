@@ -34,6 +34,8 @@ BILINEAR = ("mul", "__mul__", "__rmul__", "multiply", "mul_", "__imul__", "matmu
             "mm", "bmm", "einsum", "addmm", "baddbmm")
 #: divisions: linear in the numerator, nonlinear in the divisor
 QUOTIENTS = ("div", "__truediv__", "true_divide", "divide", "div_", "__itruediv__", "__rtruediv__")
+# c + a·b: the input added may be a third operand on the path (it enters linearly)
+_ADDED_INPUT = ("addmm", "baddbmm")
 # in-place spellings and the out-of-place op the rules compute before writing back
 _OUT_OF_PLACE = {"mul_": torch.mul, "__imul__": torch.mul, "div_": torch.div, "__itruediv__": torch.div}
 
@@ -115,21 +117,23 @@ def vjp(f: Callable[[torch.Tensor], torch.Tensor], like: torch.Tensor, g: torch.
 
 
 class _Bilinear(torch.autograd.Function):
-    """y = call(a, b) forward; in the attribution's backward pass the VJPs of call(·, b_mid) and call(a_mid, ·),
-    in any later one those of call(·, b) and call(a, ·) (the true derivatives)."""
+    """y = call(*ts) forward; in the attribution's backward pass the VJP for each operand of call with the others
+    at their midpoints (t + t̄)/2, in any later one with the others as they are (the true derivatives)."""
 
     @staticmethod
-    def forward(ctx, a, b, call: Call, phase):
+    def forward(ctx, call: Call, phase, *ts):
         ctx.call, ctx.phase = call, phase
-        ctx.save_for_backward(a, b)
-        return call(a, b)
+        ctx.save_for_backward(*ts)
+        return call(*ts)
 
     @staticmethod
     def backward(ctx, g):
-        a, b = ctx.saved_tensors
-        am, bm = (midpoint(a), midpoint(b)) if in_attribution_pass(ctx.phase) else (a, b)
-        call = ctx.call
-        return vjp(lambda t: call(t, bm), a, g), vjp(lambda t: call(am, t), b, g), None, None
+        ts = ctx.saved_tensors
+        others = [midpoint(t) for t in ts] if in_attribution_pass(ctx.phase) else list(ts)
+        grads = []
+        for i, t in enumerate(ts):
+            grads.append(vjp(lambda v, i=i: ctx.call(*others[:i], v, *others[i + 1:]), t, g))
+        return None, None, *grads
 
 
 def _check_batched(name: str, *ts: torch.Tensor) -> None:
@@ -154,8 +158,9 @@ class BilinearRule(OpRule):
     """DeepLIFT at an op separately affine in its two operands on the path (module doc; Lundberg & Lee 2017,
     §4.2): m_a = VJP of B(·, (b + b̄)/2), m_b = VJP of B((a + ā)/2, ·), so that m_a·Δa + m_b·Δb = ΔB exactly.
 
-    One operand on the path: linear, the gradient is the rule (``NotImplemented``).  Three or more (a trilinear
-    ``einsum``) and ``out=`` are listed as unruled."""
+    ``addmm``/``baddbmm`` may have their added input on the path too: c + B(a, b) splits as Δc + the above.
+    One operand on the path: linear, the gradient is the rule (``NotImplemented``).  Three or more otherwise (a
+    trilinear ``einsum``, whose Shapley split differs) and ``out=`` are listed as unruled."""
 
     name = "bilinear"
 
@@ -163,17 +168,19 @@ class BilinearRule(OpRule):
         slots = path_slots(args, kwargs, tagged)
         if len(slots) < 2:
             return NotImplemented  # one factor on the path: linear, its gradient is the rule
-        if len(slots) > 2 or kwargs.get("out") is not None:  # trilinear, or a write the rule cannot follow
+        op = name.rsplit(".", 1)[-1]
+        # three operands: exact only for c + a·b (the added input enters linearly), not for a trilinear einsum
+        added = len(slots) == 3 and op in _ADDED_INPUT and slots[0] == (0,)
+        if (len(slots) > 2 and not added) or kwargs.get("out") is not None:  # or a write the rule cannot follow
             handler.unruled.append(name)
             return NotImplemented
-        op = name.rsplit(".", 1)[-1]
         call = Call(_OUT_OF_PLACE.get(op, func), args, kwargs, slots)
-        a, b = call.value(slots[0]), call.value(slots[1])
-        _check_batched(name, a, b)
+        ts = [call.value(slot) for slot in slots]
+        _check_batched(name, *ts)
         phase = getattr(handler, "phase", None)
-        if a is b:  # x·x (in place too: both operands are then the copy)
-            return _write_back(op, a, lambda t: _Bilinear.apply(t, t, call, phase))
-        return _write_back(op, a, lambda t: _Bilinear.apply(t, b, call, phase))
+        first = ts[0]
+        # x·x, written in place too: every operand that is the tensor written into is its copy
+        return _write_back(op, first, lambda t: _Bilinear.apply(call, phase, *(t if u is first else u for u in ts)))
 
 
 class _Quotient(torch.autograd.Function):
