@@ -384,6 +384,33 @@ def test_the_derivative_of_the_attribution_is_the_scores_gradient():
     torch.testing.assert_close(phi.detach().sum(1), _delta(model, x, base, 1), rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("norm_first", [False, True], ids=["post-norm", "pre-norm"])
+def test_torchs_transformer_encoder_with_a_padding_mask_sums_to_delta(norm_first):
+    # nn.MultiheadAttention taken apart (core/attention.py): its products, the softmax with −∞ at padded keys
+    torch.manual_seed(10)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True, norm_first=norm_first,
+                                       activation="gelu")
+
+    class Encoder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc, self.head = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False), nn.Linear(8, 3)
+
+        def forward(self, x, mask):
+            return self.head(self.enc(x, src_key_padding_mask=mask).mean(1))
+
+    model = Encoder().to(DT).eval()
+    x = torch.randn(3, 5, 8, dtype=DT)
+    mask = torch.zeros(3, 5, dtype=torch.bool)
+    mask[1, 3:] = True
+    explainer = tribute.DeepLift(model, strict=True)
+    phi = explainer.attribute(x, target=1, forward_kwargs={"mask": mask})
+    with torch.no_grad():
+        delta = model(x, mask)[:, 1] - model(torch.zeros_like(x), mask)[:, 1]
+    torch.testing.assert_close(phi.flatten(1).sum(1), delta, rtol=1e-10, atol=1e-13)
+    assert {"torch.softmax", "torch.matmul", "torch.nn.functional.layer_norm"} <= set(explainer.coverage.ruled)
+
+
 # -- the zoo -------------------------------------------------------------------------------------------------------
 transformers = pytest.importorskip("transformers")
 RTOL = {torch.float64: 1e-10, torch.float32: 1e-4}
