@@ -9,7 +9,10 @@ time), the minimum over repeats.  Columns: DeepLIFT ms, forward + backward of th
 max_i |Σφ_i − ΔS_i| / max_i |ΔS_i| (relative to the batch's largest difference: a sample whose
 scores nearly agree, ΔS ~ 1e-5, would show float32's rounding as a large relative gap).
 
-    python benchmarks/bench_deeplift.py [--repeats 9] [--batch 8]
+``--ab`` first times the op handler's own cost on the ResNet-18, in one process, alternating: DeepLIFT with
+the family's op rules registered and with them taken out (elementwise rules only: no handler).
+
+    python benchmarks/bench_deeplift.py [--repeats 9] [--batch 8] [--ab]
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from models import resnet18_cifar  # noqa: E402
 
 import tribute  # noqa: E402
+from tribute.core import register_rule, rule_table, unregister_rule  # noqa: E402
+from tribute.core.rule_registry import RuleKind  # noqa: E402
 
 
 def cpu_ms(fn, repeats: int) -> float:
@@ -59,13 +64,37 @@ def measure(name, model, x, repeats, forward_kwargs=None, logits=lambda out: out
     print(f"{name:14s} {a:9.1f} {b:9.1f} {a / b:6.2f}   {gap:.1e}")
 
 
+def handler_cost(model, x, rounds: int = 6) -> None:
+    ops = {op: r for op, r in rule_table("deeplift").items() if r.kind is not RuleKind.ELEMENTWISE}
+    times: dict[str, list[float]] = {"with the op handler": [], "elementwise rules only": []}
+
+    def run():
+        return cpu_ms(lambda: tribute.DeepLift(model).attribute(x, target=1), 3)
+
+    for _ in range(rounds):
+        times["with the op handler"].append(run())
+        for op in ops:
+            unregister_rule("deeplift", op)
+        try:
+            times["elementwise rules only"].append(run())
+        finally:
+            for op, rule in ops.items():
+                register_rule("deeplift", op, rule)
+    for k, v in times.items():
+        v = sorted(v)
+        print(f"resnet18 cifar, {k:24s} min {v[0]:7.1f} ms, median of {rounds} rounds {v[len(v) // 2]:7.1f} ms")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--ab", action="store_true", help="time the op handler's own cost first")
     args = ap.parse_args()
     torch.set_num_threads(1)
     warnings.simplefilter("ignore")
+    if args.ab:
+        handler_cost(resnet18_cifar(), torch.randn(args.batch, 3, 32, 32))
     print(f"{'model':14s} {'deeplift':>9s} {'fwd+bwd':>9s} {'ratio':>6s}   gap (float32, batch {args.batch})")
     torch.manual_seed(0)
     x = torch.randn(args.batch, 3, 32, 32)
