@@ -244,6 +244,8 @@ BIAS = torch.linspace(-0.3, 0.4, 5, dtype=DT)
 ONE_GROUP = {
     "softmax": lambda t: torch.softmax(2 * t, 1),
     "log_softmax": lambda t: F.log_softmax(2 * t, dim=1),
+    "softmin": lambda t: F.softmin(2 * t, dim=1),
+    "softmax_dtype": lambda t: torch.softmax(2 * t, 1, dtype=DT),  # a dtype: autograd's VJPs at the nodes
     "layer_norm": lambda t: F.layer_norm(t, (5,), WEIGHT, BIAS),
     "rms_norm": lambda t: F.rms_norm(t, (5,), WEIGHT),
     "group_norm": lambda t: F.group_norm(t[:, :, None], 1, WEIGHT, BIAS)[:, :, 0],
@@ -260,7 +262,7 @@ def test_multivariate_multipliers_equal_the_dense_formula(name):
     f = ONE_GROUP[name]
     g = torch.Generator().manual_seed(3)
     x, base = torch.randn(3, 5, generator=g, dtype=DT), torch.randn(3, 5, generator=g, dtype=DT)
-    dense = _dense_multiplier(f, x, base, 128 if name in CLOSED_FORM else rule_table("deeplift")[name].nodes)
+    dense = _dense_multiplier(f, x, base, 128 if name in CLOSED_FORM else rule_table("deeplift")["softmax"].nodes)
     for target in range(5):
         phi = _deeplift(f, x, base, target=target)
         torch.testing.assert_close(phi, (x - base) * dense[:, target], rtol=1e-10, atol=1e-13)
