@@ -72,8 +72,10 @@ class Call:
     ``slots`` locate them: ``(i,)`` is ``args[i]``, ``(i, j)`` item j of a list argument (``einsum(eq, [a, b])``),
     ``(key,)`` a keyword argument."""
 
-    def __init__(self, func: Callable, args: tuple, kwargs: dict, slots: list[tuple]):
+    def __init__(self, func: Callable, args: tuple, kwargs: dict, slots: list[tuple], kind: str | None = None):
         self.func, self.args, self.kwargs, self.slots = func, args, kwargs, slots
+        #: "mul" (a·b) or "matmul" (a @ b, both at least 2-D) where the rule writes the VJPs out
+        self.kind = kind
 
     def __call__(self, *tensors: torch.Tensor) -> Any:
         args, kwargs = list(self.args), dict(self.kwargs)
@@ -130,10 +132,31 @@ class _Bilinear(torch.autograd.Function):
     def backward(ctx, g):
         ts = ctx.saved_tensors
         others = [midpoint(t) for t in ts] if in_attribution_pass(ctx.phase) else list(ts)
+        kind = ctx.call.kind
+        if kind == "mul":  # the VJPs written out: no forward pass of the op again
+            return None, None, (g * others[1]).sum_to_size(ts[0].shape), (g * others[0]).sum_to_size(ts[1].shape)
+        if kind == "matmul":
+            a, b = others
+            return None, None, (g @ b.mT).sum_to_size(ts[0].shape), (a.mT @ g).sum_to_size(ts[1].shape)
         grads = []
         for i, t in enumerate(ts):
             grads.append(vjp(lambda v, i=i: ctx.call(*others[:i], v, *others[i + 1:]), t, g))
         return None, None, *grads
+
+
+_PRODUCTS = {"mul", "__mul__", "__rmul__", "multiply", "mul_", "__imul__"}
+_MATMULS = {"matmul", "__matmul__", "mm", "bmm"}
+
+
+def _kind(op: str, call: Call, ts: list[torch.Tensor]) -> str | None:
+    """Which of the written-out VJPs serves this call, if one does (same dtypes, positional a @ b)."""
+    if len(ts) != 2 or ts[0].dtype != ts[1].dtype:
+        return None
+    if op in _PRODUCTS and not call.kwargs:
+        return "mul"
+    if op in _MATMULS and call.slots == [(0,), (1,)] and not call.kwargs and min(t.dim() for t in ts) >= 2:
+        return "matmul"
+    return None
 
 
 def _check_batched(name: str, *ts: torch.Tensor) -> None:
@@ -177,6 +200,7 @@ class BilinearRule(OpRule):
         call = Call(_OUT_OF_PLACE.get(op, func), args, kwargs, slots)
         ts = [call.value(slot) for slot in slots]
         _check_batched(name, *ts)
+        call.kind = _kind(op, call, ts)
         phase = getattr(handler, "phase", None)
         first = ts[0]
         # x·x, written in place too: every operand that is the tensor written into is its copy
