@@ -26,9 +26,9 @@ the segment, so Gauss–Legendre converges geometrically; 8 nodes (exact for pol
 random scores (N(0, 1)·2) φ within 4e-7 of the integral's; a softmax that sharpens along the segment (scores
 twice as spread) needs more: 1.6e-3 at 8 nodes, 4e-7 at 16 (measured; tests/test_deeplift_modern.py).  Each
 node costs one softmax and its VJP written out (s ⊙ (g − ⟨g, s⟩)) on N rows; on a ViT at 224×224 (192 wide, 4
-layers, batch 4, float32) DeepLIFT took 2.6× a forward and backward pass with 8 nodes and 2.5× with 4 (3.9×
-with 8 when the nodes ran as one autograd batch: measured).  ``nodes`` is the rule's option
-(``register_rule("deeplift", "softmax", AveragedJacobian(nodes=16), replace=True)``).
+layers, batch 4, float32) DeepLIFT took 2.4–2.6× a forward and backward pass with 8 nodes, 2.3–2.5× with 4,
+where its 2N rows cost 2× (3.9× with 8 when the nodes ran as one autograd batch: measured).  ``nodes`` is the
+rule's option (``register_rule("deeplift", "softmax", AveragedJacobian(nodes=16), replace=True)``).
 *Where Δx = 0 in a group* (entries that do not move, or move by less than rounding:
 ‖Δx‖ ≤ ε·(1 + ‖x‖) with ε the dtype's resolution) the group's output does not move either and M = J̄ = J(x),
 the op's gradient, as Rescale takes f' where Δz = 0: the correction's quotient is skipped there.
