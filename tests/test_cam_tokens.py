@@ -14,7 +14,8 @@ from torch import nn
 import tribute
 from tribute.attribution.token_maps import token_grid
 from tribute.core.engine import Forward
-from tribute.core.layers import LayerError, find_default_layer
+from tribute.core.layer_names import LayerError
+from tribute.core.layers import find_default_layer
 
 transformers = pytest.importorskip("transformers")
 
