@@ -168,8 +168,10 @@ class DeepLiftRevealCancel(Method):
 
     Positive and negative parts of every difference from the reference are propagated apart, so that
     evidence that cancels out is revealed rather than netted (see :mod:`tribute.attribution.reveal_cancel`):
-    φ = m⁺ ⊙ (x − x̄)⁺ + m⁻ ⊙ (x − x̄)⁻, with Σφ = S_c(x) − S_c(x̄) exactly.  Linear layers split by the sign of
-    their weights; max pooling passes the parts of the entry selected at the input.
+    φ = m⁺ ⊙ (x − x̄)⁺ + m⁻ ⊙ (x − x̄)⁻, with Σφ = S_c(x) − S_c(x̄) exactly.  A linear layer splits the terms
+    w_ij·Δx_j of its input's net difference by sign (the paper's Linear rule), which keeps the parts bounded on
+    deep networks (float64 ResNet-50-like: Σφ within 1e-14 relative of the score's difference); max pooling
+    passes the parts of the entry selected at the input.
 
     Options
     -------
