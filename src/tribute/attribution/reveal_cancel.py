@@ -64,21 +64,36 @@ def _split(c, pos, neg):
     return cp * pos + cn * neg, cn * pos + cp * neg
 
 
+def _input_rows(t: torch.Tensor) -> torch.Tensor:
+    """The first half of a 2N-row tensor: the inputs' rows (the references' parts are zeros)."""
+    if t.dim() == 0 or t.shape[0] % 2:
+        raise ValueError(f"deeplift_reveal_cancel runs inputs and references as one batch of 2N rows, but an op on "
+                         f"the input's path received a tensor of shape {tuple(t.shape)}: the model must keep the "
+                         "batch as the first dimension")
+    return t[: t.shape[0] // 2]
+
+
+def _with_reference_rows(t: torch.Tensor) -> torch.Tensor:
+    """The input rows ``t`` of a part, with the references' rows (zeros) below."""
+    return torch.cat([t, torch.zeros_like(t)])
+
+
 class _RevealCancel(torch.autograd.Function):
-    """(Δy⁺, Δy⁻) of y = f(z) from (Δz⁺, Δz⁻), z and z̄ (module doc); backward: the multipliers Δy^±/Δz^±."""
+    """(Δy⁺, Δy⁻) of y = f(z) from (Δz⁺, Δz⁻) (module doc), computed on the inputs' rows: z̄ and f(z̄) are the
+    references' rows of z and y.  Backward: the multipliers Δy^±/Δz^± (the references' rows carry none)."""
 
     @staticmethod
-    def forward(ctx, dp, dn, z, zbar, y, nl, params):
-        f = lambda t: nl(t, **params)  # noqa: E731
-        f0, fp, fn = f(zbar), f(zbar + dp), f(zbar + dn)
-        yp = 0.5 * (fp - f0) + 0.5 * (y - fn)
-        yn = 0.5 * (fn - f0) + 0.5 * (y - fp)
-        # a part within rounding of zero (|Δz^±| ≤ 64 ε the magnitudes it is computed from) has no reliable
-        # ratio; z and y are not saved (an in-place nonlinearity overwrites z with y, the model may write on y)
-        tiny = 64 * torch.finfo(dp.dtype).eps * (dp.abs() + dn.abs() + z.abs() + zbar.abs())
+    def forward(ctx, dp, dn, z, y, nl, params):
+        n = _input_rows(z).shape[0]
+        dp, dn, zbar = dp[:n], dn[:n], z[n:].clone()  # a copy: an in-place nonlinearity then overwrites z with y
+        fp, fn, f0, fx = nl(zbar + dp, **params), nl(zbar + dn, **params), y[n:], y[:n]
+        yp = 0.5 * (fp - f0) + 0.5 * (fx - fn)
+        yn = 0.5 * (fn - f0) + 0.5 * (fx - fp)
+        # a part within rounding of zero (|Δz^±| ≤ 4 ε the magnitudes it is computed from) has no reliable ratio
+        tiny = 4 * torch.finfo(dp.dtype).eps * (dp.abs() + dn.abs() + z[:n].abs() + zbar.abs())
         ctx.save_for_backward(dp, dn, zbar, yp, yn, tiny)
         ctx.nl, ctx.params = nl, params
-        return yp, yn
+        return _with_reference_rows(yp), _with_reference_rows(yn)
 
     @staticmethod
     def backward(ctx, gp, gn):
@@ -91,7 +106,8 @@ class _RevealCancel(torch.autograd.Function):
             limit = 0.5 * (derivative(ctx.nl, zbar, ctx.params) + derivative(ctx.nl, zbar + other, ctx.params))
             return torch.where(small, limit, y / torch.where(small, 1.0, d))
 
-        return gp * ratio(yp, dp, dn), gn * ratio(yn, dn, dp), None, None, None, None, None
+        mp, mn = _input_rows(gp) * ratio(yp, dp, dn), _input_rows(gn) * ratio(yn, dn, dp)
+        return _with_reference_rows(mp), _with_reference_rows(mn), None, None, None, None
 
 
 class RevealCancelRule(ElementwiseRule):
@@ -103,9 +119,7 @@ class RevealCancelRule(ElementwiseRule):
     def apply(self, nl: Nonlinearity, z, params, phase):
         y = nl(z, **params)
         dp, dn = twins(z)
-        n = z.shape[0] // 2
-        zbar = torch.cat([z[n:], z[n:]]).detach()
-        y._tribute_twins = _RevealCancel.apply(dp, dn, z.detach(), zbar, y.detach(), nl, params)
+        y._tribute_twins = _RevealCancel.apply(dp, dn, z.detach(), y.detach(), nl, params)
         return y
 
     def apply_inplace(self, nl: Nonlinearity, z, params, phase):
@@ -200,10 +214,10 @@ class SignedWeights(PartsRule):
         if not tagged(x) or tagged(w):
             raise ValueError(f"RevealCancel: {name} with weights computed from the input is not supported")
         dp, dn = twins(x)
-        d = dp + dn  # both parts get the net difference's multiplier
+        d = _input_rows(dp + dn)  # both parts get the net difference's multiplier
         w = w.detach()
         net, gross = op(d, w, None), op(d.abs(), w.abs(), None)
-        return 0.5 * (net + gross), 0.5 * (net - gross)
+        return _with_reference_rows(0.5 * (net + gross)), _with_reference_rows(0.5 * (net - gross))
 
 
 class Sum(PartsRule):
