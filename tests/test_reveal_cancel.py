@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import mlp, residual_cnns
 from torch import nn
 
@@ -83,3 +84,44 @@ def test_a_constant_in_the_input_s_shape_carries_no_difference():
     x = torch.tensor([[3.0, 1.0]], dtype=torch.float64)
     rc = tribute.explain(PlusConstant(), x, "deeplift_reveal_cancel", target=0)
     torch.testing.assert_close(rc, torch.tensor([[2.5, -0.5]], dtype=torch.float64), rtol=0, atol=1e-15)
+
+
+class PoolNet(nn.Module):
+    """conv (bias: the zero image's map is constant, so input and reference rows select alike) - ReLU - a max
+    pooling of ``dims`` spatial dimensions - linear."""
+
+    def __init__(self, dims: int, pool):
+        super().__init__()
+        self.conv = getattr(nn, f"Conv{dims}d")(2, 3, 3, padding=1)
+        self.pool = pool
+        self.head = nn.LazyLinear(2)
+
+    def forward(self, x):
+        return self.head(self.pool(torch.relu(self.conv(x))).flatten(1))
+
+
+POOLS = {
+    "max_pool1d": (1, lambda h: F.max_pool1d(h, 2)),
+    "max_pool3d": (3, lambda h: F.max_pool3d(h, 2)),
+    "adaptive_max_pool2d": (2, lambda h: F.adaptive_max_pool2d(h, 2)),
+    "MaxPool2d(return_indices=True)": (2, lambda h: nn.MaxPool2d(2, return_indices=True)(h)[0]),
+}
+
+
+@pytest.mark.parametrize("pool", POOLS)
+def test_every_max_pooling_passes_the_parts_of_the_entry_selected_at_the_input(pool):
+    # the parts of a pooled entry are those of the entry the input selects; the maximum of each part on its own
+    # (a move, as for LRP) mixes entries: after the ReLU an entry (Δ⁺, Δ⁻) = (5, −4) would pass its 5 beside
+    # another's Δ⁻, and Σφ would miss S(x) − S(x̄) by O(1)
+    dims, fn = POOLS[pool]
+    torch.manual_seed(0)
+    net = PoolNet(dims, fn)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, 2, *(4,) * dims, generator=g)
+    net(x)  # materialise the lazy head
+    net = net.double()
+    x = x.double()
+    a = tribute.explain(net, x, "deeplift_reveal_cancel", target=1)
+    with torch.no_grad():
+        delta = net(x)[:, 1] - net(torch.zeros_like(x))[:, 1]
+    torch.testing.assert_close(a.flatten(1).sum(1), delta, rtol=0, atol=1e-12)

@@ -48,7 +48,11 @@ _ATTR = "_tribute_twins"
 # linear with non-negative coefficients: both parts go through unchanged
 POSITIVE = {"sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d",
              "adaptive_avg_pool3d", "interpolate", "upsample"}
-_MAXPOOL = {"max_pool2d", "_max_pool2d", "max_pool2d_with_indices"}
+#: every max pooling, with the functional that returns its indices and how many positional arguments follow
+#: the input before ``return_indices``
+_POOLS = {f"{kind}max_pool{d}d": (getattr(F, f"{kind}max_pool{d}d"), d, 1 if kind else 5)
+          for kind in ("", "adaptive_") for d in (1, 2, 3)}
+_MAXPOOL = {*_POOLS, *(f"{name}_with_indices" for name in _POOLS), *(f"_{name}" for name in _POOLS)}
 
 
 def twins(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,16 +284,22 @@ class BatchNormScale(PartsRule):
 
 
 class SelectedAtInput(PartsRule):
-    """2-d max pooling: the parts of the entry selected at the input, for input and reference rows alike."""
+    """Max pooling (1-, 2-, 3-d, adaptive; DeepLIFT's gradient mode for max pooling): the parts of the entry
+    selected at the input.  Each part pooled on its own would mix entries (one entry's Δ⁺ beside another's Δ⁻)."""
+
+    def apply(self, handler, func, args, kwargs, tagged, name):
+        out = func(*args, **kwargs)
+        values = out[0] if isinstance(out, (tuple, list)) else out  # return_indices=True: (values, indices)
+        values._tribute_twins = self.parts(func, args, kwargs, tagged, name, values)
+        return out
 
     def parts(self, func, args, kwargs, tagged, name, out):
+        pool, dims, positional = _POOLS[name.rsplit(".", 1)[-1].removeprefix("_").removesuffix("_with_indices")]
         x = args[0]
-        kw = dict(zip(("kernel_size", "stride", "padding", "dilation", "ceil_mode"), args[1:], strict=False))
-        kw.update({k: v for k, v in kwargs.items() if k != "return_indices"})
-        _, idx = F.max_pool2d(x.detach(), return_indices=True, **kw)
-        n = x.shape[0] // 2
-        idx = torch.cat([idx[:n], idx[:n]])  # the entries selected at the input, for both halves
-        return tuple(t.flatten(2).gather(2, idx.flatten(2)).view_as(idx) for t in twins(x))
+        kw = {k: v for k, v in kwargs.items() if k != "return_indices"}
+        _, idx = pool(_input_rows(x).detach(), *args[1:1 + positional], return_indices=True, **kw)
+        return tuple(_with_reference_rows(_input_rows(t).flatten(-dims).gather(-1, idx.flatten(-dims)).view_as(idx))
+                     for t in twins(x))
 
 
 class NoDifference(PartsRule):
