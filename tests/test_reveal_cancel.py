@@ -61,13 +61,62 @@ def test_equals_rescale_when_no_evidence_cancels():
                                tribute.explain(net, x, "deeplift", target=0), rtol=1e-10, atol=1e-13)
 
 
-def test_unsupported_products_are_an_error():
-    class Product(nn.Module):
+def test_a_quotient_of_two_tensors_on_the_path_is_an_error():
+    class Quotient(nn.Module):
         def forward(self, x):
-            return (x[:, :1] * x[:, 1:]).sum(1, keepdim=True)
+            return (x[:, :1] / x[:, 1:]).sum(1, keepdim=True)
 
-    with pytest.raises(ValueError, match="product of two tensors"):
-        tribute.explain(Product(), torch.randn(2, 2), "deeplift_reveal_cancel", target=0)
+    with pytest.raises(ValueError, match="quotient of two tensors"):
+        tribute.explain(Quotient(), torch.randn(2, 2), "deeplift_reveal_cancel", target=0)
+
+
+class GatedProduct(nn.Module):
+    """ReLU((x₁ − x₂)·(x₂ + x₃) − 4): a product of two tensors on the input's path, then a nonlinearity."""
+
+    def forward(self, x):
+        a, b = x[:, 0:1] - x[:, 1:2], x[:, 1:2] + x[:, 2:3]
+        return torch.relu(a * b - 4)
+
+
+def test_a_product_of_two_tensors_by_hand():
+    # at (3, 1, 2) from 0: a = x₁ − x₂ has Δa⁺ = 3, Δa⁻ = −1 (a = 2), b = x₂ + x₃ has Δb⁺ = 3, Δb⁻ = 0 (b = 3);
+    # the midpoints are (a + ā)/2 = 1, (b + b̄)/2 = 3/2, so Δy⁺ = 3·3/2 + 3·1 = 15/2 and Δy⁻ = −1·3/2 + 0 = −3/2
+    # (Σ = 6 = ab − āb̄).  At the ReLU, z̄ = −4, z = 2: Δ⁺ = ½[ReLU(3.5) − 0] + ½[ReLU(2) − ReLU(−5.5)] = 11/4,
+    # Δ⁻ = ½[ReLU(−5.5) − 0] + ½[ReLU(2) − ReLU(3.5)] = −3/4, so m⁺ = 11/30, m⁻ = 1/2.  Back through the product:
+    # m(Δa⁺) = 3/2·11/30 = 11/20, m(Δa⁻) = 3/2·1/2 = 3/4, m(Δb⁺) = 1·11/30.  x₁ (in Δa⁺): 3·11/20 = 33/20;
+    # x₂ (in Δa⁻ with sign −1, and in Δb⁺): 1·(−3/4 + 11/30) = −23/60; x₃ (in Δb⁺): 2·11/30 = 11/15; Σ = 2.
+    x = torch.tensor([[3.0, 1.0, 2.0]], dtype=torch.float64)
+    rc = tribute.explain(GatedProduct(), x, "deeplift_reveal_cancel", target=0)
+    torch.testing.assert_close(rc, torch.tensor([[33 / 20, -23 / 60, 11 / 15]], dtype=torch.float64),
+                               rtol=0, atol=1e-15)
+
+
+class SqueezeExcite(nn.Module):
+    """conv - ReLU - a squeeze-and-excitation gate (features × sigmoid of pooled features, broadcast over the
+    image) - an in-place product with the input's own square - linear."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.squeeze, self.excite = nn.Conv2d(2, 4, 3, padding=1), nn.Linear(4, 2), nn.Linear(2, 4)
+        self.head = nn.Linear(4 * 16, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x))
+        gate = torch.sigmoid(self.excite(torch.relu(self.squeeze(h.mean((2, 3))))))
+        h = h * gate[:, :, None, None]
+        h.mul_(h)
+        return self.head(h.flatten(1))
+
+
+def test_products_keep_summation_to_delta():
+    torch.manual_seed(0)
+    net = SqueezeExcite().double().eval()
+    g = torch.Generator().manual_seed(1)
+    x, base = (torch.randn(3, 2, 4, 4, generator=g, dtype=torch.float64) for _ in range(2))
+    a = tribute.explain(net, x, "deeplift_reveal_cancel", target=2, baseline=base)
+    with torch.no_grad():
+        delta = net(x)[:, 2] - net(base)[:, 2]
+    torch.testing.assert_close(a.flatten(1).sum(1), delta, rtol=0, atol=1e-12)
 
 
 class PlusConstant(nn.Module):

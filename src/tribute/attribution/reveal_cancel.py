@@ -15,6 +15,8 @@ reference rows hold zeros), built with autograd from Δx⁺ = max(x − x̄, 0) 
   the multipliers are m⁺ = Δy⁺/Δz⁺ and m⁻ = Δy⁻/Δz⁻ (backward of :class:`_RevealCancel`);
 - sums, means, average pooling, reshapes and indexing act on both parts; a scaling (batch norm's γ/σ) splits
   by the sign of its factor; max pooling passes the parts of the entry selected at the input;
+- a product a·b of two tensors on the path: the Shapley split between the positive and the negative parts,
+  Δy^± = Δa^±·(b + b̄)/2 + Δb^±·(a + ā)/2 (:func:`product_parts`); a quotient of two has no rule;
 - a constant of the input's shape (``zeros_like``, ``ones_like``, ``full_like``): no difference, both parts 0.
 Contributions are m⁺ ⊙ Δx⁺ + m⁻ ⊙ Δx⁻ and sum to S_c(x) − S_c(x̄).
 
@@ -256,19 +258,48 @@ class Negation(PartsRule):
 
 
 class Scaling(PartsRule):
-    """c·a (or a / c) with c off the input's path: the parts scale, swapped where c < 0."""
+    """c·a (or a / c) with c off the input's path: the parts scale, swapped where c < 0.  A product a·b of two
+    tensors on the path takes :func:`product_parts`; a quotient of two has no rule."""
 
     def __init__(self, divides: bool = False):
         self.divides = divides
 
+    def apply(self, handler, func, args, kwargs, tagged, name):
+        on_path = _on_path(args, kwargs, tagged)
+        if len(on_path) == 2 and not self.divides:
+            parts = product_parts(*on_path)  # before the call: an in-place product overwrites a
+            out = func(*args, **kwargs)
+            out._tribute_twins = parts
+            return out
+        return super().apply(handler, func, args, kwargs, tagged, name)
+
     def parts(self, func, args, kwargs, tagged, name, out):
         on_path = _on_path(args, kwargs, tagged)
         if len(on_path) != 1:
-            raise ValueError("RevealCancel: a product of two tensors on the input's path has no rule")
+            raise ValueError("RevealCancel: a quotient of two tensors on the input's path has no rule")
         t = on_path[0]
         other = next(a for a in args if a is not t)
         c = torch.as_tensor(other, dtype=t.dtype, device=t.device).detach()
         return _split(1 / c if self.divides else c, *twins(t))
+
+
+def product_parts(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """RevealCancel at y = a·b with both factors on the input's path: the Shapley split of Δy between two
+    players, the positive parts P = (Δa⁺, Δb⁺) and the negative parts N = (Δa⁻, Δb⁻), as §3.5.3 splits a
+    nonlinearity's Δy between Δz⁺ and Δz⁻ (Shrikumar et al. 2017), with g(S) = y with the players of S on:
+
+        Δy⁺ = ½[g(P) − g(∅)] + ½[g(P ∪ N) − g(N)],   Δy⁻ = ½[g(N) − g(∅)] + ½[g(P ∪ N) − g(P)].
+
+    Each bracket is a change of a product, (a₀ + α)(b₀ + β) − a₀b₀ = α(b₀ + β/2) + β(a₀ + α/2), split between
+    its two factors by their own Shapley values; summed, Δy⁺ = Δa⁺·(b + b̄)/2 + Δb⁺·(a + ā)/2 and
+    Δy⁻ = Δa⁻·(b + b̄)/2 + Δb⁻·(a + ā)/2 (the same as the four-player Shapley value over Δa^±, Δb^±: every
+    pairwise term α·β goes half to each).  So every part of a has the multiplier (b + b̄)/2 and every part of b
+    (a + ā)/2, DeepLIFT's product rule (Deep SHAP, Lundberg & Lee 2017 §4.2), and Δy⁺ + Δy⁻ = ab − āb̄ exactly.
+    Δy⁺ is the positive parts' share, not necessarily ≥ 0 (it is < 0 where the other factor is negative), as a
+    decreasing nonlinearity's Δy⁺ is.  Factors broadcast as in the product."""
+    am, bm = (0.5 * (_input_rows(t) + t[t.shape[0] // 2:]).detach() for t in (a, b))
+    (ap, an), (bp, bn) = (tuple(_input_rows(p) for p in twins(t)) for t in (a, b))
+    return _with_reference_rows(ap * bm + bp * am), _with_reference_rows(an * bm + bn * am)
 
 
 class BatchNormScale(PartsRule):
