@@ -221,7 +221,7 @@ class Cancel(nn.Module):
 def test_the_linear_rule_splits_the_net_difference_by_hand():
     # at (3, 1) from 0: z = x₁ − x₂ has Δz⁺ = 3, Δz⁻ = −1, so h = ReLU(z) has Δh⁺ = 2.5, Δh⁻ = −0.5 and
     # m⁺ = 5/6, m⁻ = 1/2 (as for Min in test_reveal_cancel.py).  v = ½ − h goes from 0.5 to −1.5: its one term
-    # −1·Δh = −2 (the net Δh = 2, paper §3.5.3) is negative, so Δv⁺ = 0 and Δv⁻ = −2.  y = ReLU(v):
+    # −1·Δh = −2 (the net Δh = 2, the Linear rule of §3.5.1) is negative, so Δv⁺ = 0 and Δv⁻ = −2.  y = ReLU(v):
     # Δy⁻ = ½[ReLU(−1.5) − ReLU(0.5)] + ½[ReLU(−1.5) − ReLU(0.5)] = −0.5, m⁻ = 1/4, and Δy⁺ = 0.
     # Both parts of h get −1·m⁻ = −1/4; z⁺ gets −1/4·5/6 = −5/24, z⁻ gets −1/4·1/2 = −1/8;
     # x₁ (term +3, in z⁺): 3·(−5/24) = −5/8; x₂ (term −1, in z⁻): 1·(−1)·(−1/8) = 1/8; Σ = −1/2 = Δy.
