@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from ..core.nonlinearities import Nonlinearity
 from ..core.rule_registry import OpRule, RuleKind, register_rule, rule_table
 from ..core.rules import ElementwiseRule, derivative
+from ..core.strictness import UncoveredModelError
 from ..core.tensors import per_channel
 from ..lrp.layer_call import parse_linear
 from ..lrp.ops import IN_PLACE, LINEAR_LAYERS, MOVES
@@ -174,9 +175,10 @@ class _Pass:
             return rule.apply(self, func, args, kwargs, tagged, name)
         out = func(*args, **kwargs)
         if _holds_tensors(out):  # the differences have no plain-gradient fallback: strict=False cannot help here
-            raise ValueError(f"deeplift_reveal_cancel: RevealCancel has no rule for {name} on the input's path; "
-                             f"register one with tribute.core.register_rule({FAMILY!r}, op, rule) (strict=False "
-                             "does not apply: RevealCancel's differences cannot pass an op by its plain gradient)")
+            raise UncoveredModelError(
+                f"deeplift_reveal_cancel: RevealCancel has no rule for {name} on the input's path; register one "
+                f"with tribute.core.register_rule({FAMILY!r}, op, rule) (strict=False does not apply: "
+                "RevealCancel's differences cannot pass an op by its plain gradient)")
         return out  # metadata (x.shape, x.dim()) carries no differences
 
 
@@ -217,10 +219,12 @@ class SignedWeights(PartsRule):
     def parts(self, func, args, kwargs, tagged, name, out):
         parsed = parse_linear(func, args, kwargs)
         if parsed is None:
-            raise ValueError(f"RevealCancel has no rule for {name} on the input's path")
+            raise UncoveredModelError(f"deeplift_reveal_cancel: RevealCancel has no rule for {name} on the input's "
+                                      "path")
         _, x, w, _, op = parsed
         if not tagged(x) or tagged(w):
-            raise ValueError(f"RevealCancel: {name} with weights computed from the input is not supported")
+            raise UncoveredModelError(f"deeplift_reveal_cancel: RevealCancel has no rule for {name} with weights "
+                                      "computed from the input")
         dp, dn = twins(x)
         d = _input_rows(dp + dn)  # both parts get the net difference's multiplier
         w = w.detach()
@@ -278,7 +282,8 @@ class Scaling(PartsRule):
     def parts(self, func, args, kwargs, tagged, name, out):
         on_path = _on_path(args, kwargs, tagged)
         if len(on_path) != 1:
-            raise ValueError("RevealCancel: a quotient of two tensors on the input's path has no rule")
+            raise UncoveredModelError("deeplift_reveal_cancel: RevealCancel has no rule for a quotient of two "
+                                      "tensors on the input's path")
         t = on_path[0]
         other = next(a for a in args if a is not t)
         c = torch.as_tensor(other, dtype=t.dtype, device=t.device).detach()
