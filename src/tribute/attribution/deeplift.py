@@ -169,11 +169,12 @@ class DeepLiftRevealCancel(Method):
     Positive and negative parts of every difference from the reference are propagated apart, so that
     evidence that cancels out is revealed rather than netted (see :mod:`tribute.attribution.reveal_cancel`):
     φ = m⁺ ⊙ (x − x̄)⁺ + m⁻ ⊙ (x − x̄)⁻, with Σφ = S_c(x) − S_c(x̄) exactly.  A linear layer splits the terms
-    w_ij·Δx_j of its input's net difference by sign (the paper's Linear rule), which keeps the parts bounded on
-    deep networks (float64 ResNet-50-like: Σφ within 1e-14 relative of the score's difference); max pooling
-    passes the parts of the entry selected at the input (summation-to-delta then needs input and reference to
-    select alike, as for Rescale); a product of two tensors on the input's path splits Δ(ab) between the
-    positive and the negative parts by their Shapley values, Δy^± = Δa^±(b + b̄)/2 + Δb^±(a + ā)/2.
+    w_ij·Δx_j of its input's net difference by sign (the paper's Linear rule, §3.5.1), which keeps the parts
+    bounded on deep networks (float64 ResNet-50-like: Σφ within 1e-14 relative of the score's difference).
+    Max pooling passes the parts of the entry selected at the input (where input and reference select unlike
+    entries, the next nonlinearity, reading f(z) − f(z̄) from the forward pass, restores the sum).  A product of
+    two tensors on the input's path splits Δ(ab) between the positive and the negative parts by their Shapley
+    values, Δy^± = Δa^±(b + b̄)/2 + Δb^±(a + ā)/2.
 
     Options
     -------

@@ -14,7 +14,9 @@ reference rows hold zeros), built with autograd from Δx⁺ = max(x − x̄, 0) 
   with the paper's f(z̄ + Δz⁺ + Δz⁻) read as f(z) from the forward pass, so Δy⁺ + Δy⁻ = f(z) − f(z̄) exactly;
   the multipliers are m⁺ = Δy⁺/Δz⁺ and m⁻ = Δy⁻/Δz⁻ (backward of :class:`_RevealCancel`);
 - sums, means, average pooling, reshapes and indexing act on both parts; a scaling (batch norm's γ/σ) splits
-  by the sign of its factor; max pooling passes the parts of the entry selected at the input;
+  by the sign of its factor; max pooling passes the parts of the entry selected at the input (where the
+  reference selects another entry they do not sum to the pooled Δ; the next nonlinearity restores the sum, as
+  it reads f(z) − f(z̄) from the forward pass and gives all of it to the nonzero part if the other is 0);
 - a product a·b of two tensors on the path: the Shapley split between the positive and the negative parts,
   Δy^± = Δa^±·(b + b̄)/2 + Δb^±·(a + ā)/2 (:func:`product_parts`); a quotient of two has no rule;
 - a constant of the input's shape (``zeros_like``, ``ones_like``, ``full_like``): no difference, both parts 0.
@@ -98,8 +100,13 @@ class _RevealCancel(torch.autograd.Function):
         fp, fn, f0, fx = nl(zbar + dp, **params), nl(zbar + dn, **params), y[n:], y[:n]
         yp = 0.5 * (fp - f0) + 0.5 * (fx - fn)
         yn = 0.5 * (fn - f0) + 0.5 * (fx - fp)
-        # a part within rounding of zero (|Δz^±| ≤ 4 ε the magnitudes it is computed from) has no reliable ratio
+        # a part within rounding of zero (|Δz^±| ≤ 4 ε the magnitudes it is computed from) is a null player: its
+        # share is 0 and the other part's is all of f(z) − f(z̄) (the same up to rounding where the parts sum to
+        # Δz; after a max pooling that selects unlike in input and reference they do not, and Δy stays whole)
         tiny = 4 * torch.finfo(dp.dtype).eps * (dp.abs() + dn.abs() + z[:n].abs() + zbar.abs())
+        null_p, null_n = dp.abs() <= tiny, dn.abs() <= tiny
+        yp, yn = (torch.where(null, 0.0, torch.where(other_null, fx - f0, share))
+                  for null, other_null, share in ((null_p, null_n, yp), (null_n, null_p, yn)))
         ctx.save_for_backward(dp, dn, zbar, yp, yn, tiny)
         ctx.nl, ctx.params = nl, params
         return _with_reference_rows(yp), _with_reference_rows(yn)
