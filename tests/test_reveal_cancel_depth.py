@@ -234,6 +234,20 @@ def test_the_linear_rule_splits_the_net_difference_by_hand():
     torch.testing.assert_close(a, torch.tensor([[-5 / 8, 1 / 8]], dtype=torch.float64), rtol=0, atol=1e-15)
 
 
+def test_a_difference_that_cancels_exactly_keeps_its_multipliers_by_hand():
+    # y = 3·ReLU(x₁ − x₂ − 1) at (2, 2) from 0: z goes from −1 to −1 (Δz = 0) through Δz⁺ = 2, Δz⁻ = −2, so
+    # Δh⁺ = ½[ReLU(1) − 0] + ½[ReLU(−1) − ReLU(−3)] = ½ and Δh⁻ = ½[ReLU(−3) − 0] + ½[ReLU(−1) − ReLU(1)] = −½,
+    # m⁺ = m⁻ = 1/4.  At y = 3h the net Δh = 0: both parts of h get w/2·(m_y⁺ + m_y⁻) = 3/2·2 = 3 (§3.5.1; a
+    # multiplier 0 would hide the cancelling evidence).  z⁺, z⁻ get 3/4; x₁ (term +2): 3/2, x₂ (term −2): −3/2.
+    net = nn.Sequential(nn.Linear(2, 1), nn.ReLU(), nn.Linear(1, 1, bias=False)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[1.0, -1.0]]))
+        net[0].bias.fill_(-1.0)
+        net[2].weight.fill_(3.0)
+    a = tribute.explain(net, torch.tensor([[2.0, 2.0]], dtype=torch.float64), "deeplift_reveal_cancel", target=0)
+    torch.testing.assert_close(a, torch.tensor([[1.5, -1.5]], dtype=torch.float64), rtol=0, atol=1e-15)
+
+
 def _relu(t: Fraction) -> Fraction:
     return max(t, Fraction(0))
 

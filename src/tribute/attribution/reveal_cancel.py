@@ -8,7 +8,8 @@ reference rows hold zeros), built with autograd from Δx⁺ = max(x − x̄, 0) 
   the sums of the positive and of the negative terms w_ij·Δx_j of Δz_i = Σ_j w_ij·Δx_j, each term taken from
   the *net* difference Δx = Δx⁺ + Δx⁻ of its input, Δz⁺ = Σ_j 1{w_ijΔx_j > 0} w_ijΔx_j.  As
   max(wΔx, 0) = ½(wΔx + |w||Δx|), Δz^± = ½(W·Δx ± |W|·|Δx|): two products of the layer, and autograd gives the
-  paper's multipliers m_{Δx_j⁺Δz_i^±} = m_{Δx_j⁻Δz_i^±} = ½(w_ij ± |w_ij| sign(Δx_j)), w_ij/2 where Δx_j = 0;
+  paper's multipliers m_{Δx_j⁺Δz_i^±} = m_{Δx_j⁻Δz_i^±} = ½(w_ij ± |w_ij| sign(Δx_j)): w_ij/2 where Δx_j = 0,
+  the choice of §3.5.1 (and of the authors' DeepLIFT code) for parts that cancel exactly;
 - an elementwise nonlinearity y = f(z), reference z̄ (Eq. for Δy⁺ and Δy⁻ in §3.5.3):
   Δy⁺ = ½[f(z̄ + Δz⁺) − f(z̄)] + ½[f(z) − f(z̄ + Δz⁻)] and Δy⁻ = ½[f(z̄ + Δz⁻) − f(z̄)] + ½[f(z) − f(z̄ + Δz⁺)],
   with the paper's f(z̄ + Δz⁺ + Δz⁻) read as f(z) from the forward pass, so Δy⁺ + Δy⁻ = f(z) − f(z̄) exactly;
