@@ -70,6 +70,14 @@ def test_a_quotient_of_two_tensors_on_the_path_is_an_error():
         tribute.explain(Quotient(), torch.randn(2, 2), "deeplift_reveal_cancel", target=0)
 
 
+@pytest.mark.parametrize("divide", [lambda c, x: c / x, lambda c, x: torch.div(c, x)])
+def test_a_constant_divided_by_the_input_is_an_error(divide):
+    # c / x is a reciprocal (a nonlinearity), not the scaling x / c
+    c = torch.full((1, 2), 3.0)
+    with pytest.raises(ValueError, match="divisor on the input's path"):
+        tribute.explain(lambda x: divide(c, x), torch.rand(2, 2) + 1, "deeplift_reveal_cancel", target=0)
+
+
 class GatedProduct(nn.Module):
     """ReLU((x₁ − x₂)·(x₂ + x₃) − 4): a product of two tensors on the input's path, then a nonlinearity."""
 

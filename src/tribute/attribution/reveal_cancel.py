@@ -295,6 +295,9 @@ class Scaling(PartsRule):
             raise UncoveredModelError("deeplift_reveal_cancel: RevealCancel has no rule for a quotient of two "
                                       "tensors on the input's path")
         t = on_path[0]
+        if self.divides and (len(args) < 2 or args[1] is t):  # c / x: a reciprocal, not a scaling
+            raise UncoveredModelError(f"deeplift_reveal_cancel: RevealCancel has no rule for {name} with the "
+                                      "divisor on the input's path")
         other = next(a for a in args if a is not t)
         c = torch.as_tensor(other, dtype=t.dtype, device=t.device).detach()
         return _split(1 / c if self.divides else c, *twins(t))
