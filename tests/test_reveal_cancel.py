@@ -182,3 +182,23 @@ def test_every_max_pooling_passes_the_parts_of_the_entry_selected_at_the_input(p
     with torch.no_grad():
         delta = net(x)[:, 1] - net(torch.zeros_like(x))[:, 1]
     torch.testing.assert_close(a.flatten(1).sum(1), delta, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("op", [lambda x: torch.sub(x, x.flip(1), alpha=2),
+                                lambda x: torch.div(x, 3.0, rounding_mode="floor")])
+def test_an_affine_op_spelled_with_an_unsupported_argument_is_an_error(op):
+    with pytest.raises(ValueError, match="has no rule"):
+        tribute.explain(op, torch.rand(2, 2) + 1, "deeplift_reveal_cancel", target=0)
+
+
+def test_constant_padding_adds_no_difference():
+    # F.pad(ReLU(x − 1), value=5) weighted (1, 2, −1, 3): the padded entries are 5 in input and reference alike;
+    # from 0, ReLU(x − 1) goes 0 → (2, 0) and 0 → (1, 3), so φ = (2·2, −1·0) and (2·1, −1·3)
+    def model(x):
+        return (F.pad(torch.relu(x - 1), (1, 1), value=5.0) * torch.tensor([1.0, 2.0, -1.0, 3.0])).sum(1, keepdim=True)
+
+    x = torch.tensor([[3.0, 0.5], [2.0, 4.0]], dtype=torch.float64)
+    a = tribute.explain(model, x, "deeplift_reveal_cancel", target=0)
+    delta = model(x)[:, 0] - model(torch.zeros_like(x))[:, 0]
+    torch.testing.assert_close(a.sum(1), delta, rtol=0, atol=1e-14)
+    torch.testing.assert_close(a, torch.tensor([[4.0, 0.0], [2.0, -3.0]], dtype=torch.float64), rtol=0, atol=1e-14)

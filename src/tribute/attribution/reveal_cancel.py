@@ -259,6 +259,8 @@ class Difference(PartsRule):
         self.reflected = reflected
 
     def parts(self, func, args, kwargs, tagged, name, out):
+        if kwargs.get("alpha", 1) != 1 or len(args) > 2:
+            raise UncoveredModelError(f"deeplift_reveal_cancel: RevealCancel has no rule for {name} with alpha")
         first, second = (args[1], args[0]) if self.reflected else (args[0], args[1])
         zero = (0, 0)
         (ap, an), (bp, bn) = (twins(first) if tagged(first) else zero), (twins(second) if tagged(second) else zero)
@@ -295,6 +297,8 @@ class Scaling(PartsRule):
             raise UncoveredModelError("deeplift_reveal_cancel: RevealCancel has no rule for a quotient of two "
                                       "tensors on the input's path")
         t = on_path[0]
+        if self.divides and kwargs.get("rounding_mode") is not None:
+            raise UncoveredModelError(f"deeplift_reveal_cancel: RevealCancel has no rule for {name} with rounding")
         if self.divides and (len(args) < 2 or args[1] is t):  # c / x: a reciprocal, not a scaling
             raise UncoveredModelError(f"deeplift_reveal_cancel: RevealCancel has no rule for {name} with the "
                                       "divisor on the input's path")
@@ -380,6 +384,19 @@ class PartsApart(PartsRule):
         return tuple(func(*(sub(a, k) for a in args), **{key: sub(v, k) for key, v in kwargs.items()}) for k in (0, 1))
 
 
+class Padding(PartsApart):
+    """``pad``: each part padded alone, with zeros where the mode is "constant" (a padded value is the same in
+    input and reference rows: no difference), by reflection or replication of the part otherwise."""
+
+    def parts(self, func, args, kwargs, tagged, name, out):
+        args, kwargs = list(args), dict(kwargs)
+        if len(args) > 3:
+            args[3] = 0.0
+        elif "value" in kwargs:
+            kwargs["value"] = 0.0
+        return super().parts(func, args, kwargs, tagged, name, out)
+
+
 def _with_in_place(ops) -> set[str]:
     """``ops`` and their in-place forms."""
     return {*ops, *(op for op, base in IN_PLACE.items() if base in ops)}
@@ -396,4 +413,5 @@ register_rule(FAMILY, _with_in_place({"div", "__truediv__"}), Scaling(divides=Tr
 register_rule(FAMILY, "batch_norm", BatchNormScale())
 register_rule(FAMILY, _MAXPOOL, SelectedAtInput())
 register_rule(FAMILY, ("zeros_like", "ones_like", "full_like", "new_zeros", "new_ones", "new_full"), NoDifference())
-register_rule(FAMILY, (POSITIVE | MOVES) - _MAXPOOL, PartsApart())
+register_rule(FAMILY, (POSITIVE | MOVES) - _MAXPOOL - {"pad"}, PartsApart())
+register_rule(FAMILY, "pad", Padding())
