@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -202,3 +204,19 @@ def test_constant_padding_adds_no_difference():
     delta = model(x)[:, 0] - model(torch.zeros_like(x))[:, 0]
     torch.testing.assert_close(a.sum(1), delta, rtol=0, atol=1e-14)
     torch.testing.assert_close(a, torch.tensor([[4.0, 0.0], [2.0, -3.0]], dtype=torch.float64), rtol=0, atol=1e-14)
+
+
+def test_a_max_pooling_that_selects_unlike_entries_with_nothing_after_it_warns():
+    # max pooling passes the parts of the entry the input selects: x = (1, 3) selects x₂, the reference (2, 0)
+    # selects x̄₁, so φ = (0, 3 − 0) sums to 3, not max(x) − max(x̄) = 1; no nonlinearity follows to restore it
+    def model(x):
+        return F.max_pool1d(x[:, None], 2)[:, 0]
+
+    x, base = torch.tensor([[1.0, 3.0]], dtype=torch.float64), torch.tensor([[2.0, 0.0]], dtype=torch.float64)
+    with pytest.warns(UserWarning, match="sum to 3, not S"):
+        a = tribute.explain(model, x, "deeplift_reveal_cancel", target=0, baseline=base)
+    torch.testing.assert_close(a, torch.tensor([[0.0, 3.0]], dtype=torch.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a nonlinearity after the pooling restores the sum: no warning
+        a = tribute.explain(lambda t: torch.relu(model(t) + 1), x, "deeplift_reveal_cancel", target=0, baseline=base)
+    torch.testing.assert_close(a.sum(1), torch.tensor([1.0], dtype=torch.float64))

@@ -23,7 +23,7 @@ from ..core.rule_registry import OpRule, RuleKind, register_rule, rules_of_kind
 from ..core.rules import ElementwiseRule, Phase, RuleSet, derivative
 from ..core.targets import Target
 from .reveal_cancel import FAMILY as REVEAL_CANCEL
-from .reveal_cancel import RevealCancelOps
+from .reveal_cancel import RevealCancelOps, check_sum
 
 FAMILY = "deeplift"
 #: the ops that multiply two tensors elementwise (the in-place forms write into a tensor the rule would save)
@@ -215,6 +215,7 @@ class DeepLiftRevealCancel(Method):
             s = target.scores(diff, sample)  # the score's difference is linear in the output's
             if target.fn is not None:  # a callable target need not be linear: check it on the totals
                 torch.testing.assert_close(s.detach(), score, rtol=1e-4, atol=1e-6)
+            check_sum(s.detach(), score)
             if not s.requires_grad:
                 raise disconnected()
             mp, mn = torch.autograd.grad(s.sum(), [dp, dn], allow_unused=True)

@@ -38,6 +38,7 @@ Only the input rows are computed: the references' parts are zeros.
 from __future__ import annotations
 
 import contextlib
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +62,20 @@ POSITIVE = {"sum", "mean", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_a
 _POOLS = {f"{kind}max_pool{d}d": (getattr(F, f"{kind}max_pool{d}d"), d, 1 if kind else 5)
           for kind in ("", "adaptive_") for d in (1, 2, 3)}
 _MAXPOOL = {*_POOLS, *(f"{name}_with_indices" for name in _POOLS), *(f"_{name}" for name in _POOLS)}
+
+
+def check_sum(total: torch.Tensor, delta: torch.Tensor) -> None:
+    """Warn where the output's parts do not sum to S(x) − S(x̄) (Σφ = their sum, so summation-to-delta fails):
+    after a max pooling that selects unlike entries in input and reference with no nonlinearity after it to
+    restore the sum.  Rounding is allowed for: √ε of the larger of the two."""
+    tolerance = torch.finfo(delta.dtype).eps ** 0.5 * torch.maximum(total.abs(), delta.abs())
+    gap = (total - delta).abs()
+    if bool((gap > tolerance).any()):
+        worst = int((gap / torch.maximum(delta.abs(), tolerance)).argmax())
+        warnings.warn(f"deeplift_reveal_cancel: the attributions of sample {worst} sum to {float(total[worst]):.6g}, "
+                      f"not S(x) − S(x̄) = {float(delta[worst]):.6g}: a max pooling selects other entries in the "
+                      "input than in the reference and no nonlinearity follows it to restore the sum (DeepLIFT's "
+                      "max pooling passes the difference of the entry the input selects)", stacklevel=3)
 
 
 def twins(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
