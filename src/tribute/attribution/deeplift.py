@@ -211,11 +211,11 @@ class DeepLiftRevealCancel(Method):
             out_p, out_n = out._tribute_twins
             diff = (out_p + out_n)[:n]
             with torch.no_grad():
-                score = target.scores(out[:n], sample) - target.scores(out[n:], sample)
+                scores = target.scores(out[:n], sample), target.scores(out[n:], sample)
             s = target.scores(diff, sample)  # the score's difference is linear in the output's
             if target.fn is not None:  # a callable target need not be linear: check it on the totals
-                torch.testing.assert_close(s.detach(), score, rtol=1e-4, atol=1e-6)
-            check_sum(s.detach(), score)
+                torch.testing.assert_close(s.detach(), scores[0] - scores[1], rtol=1e-4, atol=1e-6)
+            check_sum(s.detach(), *scores)
             if not s.requires_grad:
                 raise disconnected()
             mp, mn = torch.autograd.grad(s.sum(), [dp, dn], allow_unused=True)

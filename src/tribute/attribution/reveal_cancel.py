@@ -64,11 +64,13 @@ _POOLS = {f"{kind}max_pool{d}d": (getattr(F, f"{kind}max_pool{d}d"), d, 1 if kin
 _MAXPOOL = {*_POOLS, *(f"{name}_with_indices" for name in _POOLS), *(f"_{name}" for name in _POOLS)}
 
 
-def check_sum(total: torch.Tensor, delta: torch.Tensor) -> None:
+def check_sum(total: torch.Tensor, score: torch.Tensor, reference: torch.Tensor) -> None:
     """Warn where the output's parts do not sum to S(x) − S(x̄) (Σφ = their sum, so summation-to-delta fails):
     after a max pooling that selects unlike entries in input and reference with no nonlinearity after it to
-    restore the sum.  Rounding is allowed for: √ε of the larger of the two."""
-    tolerance = torch.finfo(delta.dtype).eps ** 0.5 * torch.maximum(total.abs(), delta.abs())
+    restore the sum.  Rounding is allowed for: √ε of the largest of Σφ, S(x) and S(x̄)."""
+    delta = score - reference
+    scale = torch.maximum(total.abs(), torch.maximum(score.abs(), reference.abs()))
+    tolerance = torch.finfo(delta.dtype).eps ** 0.5 * scale
     gap = (total - delta).abs()
     if bool((gap > tolerance).any()):
         worst = int((gap / torch.maximum(delta.abs(), tolerance)).argmax())
