@@ -66,7 +66,7 @@ TRACE = False  # --trace: print the traceback of every error
 # --------------------------------------------------------------------------------------------------
 # models
 
-def _models() -> dict[str, tuple[Callable[[], torch.nn.Module], int, dict]]:
+def torchvision_models() -> dict[str, tuple[Callable[[], torch.nn.Module], int, dict]]:
     """name → (builder, image side, Grad-CAM options); torchvision imported here so ``--help`` works without it."""
     from torchvision import models as tv
     from torchvision.models.swin_transformer import SwinTransformer
@@ -93,9 +93,10 @@ def _models() -> dict[str, tuple[Callable[[], torch.nn.Module], int, dict]]:
     }
 
 
-def realistic(model: torch.nn.Module, side: int, seed: int = 0) -> torch.nn.Module:
-    """``model`` in float64, eval mode, random biases / affines / layer scales / tokens, measured batch-norm
-    statistics (see the module doc)."""
+def realistic(model: torch.nn.Module, side: int, seed: int = 0, dtype: torch.dtype = DT) -> torch.nn.Module:
+    """``model`` in ``dtype`` (float64), eval mode, random biases / affines / layer scales / tokens, measured
+    batch-norm statistics (see the module doc).  Also used on Hugging Face's models (benchmarks/bench_zoo.py).
+    The state is drawn in float64 and then cast, so float32 and float64 copies hold the same values."""
     g = torch.Generator().manual_seed(seed)
     model = model.to(DT)
     with torch.no_grad():
@@ -108,9 +109,10 @@ def realistic(model: torch.nn.Module, side: int, seed: int = 0) -> torch.nn.Modu
                     p.copy_(torch.randn(p.shape, generator=g, dtype=DT) * p[0].numel() ** -0.5)
                 elif name == "weight" and is_norm:
                     p.copy_(torch.rand(p.shape, generator=g, dtype=DT) + 0.5)
-                elif name == "layer_scale":  # ConvNeXt: 1e-6 at initialisation, blocks would be the identity
+                elif "layer_scale" in name:  # ConvNeXt: 1e-6 at initialisation, blocks would be the identity
                     p.copy_(torch.rand(p.shape, generator=g, dtype=DT) + 0.5)
-                elif name in ("class_token", "pos_embedding", "relative_position_bias_table"):
+                elif name in ("class_token", "pos_embedding", "relative_position_bias_table", "cls_token",
+                              "position_embeddings"):
                     p.copy_(torch.randn(p.shape, generator=g, dtype=DT) * 0.5)
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
@@ -119,7 +121,7 @@ def realistic(model: torch.nn.Module, side: int, seed: int = 0) -> torch.nn.Modu
         model.train()
         for _ in range(3):
             model(torch.randn(8, 3, side, side, generator=g, dtype=DT) * 1.5 + 0.2)
-    return model.eval()
+    return model.to(dtype).eval()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -196,8 +198,12 @@ def columns() -> list[Column]:
 def _gradcam_identity(phi, model, x, explainer, options):
     layer = explainer.layer if isinstance(explainer.layer, str) else str(explainer.layer)
     reshape = options.get("reshape") is not None
-    if "#" in layer:  # a module called more than once: the hook above would see its first call only
-        return f"layer {layer} (not checked)"
+    try:
+        module = model.get_submodule(layer)
+    except AttributeError:  # a call described in words ("the output of the 121st call of relu"): no module to hook
+        return f"not checked: {layer[:60]}"
+    if "#" in layer or sum(1 for m in model.modules() if m is module) > 1:  # the hook would see one call of several
+        return f"not checked: {layer}"
     expected = _gradcam_by_hand(model, x, layer, reshape)
     err = ((phi - expected).abs().max() / expected.abs().max().clamp_min(1e-300)).item()
     return f"|φ−def|/|def| {err:.1e} at {layer} {tuple(phi.shape[-2:])}"
@@ -236,7 +242,8 @@ def cell(model, x, col: Column, cam_options: dict) -> tuple[str, str, float]:
         if TRACE:
             traceback.print_exc()
         head = str(e).splitlines()[0][:110] if str(e) else ""
-        return f"error: {type(e).__name__}: {head}", "", time.perf_counter() - t0
+        kind = "refused" if isinstance(e, ValueError) and " refuses " in head else "error"  # lrp_epsilon's f(0) ≠ 0
+        return f"{kind}: {type(e).__name__}: {head}", "", time.perf_counter() - t0
     seconds = time.perf_counter() - t0
     if not torch.isfinite(phi).all():
         return "error: non-finite attribution", "", seconds
@@ -264,7 +271,7 @@ def main() -> None:
     import torchvision
 
     warnings.filterwarnings("ignore")
-    zoo, cols = _models(), columns()
+    zoo, cols = torchvision_models(), columns()
     names = args.models or list(zoo)
     if args.methods:
         cols = [c for c in cols if c.label in args.methods]
