@@ -22,6 +22,7 @@ so run the script in both::
 
     python benchmarks/bench_zoo.py --quick                                         # HF models, main env
     PYTHONPATH=src /work/venvs/tv/bin/python benchmarks/bench_zoo.py --quick       # torchvision models
+    PYTHONPATH=src /work/venvs/tv/bin/python benchmarks/bench_zoo.py --side 224 --models resnet50 vgg11
 
 Batch 8, 64×64 (32×32 for the HF ViT and Swin, whose configs fix it), float32, the realistic state of
 zoo_torchvision.py (random biases and affines, measured batch-norm statistics), warm-up first, median of interleaved
@@ -149,6 +150,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     ap.add_argument("--models", nargs="*", help="a subset of the models, by name")
     ap.add_argument("--methods", nargs="*", choices=list(METHODS), help="a subset of the methods")
+    ap.add_argument("--side", type=int, default=SIDE, help=f"image side of the models that take any (default {SIDE}; "
+                    "ViT and Swin keep theirs)")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 7)
@@ -165,6 +168,7 @@ def main() -> None:
     monitor, t0 = CpuMonitor(), time.perf_counter()
     for name in names:
         build, side = zoo[name]
+        side = args.side if side == SIDE else side
         torch.manual_seed(0)
         model = realistic(build(), side, dtype=torch.float32)
         measure(name, model, side, repeats, monitor, methods)
