@@ -106,15 +106,15 @@ def realistic(model: nn.Module, seed: int = 0, bias_free: bool = False) -> nn.Mo
         for module in model.modules():
             is_norm = "norm" in type(module).__name__.lower()
             for name, p in module.named_parameters(recurse=False):
-                if name == "bias":
+                if name.endswith("bias"):
                     p.copy_(torch.rand(p.shape, generator=g, dtype=DT) - 0.5)
                     if bias_free:
                         p.zero_()
-                elif name == "weight" and p.dim() >= 2:
+                elif name.endswith("weight") and p.dim() >= 2:
                     p.copy_(torch.randn(p.shape, generator=g, dtype=DT) * p[0].numel() ** -0.5)
                 elif name == "weight" and is_norm:
                     p.copy_(torch.rand(p.shape, generator=g, dtype=DT) + 0.5)
-                elif name in ("cls_token", "position_embeddings"):
+                elif name in ("cls_token", "position_embeddings", "class_token", "pos_embedding"):
                     p.copy_(torch.randn(p.shape, generator=g, dtype=DT) * 0.5)
     return model.eval()
 
@@ -141,7 +141,15 @@ def _cases(bias_free: bool):
     torch.manual_seed(0)
     vit = realistic(_vit(), bias_free=bias_free)
     pixels = torch.randn(N, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=DT)
-    return [("bert", bert_fn, embeddings), ("vit", _Logits(vit), pixels)]
+    cases = [("bert", bert_fn, embeddings), ("vit", _Logits(vit), pixels)]
+    try:  # torchvision's ViT, for which LXT ships its CP-LRP patch map (lxt.efficient.models.vit_torch)
+        from torchvision.models.vision_transformer import VisionTransformer
+    except ImportError:
+        return cases
+    torch.manual_seed(0)
+    tv_vit = realistic(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+                                         mlp_dim=32, num_classes=3), bias_free=bias_free)
+    return [*cases, ("torchvision vit", tv_vit, pixels)]
 
 
 class _Logits(nn.Module):
@@ -158,13 +166,13 @@ class _Logits(nn.Module):
 
 def _constant_leaves(fn: nn.Module) -> tuple[list[nn.Module], list[nn.Parameter]]:
     """What adds constants to the input's path: BERT's position and token-type embedding modules (their outputs),
-    ViT's class token and position embeddings (parameters)."""
+    ViT's class token and position embeddings (parameters; torchvision's class_token and pos_embedding)."""
     modules, params = [], []
     for name, module in fn.named_modules():
         if name.endswith(("position_embeddings", "token_type_embeddings")) and isinstance(module, nn.Embedding):
             modules.append(module)
         for pname, p in module.named_parameters(recurse=False):
-            if pname in ("cls_token", "position_embeddings"):
+            if pname in ("cls_token", "position_embeddings", "class_token", "pos_embedding"):
                 params.append(p)
     return modules, params
 
@@ -199,6 +207,13 @@ def lxt_cp(fn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         patch_method(non_linear_forward, act, keep_original=True)
     import transformers.models.vit.modeling_vit as modeling_vit
     patch_cp_attention(modeling_vit)
+    try:  # torchvision's ViT: LXT's shipped map (GELU identity, LayerNorm, MultiheadAttention with q, k detached)
+        import torchvision.models.vision_transformer as vision_transformer
+        from lxt.efficient import monkey_patch
+
+        monkey_patch(vision_transformer)
+    except ImportError:
+        pass
     handles = []
     for module in fn.modules():  # BERT computes attention inline: detach q and k as LXT's wrapper does
         if isinstance(module, transformers.models.bert.modeling_bert.BertSelfAttention):
