@@ -67,7 +67,7 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import transformers  # noqa: E402
-from common import source_version  # noqa: E402
+from common import tribute_source  # noqa: E402
 
 import tribute  # noqa: E402
 from tribute.core import UncoveredModelError  # noqa: E402
@@ -276,8 +276,8 @@ def main() -> None:
     import lxt
 
     print(f"tribute vs LXT: python {platform.python_version()}, torch {torch.__version__}, transformers "
-          f"{transformers.__version__}, lxt {getattr(lxt, '__version__', '2.1')}, tribute {tribute.__version__} at "
-          f"commit {source_version()}; float64, {N} samples, target {TARGET}")
+          f"{transformers.__version__}, lxt {getattr(lxt, '__version__', '2.1')}, tribute {tribute.__version__} "
+          f"{tribute_source()}; float64, {N} samples, target {TARGET}")
     cases = {state: _cases(state == "bias-free") for state in STATES}
     # 1. every unpatched computation first: plain gradient × input, tribute
     plain = {(st, name): gradient_x_input(fn, x) for st in STATES for name, fn, x in cases[st]}

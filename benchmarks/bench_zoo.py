@@ -46,7 +46,7 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import CpuMonitor, forward_backward, interleaved_medians, source_version  # noqa: E402
+from common import CpuMonitor, forward_backward, interleaved_medians, tribute_source  # noqa: E402
 from zoo_torchvision import realistic  # noqa: E402
 
 import tribute  # noqa: E402
@@ -162,8 +162,8 @@ def main() -> None:
     names = args.models or list(zoo)
     methods = args.methods or list(METHODS)
     print("tribute on the zoo: time against one forward+backward pass")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, tribute {tribute.__version__} at commit "
-          f"{source_version()}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; float32, "
+    print(f"python {platform.python_version()}, torch {torch.__version__}, tribute {tribute.__version__} "
+          f"{tribute_source()}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; float32, "
           f"{repeats} timed rounds after a warm-up, sides interleaved, median reported")
     monitor, t0 = CpuMonitor(), time.perf_counter()
     for name in names:

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import source_version  # noqa: E402
+from common import tribute_source  # noqa: E402
 
 import tribute  # noqa: E402
 from tribute.core import UncoveredModelError  # noqa: E402
@@ -292,7 +292,7 @@ def main() -> None:
     if args.methods:
         cols = [c for c in cols if c.label in args.methods]
     print(f"tribute zoo over torchvision: python {platform.python_version()}, torch {torch.__version__}, "
-          f"torchvision {torchvision.__version__}, tribute {tribute.__version__} at commit {source_version()}; "
+          f"torchvision {torchvision.__version__}, tribute {tribute.__version__} {tribute_source()}; "
           f"float64, {N} random images per model, target {TARGET}, default strictness")
     t_all = time.perf_counter()
     for name in names:
