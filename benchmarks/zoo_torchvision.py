@@ -279,9 +279,11 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", help="a subset of the columns, by label (default all)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     ap.add_argument("--trace", action="store_true", help="print the traceback of every error")
+    ap.add_argument("--ig-steps", type=int, default=IG_STEPS, help=f"IG's Gauss–Legendre nodes (default {IG_STEPS}; "
+                    "IG and its Captum check take most of the run)")
     args = ap.parse_args()
-    global TRACE
-    TRACE = args.trace
+    global TRACE, IG_STEPS
+    TRACE, IG_STEPS = args.trace, args.ig_steps
     if args.threads:
         torch.set_num_threads(args.threads)
     import torchvision
