@@ -274,6 +274,7 @@ def cell(model, x, col: Column, cam_options: dict) -> tuple[str, str, float]:
 
 
 def main() -> None:
+    global TRACE, IG_STEPS
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--models", nargs="*", help="a subset of the models (default all)")
     ap.add_argument("--methods", nargs="*", help="a subset of the columns, by label (default all)")
@@ -282,7 +283,6 @@ def main() -> None:
     ap.add_argument("--ig-steps", type=int, default=IG_STEPS, help=f"IG's Gauss–Legendre nodes (default {IG_STEPS}; "
                     "IG and its Captum check take most of the run)")
     args = ap.parse_args()
-    global TRACE, IG_STEPS
     TRACE, IG_STEPS = args.trace, args.ig_steps
     if args.threads:
         torch.set_num_threads(args.threads)
