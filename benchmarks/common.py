@@ -162,3 +162,15 @@ def fixture_then_resnet(description: str, title: str, measure: Callable, *, roun
                                max(3, repeats // 2), monitor))
     print(f"total {time.perf_counter() - t0:.0f} s")
     return results
+
+
+def tribute_source() -> str:
+    """Where the tribute measured comes from: this repository's commit (see :func:`source_version`), or the path it
+    was imported from when PYTHONPATH points elsewhere (another worktree's src/)."""
+    import tribute
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.path.dirname(os.path.abspath(tribute.__file__))
+    if os.path.realpath(path) == os.path.realpath(os.path.join(root, "src", "tribute")):
+        return f"at commit {source_version()}"
+    return f"from {path}"

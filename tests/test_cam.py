@@ -19,7 +19,7 @@ from test_model_invariance import assert_same, snapshot
 from torch import nn
 
 import tribute
-from tribute.core.layers import LayerError
+from tribute.core.layer_names import LayerError
 
 DT = torch.float64
 CAPTUM_WARNINGS = pytest.mark.filterwarnings(

@@ -18,7 +18,8 @@ from torch import nn
 
 import tribute
 from tribute.core.engine import Forward
-from tribute.core.layers import LayerError, OpSite, capture, find_default_layer, resolve_layer
+from tribute.core.layer_names import LayerError, OpSite, resolve_layer
+from tribute.core.layers import capture, find_default_layer
 from tribute.core.quadrature import quadrature
 
 DT = torch.float64

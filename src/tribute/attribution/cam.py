@@ -45,7 +45,8 @@ import torch.nn.functional as F
 from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import accumulate
-from ..core.layers import LayerError, LayerRows, Site, layer_activations
+from ..core.layer_names import LayerError, Site
+from ..core.layers import LayerRows, layer_activations
 from ..core.method import Method
 from ..core.randomness import SampleStreams
 from ..core.reduce import check_reduce, reduce

@@ -18,6 +18,9 @@ class _RectifierRule(ElementwiseRule):
     """A rule at rectifiers only; it saves the forward gate, the rectifier's own f'."""
 
     saves_input = False
+    # Springenberg et al. and Zeiler & Fergus change the backward pass at rectifiers alone: a product, a softmax or
+    # a LayerNorm keeps its derivative by the methods' definition, so it is no op "without a rule"
+    gradient_elsewhere = True
 
     def applies(self, nl, params):
         return is_rectifier(nl, params)

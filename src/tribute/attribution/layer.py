@@ -41,15 +41,8 @@ from ..core import options as opt
 from ..core.baselines import check_baseline, make_baseline
 from ..core.engine import accumulate, accumulation_dtype
 from ..core.family_rules import family_rules
-from ..core.layers import (
-    LayerRows,
-    Site,
-    check_layer,
-    find_default_layer,
-    layer_activations,
-    layer_gradient_rows,
-    resolve_layer,
-)
+from ..core.layer_names import Site, check_layer, resolve_layer
+from ..core.layers import LayerRows, find_default_layer, layer_activations, layer_gradient_rows
 from ..core.method import Method
 from ..core.quadrature import RULES, path_nodes
 from ..core.randomness import SampleStreams, draw_references

@@ -28,7 +28,8 @@ from typing import Any
 import torch
 
 from ..core import options as opt
-from ..core.layers import LayerError, LayerRows, Site
+from ..core.layer_names import LayerError, Site
+from ..core.layers import LayerRows
 
 
 def check_reshape(name: str, v: Any) -> Any:

@@ -4,7 +4,8 @@ from .engine import DisconnectedInputError, PassCount, count_passes
 from .family_rules import FamilyRules, family_rules
 from .forward_args import constant
 from .interception import Coverage, apply_rules
-from .layers import LayerError, find_default_layer, resolve_layer
+from .layer_names import LayerError, resolve_layer
+from .layers import find_default_layer
 from .method import Method, NonFiniteAttributionError
 from .nonlinearities import known_nonlinearities, register_nonlinearity
 from .reduce import REDUCTIONS, reduce

@@ -1,10 +1,10 @@
 """Layers: address an intermediate activation, capture it during a forward pass, differentiate at it.
 
-Naming
-------
+Naming (:mod:`tribute.core.layer_names`)
+----------------------------------------
 A layer is named as in ``model.named_modules()``: ``"layer4"``, ``"features.7"``, ``"layer4.1.conv2"``
 (or given as the submodule itself).  Its activation is the module's *output* (the value its ``forward``
-returns, as the caller receives it).
+returns, as the caller receives it), or an element of it (``"stage[0]"``) when the module returns a tuple.
 
 A module called more than once in one forward pass (a reused ``nn.ReLU(inplace=True)`` as in
 torchvision's ResNet blocks, a shared block) has no single activation, so naming it is an error unless the
@@ -35,7 +35,6 @@ by its position among the calls of the same function on the input's path.
 from __future__ import annotations
 
 import contextlib
-import difflib
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -55,104 +54,11 @@ from .engine import (
     score_gradient,
 )
 from .interception import Coverage, op_name
+from .layer_names import LayerError, ModuleSite, OpSite, Site, output_element, with_element
 from .rules import GRADIENT, RuleSet
 from .targets import Target
 from .threads import this_thread
 from .token_layers import SHAPE_FUNCTIONS, is_token_grid, is_tokens, token_model_message
-
-
-class LayerError(ValueError):
-    """A layer that cannot be used: unknown name, never called, called more than once, wrong output."""
-
-
-# -- naming ------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class ModuleSite:
-    """The output of module ``name`` (at call ``call``, counted from 0, if the call is named)."""
-
-    name: str
-    module: nn.Module
-    call: int | None = None
-
-    def __str__(self) -> str:
-        return self.name if self.call is None else f"{self.name}#{self.call}"
-
-    def describe(self) -> str:
-        return f"layer {str(self)!r}"
-
-
-@dataclass(frozen=True, eq=False)
-class OpSite:
-    """The output of the ``occurrence``-th call of ``func`` on the input's path (default layers only)."""
-
-    func: Any
-    occurrence: int
-    output_index: int | None
-    label: str
-
-    def __str__(self) -> str:
-        return self.label
-
-    def describe(self) -> str:
-        return f"the default layer ({self.label})"
-
-
-Site = ModuleSite | OpSite
-
-
-def check_layer(name: str, v: Any) -> Any:
-    """Option check for ``layer=``: ``None`` (the default layer), a module name or a submodule."""
-    if v is None or isinstance(v, (str, nn.Module)):
-        return v
-    raise TypeError(f"{name} must be a module name such as 'layer4' (see model.named_modules()), a submodule or "
-                    f"None; got {type(v).__name__}")
-
-
-def resolve_layer(model: nn.Module, layer: str | nn.Module) -> ModuleSite:
-    """The :class:`ModuleSite` a user's ``layer=`` names; unknown names raise, suggesting the nearest.
-
-    A model given as a function has no module names: its layer is given as the module itself (whether the
-    function calls it is checked when it runs: a layer never called is an error)."""
-    if not isinstance(model, nn.Module):
-        if isinstance(layer, nn.Module):
-            return ModuleSite(type(layer).__name__, layer)
-        raise LayerError(f"layer={layer!r}: a model given as a function has no module names; pass the module itself "
-                         "(e.g. layer=net.layer4)")
-    if isinstance(layer, nn.Module):
-        for name, m in model.named_modules():
-            if m is layer:
-                if not name:
-                    raise LayerError("layer= names the model itself; name one of its submodules")
-                return ModuleSite(name, m)
-        raise LayerError(f"layer= is a {type(layer).__name__} that is not a submodule of the model")
-    if not isinstance(layer, str):
-        raise TypeError(f"layer must be a module name or a submodule, got {type(layer).__name__}")
-    name, call = layer, None
-    if "#" in layer:
-        name, _, idx = layer.rpartition("#")
-        if not idx.isdigit():
-            raise LayerError(
-                f"layer {layer!r}: after '#' comes the call's index, an integer >= 0 (e.g. {name + '#0'!r})"
-            )
-        call = int(idx)
-    if name:
-        try:  # walks the dotted path; listing every module is only needed for the error message
-            return ModuleSite(name, model.get_submodule(name), call)
-        except AttributeError:
-            pass
-    modules = {n: m for n, m in model.named_modules() if n}
-    if name not in modules:
-        near = difflib.get_close_matches(name, list(modules), n=5, cutoff=0.5)
-        if near:
-            hint = f"; the nearest layer names are {', '.join(map(repr, near))}"
-        else:
-            top = [n for n in modules if "." not in n][:12]
-            hint = f"; the model's top-level layers are {', '.join(map(repr, top)) or 'none'}"
-        raise LayerError(f"the model has no layer named {name!r}{hint} (names as in model.named_modules())")
-    return ModuleSite(name, modules[name], call)
-
 
 # -- following the tensors derived from the input ----------------------------------------------------
 
@@ -360,8 +266,18 @@ class Capture:
             first = next(iter(_tensors(args, kwargs)), None)
             self.input = None if first is None else (first.clone() if self.grad else first.detach().clone())
 
-    def take(self, out: Any) -> torch.Tensor | None:
-        """Record ``out``; return what the network should continue with (``None``: ``out`` itself)."""
+    def take(self, out: Any) -> Any:
+        """Record ``out`` (or the element of it the layer names); return what the network should continue with
+        (``None``: ``out`` itself)."""
+        element = getattr(self.site, "element", None)
+        if element is None and not isinstance(out, torch.Tensor) and isinstance(self.site, ModuleSite):
+            output_element(self.site, out)  # raises, listing the elements to choose from
+        if element is None:
+            return self._take(out)
+        new = self._take(output_element(self.site, out))
+        return None if new is None else with_element(out, element, new)
+
+    def _take(self, out: torch.Tensor) -> torch.Tensor | None:
         if not isinstance(out, torch.Tensor):
             raise LayerError(
                 f"{self.site.describe()} returns a {type(out).__name__}, not a tensor: choose another layer"

@@ -68,6 +68,9 @@ class ElementwiseRule(BackwardRule):
     #: whether the rule only replaces the forward function (smoothing) and keeps its true gradient: the plain
     #: gradient at ops without a rule is then exact, so strictness does not count them (:mod:`.strictness`)
     changes_forward_only = False
+    #: whether the method is *defined* as the plain gradient at the ops this rule does not take (guided backprop and
+    #: DeconvNet modify rectifiers only): an op that cannot hide a rectifier is then no gap (:mod:`.strictness`)
+    gradient_elsewhere = False
 
     def applies(self, nl: Nonlinearity, params: dict[str, Any]) -> bool:
         return True
@@ -195,6 +198,12 @@ class RuleSet:
         """Whether ops without a rule are exact under this set: its rules only replace forward functions."""
         return self.ops is None and bool(self.rules) and all(
             getattr(r, "changes_forward_only", False) for r in self.rules.values())
+
+    @property
+    def gradient_elsewhere(self) -> bool:
+        """Whether this set's method is defined as the gradient wherever its rules do not apply."""
+        return self.ops is None and bool(self.rules) and all(
+            getattr(r, "gradient_elsewhere", False) for r in self.rules.values())
 
     def key(self) -> tuple:
         ops = None if self.ops is None else self.ops.key()

@@ -13,7 +13,7 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 
-from .interception import Coverage
+from .interception import Coverage, op_key
 from .rules import GRADIENT, RuleSet
 
 
@@ -64,10 +64,32 @@ class Strictness:
             warnings.warn(message, UserWarning, stacklevel=2)
 
 
+# Ops of several inputs or of a whole vector, which no model uses to write a rectifier: a method defined as the
+# gradient wherever its rules do not apply (guided backprop, DeconvNet) has them covered.  A one-input op the
+# engine does not know (``torch.clamp(x, min=0)``, ``torch.erf``) may be a rectifier in another spelling, so it
+# stays a gap for those methods too.
+_NO_RECTIFIER = frozenset({
+    "mul", "__mul__", "__rmul__", "__imul__", "mul_", "multiply", "div", "__truediv__", "__rtruediv__", "div_",
+    "__itruediv__", "true_divide", "divide", "matmul", "__matmul__", "__rmatmul__", "mm", "bmm", "einsum", "softmax",
+    "log_softmax", "layer_norm", "group_norm", "rms_norm", "normalize", "scaled_dot_product_attention",
+    "multi_head_attention_forward",
+})
+
+
+def _gaps(rules: RuleSet, coverage: Coverage) -> list[str]:
+    """The ops of ``coverage`` without a rule that ``rules`` leave uncovered."""
+    if rules.exact_elsewhere:
+        return []
+    if rules.gradient_elsewhere:
+        return [name for name in coverage.unruled if op_key(name) not in _NO_RECTIFIER]
+    return list(coverage.unruled)
+
+
 def problem(rules: RuleSet, coverage: Coverage, method: str) -> str | None:
     """The message naming what ``rules`` do not cover in ``coverage``, or None."""
-    if coverage.unruled and not rules.exact_elsewhere:
-        ops = ", ".join(sorted(coverage.unruled))
+    gaps = _gaps(rules, coverage)
+    if gaps:
+        ops = ", ".join(sorted(gaps))
         return (f"strict: {method}: ops on the input's path have no {rules.name} rule and would get the plain "
                 f"gradient: {ops}. Register a rule (an elementwise op with tribute.register_nonlinearity, another "
                 f"op with tribute.core.register_rule(family, op, rule)), or pass strict=False to accept the plain "

@@ -1,0 +1,179 @@
+"""Speed on the zoo (issue 13): tribute's propagation methods against one forward+backward pass, model by model.
+
+On every zoo model (grouped and depthwise convolutions, VGG's wide layers, ConvNeXt, attention), it times, in one
+process, in the same interleaved rounds (benchmarks/common.py ``interleaved_medians``):
+
+- the physical unit: one forward + backward pass, the input gradient of the target scores, same batch;
+- ε-LRP in Ancona's form (``tribute.explain(..., "lrp_epsilon")``) and LRP with the "epsilon" composite;
+- DeepLIFT (Rescale);
+- LRP with the z⁺, γ and αβ composites ("zplus", "gamma", "alpha_beta");
+
+each with one explainer called repeatedly, as over a data set (LRP keeps the weights its rules derive from the
+first call on; the first call is the warm-up), and prints seconds and the ratio to the unit with the issue's
+targets: ε-LRP ≤ 1.5×, DeepLIFT ≤ 2.5×, the z⁺/γ/αβ composites ≤ 2× where a layer's input is non-negative and ≤ 3×
+where it has both signs (W⁺x⁺ + W⁻x⁻ forward and back takes at least 5 convolution-equivalents against 2); a
+composite's cell is marked ``ok`` at ≤ 2×, ``≤3×`` between, ``over`` beyond.  A method that refuses the model
+(:class:`UncoveredModelError`: no rule yet for LayerNorm, attention, gates) shows ``refused``.
+
+The models: Hugging Face's from tests/test_zoo.py (tiny random configs) where ``transformers`` imports, and
+torchvision's of benchmarks/zoo_torchvision.py (full widths; ViT and Swin smaller) where ``torchvision`` imports.
+The two never import in one environment (torchvision breaks ``transformers`` beside the test environment's torch),
+so run the script in both::
+
+    python benchmarks/bench_zoo.py --quick                                         # HF models, main env
+    PYTHONPATH=src /work/venvs/tv/bin/python benchmarks/bench_zoo.py --quick       # torchvision models
+    PYTHONPATH=src /work/venvs/tv/bin/python benchmarks/bench_zoo.py --side 224 --models resnet50 vgg11
+
+Batch 8, 64×64 (32×32 for the HF ViT and Swin, whose configs fix it), float32, the realistic state of
+zoo_torchvision.py (random biases and affines, measured batch-norm statistics), warm-up first, median of interleaved
+repeats.  The bg column is the CPU other processes used during the model's measurement, in cores: on a machine
+shared with other work the ratios mean little.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+
+from common import CpuMonitor, forward_backward, interleaved_medians, tribute_source  # noqa: E402
+from zoo_torchvision import realistic  # noqa: E402
+
+import tribute  # noqa: E402
+from tribute.core import UncoveredModelError  # noqa: E402
+
+BATCH, SIDE = 8, 64
+# label → (method, options, target ratio, kind): kind "composite" is judged 2× / 3× (see the module doc)
+METHODS = {
+    "lrp_epsilon": ("lrp_epsilon", {}, 1.5, "plain"),
+    "lrp[epsilon]": ("lrp", {"composite": "epsilon"}, 1.5, "plain"),
+    "deeplift": ("deeplift", {}, 2.5, "plain"),
+    "lrp[zplus]": ("lrp", {"composite": "zplus"}, 3.0, "composite"),
+    "lrp[gamma]": ("lrp", {"composite": "gamma"}, 3.0, "composite"),
+    "lrp[alpha_beta]": ("lrp", {"composite": "alpha_beta"}, 3.0, "composite"),
+}
+
+
+class Logits(nn.Module):
+    """A Hugging Face classifier as a function returning its logits (both sides time the same module)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x).logits
+
+
+def hf_zoo() -> dict[str, tuple[Callable[[], nn.Module], int]]:
+    """The models of tests/test_zoo.py, or none where ``transformers`` does not import."""
+    try:
+        import transformers  # noqa: F401
+    except Exception:  # noqa: BLE001 (absent, or broken by torchvision)
+        return {}
+    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
+    import test_zoo
+
+    sides = {"vit": 32, "swin": 32}
+    return {f"hf {name}": (lambda b=entry[0]: Logits(b()), sides.get(name, SIDE))
+            for name, entry in test_zoo.ZOO.items()}
+
+
+def tv_zoo() -> dict[str, tuple[Callable[[], nn.Module], int]]:
+    """torchvision's models of benchmarks/zoo_torchvision.py, or none where torchvision does not import."""
+    try:
+        from zoo_torchvision import torchvision_models
+
+        zoo = torchvision_models()
+    except Exception:  # noqa: BLE001
+        return {}
+    return {name: (build, side) for name, (build, side, _) in zoo.items()}
+
+
+def _verdict(ratio: float, target: float, kind: str) -> str:
+    if kind == "composite":
+        return "ok" if ratio <= 2.0 else "≤3×" if ratio <= 3.0 else "over"
+    return "ok" if ratio <= target else "over"
+
+
+def measure(name: str, model: nn.Module, side: int, repeats: int, monitor: CpuMonitor, methods: list[str]) -> None:
+    x = torch.randn(BATCH, 3, side, side, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        classes = model(x).shape[1]
+    target = torch.arange(BATCH) % classes
+    sides, labels, refused = [lambda: forward_backward(model, x, target)], ["forward+backward"], {}
+    for label in methods:
+        method, options, _, _ = METHODS[label]
+        explainer = tribute.get_method(method)(model, **options)
+        try:
+            explainer.attribute(x, target)  # the warm-up: LRP derives and keeps its weights here
+        except UncoveredModelError as e:
+            text = str(e)
+            refused[label] = text.split("plain gradient: ")[-1].split(". Register")[0][:100]
+            continue
+        except ValueError as e:  # lrp_epsilon's refusal of f(0) ≠ 0
+            refused[label] = str(e).splitlines()[0][:100]
+            continue
+        sides.append(lambda e=explainer: e.attribute(x, target))
+        labels.append(label)
+    forward_backward(model, x, target)
+    state = monitor.start()
+    seconds = interleaved_medians(sides, repeats)
+    bg = monitor.stop(state)
+    unit = seconds[0]
+    print(f"\n## {name}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, batch {BATCH} × 3 × "
+          f"{side} × {side}; bg {bg:.2f} cores)")
+    print(f"  {'forward+backward':<18} {unit * 1e3:9.1f} ms")
+    for label, s in zip(labels[1:], seconds[1:], strict=True):
+        _, _, goal, kind = METHODS[label]
+        ratio = s / unit
+        shown = "≤2×/≤3×" if kind == "composite" else f"≤{goal:g}×"
+        print(f"  {label:<18} {s * 1e3:9.1f} ms  {ratio:6.2f}×  target {shown:<8} {_verdict(ratio, goal, kind)}")
+    for label, why in refused.items():
+        print(f"  {label:<18} refused: {why}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 timed rounds (default 7)")
+    ap.add_argument("--repeats", type=int, help="timed rounds")
+    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--models", nargs="*", help="a subset of the models, by name")
+    ap.add_argument("--methods", nargs="*", choices=list(METHODS), help="a subset of the methods")
+    ap.add_argument("--side", type=int, default=SIDE, help=f"image side of the models that take any (default {SIDE}; "
+                    "ViT and Swin keep theirs)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    repeats = args.repeats or (3 if args.quick else 7)
+    warnings.filterwarnings("ignore")
+    zoo = {**hf_zoo(), **tv_zoo()}
+    if not zoo:
+        raise SystemExit("neither transformers nor torchvision imports here: no zoo model to time")
+    names = args.models or list(zoo)
+    methods = args.methods or list(METHODS)
+    print("tribute on the zoo: time against one forward+backward pass")
+    print(f"python {platform.python_version()}, torch {torch.__version__}, tribute {tribute.__version__} "
+          f"{tribute_source()}; {os.cpu_count()} CPUs, torch threads {torch.get_num_threads()}; float32, "
+          f"{repeats} timed rounds after a warm-up, sides interleaved, median reported")
+    monitor, t0 = CpuMonitor(), time.perf_counter()
+    for name in names:
+        build, side = zoo[name]
+        side = args.side if side == SIDE else side
+        torch.manual_seed(0)
+        model = realistic(build(), side, dtype=torch.float32)
+        measure(name, model, side, repeats, monitor, methods)
+    print(f"\ntotal {time.perf_counter() - t0:.0f} s")
+
+
+if __name__ == "__main__":
+    main()
