@@ -195,7 +195,7 @@ class _Op:
         vs = self.averaged_vjps(xr, dx, gs)
         sums = self.groups.sums
         n2 = sums(dx * dx)
-        finite = torch.where(torch.isfinite(xx), xx, torch.zeros((), dtype=xx.dtype, device=xx.device))
+        finite = torch.nan_to_num(xx, nan=0.0, posinf=0.0, neginf=0.0)  # masked scores: −∞ counts as 0 here
         tiny = torch.finfo(x.dtype).eps ** 2 * (1 + sums(finite * finite))
         moved = n2 > tiny
         safe = torch.where(moved, n2, torch.ones((), dtype=n2.dtype, device=n2.device))
