@@ -350,6 +350,50 @@ def test_a_softmax_over_the_batch_is_refused():
         _deeplift(lambda t: torch.softmax(t, 0), x, torch.zeros_like(x))
 
 
+# -- max pooling ---------------------------------------------------------------------------------------------------
+def test_max_pooling_multipliers_worked_by_hand():
+    # one window of 3: x = (1, 3, 2), x̄ = (2, 0, 1), Δy = 3 − 2 = 1.  Along x̄ + αΔx = (2 − α, 3α, 1 + α) the first
+    # entry is the largest for α < 1/2, the second after: J̄ = (1/2, 1/2, 0) (8 symmetric nodes, 4 on each side),
+    # J̄Δx = (−1 + 3)/2 = 1 = Δy, so φ = Δx ⊙ J̄ = (−1/2, 3/2, 0); the gradient at x alone would give (0, 3, 0)
+    x, base = torch.tensor([[1.0, 3.0, 2.0]], dtype=DT), torch.tensor([[2.0, 0.0, 1.0]], dtype=DT)
+    phi = _deeplift(lambda t: F.max_pool2d(t[:, None, None], (1, 3)).flatten(1), x, base)
+    torch.testing.assert_close(phi, torch.tensor([[-0.5, 1.5, 0.0]], dtype=DT), rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("pool", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
+                                  dict(kernel_size=3, stride=2, ceil_mode=True)], ids=["2x2", "3x3 s2 p1", "ceil"])
+def test_max_pooling_sums_to_delta_where_input_and_reference_select_unlike_entries(pool):
+    g = torch.Generator().manual_seed(11)
+    x, base = torch.randn(3, 2 * 49, generator=g, dtype=DT), torch.randn(3, 2 * 49, generator=g, dtype=DT)
+    head = torch.randn(2 * 16, 2, generator=g, dtype=DT)
+
+    def model(t):
+        h = F.max_pool2d(torch.tanh(t.reshape(-1, 2, 7, 7)), **pool).flatten(1)
+        return F.relu(h @ head[: h.shape[1]])  # 18 or 32 pooled entries
+
+    assert not torch.equal(F.max_pool2d(x.reshape(-1, 2, 7, 7), **pool, return_indices=True)[1],
+                           F.max_pool2d(base.reshape(-1, 2, 7, 7), **pool, return_indices=True)[1])
+    for target in range(2):
+        phi = _deeplift(model, x, base, target=target)
+        torch.testing.assert_close(phi.sum(1), _delta(model, x, base, target), rtol=1e-12, atol=1e-14)
+
+
+def test_the_derivative_of_a_max_pooling_attribution_is_the_scores_gradient():
+    g = torch.Generator().manual_seed(12)
+    x, base = torch.randn(2, 32, generator=g, dtype=DT), torch.randn(2, 32, generator=g, dtype=DT)
+    w = torch.randn(8, 2, generator=g, dtype=DT)
+
+    def model(t):
+        return torch.tanh(F.max_pool2d(F.softplus(t.reshape(-1, 2, 4, 4)), 3, 2, 1).flatten(1)) @ w
+
+    xs = x.clone().requires_grad_()
+    phi = tribute.DeepLift(Fn(model), baseline=base, differentiable=True, strict=True).attribute(xs, target=0)
+    (grad,) = torch.autograd.grad(phi.sum(), xs)
+    leaf = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(model(leaf)[:, 0].sum(), leaf)
+    torch.testing.assert_close(grad, expected, rtol=1e-9, atol=1e-11)
+
+
 # -- derivatives of the attribution ---------------------------------------------------------------------------------
 class TinyBlock(nn.Module):
     """Attention, LayerNorm, a quotient and a gate on (N, 3, 4) tokens: every rule of this file in one model."""

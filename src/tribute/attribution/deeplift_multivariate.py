@@ -126,13 +126,13 @@ GROUPINGS: dict[str, Callable[[torch.Tensor, tuple, dict], Groups | None]] = {
 }
 
 
-def _difference(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+def difference(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """x − r with equal entries, equal infinities included (masked scores), counted as no difference."""
     return torch.where(x == r, torch.zeros((), dtype=x.dtype, device=x.device), x - r)
 
 
 @functools.lru_cache(maxsize=16)
-def _nodes(n: int) -> tuple[list[float], list[float]]:
+def quadrature_nodes(n: int) -> tuple[list[float], list[float]]:
     alphas, weights = quadrature("gauss_legendre", n)
     return alphas.tolist(), weights.tolist()
 
@@ -143,7 +143,7 @@ class _Op:
     def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], groups: Groups, nodes: int, norm: Any = None,
                  softmax: str | None = None):
         self.f, self.groups, self.norm, self.softmax = f, groups, norm, softmax
-        self.alphas, self.weights = _nodes(nodes)
+        self.alphas, self.weights = quadrature_nodes(nodes)
 
     def averaged_vjps(self, r: torch.Tensor, dx: torch.Tensor, gs: list[torch.Tensor]) -> list[torch.Tensor]:
         """J̄ᵀ g for each g of ``gs`` (N rows each): weighted VJPs at the nodes r + α_k Δx, one batch of K·N rows;
@@ -189,7 +189,7 @@ class _Op:
     def multiplier(self, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Mᵀ g for both halves of the batch (the references' rows take the same M as their inputs')."""
         (xx, xr), (yx, yr) = halves(x), halves(y)
-        dx, dy = _difference(xx, xr), _difference(yx, yr)
+        dx, dy = difference(xx, xr), difference(yx, yr)
         gx, gr = halves(g)
         gs = [gx, gr] if bool(gr.ne(0).any()) else [gx]
         vs = self.averaged_vjps(xr, dx, gs)

@@ -1,0 +1,133 @@
+"""DeepLIFT at 2-d max pooling: per window, M Δx = Δy exactly, as at the other multivariate ops.
+
+Max pooling takes each window's largest entry.  Passing the signal to the entry selected at the input (the
+gradient, DeepLIFT's choice for max pooling: Shrikumar et al. 2017, §3.5 and their code) gives Δx_{i*}, which
+is not Δy = max(x) − max(x̄) where input and reference select different entries: on a VGG-11 in a realistic
+state, the sum then missed S(x) − S(x̄) by 3× (measured, torchvision zoo).  Each window is a group as in
+:mod:`.deeplift_multivariate`: J̄ is max's Jacobian averaged along the segment from x̄ to x (the fraction of the
+segment over which each entry is the largest, by the Gauss–Legendre nodes of the rule), corrected per window,
+
+    M_w = J̄_w + (Δy_w − J̄_w Δx) Δx_wᵀ / ‖Δx_w‖²,
+
+so Mᵀg = J̄ᵀg + Δx ⊙ Σ_w [window w] g_w (Δy_w − J̄_wΔx)/‖Δx_w‖² also where windows overlap (3×3 stride 2).
+Windows whose entries do not move keep J̄ (the gradient).  Dilation and ``return_indices`` keep the gradient
+(the switch of :func:`tribute.core.interception.linear_on_path`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..core.rule_registry import OpRule
+from .deeplift_multivariate import difference, quadrature_nodes
+from .deeplift_ops import check_pairs, halves, in_attribution_pass
+
+
+class _Pool:
+    """One max-pooling call: its windows, max over them with indices, and the sum over them."""
+
+    def __init__(self, kernel, stride, padding, ceil_mode, nodes):
+        self.kw = {"kernel_size": kernel, "stride": stride, "padding": padding, "ceil_mode": ceil_mode}
+        self.alphas, self.weights = quadrature_nodes(nodes)
+
+    def max(self, t: torch.Tensor, indices: bool = False) -> Any:
+        return F.max_pool2d(t, **self.kw, return_indices=indices)
+
+    def window_sums(self, t: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(t, **self.kw, count_include_pad=True, divisor_override=1)
+
+    def spread(self, coef: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """Σ_w [i ∈ window w] coef_w for every entry i: the VJP of the window sums (differentiable in grad mode)."""
+        create_graph = torch.is_grad_enabled()
+        with torch.enable_grad():
+            leaf = torch.zeros_like(like).requires_grad_()
+            (d,) = torch.autograd.grad(self.window_sums(leaf), leaf, coef, create_graph=create_graph)
+        return d
+
+    def multiplier(self, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Mᵀg for both halves; windows whose selection is the same at every node and at the input keep the
+        gradient exactly (J̄ = J(x), Δy = J̄Δx with no rounding), as without this rule."""
+        (xx, xr), (yx, yr), (gx, gr) = halves(x), halves(y), halves(g)
+        dx, dy = difference(xx, xr), difference(yx, yr)
+        gs = [gx, gr] if bool(gr.ne(0).any()) else [gx]
+        at_input = self.max(xx, indices=True)[1]
+        picks = [self.max(xr + a * dx, indices=True)[1] for a in self.alphas]
+        # the reference's selection too (not a node): only then is Δy = Δx at the input's selection, exactly
+        same = torch.stack([p == at_input for p in (*picks, self.max(xr, indices=True)[1])]).all(0)
+        jdx = torch.where(same, _at(dx, at_input), sum(w * _at(dx, p) for w, p in zip(self.weights, picks,
+                                                                                        strict=True)))
+        n2 = self.window_sums(dx * dx)
+        tiny = torch.finfo(x.dtype).eps ** 2 * (1 + self.window_sums(xx * xx))
+        moved = (n2 > tiny) & ~same
+        safe = torch.where(moved, n2, torch.ones_like(n2))
+        ms = []
+        for g_ in gs:
+            v = _route(torch.where(same, g_, 0.0), at_input, dx)
+            for w, p in zip(self.weights, picks, strict=True):
+                v = v + w * _route(torch.where(same, 0.0, g_), p, dx)
+            ms.append(v + dx * self.spread(torch.where(moved, g_ * (dy - jdx) / safe, 0.0), dx))
+        return torch.cat([ms[0], ms[1] if len(ms) > 1 else torch.zeros_like(ms[0])])
+
+    def true_vjp(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        return _route(g, self.max(x, indices=True)[1], x)
+
+
+def _at(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """t at each window's selected entry (``idx`` from max pooling: flat positions per (N, C) plane)."""
+    return t.flatten(2).gather(2, idx.flatten(2)).view_as(idx)
+
+
+def _route(g: torch.Tensor, idx: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """Each window's g added at its selected entry: the VJP of max pooling at the selection ``idx``."""
+    return torch.zeros_like(like).flatten(2).scatter_add(2, idx.flatten(2), g.flatten(2)).view_as(like)
+
+
+class _MaxPool(torch.autograd.Function):
+    """y = max_pool2d(x) forward; Mᵀg in the attribution's backward pass, the gradient in any later one."""
+
+    @staticmethod
+    def forward(ctx, x, pool: _Pool, phase):
+        ctx.pool, ctx.phase = pool, phase
+        y = pool.max(x)
+        ctx.save_for_backward(x, y)
+        return y
+
+    @staticmethod
+    def backward(ctx, g):
+        x, y = ctx.saved_tensors
+        if in_attribution_pass(ctx.phase):
+            return ctx.pool.multiplier(x, y, g), None, None
+        return ctx.pool.true_vjp(x, g), None, None
+
+
+def _arg(args: tuple, kwargs: dict, position: int, name: str, default: Any = None) -> Any:
+    return args[position] if len(args) > position else kwargs.get(name, default)
+
+
+class MaxPoolRule(OpRule):
+    """DeepLIFT at ``max_pool2d``: the averaged, corrected Jacobian per window (module doc), exact where input
+    and reference select different entries.  ``F.max_pool2d(x, kernel_size, stride, padding, dilation,
+    ceil_mode, return_indices)``; dilation ≠ 1 and ``return_indices`` keep the gradient, as before."""
+
+    name = "max_pool"
+
+    def __init__(self, nodes: int = 8):
+        if not isinstance(nodes, int) or nodes < 1:
+            raise ValueError(f"nodes must be an integer >= 1, got {nodes!r}")
+        self.nodes = nodes
+
+    def apply(self, handler, func, args, kwargs, tagged, name):
+        x = args[0] if args else kwargs.get("input")
+        kernel = _arg(args, kwargs, 1, "kernel_size")
+        stride = _arg(args, kwargs, 2, "stride") or kernel
+        dilation = _arg(args, kwargs, 4, "dilation", 1)
+        if not tagged(x) or x.dim() != 4 or _arg(args, kwargs, 6, "return_indices", False) or dilation not in (
+                1, (1, 1), [1, 1]):
+            return NotImplemented  # the switch's gradient, as without this rule
+        check_pairs(x, name)
+        pool = _Pool(kernel, stride, _arg(args, kwargs, 3, "padding", 0), bool(_arg(args, kwargs, 5, "ceil_mode")),
+                     self.nodes)
+        return _MaxPool.apply(x, pool, getattr(handler, "phase", None))
