@@ -353,11 +353,18 @@ def test_a_softmax_over_the_batch_is_refused():
 # -- max pooling ---------------------------------------------------------------------------------------------------
 def test_max_pooling_multipliers_worked_by_hand():
     # one window of 3: x = (1, 3, 2), x̄ = (2, 0, 1), Δy = 3 − 2 = 1.  Along x̄ + αΔx = (2 − α, 3α, 1 + α) the first
-    # entry is the largest for α < 1/2, the second after: J̄ = (1/2, 1/2, 0) (8 symmetric nodes, 4 on each side),
-    # J̄Δx = (−1 + 3)/2 = 1 = Δy, so φ = Δx ⊙ J̄ = (−1/2, 3/2, 0); the gradient at x alone would give (0, 3, 0)
+    # entry is the largest for α < 1/2, the second after: J̄ = (1/2, 1/2, 0), which both the default (the mean of
+    # the selections at the two ends) and 8 Gauss–Legendre nodes (4 on each side of 1/2) find; J̄Δx = (−1 + 3)/2 =
+    # 1 = Δy, so φ = Δx ⊙ J̄ = (−1/2, 3/2, 0).  The gradient at x alone would give (0, 3, 0), summing to 3
     x, base = torch.tensor([[1.0, 3.0, 2.0]], dtype=DT), torch.tensor([[2.0, 0.0, 1.0]], dtype=DT)
-    phi = _deeplift(lambda t: F.max_pool2d(t[:, None, None], (1, 3)).flatten(1), x, base)
-    torch.testing.assert_close(phi, torch.tensor([[-0.5, 1.5, 0.0]], dtype=DT), rtol=0, atol=1e-15)
+    original = rule_table("deeplift")["max_pool2d"]
+    try:
+        for rule in (original, type(original)(nodes=8)):
+            register_rule("deeplift", "max_pool2d", rule, replace=True)
+            phi = _deeplift(lambda t: F.max_pool2d(t[:, None, None], (1, 3)).flatten(1), x, base)
+            torch.testing.assert_close(phi, torch.tensor([[-0.5, 1.5, 0.0]], dtype=DT), rtol=0, atol=1e-15)
+    finally:
+        register_rule("deeplift", "max_pool2d", original, replace=True)
 
 
 @pytest.mark.parametrize("pool", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),

@@ -88,9 +88,10 @@ class DeepLift(Method):
       (:mod:`tribute.attribution.deeplift_multivariate`).  Attention (``sdpa``, ``nn.MultiheadAttention``) is
       taken apart into its products and softmax.
 
-    - 2-d max pooling: per window the same corrected average of max's Jacobian (the fraction of the segment over
-      which each entry is the largest), exact also where input and reference select unlike entries; a window
-      whose selection never changes keeps the gradient, as in Shrikumar et al. (:mod:`.deeplift_pooling`).
+    - 2-d max pooling: per window max's Jacobian averaged over the segment (by default the mean of the selections
+      at its two ends) and corrected the same way, exact also where input and reference select unlike entries;
+      a window where both select the same entry keeps the gradient, as in Shrikumar et al.
+      (:mod:`tribute.attribution.deeplift_pooling`).
 
     Measured in float64: relative gap below 1e-14 on Hugging Face ConvNeXt, EfficientNet, ViT, Swin, BERT and
     GPT-2 (tests/test_deeplift_modern.py), below 3e-13 on torchvision's ResNet-18/50, VGG-11, DenseNet-121,
