@@ -17,7 +17,7 @@
 >>> composite = Composite(first=Flat(), conv=Gamma(0.25), dense=Epsilon(1e-6))
 """
 
-from . import ops  # registers the family's op rules  # noqa: F401
+from . import epsilon_ops, ops  # register the families' op rules  # noqa: F401
 from .composites import (
     RULE_PARAMETERS,
     Composite,
