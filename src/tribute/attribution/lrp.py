@@ -203,6 +203,8 @@ class LRP(Method):
                 counted = RuleSet(name, at_nonlinearities,
                                   ops=WithWeights(composite, cache, self._plan, o.attention, absorbed))
                 out = self._gradients(rows, target, sample, o, rules=counted, relevance=True)
+                if absorbed.unplaced and len(sample) > 1:  # shares on tensors not batch-first: one sample at a time
+                    return torch.cat([contribution(sample[i:i + 1], _) for i in range(len(sample))])
                 totals[sample] = absorbed.per_sample()
                 return out
             except Replan:

@@ -29,17 +29,21 @@ class Absorbed:
     def __init__(self, rows: int):
         self.rows = rows
         self.total: torch.Tensor | None = None
-        #: a share on a tensor whose first dimension is not the batch (``nn.MultiheadAttention``'s (L, N, E)):
-        #: its samples are unknown, and :meth:`per_sample` says so with NaN rather than guessing
+        #: a share on a tensor whose first dimension is not the batch (GPT-2's ``Conv1D`` on (N·T, C), Swin's windows
+        #: (N·W, …), ``nn.MultiheadAttention``'s (L, N, E)): its samples are unknown, :meth:`per_sample` says so
+        #: with NaN rather than guessing, and the LRP method runs such a chunk again one sample at a time
         self.unplaced = False
 
     def add(self, share: torch.Tensor) -> None:
         """Count ``share`` (relevance on a constant, laid out like the tensor it joined: batch first)."""
         share = share.detach()
-        if share.dim() == 0 or share.shape[0] != self.rows:
+        if self.rows == 1:  # one sample: every share is its own, whatever the layout
+            s = share.sum().reshape(1)
+        elif share.dim() == 0 or share.shape[0] != self.rows:
             self.unplaced = True
             return
-        s = share.reshape(self.rows, -1).sum(1)
+        else:
+            s = share.reshape(self.rows, -1).sum(1)
         self.total = s if self.total is None else self.total + s
 
     def per_sample(self, dtype: torch.dtype = torch.float64) -> torch.Tensor:

@@ -11,6 +11,7 @@ Stabiliser: stab_e(d) = d + e·sign(d) with sign(0) = +1, added, never clipped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 
 import torch
@@ -342,12 +343,18 @@ class PassRelevance(ElementwiseRule):
     name = "pass"
 
     def save(self, nl, z, y, params):
-        return () if absorbed_value(nl, params, z) == 0 else (z,)
+        return () if zero_value(nl, params, z) == 0 else (z,)
 
     def backward(self, nl, gy, saved, params):
         if not saved:  # f(0) = 0: relevance passes unchanged
             return gy
         (z,) = saved
+        if not math.isfinite(zero_value(nl, params, z)):
+            # no rule (rsqrt, log): refused where relevance reaches it; as a gate (RMSNorm's rsqrt, tribute.lrp.gates)
+            # it receives none, and needs none
+            if bool(gy.any()):
+                absorbed_value(nl, params, z)  # raises, naming the nonlinearity
+            return torch.zeros_like(gy)
         y = nl(z, **params)
         share = (y - zero_value(nl, params, z)) / stab(y, STABILIZER)
         return gy * torch.where(y == 0, torch.zeros_like(share), share)
