@@ -7,16 +7,17 @@ relevance per unit of the tensor, t = R / v, and the attribution x ⊙ t); ``han
 - **Softmax** s = softmax(x).  Under CP-LRP (``attention="cp"``, the default) its output is a gate
   (:mod:`tribute.lrp.gates`): in attention's s·V the weights are held constant and V takes all the relevance, so
   the value path carries it and the relevance conserves (Ali et al. 2022, "XAI for Transformers: Better Explanations
-  through Conservative Propagation", §3.2; as LXT does for vision transformers).  Under ``attention="attnlrp"`` the
-  product s·V is bilinear (each operand half, AttnLRP's uniform rule) and the softmax redistributes its relevance by
-  AttnLRP's rule (Achtibat et al. 2024, Prop 3.1, a first-order Taylor expansion at x with the bias absorbed):
+  through Conservative Propagation", their AH-rule; as LXT does for vision transformers).  Under
+  ``attention="attnlrp"`` the product s·V is bilinear (each operand half, AttnLRP's uniform rule) and the softmax
+  redistributes its relevance by AttnLRP's softmax rule (Achtibat et al. 2024; a first-order Taylor expansion at x
+  with the bias absorbed):
 
       R_x = x ⊙ (R_s − s · Σ_j R_s,j)        (along the softmax's dim),
 
   which does *not* conserve: Σ R_x = Σ_i x_i R_i − (Σ_i x_i s_i)(Σ_j R_j).  Entries masked with −∞ get 0.  In the
   gradient form, t_x = R_x / x = s ⊙ t_s − s Σ_j s_j t_s,j = Jᵀ t_s: the rule is the softmax's plain gradient.
 - **LayerNorm, GroupNorm, RMSNorm** (``F.layer_norm``, ``F.group_norm``, ``F.rms_norm``): the normalisation held
-  constant (Ali et al. 2022, §3.3, their LN rule: the standard deviation detached): y = γ ⊙ (x − μ(x)) / σ + β with
+  constant (Ali et al. 2022, their LN-rule: the standard deviation detached): y = γ ⊙ (x − μ(x)) / σ + β with
   σ a constant (μ = 0 for RMSNorm) is affine in x, and takes the Norm rule R_x = x ⊙ Jᵀ(R / stab(y)); the centring
   stays linear, β absorbs β ⊙ R / stab(y) like a bias.  With β = 0 it conserves up to ε.
 - **masked_fill** with a constant, **where** with a constant, **cat/stack** with a constant part (a class token):
@@ -61,7 +62,7 @@ class Softmax(OpRule):
 
 
 class SoftmaxRelevance(torch.autograd.Function):
-    """s = softmax(x) forward; AttnLRP's R_x = x ⊙ (R − s Σ R) backward (Achtibat et al. 2024, Prop 3.1)."""
+    """s = softmax(x) forward; AttnLRP's R_x = x ⊙ (R − s Σ R) backward (Achtibat et al. 2024, the softmax rule)."""
 
     @staticmethod
     def forward(ctx, x, softmax: Callable, dim: int):

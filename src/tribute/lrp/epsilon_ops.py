@@ -7,7 +7,7 @@ with t = R / v the relevance per unit of a tensor v:
 
 - **gate** (signal-take-all, Arras et al. 2017): y = a·g with g a gate gives R_a = R_y, R_g = 0; with t this is
   t_a = g ⊙ t_y, the gradient with g held constant, and no gradient to g;
-- **uniform** (AttnLRP, Achtibat et al. 2024, Prop 3.3): y = B(a, b) bilinear, R_a = R_b = R_y / 2 (for a
+- **uniform** (AttnLRP, Achtibat et al. 2024, the uniform rule): y = B(a, b) bilinear, R_a = R_b = R_y / 2 (for a
   product y_j = Σ_i a_ji b_ik: each term's relevance halved); with t, each operand's gradient halved;
 - **softmax**: under CP-LRP a gate (above); under AttnLRP its rule is the plain gradient in this form
   (:mod:`tribute.lrp.attention`);

@@ -17,10 +17,10 @@ afterwards voids it):
   0.5·x·(1 + tanh(…)) multiplies the signal 0.5·x by the gate 1 + tanh(…).
 
 A product of two tensors on the path where neither is a gate is *bilinear* (attention's QKᵀ, GLU): AttnLRP's uniform
-rule gives each operand half (Achtibat et al. 2024, Prop 3.3).  tanh is a gate against a signal (gelu_new's
-1 + tanh(…) against 0.5·x) but a signal against a strong gate: an LSTM's candidate state tanh(g) times its input
-gate sigmoid(i) gives all to tanh(g), as in Arras et al.  Operands that are all gates of the same strength share
-the relevance uniformly, and their product is a gate of that strength.
+rule for multiplications gives each operand half (Achtibat et al. 2024).  tanh is a gate against a signal
+(gelu_new's 1 + tanh(…) against 0.5·x) but a signal against a strong gate: an LSTM's candidate state tanh(g) times
+its input gate sigmoid(i) gives all to tanh(g), as in Arras et al.  Operands that are all gates of the same strength
+share the relevance uniformly, and their product is a gate of that strength.
 """
 
 from __future__ import annotations

@@ -67,9 +67,9 @@ class NormFunction(torch.autograd.Function):
     """y = op(*inputs) for an op linear or affine in its inputs; backward: R_k = share · x_k ⊙ J_kᵀ (R / stab(y)).
 
     ``share`` is 1 for the Norm rule and 1/n for a product of n inputs under AttnLRP's uniform rule (Achtibat et al.
-    2024, Prop 3.3: y = a·b is linear in each, and x_k ⊙ J_kᵀ(R / y) gives each the whole of R).  With ``absorbed``
-    (:class:`tribute.lrp.absorbed.Absorbed`), the constants' share c ⊙ R / stab(y) is counted, c = op(0) the part of
-    y that no input makes (the op is affine in its inputs, the other arguments held).
+    2024, for multiplications: y = a·b is linear in each, and x_k ⊙ J_kᵀ(R / y) gives each the whole of R).  With
+    ``absorbed`` (:class:`tribute.lrp.absorbed.Absorbed`), the constants' share c ⊙ R / stab(y) is counted,
+    c = op(0) the part of y that no input makes (the op is affine in its inputs, the other arguments held).
     The inputs are kept by reference (:class:`Kept`); the backward pass recomputes y with its graph, which
     for an addition or a pooling costs less than copying inputs and output in the forward pass."""
 

@@ -6,7 +6,10 @@
 - batch norm right after such a layer merges into it, else it is an affine map under the Norm rule;
 - ops linear or affine in their inputs on the input's path (additions, means, pooling, scaling) split relevance
   in proportion to the contributions of their inputs, the Norm rule R_i = x_i Σ_j ∂y_j/∂x_i R_j / stab(y_j)
-  (:class:`Proportional`); a product is linear only while one factor is on the input's path;
+  (:class:`Proportional`); a product of two factors on the input's path holds a gate constant and splits the rest
+  uniformly (:mod:`tribute.lrp.gates`);
+- softmax (CP-LRP, or AttnLRP's rule) and LayerNorm/GroupNorm/RMSNorm with 1/σ held constant
+  (:mod:`tribute.lrp.attention`);
 - moves (reshapes, concatenation, indexing, max pooling, dropout in eval) pass relevance as their gradient does.
 
 The rules say what an op is; the handler of the pass says how its form computes it: the relevance form

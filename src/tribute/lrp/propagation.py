@@ -16,6 +16,11 @@ handler sees every op on the input's path and applies the rule of the ``"lrp"`` 
   pooling, scaling, unmerged batch norm — splits relevance in proportion to the contributions of its
   inputs (the "Norm" rule R_i = x_i Σ_j ∂z_j/∂x_i R_j / z_j, stabilised), so an addition x + y gives
   x/(x+y) and y/(x+y) of the relevance to each branch, however the addition is written;
+- a product of two tensors on the path gives a gate nothing and the signals equal shares (:mod:`tribute.lrp.gates`:
+  signal-take-all, Arras et al. 2017; AttnLRP's uniform rule, Achtibat et al. 2024); softmax and the
+  normalisations take the rules of :mod:`tribute.lrp.attention` (CP-LRP or AttnLRP; 1/σ held constant);
+- with :attr:`Propagation.absorbed`, the relevance that constants take (biases, β, embeddings added on the path, a
+  class token) is counted per sample (:mod:`tribute.lrp.absorbed`);
 - elementwise nonlinearities y = f(z) pass relevance unchanged where f(0) = 0, and R_y·(f(z) − f(0))/f(z) where
   f(0) ≠ 0, f(0) counted as an absorbed bias (:class:`tribute.lrp.rules.PassRelevance`); reshapes,
   concatenations and indexing move it;
@@ -342,6 +347,8 @@ class Propagation:
             return move_with_constants(func, args, kwargs, tagged, self.absorbed)
         if not strength:
             return NotImplemented
+        if name.endswith("_") and args:  # masked_fill_ of a gate: what is kept of it is copied first
+            self.before_write(args[0])
         out = func(*args, **kwargs)
         mark_gate(out, strength)
         return out
@@ -357,34 +364,38 @@ class Propagation:
         if not on_path:
             self.unruled.append(name)
             return NotImplemented
-        self.count_consumers(args, kwargs, tagged)  # before an in-place op writes its first input
-        strength, share, inputs = gates_only(on_path), 1.0, tagged
+        strength, share, inputs, held = gates_only(on_path), 1.0, tagged, ()
         if rule.bilinear:  # a product: gates held constant (signal-take-all), the signals share it uniformly
             signals, gates = factors(rule.base, args, kwargs, tagged)
             if not signals:  # c / b with only the divisor on the path: no linear map of it (plain gradient, listed)
                 self.unruled.append(name)
                 return NotImplemented
             if gates or len(signals) > 1:
-                share, inputs = 1.0 / len(signals), among(signals)
+                share, inputs, held = 1.0 / len(signals), among(signals), gates
+        self.count_consumers(args, kwargs, tagged)  # before an in-place op writes its first input
         additive = rule.base == "add" and len(args) == 2 and not kwargs and len(on_path) == 2 and \
             args[0].shape == args[1].shape
         if rule.inplace and inputs(args[0]):  # written in place by the Norm rule's node, which keeps the old value
             out = self._proportional(getattr(torch, rule.base), args, kwargs, inputs, inplace_func=func,
-                                     additive=additive, share=share)
+                                     additive=additive, share=share, held=held)
         elif rule.inplace:  # args[0] is not on the input's path: write the result into it
             self.before_write(args[0])
-            out = args[0].copy_(self._proportional(getattr(torch, rule.base), args, kwargs, inputs, share=share))
+            out = args[0].copy_(self._proportional(getattr(torch, rule.base), args, kwargs, inputs, share=share,
+                                                   held=held))
         else:
-            out = self._proportional(func, args, kwargs, inputs, additive=additive, share=share)
+            out = self._proportional(func, args, kwargs, inputs, additive=additive, share=share, held=held)
         setattr(out, _NORM, out._version)
         mark_gate(out, strength)  # an affine map of gates (1 + tanh(u), 0.5·g) is a gate
         return out
 
     def _proportional(self, func, args, kwargs, tagged, inplace_func=None, additive: bool = False,
-                      share: float = 1.0):
+                      share: float = 1.0, held=()):
         """The op under the Norm rule; ``inplace_func`` (the op's in-place form, writing into ``args[0]``)
         is used when ``args[0]`` is on the input's path.  ``additive``: the op is a + b, same shapes.  ``share``:
-        the part of each input's Norm-rule relevance it gets (AttnLRP's uniform rule, :class:`NormFunction`)."""
+        the part of each input's Norm-rule relevance it gets (AttnLRP's uniform rule, :class:`NormFunction`).
+        ``held``: gates among the other arguments (held constant), which must not change before the backward pass
+        reads them again."""
+        versions = [(g, g._version) for g in held]
         positions = [i for i, a in enumerate(args) if tagged(a)]
         keys = [k for k, v in kwargs.items() if tagged(v)]
         inputs = [args[i] for i in positions] + [kwargs[k] for k in keys]
@@ -395,6 +406,9 @@ class Propagation:
 
         def with_inputs(f):
             def call(*xs):
+                if any(g._version != v for g, v in versions):
+                    raise RuntimeError("a gate held constant in a product was written in place before the backward "
+                                       "pass: its relevance would be computed from the new values")
                 a, kw = list(rest), dict(rest_kw)
                 for i, v in zip(positions, xs[: len(positions)], strict=True):
                     a[i] = v
