@@ -274,3 +274,39 @@ def test_a_reciprocal_of_the_path_used_alone_is_refused():
     """c / b with only the divisor on the path is no linear map of it: no rule (never the Norm rule's −R)."""
     with pytest.raises(UncoveredModelError, match="div"):
         _explain(lambda x: torch.div(torch.ones_like(x), x * x + 1.0), X, "lrp")
+
+
+# -- second order --------------------------------------------------------------------------------------------------
+class GatedNorm(nn.Module):
+    """A dense layer, LayerNorm, a tanh gate and a product of two signals, a dense head."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner, self.norm, self.head = nn.Linear(6, 6), nn.LayerNorm(6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.norm(self.inner(x))
+        gated = h[:, :3] * (1 + torch.tanh(h[:, 3:])) * 0.5
+        return self.head(torch.cat([gated, h[:, :3] * h[:, 3:]], 1))
+
+
+def test_lrp_epsilon_differentiated_sees_the_true_derivatives():
+    """Gates, halves and 1/σ are held in the attribution's backward pass only (tribute.lrp.epsilon_ops): the
+    derivative of the attribution a(x) with differentiable=True equals its central finite differences."""
+    torch.manual_seed(0)
+    model = GatedNorm().to(DT).eval()
+    x = torch.randn(2, 6, dtype=DT, generator=torch.Generator().manual_seed(1))
+    weights = torch.arange(1.0, 7.0, dtype=DT)
+
+    def attribution(v, differentiable=False):
+        return tribute.explain(model, v, "lrp_epsilon", target=0, differentiable=differentiable)
+
+    leaf = x.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((attribution(leaf, True) * weights).sum(), leaf)
+    h, fd = 1e-6, torch.zeros_like(x)
+    for i in range(2):
+        for j in range(6):
+            e = torch.zeros_like(x)
+            e[i, j] = h
+            fd[i, j] = ((attribution(x + e) - attribution(x - e)) * weights).sum() / (2 * h)
+    torch.testing.assert_close(grad, fd, rtol=1e-7, atol=1e-8)
