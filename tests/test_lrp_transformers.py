@@ -245,14 +245,6 @@ def _text(arch):
 CONSERVING = {"vit": _vit, "bert": lambda: _text("bert"), "gpt2": lambda: _text("gpt2")}
 
 
-@pytest.fixture
-def tiny_stabilisers(monkeypatch):
-    """ε tiny everywhere: the Norm rule's stabiliser too (1e-6 by default), so what it absorbs is negligible."""
-    from tribute.lrp import nodes
-
-    monkeypatch.setattr(nodes, "STABILIZER", 1e-12)
-
-
 @pytest.mark.parametrize("name", sorted(CONSERVING))
 def test_cp_lrp_conserves_on_a_bias_free_transformer(name, tiny_stabilisers):
     """Σ input relevance + Σ constant leaves' (position and token-type embeddings, the class token) = S(x), with

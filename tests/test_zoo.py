@@ -203,6 +203,21 @@ def test_every_lrp_composite_runs_on_every_zoo_model(name, composite):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus"])
+@pytest.mark.parametrize("name", NAMES + list(TEXT), ids=NAMES + list(TEXT))
+def test_lrp_conserves_counting_every_constant_leaf(name, composite, tiny_stabilisers):
+    # Σ R_input + what biases, β, batch norm's shift, embeddings, the class token and f(0) at squeeze-excitation's
+    # sigmoid absorbed (explainer.absorbed, each share computed at its constant) = the score, biases included
+    model, x, options = _lrp_case(name)
+    explainer = tribute.LRP(model, composite=composite, epsilon=1e-12, absorbed=True)
+    phi = explainer.attribute(x, target=TARGET, **options)
+    score = model(x, *options.get("forward_args", ()))
+    score = (score if name in TEXT else score.logits)[:, TARGET].detach()
+    total = phi.flatten(1).sum(1) + explainer.absorbed
+    assert ((total - score).abs() <= 1e-8 * score.abs()).all(), (total, score)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("name", NAMES + list(TEXT), ids=NAMES + list(TEXT))
 def test_lrp_epsilon_runs_or_refuses_a_nonlinearity_with_f0_nonzero(name):
     # Ancona's ratio f(z)/(z + ε) is unbounded where f(0) ≠ 0: EfficientNet's squeeze-excitation sigmoid is refused

@@ -31,6 +31,7 @@ from ..lrp.elementwise import FAMILY as LRP_EPSILON
 from ..lrp.epsilon_form import EpsilonForm, FusedEpsilonRelu, Unsupported, covers
 from ..lrp.epsilon_ops import ATTENTION, EpsilonOps
 from ..lrp.merge_plan import MergePlan, Replan
+from ..lrp.rules import PassRelevance
 from ..lrp.ops import FAMILY
 from ..lrp.weight_cache import WeightCache
 from .gradient import GradientAtInput
@@ -200,8 +201,9 @@ class LRP(Method):
                 if totals is None:
                     return self._gradients(rows, target, sample, o, rules=rules, relevance=True)
                 absorbed = Absorbed(rows.shape[0])  # this chunk's: counted in its backward pass
-                counted = RuleSet(name, at_nonlinearities,
-                                  ops=WithWeights(composite, cache, self._plan, o.attention, absorbed))
+                counting = {k: r.with_options(absorbed=absorbed) if isinstance(r, PassRelevance) else r
+                            for k, r in at_nonlinearities.items()}  # f(0)'s share too
+                counted = RuleSet(name, counting, ops=WithWeights(composite, cache, self._plan, o.attention, absorbed))
                 out = self._gradients(rows, target, sample, o, rules=counted, relevance=True)
                 if absorbed.unplaced and len(sample) > 1:  # shares on tensors not batch-first: one sample at a time
                     return torch.cat([contribution(sample[i:i + 1], _) for i in range(len(sample))])

@@ -12,8 +12,10 @@ output (Montavon et al. 2019, §10.2.1).  Relevance leaves the input's path wher
 Issue 13 asks that LRP with CP-LRP attention and ε rules conserves on a bias-free transformer "counting the relevance
 that reaches every input and every constant leaf".  A :class:`Absorbed` is filled during one pass's backward by the
 relevance form's nodes (:mod:`tribute.lrp.nodes`, :mod:`tribute.lrp.attention`), each with the share its rule gives
-the constant, computed from the constant (never as the score minus the input's relevance), per sample.  Not counted:
-what the stabiliser ε absorbs, and f(0) at nonlinearities with f(0) ≠ 0 (:class:`tribute.lrp.PassRelevance`).
+the constant, computed from the constant (never as the score minus the input's relevance), per sample; so is f(0)'s
+share at a nonlinearity with f(0) ≠ 0 (sigmoid: :class:`tribute.lrp.PassRelevance`).  Two shares are counted as
+what the inputs do not receive: a move's (exact: a move conserves) and a linear layer's under a rule other than ε
+(z⁺'s b⁺ term, and the stabiliser).  Not counted: what the stabiliser ε absorbs elsewhere.
 """
 
 from __future__ import annotations
