@@ -31,8 +31,8 @@ from ..lrp.elementwise import FAMILY as LRP_EPSILON
 from ..lrp.epsilon_form import EpsilonForm, FusedEpsilonRelu, Unsupported, covers
 from ..lrp.epsilon_ops import ATTENTION, EpsilonOps
 from ..lrp.merge_plan import MergePlan, Replan
-from ..lrp.rules import PassRelevance
 from ..lrp.ops import FAMILY
+from ..lrp.rules import PassRelevance
 from ..lrp.weight_cache import WeightCache
 from .gradient import GradientAtInput
 
