@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import OnEmbeddings, realistic_state, text_batch, text_model
+from conftest import OnEmbeddings, concurrently, realistic_state, text_batch, text_model
 from torch import nn
 
 import tribute
@@ -302,3 +302,21 @@ def test_lrp_epsilon_differentiated_sees_the_true_derivatives():
             e[i, j] = h
             fd[i, j] = ((attribution(x + e) - attribution(x - e)) * weights).sum() / (2 * h)
     torch.testing.assert_close(grad, fd, rtol=1e-7, atol=1e-8)
+
+
+def test_absorbed_is_per_call_and_per_thread():
+    """Two threads share one explainer on ReLU(x + c), c = (0.5, 1, −1): the constant's share is c where the ReLU is
+    on, so x = (1, −3, 0.5) gives 0.5 and x = (−1, 2, 3) gives 1 − 1 = 0; each thread reads its own."""
+    offset = torch.tensor([0.5, 1.0, -1.0], dtype=DT)
+    explainer = tribute.LRP(Fn(lambda v: F.relu(v + offset)), composite="epsilon", absorbed=True)
+    inputs = [torch.tensor([[1.0, -3.0, 0.5]], dtype=DT), torch.tensor([[-1.0, 2.0, 3.0]] * 2, dtype=DT)]
+    expected = [torch.tensor([0.5], dtype=DT), torch.tensor([0.0, 0.0], dtype=DT)]
+
+    def call(i):
+        explainer.attribute(inputs[i], target=0)
+        return explainer.absorbed.clone()
+
+    results = concurrently(call, rounds=5)
+    for i in (0, 1):
+        for got in results[i]:  # the stabiliser 1e-6 shifts c's share c·R/(y + 1e-6) by ~1e-7
+            torch.testing.assert_close(got, expected[i], rtol=0, atol=1e-6)
