@@ -320,3 +320,32 @@ def test_absorbed_is_per_call_and_per_thread():
     for i in (0, 1):
         for got in results[i]:  # the stabiliser 1e-6 shifts c's share c·R/(y + 1e-6) by ~1e-7
             torch.testing.assert_close(got, expected[i], rtol=0, atol=1e-6)
+
+
+class TwoBranches(nn.Module):
+    """a = A x, b = B x, then a gated by 1 + tanh(b), a times b, or a over sqrt(b² + 1); in place or not."""
+
+    def __init__(self, mode: str, inplace: bool):
+        super().__init__()
+        torch.manual_seed(3)
+        self.a, self.b, self.head = nn.Linear(4, 3), nn.Linear(4, 3), nn.Linear(3, 2)
+        self.mode, self.inplace = mode, inplace
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        other = {"gate": lambda: 1 + torch.tanh(b), "uniform": lambda: b, "div": lambda: torch.sqrt(b * b + 1)}
+        op = "div" if self.mode == "div" else "mul"
+        if self.inplace:
+            getattr(a, op + "_")(other[self.mode]())
+        else:
+            a = getattr(torch, op)(a, other[self.mode]())
+        return self.head(a)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.parametrize("mode", ["gate", "uniform", "div"])
+def test_products_written_in_place_give_the_same_relevance(method, mode):
+    x = torch.randn(3, 4, dtype=DT, generator=torch.Generator().manual_seed(2))
+    apart = tribute.explain(TwoBranches(mode, False).to(DT).eval(), x, method, target=0, **METHODS[method])
+    in_place = tribute.explain(TwoBranches(mode, True).to(DT).eval(), x, method, target=0, **METHODS[method])
+    torch.testing.assert_close(in_place, apart, rtol=1e-10, atol=1e-12)

@@ -105,12 +105,16 @@ class Product(OpRule):
             out = func(*args, **kwargs)
         else:
             share = 1.0 / len(signals)
-            swap = {id(t): _Share.apply(t, 0.0, handler.phase) for t in gates}
+            # in place: the product reads a copy of the first operand, which the result then overwrites (what the
+            # product saved for its backward pass must not be that operand)
+            own = {id(args[0]): args[0].clone()} if self.inplace else {}
+            swap = {id(t): _Share.apply(own.get(id(t), t), 0.0, handler.phase) for t in gates}
             if len(signals) > 1:
-                swap.update({id(t): _Share.apply(t, share, handler.phase) for t in signals})
+                swap.update({id(t): _Share.apply(own.get(id(t), t), share, handler.phase) for t in signals})
+            swap = {**own, **swap}
             new_args = [swap.get(id(a), a) if isinstance(a, torch.Tensor) else a for a in args]
             new_kwargs = {k: swap.get(id(v), v) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()}
-            if self.inplace:  # computed out of place, then written into the first operand
+            if self.inplace:
                 out = args[0].copy_(getattr(torch, self.base)(*new_args, **new_kwargs))
             else:
                 out = func(*new_args, **new_kwargs)
