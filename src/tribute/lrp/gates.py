@@ -30,11 +30,11 @@ from typing import Any
 
 import torch
 
-_GATE = "_tribute_gate"  # on a gate: its version when marked
+_GATE = "_tribute_gate"  # on a gate: (its version when marked, its strength)
 
-#: elementwise nonlinearities whose output is a gate (see the module doc)
+#: elementwise nonlinearities whose output is a gate (see the module doc; tanh's is weak)
 GATE_NONLINEARITIES = frozenset({"sigmoid", "hardsigmoid", "tanh", "rsqrt", "reciprocal"})
-#: ops whose output is a gate when every operand on the input's path is one (and the rest are constants)
+#: divisions, whose divisor on the input's path is held like a gate
 DIVISIONS = frozenset({"div", "__truediv__", "div_", "__itruediv__", "true_divide", "divide"})
 
 
