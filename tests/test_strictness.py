@@ -69,7 +69,7 @@ def test_guided_backprop_keeps_the_derivative_of_a_hand_written_gelu_as_of_f_gel
     torch.testing.assert_close(hand, fused, rtol=1e-8, atol=1e-10)
 
 
-@pytest.mark.parametrize("method", ["deeplift", "lrp_epsilon"])
+@pytest.mark.parametrize("method", ["deeplift"])  # lrp_epsilon has rules for its products
 def test_a_hand_written_gelu_is_refused_by_its_ops(method):
     with pytest.raises(UncoveredModelError, match=r"pow.*tanh|mul"):
         tribute.explain(_net(hand_gelu), X, method, target=0)
