@@ -211,6 +211,16 @@ def fallbacks(monkeypatch):
     return seen
 
 
+@pytest.fixture
+def tiny_stabilisers(monkeypatch):
+    """LRP's fixed stabiliser (1e-6: the Norm rule's, the pass rule's, z⁺'s) set to 1e-12 for the test, so that what
+    it absorbs is negligible beside a conservation check's tolerance (the rules' own ε is an option)."""
+    from tribute.lrp import nodes, rules
+
+    monkeypatch.setattr(nodes, "STABILIZER", 1e-12)
+    monkeypatch.setattr(rules, "STABILIZER", 1e-12)
+
+
 # -- a model with a per-sample forward argument (issue 12) -----------------------------------------------------------
 class MaskedSequence(nn.Module):
     """Features of a sequence (N, T, F), a per-sample mask over positions (N, T), masked mean pooling; ``scale`` a

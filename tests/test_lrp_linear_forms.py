@@ -177,10 +177,8 @@ def test_every_gpt2_projection_is_a_dense_layer():
     net = _Embedded(gpt2)
     e = torch.randn(1, 5, 16, dtype=DT)
     comp = _Recording()
-    # GPT-2's layer norm, attention and gelu_new have no LRP rule yet (issue 13): refused by default, the plain
-    # gradient there with strict=False, which warns; this test is about which calls are layers
-    with pytest.warns(UserWarning, match="layer_norm"):
-        r = tribute.explain(net, e, "lrp", composite=comp, target=1, strict=False)
+    # layer norm, attention and gelu_new's products have rules of their own (tribute.lrp.attention, .gates): covered
+    r = tribute.explain(net, e, "lrp", composite=comp, target=1)
     assert torch.isfinite(r).all() and r.abs().sum() > 0
     expected = [("dense", f"gpt2.transformer.h.{i}.{m}") for i in range(2)
                 for m in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")] + [("dense", "gpt2.score")]
@@ -212,18 +210,14 @@ class _SelfProduct(nn.Module):
 
 def test_products_of_two_tensors_on_the_path_are_not_layers(fallbacks):
     """(h hᵀ) and a three-operand einsum are not mapped to layers: one layer is seen; the ε gradient form refuses
-    them by name and the relevance form gives the same result (the product keeps its earlier treatment)."""
+    them by name and the relevance form, where they are products under AttnLRP's uniform rule
+    (tribute.lrp.gates), gives the same result."""
     net = _SelfProduct()
     x = torch.randn(2, 4, dtype=DT, generator=torch.Generator().manual_seed(5))
     comp = _Recording()
-    with pytest.raises(ValueError, match="matmul"):  # products of two tensors on the path have no LRP rule yet
-        tribute.explain(net, x, "lrp", composite=comp, target=0)
-    comp = _Recording()
-    with pytest.warns(UserWarning, match="matmul"):
-        slow = tribute.explain(net, x, "lrp", composite=comp, target=0, strict=False)
+    slow = tribute.explain(net, x, "lrp", composite=comp, target=0)
     assert comp.seen == [("dense", "lin")]
-    with pytest.warns(UserWarning, match="matmul"):
-        fast = tribute.explain(net, x, "lrp", composite="epsilon", target=0, strict=False)
+    fast = tribute.explain(net, x, "lrp", composite="epsilon", target=0)
     assert fallbacks and all("input's path" in f or "no rule" in f for f in fallbacks)
     torch.testing.assert_close(fast, slow, rtol=1e-10, atol=1e-13)
 

@@ -270,6 +270,11 @@ NO_OPS: dict[str, tuple[str, dict]] = {
     # its effect, where f(0) ≠ 0, is tested in tests/test_lrp_elementwise.py
     "unbounded": ("lets lrp_epsilon compute its ratio at nonlinearities with f(0) ≠ 0, refused otherwise: this net "
                   "has ReLUs only, so the same values", {"unbounded": True}),
+    # its effect is tested in tests/test_lrp_transformers.py (CP-LRP against AttnLRP, worked by hand)
+    "attention": ("how LRP treats attention's softmax: this net has none, so the same values",
+                  {"attention": "attnlrp"}),
+    "absorbed": ("also counts the relevance constant leaves take, in explainer.absorbed: the same values",
+                 {"absorbed": True}),
 }
 
 

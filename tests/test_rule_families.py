@@ -106,6 +106,8 @@ def test_the_method_rules_live_with_their_families_and_core_keeps_only_machinery
         assert type(rules.rules["*"]) is rule_type, family
         if family == DEEPLIFT:  # rules at products, quotients, softmax and the normalisations: an op handler
             assert rules.ops is not None and {"mul", "matmul", "div", "softmax", "layer_norm"} <= set(_op_rules())
+        elif family == "lrp_epsilon":  # rules at products, softmax, normalisations (tribute.lrp.epsilon_ops)
+            assert rules.ops is not None
         else:
             assert rules.ops is None, f"{family} has elementwise rules only: it must get no op handler"
     for moved in ("GuidedRelu", "DeconvRelu", "Rescale", "SoftplusRelu", "ElementwiseEpsilon"):
@@ -118,7 +120,8 @@ def test_every_gradient_form_method_reads_its_family_from_the_registry():
     assert tribute.DeconvNet.rules == family_rules("deconvnet")
     assert tribute.DeepLift.rules == family_rules("deeplift")
     o = tribute.LRPEpsilon(model)._namespace({"epsilon": 0.25})
-    assert tribute.LRPEpsilon(model).rule_set(o) == family_rules("lrp_epsilon", epsilon=0.25)
+    # its elementwise rules from the registry, and its own op handler (the attention option: tribute.lrp.epsilon_ops)
+    assert tribute.LRPEpsilon(model).rule_set(o).rules == family_rules("lrp_epsilon", epsilon=0.25).rules
     o = tribute.Gradient(model)._namespace({"softplus_beta": 3.0})
     assert tribute.Gradient(model).rule_set(o) == family_rules("softplus", beta=3.0)
     layer = tribute.LayerDeepLift(model, layer="conv1")

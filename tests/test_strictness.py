@@ -69,11 +69,8 @@ def test_guided_backprop_keeps_the_derivative_of_a_hand_written_gelu_as_of_f_gel
     torch.testing.assert_close(hand, fused, rtol=1e-8, atol=1e-10)
 
 
-# (DeepLIFT has rules at products and powers: it covers a hand-written GELU, see test_deeplift_modern)
-@pytest.mark.parametrize("method", ["lrp_epsilon"])
-def test_a_hand_written_gelu_is_refused_by_its_ops(method):
-    with pytest.raises(UncoveredModelError, match=r"pow.*tanh|mul"):
-        tribute.explain(_net(hand_gelu), X, method, target=0)
+# A hand-written GELU (pow, tanh, products) is no longer refused: DeepLIFT has rules at its products and powers
+# (test_deeplift_modern), lrp_epsilon at its products; guided backprop keeps its derivative (above).
 
 
 def test_strict_false_warns_once_per_explainer_across_calls_and_threads():

@@ -82,12 +82,13 @@ def test_product_gradient_x_input_and_epsilon_lrp_are_6_and_4():
     # ∇h(3, 2) = (ReLU(x₂), ReLU(x₁ − 1)) = (2, 2), so gradient × input = (6, 4): sums to 10, not h = 4.
     gxi = tribute.explain(Product(), X32, "input_x_gradient", target=0)
     torch.testing.assert_close(gxi, tensor([6.0, 4.0]), rtol=0, atol=0)
-    # ε-LRP replaces each ReLU's slope by z/(z + ε) = 2/(2 + ε) (both units have z = 2) and the product
-    # passes the plain gradient: φ = (3 · 2 · 2/(2+ε), 2 · 2 · 2/(2+ε)) = (6, 4) · 2/(2+ε)
+    # ε-LRP replaces each ReLU's slope by z/(z + ε) = 2/(2 + ε) (both units have z = 2) and the product of the two
+    # takes AttnLRP's uniform rule (tribute.lrp.epsilon_ops): each factor's gradient halved, ½·2 = 1, so
+    # φ = (3 · 1 · 2/(2+ε), 2 · 1 · 2/(2+ε)) = (3, 2) · 2/(2+ε): each factor's relevance is h/2 = 2, of which
+    # the unit x₁ − 1's bias −1 takes −1
     eps = 1e-3
-    with pytest.warns(UserWarning, match="mul"):  # the product has no rule: accepted with strict=False
-        lrp = tribute.explain(Product(), X32, "lrp_epsilon", target=0, epsilon=eps, strict=False)
-    torch.testing.assert_close(lrp, tensor([6.0, 4.0]) * 2 / (2 + eps), rtol=1e-15, atol=0)
+    lrp = tribute.explain(Product(), X32, "lrp_epsilon", target=0, epsilon=eps)
+    torch.testing.assert_close(lrp, tensor([3.0, 2.0]) * 2 / (2 + eps), rtol=1e-15, atol=0)
     # (DeepLIFT on this product needs a rule for products of two input-dependent tensors; not asserted here.)
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import realistic_state
+from conftest import OnEmbeddings, realistic_state, text_batch, text_model
 
 import tribute
 from tribute.core import UncoveredModelError
@@ -75,8 +75,8 @@ ZOO = {
 }
 # The ops each family's rules do not cover yet, per model (absent: covered); the method must refuse naming them.
 DEEPLIFT_REFUSES: dict[str, tuple[str, ...]] = {}  # products, softmax and the norms have rules (deeplift_ops)
-LRP_REFUSES = {"convnext": ("layer_norm",), "efficientnet": ("torch.mul",), "vit": ("layer_norm", "softmax"),
-               "swin": ("layer_norm", "softmax")}
+# LRP covers every zoo model (tribute.lrp.gates, .attention): layer norm, attention, squeeze-excitation gates
+LRP_REFUSES: dict[str, tuple[str, ...]] = {}
 PIECEWISE_LINEAR = {"resnet", "mobilenet_v2"}  # ReLU / ReLU6 nets: kinks along the IG path
 _CACHE: dict = {}
 
@@ -172,6 +172,59 @@ def test_lrp_epsilon_runs_or_names_the_ops_it_cannot_cover(name):
         return
     phi = tribute.explain(model, x, "lrp", target=TARGET, composite="epsilon")
     _check(phi, x)
+
+
+TEXT = ("bert", "gpt2")
+
+
+def _lrp_case(name):
+    """(model, input, call options) for a vision model of the zoo or a text model from its embeddings."""
+    if name in TEXT:
+        model = _CACHE.setdefault(name, OnEmbeddings(text_model(name)))
+        ids, mask = text_batch()
+        return model, model.embed(ids), {"forward_args": (mask,)}
+    return _model(name), _images(), {}
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # GPT-2 from embeddings cannot detect padding (transformers says)
+@pytest.mark.parametrize("composite", tribute.lrp.composites())
+@pytest.mark.parametrize("name", NAMES + list(TEXT), ids=NAMES + list(TEXT))
+def test_every_lrp_composite_runs_on_every_zoo_model(name, composite):
+    model, x, options = _lrp_case(name)
+    if composite == "epsilon_gamma_box":
+        if name == "gpt2":
+            pytest.skip("zᴮ's bounds broadcast per channel of the input; GPT-2's first layer (Conv1D) reads the "
+                        "embeddings reshaped to (N·T, C), which they do not broadcast to (an error, not a guess)")
+        options = {**options, "low": float(x.min()), "high": float(x.max())}
+    phi = tribute.explain(model, x, "lrp", target=TARGET, composite=composite, **options)
+    _check(phi, x)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("composite", ["epsilon", "epsilon_plus"])
+@pytest.mark.parametrize("name", NAMES + list(TEXT), ids=NAMES + list(TEXT))
+def test_lrp_conserves_counting_every_constant_leaf(name, composite, tiny_stabilisers):
+    # Σ R_input + what biases, β, batch norm's shift, embeddings, the class token and f(0) at squeeze-excitation's
+    # sigmoid absorbed (explainer.absorbed, each share computed at its constant) = the score, biases included
+    model, x, options = _lrp_case(name)
+    explainer = tribute.LRP(model, composite=composite, epsilon=1e-12, absorbed=True)
+    phi = explainer.attribute(x, target=TARGET, **options)
+    score = model(x, *options.get("forward_args", ()))
+    score = (score if name in TEXT else score.logits)[:, TARGET].detach()
+    total = phi.flatten(1).sum(1) + explainer.absorbed
+    assert ((total - score).abs() <= 1e-8 * score.abs()).all(), (total, score)
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("name", NAMES + list(TEXT), ids=NAMES + list(TEXT))
+def test_lrp_epsilon_runs_or_refuses_a_nonlinearity_with_f0_nonzero(name):
+    # Ancona's ratio f(z)/(z + ε) is unbounded where f(0) ≠ 0: EfficientNet's squeeze-excitation sigmoid is refused
+    model, x, options = _lrp_case(name)
+    if name == "efficientnet":
+        with pytest.raises(ValueError, match="lrp_epsilon refuses sigmoid"):
+            tribute.explain(model, x, "lrp_epsilon", target=TARGET, **options)
+        return
+    _check(tribute.explain(model, x, "lrp_epsilon", target=TARGET, **options), x)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

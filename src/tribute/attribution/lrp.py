@@ -17,6 +17,7 @@ from ..core.registry import register
 from ..core.rule_registry import RuleKind, rules_of_kind
 from ..core.rules import RuleSet
 from ..core.targets import Target
+from ..lrp.absorbed import Absorbed
 from ..lrp.composites import (
     RULE_PARAMETERS,
     RuleParameters,
@@ -28,8 +29,10 @@ from ..lrp.composites import (
 )
 from ..lrp.elementwise import FAMILY as LRP_EPSILON
 from ..lrp.epsilon_form import EpsilonForm, FusedEpsilonRelu, Unsupported, covers
+from ..lrp.epsilon_ops import ATTENTION, EpsilonOps
 from ..lrp.merge_plan import MergePlan, Replan
 from ..lrp.ops import FAMILY
+from ..lrp.rules import PassRelevance
 from ..lrp.weight_cache import WeightCache
 from .gradient import GradientAtInput
 
@@ -48,15 +51,22 @@ class LRPEpsilon(GradientAtInput):
     unbounded : bool, default False.  A nonlinearity with f(0) ≠ 0 (sigmoid, hardsigmoid, softplus, exp) makes the
         ratio unbounded, ~f(0)/ε near z = 0, so it is refused; ``True`` computes the ratio anyway.  Method
         ``"lrp"`` counts f(0) as an absorbed bias and stays bounded.
+    attention : ``"cp"`` (default) or ``"attnlrp"``: attention's softmax weights held constant (CP-LRP, Ali et al.
+        2022), or AttnLRP's softmax rule (Achtibat et al. 2024), which does not conserve.  Products of two tensors on
+        the input's path: a gate (sigmoid, softmax under CP, …) takes no gradient, two signals half each
+        (:mod:`tribute.lrp.epsilon_ops`); normalisations with 1/σ held constant.
     """
 
     options = {"epsilon": opt.Option(1e-9, opt.real(0, low_open=True)),
-               "unbounded": opt.Option(False, opt.boolean)}
+               "unbounded": opt.Option(False, opt.boolean),
+               "attention": opt.Option("cp", opt.choice(ATTENTION))}
 
     def rule_set(self, o: SimpleNamespace) -> RuleSet:
         if o.unbounded:
-            return family_rules(LRP_EPSILON, epsilon=o.epsilon, unbounded=True)
-        return family_rules(LRP_EPSILON, epsilon=o.epsilon)
+            base = family_rules(LRP_EPSILON, epsilon=o.epsilon, unbounded=True)
+        else:
+            base = family_rules(LRP_EPSILON, epsilon=o.epsilon)
+        return RuleSet(f"{base.name}[attention={o.attention}]", base.rules, ops=EpsilonOps(o.attention))
 
     def combine(self, x, grad):
         return x * grad
@@ -91,6 +101,14 @@ class LRP(Method):
         Each of these six is taken only with a composite that reads it (as its registration declares,
         :func:`tribute.lrp.composites.composite_parameters`; a :class:`~tribute.lrp.Composite` given as is reads
         none): given explicitly, to the constructor or the call, to any other composite it is refused.
+    attention : ``"cp"`` (default) or ``"attnlrp"``: attention's softmax output held constant as a gate (CP-LRP,
+        Ali et al. 2022; conserves), or AttnLRP's softmax rule R_x = x ⊙ (R − s ΣR) with the product s·V split
+        uniformly (Achtibat et al. 2024; does not conserve).  See :mod:`tribute.lrp.attention`; products of two
+        tensors on the input's path follow :mod:`tribute.lrp.gates` (a gate takes nothing, two signals half each).
+    absorbed : bool, default False.  Count the relevance that constant leaves absorb (biases, LayerNorm's β,
+        position and token-type embeddings added on the path, a class token, masked entries: see
+        :mod:`tribute.lrp.absorbed`), per sample, in ``explainer.absorbed`` after each call (None when off).  The
+        relevance form then runs on every model (the ε composites' faster gradient form does not count).
     cache_weights : keep the weights the rules derive from the model's (batch norm merged, W⁺, W + γW⁺, …)
         between chunks and calls of this explainer (default True), at the cost of holding copies of the
         parameters (on a ResNet-18: 1.84× for ε, 2.84× for z⁺, 3.44× for γ, 4× for αβ).  From the second call on,
@@ -110,6 +128,8 @@ class LRP(Method):
         "low": opt.Option(None, opt.anything),
         "high": opt.Option(None, opt.anything),
         "cache_weights": opt.Option(True, opt.boolean),
+        "attention": opt.Option("cp", opt.choice(ATTENTION)),
+        "absorbed": opt.Option(False, opt.boolean),
     }
 
     def __init__(self, model, **options):
@@ -128,11 +148,25 @@ class LRP(Method):
     def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
         return x.shape[0] <= o.batch_size  # one chunk: the engine takes the prediction from its forward pass
 
-    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
-        with self._lock:
-            return self._propagate(x, target, o)
+    @property
+    def absorbed(self) -> torch.Tensor | None:
+        """The relevance constant leaves absorbed in the last call of the calling thread, per sample (N,), with
+        ``absorbed=True`` (else None): with the input's relevance it sums to the score up to what the stabilisers
+        absorb (:mod:`tribute.lrp.absorbed`); NaN where a share could not be placed on its sample."""
+        return getattr(self._last_call, "absorbed", None)
 
-    def _propagate(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+        self._last_call.absorbed = None
+        with self._lock:
+            if not o.absorbed:
+                return self._propagate(x, target, o)
+            totals = torch.zeros(x.shape[0], dtype=torch.float64)
+            out = self._propagate(x, target, o, totals)
+            self._last_call.absorbed = totals.to(x.dtype)
+            return out
+
+    def _propagate(self, x: torch.Tensor, target: Target, o: SimpleNamespace,
+                   totals: torch.Tensor | None = None) -> torch.Tensor:
         if o.differentiable:
             raise ValueError("LRP composites do not support differentiable=True; lrp_epsilon (Ancona's form) does")
         if o.alpha - o.beta != 1:
@@ -144,9 +178,9 @@ class LRP(Method):
         name = f"lrp[{getattr(composite, 'name', 'custom')}]"
         cache = self.weights if o.cache_weights else None
         at_nonlinearities = rules_of_kind(FAMILY, RuleKind.ELEMENTWISE)  # the pass rule
-        rules = RuleSet(name, at_nonlinearities, ops=WithWeights(composite, cache, self._plan))
+        rules = RuleSet(name, at_nonlinearities, ops=WithWeights(composite, cache, self._plan, o.attention))
         # ε everywhere: the same relevance as x ⊙ a modified gradient, in fewer passes (tribute.lrp.epsilon_form)
-        fast = None if o.strict is True or not covers(composite) else \
+        fast = None if o.strict is True or totals is not None or not covers(composite) else \
             RuleSet(name, {"*": FusedEpsilonRelu()}, ops=EpsilonForm(composite, cache, self._plan))
         # relevance is taken at the model's own input
         xm = o.call.forward.transformed(x).detach()
@@ -164,7 +198,17 @@ class LRP(Method):
                 except Unsupported:
                     fast = None  # this model needs the relevance form
             try:
-                return self._gradients(rows, target, sample, o, rules=rules, relevance=True)
+                if totals is None:
+                    return self._gradients(rows, target, sample, o, rules=rules, relevance=True)
+                absorbed = Absorbed(rows.shape[0])  # this chunk's: counted in its backward pass
+                counting = {k: r.with_options(absorbed=absorbed) if isinstance(r, PassRelevance) else r
+                            for k, r in at_nonlinearities.items()}  # f(0)'s share too
+                counted = RuleSet(name, counting, ops=WithWeights(composite, cache, self._plan, o.attention, absorbed))
+                out = self._gradients(rows, target, sample, o, rules=counted, relevance=True)
+                if absorbed.unplaced and len(sample) > 1:  # shares on tensors not batch-first: one sample at a time
+                    return torch.cat([contribution(sample[i:i + 1], _) for i in range(len(sample))])
+                totals[sample] = absorbed.per_sample()
+                return out
             except Replan:
                 self._plan.clear()
                 return contribution(sample, _)

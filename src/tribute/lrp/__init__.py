@@ -6,6 +6,10 @@
 - :mod:`.composites`: :class:`Composite` (which rule at which layer) and the registry of named composites;
 - :mod:`.ops`: the family's rules at every other op (additions, pooling, moves, batch norm), registered in
   :mod:`tribute.core.rule_registry`;
+- :mod:`.gates`, :mod:`.attention`: products of two tensors on the input's path (a gate takes nothing, signals share
+  uniformly), softmax (CP-LRP or AttnLRP), normalisations held constant, constants joining the path;
+  :mod:`.epsilon_ops`: the same rules for ``lrp_epsilon`` (Ancona's gradient form); :mod:`.absorbed`: the relevance
+  constant leaves take, counted with ``absorbed=True``;
 - :mod:`.linear_forms`: dense layers written as products with a parameter (``addmm``: Hugging Face's ``Conv1D``;
   ``x @ W.T + b``, ``mm``, ``bmm``, ``einsum``), recognised as layers like ``F.linear``;
 - :mod:`.layer_call`, :mod:`.kept`, :mod:`.nodes`, :mod:`.propagation`: a linear layer's call and its transposed
@@ -17,7 +21,7 @@
 >>> composite = Composite(first=Flat(), conv=Gamma(0.25), dense=Epsilon(1e-6))
 """
 
-from . import ops  # registers the family's op rules  # noqa: F401
+from . import epsilon_ops, ops  # register the families' op rules  # noqa: F401
 from .composites import (
     RULE_PARAMETERS,
     Composite,

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..core import options as opt
+from .absorbed import Absorbed
 from .layer_call import LayerCall
 from .merge_plan import MergePlan
 from .propagation import Propagation
@@ -70,16 +71,21 @@ class Composite:
 
 class WithWeights:
     """A composite whose forward passes keep the weights their rules derive in ``cache`` (None: none kept) and
-    follow ``plan`` (where batch norm merged before)."""
+    follow ``plan`` (where batch norm merged before), treat attention's softmax as ``attention`` says
+    (:mod:`tribute.lrp.attention`) and count the relevance constants absorb in ``absorbed`` (None: not counted)."""
 
-    def __init__(self, composite: Composite, cache: WeightCache | None, plan: MergePlan | None = None):
+    def __init__(self, composite: Composite, cache: WeightCache | None, plan: MergePlan | None = None,
+                 attention: str = "cp", absorbed: Absorbed | None = None):
         self.composite, self.cache, self.plan = composite, cache, plan
+        self.attention, self.absorbed = attention, absorbed
 
     def start(self) -> Propagation:
-        return self.composite.start(cache=self.cache, plan=self.plan)
+        prop = self.composite.start(cache=self.cache, plan=self.plan)
+        prop.attention, prop.absorbed = self.attention, self.absorbed
+        return prop
 
     def key(self) -> tuple:
-        return self.composite.key()
+        return self.composite.key(), self.attention, self.absorbed is not None
 
 
 

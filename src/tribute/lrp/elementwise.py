@@ -1,7 +1,8 @@
 """ε-LRP in Ancona's form (Ancona et al. 2019, Prop 1): a modified gradient with its rule at the nonlinearities,
 registered as the family ``"lrp_epsilon"`` (:mod:`tribute.core.rule_registry`).
 
-``family_rules("lrp_epsilon", epsilon=ε)`` is the rule set of one call (:mod:`tribute.core.family_rules`).
+``family_rules("lrp_epsilon", epsilon=ε)`` is the rule set of one call (:mod:`tribute.core.family_rules`); the
+family's rules at products, softmax and normalisations are in :mod:`tribute.lrp.epsilon_ops`.
 The composites' ε rule at linear layers (Eq 15) is :class:`tribute.lrp.Epsilon`, a rule of the family ``"lrp"``.
 """
 

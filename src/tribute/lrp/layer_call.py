@@ -81,6 +81,8 @@ class LayerCall:
     first_of_input: bool | None = None
     #: the layer's input (kept by a product without a bias, until a bias added after it joins the layer)
     input: torch.Tensor | None = field(default=None, repr=False)
+    #: where the bias's relevance is counted (:class:`tribute.lrp.absorbed.Absorbed`), if it is
+    absorbed: Any = field(default=None, repr=False)
     _entry: Any = field(default=_UNSET, repr=False)
 
     def with_bias(self, b: torch.Tensor) -> LayerCall:

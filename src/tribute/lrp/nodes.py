@@ -9,7 +9,7 @@ import torch
 from ..core.rules import stab
 from ..core.tensors import per_channel
 from .layer_call import LayerCall
-from .rules import STABILIZER, LinearRule
+from .rules import STABILIZER, Epsilon, LinearRule
 
 
 class LinearLayerFunction(torch.autograd.Function):
@@ -43,18 +43,39 @@ class LinearLayerFunction(torch.autograd.Function):
             z = layer.op(x, layer.weight.detach(), None if layer.bias is None else layer.bias.detach())
         else:
             z = kept.get()
-        return rule.relevance(layer, x, z, r), None, None, None
+        relevance = rule.relevance(layer, x, z, r)
+        if layer.absorbed is not None:
+            _count_bias(layer, rule, x, z, r, relevance)
+        return relevance, None, None, None
+
+
+def _count_bias(layer: LayerCall, rule: LinearRule, x: torch.Tensor, z: torch.Tensor, r: torch.Tensor,
+                relevance: torch.Tensor) -> None:
+    """Count the relevance the layer's bias absorbs: under the ε rule its share b_j · R_j / stab(z_j) (Bach et al.
+    2015, Eq 58, the bias as an input that is always on); under the other rules, whose bias terms differ (b⁺ in
+    z⁺, none in flat and zᴮ), what the layer's inputs do not receive."""
+    w, b = layer.params()
+    if isinstance(rule, Epsilon):
+        if b is not None:
+            layer.absorbed.add(layer.op(torch.zeros_like(x), w, b) * r / stab(layer.output(z), rule.epsilon))
+        return
+    layer.absorbed.add(r)
+    layer.absorbed.add(-relevance)
 
 
 class NormFunction(torch.autograd.Function):
-    """y = op(*inputs) for an op linear or affine in its inputs; backward: R_k = x_k ⊙ J_kᵀ (R / stab(y)).
+    """y = op(*inputs) for an op linear or affine in its inputs; backward: R_k = share · x_k ⊙ J_kᵀ (R / stab(y)).
 
+    ``share`` is 1 for the Norm rule and 1/n for a product of n inputs under AttnLRP's uniform rule (Achtibat et al.
+    2024, for multiplications: y = a·b is linear in each, and x_k ⊙ J_kᵀ(R / y) gives each the whole of R).  With
+    ``absorbed`` (:class:`tribute.lrp.absorbed.Absorbed`), the constants' share c ⊙ R / stab(y) is counted,
+    c = op(0) the part of y that no input makes (the op is affine in its inputs, the other arguments held).
     The inputs are kept by reference (:class:`Kept`); the backward pass recomputes y with its graph, which
     for an addition or a pooling costs less than copying inputs and output in the forward pass."""
 
     @staticmethod
-    def forward(ctx, op, prop: Any, inplace_op, additive: bool, *inputs):
-        ctx.op, ctx.additive = op, additive
+    def forward(ctx, op, prop: Any, inplace_op, additive: bool, share: float, absorbed, *inputs):
+        ctx.op, ctx.additive, ctx.share, ctx.absorbed = op, additive, share, absorbed
         ctx.kept = [prop.keep(t) for t in inputs]
         if inplace_op is None:
             return op(*(t.detach() for t in inputs))
@@ -72,14 +93,20 @@ class NormFunction(torch.autograd.Function):
             a, b = (k.get() for k in ctx.kept)
             s = stab(torch.add(a, b), STABILIZER)
             s = torch.div(r, s, out=s)
-            return None, None, None, None, a * s, s.mul_(b)
+            return None, None, None, None, None, None, a * s, s.mul_(b)
         with torch.enable_grad():
             xs = [k.get().detach().requires_grad_() for k in ctx.kept]
             y = ctx.op(*xs)
-            grads = torch.autograd.grad(y, xs, r / stab(y.detach(), STABILIZER), allow_unused=True)
-        out = [None, None, None, None]
+            s = r / stab(y.detach(), STABILIZER)
+            grads = torch.autograd.grad(y, xs, s, allow_unused=True)
+        if ctx.absorbed is not None:
+            with torch.no_grad():
+                ctx.absorbed.add(ctx.op(*(torch.zeros_like(x) for x in xs)) * s)
+        out = [None] * 6
         for x, g in zip(xs, grads, strict=True):
-            out.append(None if g is None else x.detach() * g)
+            if g is not None:
+                g = x.detach() * g if ctx.share == 1 else x.detach() * g * ctx.share
+            out.append(g)
         return tuple(out)
 
 
@@ -88,16 +115,20 @@ class BatchNormFunction(torch.autograd.Function):
     else it is an affine map with the Norm rule."""
 
     @staticmethod
-    def forward(ctx, z, layer: LayerCall, scale, shift, keep):
+    def forward(ctx, z, layer: LayerCall, scale, shift, keep, absorbed=None):
         ctx.layer, ctx.scale, ctx.shift = layer, per_channel(scale, z), per_channel(shift, z)
+        ctx.absorbed = absorbed
         ctx.z = keep(z)
         return torch.addcmul(ctx.shift, z, ctx.scale)
 
     @staticmethod
     def backward(ctx, r):
-        if ctx.layer.merged:
-            return r, None, None, None, None
+        if ctx.layer.merged:  # its shift is in the layer's bias, counted there
+            return r, None, None, None, None, None
         z = ctx.z.get()
         contribution = z * ctx.scale
-        return contribution * r / stab(contribution + ctx.shift, STABILIZER), None, None, None, None
+        s = r / stab(contribution + ctx.shift, STABILIZER)
+        if ctx.absorbed is not None:
+            ctx.absorbed.add(ctx.shift * s)
+        return contribution * s, None, None, None, None, None
 

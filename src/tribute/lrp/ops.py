@@ -6,7 +6,10 @@
 - batch norm right after such a layer merges into it, else it is an affine map under the Norm rule;
 - ops linear or affine in their inputs on the input's path (additions, means, pooling, scaling) split relevance
   in proportion to the contributions of their inputs, the Norm rule R_i = x_i Σ_j ∂y_j/∂x_i R_j / stab(y_j)
-  (:class:`Proportional`); a product is linear only while one factor is on the input's path;
+  (:class:`Proportional`); a product of two factors on the input's path holds a gate constant and splits the rest
+  uniformly (:mod:`tribute.lrp.gates`);
+- softmax (CP-LRP, or AttnLRP's rule) and LayerNorm/GroupNorm/RMSNorm with 1/σ held constant
+  (:mod:`tribute.lrp.attention`);
 - moves (reshapes, concatenation, indexing, max pooling, dropout in eval) pass relevance as their gradient does.
 
 The rules say what an op is; the handler of the pass says how its form computes it: the relevance form
@@ -18,6 +21,7 @@ the relevance form.
 from __future__ import annotations
 
 from ..core.rule_registry import OpRule, RuleKind, register_rule
+from .attention import Normalisation, Softmax
 from .linear_forms import PRODUCTS, parse_product
 from .rules import PassRelevance
 
@@ -33,6 +37,7 @@ MOVES = frozenset({
     "max_pool2d_with_indices", "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d",
     "adaptive_max_pool3d", "dropout", "dropout1d", "dropout2d", "dropout3d", "pixel_shuffle",
     "pixel_unshuffle", "type_as", "index_select", "gather", "repeat", "tile", "expand", "expand_as",
+    "masked_fill", "masked_fill_", "where", "repeat_interleave", "diagonal",
 })
 # Ops linear or affine in their tagged inputs: the Norm rule splits relevance ∝ contributions.
 PROPORTIONAL = frozenset({
@@ -122,6 +127,9 @@ register_rule(FAMILY, "*", PassRelevance())  # every elementwise nonlinearity
 register_rule(FAMILY, LINEAR_LAYERS, LinearLayer())
 register_rule(FAMILY, "batch_norm", BatchNorm())
 register_rule(FAMILY, MOVES, Move())
+register_rule(FAMILY, "softmax", Softmax())
+for _op in ("layer_norm", "group_norm", "rms_norm"):
+    register_rule(FAMILY, _op, Normalisation(_op))
 for _op in PROPORTIONAL:
     register_rule(FAMILY, _op, Proportional(_op))
 for _op in PRODUCTS:

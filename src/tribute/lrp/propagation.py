@@ -16,6 +16,11 @@ handler sees every op on the input's path and applies the rule of the ``"lrp"`` 
   pooling, scaling, unmerged batch norm — splits relevance in proportion to the contributions of its
   inputs (the "Norm" rule R_i = x_i Σ_j ∂z_j/∂x_i R_j / z_j, stabilised), so an addition x + y gives
   x/(x+y) and y/(x+y) of the relevance to each branch, however the addition is written;
+- a product of two tensors on the path gives a gate nothing and the signals equal shares (:mod:`tribute.lrp.gates`:
+  signal-take-all, Arras et al. 2017; AttnLRP's uniform rule, Achtibat et al. 2024); softmax and the
+  normalisations take the rules of :mod:`tribute.lrp.attention` (CP-LRP or AttnLRP; 1/σ held constant);
+- with :attr:`Propagation.absorbed`, the relevance that constants take (biases, β, embeddings added on the path, a
+  class token) is counted per sample (:mod:`tribute.lrp.absorbed`);
 - elementwise nonlinearities y = f(z) pass relevance unchanged where f(0) = 0, and R_y·(f(z) − f(0))/f(z) where
   f(0) ≠ 0, f(0) counted as an absorbed bias (:class:`tribute.lrp.rules.PassRelevance`); reshapes,
   concatenations and indexing move it;
@@ -37,6 +42,9 @@ from torch import nn
 
 from ..core.interception import op_key
 from ..core.rule_registry import rule_table
+from .absorbed import Absorbed
+from .attention import joins_constants, move_with_constants
+from .gates import among, factors, gates_only, made_gate, mark_gate, path_tensors
 from .kept import Kept
 from .layer_call import LayerCall, PassFacts, parse_linear
 from .linear_forms import added_bias
@@ -95,6 +103,8 @@ def _made_here(t, attr: str, version_of) -> Any:
 class Propagation:
     """The op handler of an LRP rule set: one instance per forward pass (it numbers the layers)."""
 
+    form = "relevance"  # the backward signal is the relevance itself (rules with two forms read this)
+
     def __init__(self, composite: Composite, names: dict[int, str] | None = None,
                  cache: WeightCache | None = None, plan: MergePlan | None = None):
         self.composite = composite
@@ -115,6 +125,11 @@ class Propagation:
         # still to come (see inputs_unpacked)
         self._inputs: dict[tuple, int] | None = None
         self._unclaimed: set[int] = set()
+        #: where constant leaves' relevance is counted (:mod:`tribute.lrp.absorbed`; None: not counted)
+        self.absorbed: Absorbed | None = None
+        #: how attention's softmax is treated: "cp" (its output a gate, held constant) or "attnlrp"
+        #: (:mod:`tribute.lrp.attention`)
+        self.attention = "cp"
 
     def inputs_unpacked(self, inputs: tuple[torch.Tensor, ...]) -> None:
         """The forward pass unpacked several inputs from the packed rows (:mod:`tribute.core.inputs`): from now on
@@ -190,9 +205,12 @@ class Propagation:
                 self._read(a, relu=False)
 
     def made_by_nonlinearity(self, y: torch.Tensor, name: str) -> None:
-        """A nonlinearity made ``y`` (in place or not): a ReLU's output is ≥ 0 until something writes it."""
+        """A nonlinearity made ``y`` (in place or not): a ReLU's output is ≥ 0 until something writes it; a
+        sigmoid's (and the others of :mod:`tribute.lrp.gates`) is a gate."""
         if name == "relu":
             setattr(y, _NONNEGATIVE, y._version)
+        else:
+            mark_gate(y, made_gate(name))
         for k in self._rectifying:  # what a ReLU just wrote in place of a kept tensor is kept now
             k.version = k.tensor._version
             self._kept.setdefault(_storage(k.tensor), []).append(k)
@@ -264,7 +282,8 @@ class Propagation:
             pending, (w, b), _ = found
         layer = LayerCall(kind, op, w, b, self.count, self.names.get(id(module), ""), module,
                           cache=self.cache, facts=self.facts, pending=pending, planned=pending is not None,
-                          first_of_input=None if self._inputs is None else self._first_of_inputs(x))
+                          first_of_input=None if self._inputs is None else self._first_of_inputs(x),
+                          absorbed=self.absorbed)
         self.count += 1
         rule = self.composite.rule(layer)
         layer.nonnegative_input = _made_here(x, _NONNEGATIVE, lambda v: v) is not None
@@ -301,14 +320,38 @@ class Propagation:
         fused.z_version = y._version
         return y
 
+    @staticmethod
+    def hold(t: torch.Tensor) -> torch.Tensor:
+        """A factor the relevance form holds constant (a normalisation's 1/σ): detached."""
+        return t.detach()
+
+    def affine(self, op: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``op(x)`` for ``op`` affine in ``x``, under the Norm rule (with its constant's share counted)."""
+        self.count_consumers((x,), {}, lambda a: a is x)
+        out = self._proportional(op, (x,), {}, lambda a: a is x)
+        setattr(out, _NORM, out._version)
+        return out
+
     def no_rule(self, func, args, kwargs, tagged, name):
         """An op the family has no rule for in this form: its plain gradient, listed in :attr:`unruled`."""
         self.unruled.append(name)
         return NotImplemented
 
-    @staticmethod
-    def move(func, args, kwargs, tagged, name):
-        return NotImplemented  # the op's own gradient moves the relevance
+    def move(self, func, args, kwargs, tagged, name):
+        """An op that moves entries: its own gradient moves the relevance (``NotImplemented``: run plainly), a move
+        of gates is a gate, and with constants joining the path (a class token concatenated) their share is counted
+        if :attr:`absorbed` is on (:func:`tribute.lrp.attention.move_with_constants`)."""
+        inputs = path_tensors(args, kwargs, tagged)
+        strength = gates_only(inputs)
+        if self.absorbed is not None and not strength and joins_constants(name, args, kwargs, tagged):
+            return move_with_constants(func, args, kwargs, tagged, self.absorbed)
+        if not strength:
+            return NotImplemented
+        if name.endswith("_") and args:  # masked_fill_ of a gate: what is kept of it is copied first
+            self.before_write(args[0])
+        out = func(*args, **kwargs)
+        mark_gate(out, strength)
+        return out
 
     def proportional(self, func, args, kwargs, tagged, name, rule):
         """An op linear in its inputs on the input's path, under the Norm rule (``rule``: a
@@ -316,28 +359,43 @@ class Propagation:
         fused = self._fused_bias(rule, args, kwargs, tagged)
         if fused is not None:
             return fused
-        n_tagged = sum(1 for a in list(args) + list(kwargs.values()) if tagged(a))
+        on_path = [a for a in list(args) + list(kwargs.values()) if tagged(a)]
         # no tagged argument: the input's path runs through a list argument this rule cannot split
-        if not n_tagged or (rule.bilinear and n_tagged > 1):
+        if not on_path:
             self.unruled.append(name)
             return NotImplemented
+        strength, share, inputs, held = gates_only(on_path), 1.0, tagged, ()
+        if rule.bilinear:  # a product: gates held constant (signal-take-all), the signals share it uniformly
+            signals, gates = factors(rule.base, args, kwargs, tagged)
+            if not signals:  # c / b with only the divisor on the path: no linear map of it (plain gradient, listed)
+                self.unruled.append(name)
+                return NotImplemented
+            if gates or len(signals) > 1:
+                share, inputs, held = 1.0 / len(signals), among(signals), gates
         self.count_consumers(args, kwargs, tagged)  # before an in-place op writes its first input
-        additive = rule.base == "add" and len(args) == 2 and not kwargs and n_tagged == 2 and \
+        additive = rule.base == "add" and len(args) == 2 and not kwargs and len(on_path) == 2 and \
             args[0].shape == args[1].shape
-        if rule.inplace and tagged(args[0]):  # written in place by the Norm rule's node, which keeps the old value
-            out = self._proportional(getattr(torch, rule.base), args, kwargs, tagged, inplace_func=func,
-                                     additive=additive)
+        if rule.inplace and inputs(args[0]):  # written in place by the Norm rule's node, which keeps the old value
+            out = self._proportional(getattr(torch, rule.base), args, kwargs, inputs, inplace_func=func,
+                                     additive=additive, share=share, held=held)
         elif rule.inplace:  # args[0] is not on the input's path: write the result into it
             self.before_write(args[0])
-            out = args[0].copy_(self._proportional(getattr(torch, rule.base), args, kwargs, tagged))
+            out = args[0].copy_(self._proportional(getattr(torch, rule.base), args, kwargs, inputs, share=share,
+                                                   held=held))
         else:
-            out = self._proportional(func, args, kwargs, tagged, additive=additive)
+            out = self._proportional(func, args, kwargs, inputs, additive=additive, share=share, held=held)
         setattr(out, _NORM, out._version)
+        mark_gate(out, strength)  # an affine map of gates (1 + tanh(u), 0.5·g) is a gate
         return out
 
-    def _proportional(self, func, args, kwargs, tagged, inplace_func=None, additive: bool = False):
+    def _proportional(self, func, args, kwargs, tagged, inplace_func=None, additive: bool = False,
+                      share: float = 1.0, held=()):
         """The op under the Norm rule; ``inplace_func`` (the op's in-place form, writing into ``args[0]``)
-        is used when ``args[0]`` is on the input's path.  ``additive``: the op is a + b, same shapes."""
+        is used when ``args[0]`` is on the input's path.  ``additive``: the op is a + b, same shapes.  ``share``:
+        the part of each input's Norm-rule relevance it gets (AttnLRP's uniform rule, :class:`NormFunction`).
+        ``held``: gates among the other arguments (held constant), which must not change before the backward pass
+        reads them again."""
+        versions = [(g, g._version) for g in held]
         positions = [i for i, a in enumerate(args) if tagged(a)]
         keys = [k for k, v in kwargs.items() if tagged(v)]
         inputs = [args[i] for i in positions] + [kwargs[k] for k in keys]
@@ -348,6 +406,9 @@ class Propagation:
 
         def with_inputs(f):
             def call(*xs):
+                if any(g._version != v for g, v in versions):
+                    raise RuntimeError("a gate held constant in a product was written in place before the backward "
+                                       "pass: its relevance would be computed from the new values")
                 a, kw = list(rest), dict(rest_kw)
                 for i, v in zip(positions, xs[: len(positions)], strict=True):
                     a[i] = v
@@ -357,7 +418,8 @@ class Propagation:
             return call
 
         inplace = with_inputs(inplace_func) if inplace_func is not None and positions[:1] == [0] else None
-        return NormFunction.apply(with_inputs(func), self, inplace, additive, *inputs)
+        absorbed = None if additive else self.absorbed
+        return NormFunction.apply(with_inputs(func), self, inplace, additive, share, absorbed, *inputs)
 
     def batch_norm(self, func, args, kwargs, tagged):
         p = batch_norm_arguments(args, kwargs)
@@ -378,7 +440,7 @@ class Propagation:
                 self._norms.append((layer, Merge(layer.weight, layer.bias, p)))
         else:  # not right after a linear layer: an affine map with the Norm rule
             layer = LayerCall("none", lambda *a: None, scale, None, -1, "", None)
-        out = BatchNormFunction.apply(z, layer, scale, shift, self.keep)
+        out = BatchNormFunction.apply(z, layer, scale, shift, self.keep, self.absorbed)
         if layer.index >= 0:
             setattr(out, _OUT, layer)
             layer.out_version = out._version

@@ -11,6 +11,7 @@ Stabiliser: stab_e(d) = d + e·sign(d) with sign(0) = +1, added, never clipped.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable
 
 import torch
@@ -337,20 +338,35 @@ class PassRelevance(ElementwiseRule):
     (sigmoid, hardsigmoid, softplus, exp) relevance per unit of z stays bounded by |R_y / y|·|f(z) − f(0)|,
     whereas passing R_y unchanged and dividing by z at the layer before (AttnLRP's identity rule followed by
     the ε rule, equivalently Ancona's f(z)/(z + ε)) is unbounded near z = 0.
+
+    ``absorbed`` (:class:`tribute.lrp.absorbed.Absorbed`, set per call by ``absorbed=True``): where the absorbed
+    shares f(0)·R_y / stab(f(z)) (all of R_y where f(z) = 0) are counted.
     """
 
     name = "pass"
 
+    def __init__(self, absorbed=None):
+        self.absorbed = absorbed
+
     def save(self, nl, z, y, params):
-        return () if absorbed_value(nl, params, z) == 0 else (z,)
+        return () if zero_value(nl, params, z) == 0 else (z,)
 
     def backward(self, nl, gy, saved, params):
         if not saved:  # f(0) = 0: relevance passes unchanged
             return gy
         (z,) = saved
-        y = nl(z, **params)
-        share = (y - zero_value(nl, params, z)) / stab(y, STABILIZER)
-        return gy * torch.where(y == 0, torch.zeros_like(share), share)
+        if not math.isfinite(zero_value(nl, params, z)):
+            # no rule (rsqrt, log): refused where relevance reaches it; as a gate (RMSNorm's rsqrt, tribute.lrp.gates)
+            # it receives none, and needs none
+            if bool(gy.any()):
+                absorbed_value(nl, params, z)  # raises, naming the nonlinearity
+            return torch.zeros_like(gy)
+        y, f0 = nl(z, **params), zero_value(nl, params, z)
+        den = stab(y, STABILIZER)
+        share = torch.where(y == 0, torch.zeros_like(y), (y - f0) / den)
+        if self.absorbed is not None:
+            self.absorbed.add(gy * torch.where(y == 0, torch.ones_like(y), f0 / den))
+        return gy * share
 
     def apply_inplace(self, nl, z, params, phase):
         if zero_value(nl, params, z) != 0:
