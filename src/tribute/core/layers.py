@@ -443,9 +443,18 @@ class LayerRows(NamedTuple):
 
 
 def layer_gradient_rows(
-    forward: Forward, rows: torch.Tensor, site: Site, target: Target, sample: torch.Tensor, *,
-    rules: RuleSet = GRADIENT, replace: torch.Tensor | None = None, create_graph: bool = False,
-    coverage: Coverage | None = None, strict=None, score_rows: int | None = None,
+    forward: Forward,
+    rows: torch.Tensor,
+    site: Site,
+    target: Target,
+    sample: torch.Tensor,
+    *,
+    rules: RuleSet = GRADIENT,
+    replace: torch.Tensor | None = None,
+    create_graph: bool = False,
+    coverage: Coverage | None = None,
+    strict=None,
+    score_rows: int | None = None,
 ) -> LayerRows:
     """∂^g S_t / ∂A for the activation A of layer ``site``, for every row of ``rows`` (one forward + backward).
 
