@@ -140,6 +140,10 @@ def _magnitude_part(layer: LayerCall, z: torch.Tensor, scale: float) -> Callable
 #: difference is then at most CONDITION·u (u the unit roundoff) relative to z^±, and likewise the relevance's
 #: relative to the relevance each output hands down (4e-6 in float32, 7e-15 in float64)
 CONDITION = 64.0
+#: layers whose outputs read fewer inputs than this skip that attempt: among few contributions an output whose
+#: contributions all have one sign (z⁺ or z⁻ = 0) is common (ConvNeXt's 7×7 depthwise convolutions on 4×4 maps
+#: failed the condition on 13 of 18 layers), and the failed attempt costs a layer on |x|
+MAGNITUDES_MIN_FAN_IN = 64
 
 
 class Epsilon(LinearRule):
@@ -218,6 +222,8 @@ class AlphaBeta(LinearRule):
         up to rounding of order u·p: taken only if every output has z⁺ + ε and −(z⁻ − ε) ≥ p / :data:`CONDITION`
         (a patch whose contributions all have one sign fails this, and the caller takes x⁺ and x⁻ apart)."""
         a, b = self.alpha, self.beta
+        if layer.weight[0].numel() < MAGNITUDES_MIN_FAN_IN and layer.kind != "conv_transpose":
+            return None
         zo = layer.output(z)
         wh, bh = layer.derived("half_magnitude", _magnitude_part(layer, zo, 0.5))
         ax = x.abs()
