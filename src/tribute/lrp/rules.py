@@ -58,30 +58,57 @@ def _nonnegative(x: torch.Tensor, layer: LayerCall) -> bool:
 class _SignedInput:
     """A layer's input with negative entries, as its parts x = x⁺ + x⁻: for a product x w, (x w)⁺ = x⁺w⁺ + x⁻w⁻.
 
-    ``forward((a, b), bias)`` is op(x⁺, a) + op(x⁻, b) + bias; ``transpose(s, (a, b))`` gives the parts' transposed
-    layers [Jᵀ_a s, Jᵀ_b s]; ``weigh(parts)`` is x⁺ ⊙ part₁ + x⁻ ⊙ part₂.  (Stacking the parts side by side on
-    the input-channel axis, one call instead of two, was measured slower on a batch-1 ResNet-18's first layer.)
+    ``forward((a, b), bias)`` is op(x⁺, a) + op(x⁻, b) + bias; ``transpose(s, name, make)`` gives the parts'
+    transposed layers [Jᵀ_a s, Jᵀ_b s] for ``make(W, b) -> (a, b)``; ``weigh(parts)`` is x⁺ ⊙ part₁ + x⁻ ⊙ part₂.
+    (Stacking the parts side by side on the input-channel axis, one call instead of two, was measured slower on
+    a batch-1 ResNet-18's first layer forward; the transposed layers are stacked so, see :meth:`transpose`.)
     """
 
     def __init__(self, layer: LayerCall, x: torch.Tensor):
-        self.op, self.x = layer.op, x
+        self.layer, self.op, self.x = layer, layer.op, x
         self.xp, self.xn = _pos(x), _neg(x)
 
     def forward(self, weights, bias) -> torch.Tensor:
         return self.op(self.xp, weights[0], bias).add_(self.op(self.xn, weights[1], None))
 
-    def transpose(self, s: torch.Tensor, weights) -> list[torch.Tensor]:
-        return [vjp(self.op, self.x, w, s) for w in weights]
+    def transpose(self, s: torch.Tensor, name: Hashable, make: Callable) -> tuple[torch.Tensor, torch.Tensor]:
+        """[Jᵀ_a s, Jᵀ_b s] for ``make(W, b) -> (a, b)`` (derived, cached).
+
+        For a convolution or a dense layer both come from one transposed layer with [a, b] side by side on the
+        input-channel axis (group by group), which gives the two parts side by side: the same arithmetic, and
+        for few input channels about half the time (a first layer's 3 channels: 64→6 channels took what 64→3
+        took, 12.5 ms at batch 8, 64×64).  Other layers (transposed convolutions, products with a parameter:
+        :attr:`LayerOp.input_stackable`) take the two one by one."""
+        layer, x = self.layer, self.x
+        if not getattr(layer.op, "input_stackable", False):
+            return tuple(vjp(self.op, x, w, s) for w in layer.derived(name, make))
+        groups = self.op.groups
+        (w2,) = layer.derived(("input_stacked", name), lambda w, b: (_side_by_side(make(w, b), groups),))
+        axis = x.dim() - 1 if layer.kind == "dense" else 1
+        shape = list(x.shape)
+        shape[axis] *= 2
+        both = vjp(self.op, x.new_empty(shape), w2, s)  # the stand-in's geometry only is read
+        if axis == 1 and groups > 1:  # (N, groups, 2, C / groups, …): each group's a-part, then its b-part
+            both = both.view(x.shape[0], groups, 2, x.shape[1] // groups, *x.shape[2:])
+            return both.select(2, 0).reshape(x.shape), both.select(2, 1).reshape(x.shape)
+        return both.chunk(2, axis)
 
     def weigh(self, parts) -> torch.Tensor:
-        """x⁺ ⊙ part₁ + x⁻ ⊙ part₂ (``parts`` is consumed)."""
+        """x⁺ ⊙ part₁ + x⁻ ⊙ part₂."""
         first, second = parts
-        return first.mul_(self.xp).add_(second.mul_(self.xn))
+        return torch.mul(first, self.xp).addcmul_(second, self.xn)
 
     @staticmethod
     def difference(p, q) -> list[torch.Tensor]:
         """p − q, part by part (``p`` is consumed)."""
         return [a.sub_(b) for a, b in zip(p, q, strict=True)]
+
+
+def _side_by_side(weights: tuple[torch.Tensor, torch.Tensor], groups: int) -> torch.Tensor:
+    """Two weights of a convolution or dense layer side by side on the input-channel axis (axis 1), group by group
+    (within each group of output channels the input channels are its own): a layer reading [x, x] computes
+    op(x, a) + op(x, b), and its transposed layer gives [Jᵀ_a s, Jᵀ_b s]."""
+    return torch.cat(weights, 1)
 
 
 class _TwoSignals:
@@ -206,10 +233,10 @@ class AlphaBeta(LinearRule):
         sp = torch.div(r, zp, out=zp if pair is None or pair.first is None else pair.first)
         if signed is None:  # x ≥ 0: x ⊙ (α W⁺ᵀs₊ − β W⁻ᵀs₋)
             return pair.transpose(x, sp, sn, ("alpha_beta", a, b), lambda w, _: (a * _pos(w), -b * _neg(w))).mul_(x)
-        parts = signed.transpose(sp, layer.derived(("alpha_signs", a), lambda w, _: (a * _pos(w), a * _neg(w))))
+        parts = signed.transpose(sp, ("alpha_signs", a), lambda w, _: (a * _pos(w), a * _neg(w)))
         if b:
-            parts = signed.difference(parts, signed.transpose(
-                sn, layer.derived(("beta_signs", b), lambda w, _: (b * _neg(w), b * _pos(w)))))
+            parts = signed.difference(parts, signed.transpose(sn, ("beta_signs", b),
+                                                              lambda w, _: (b * _neg(w), b * _pos(w))))
         return signed.weigh(parts)
 
     def _by_magnitudes(self, layer, x, z, r) -> torch.Tensor | None:
