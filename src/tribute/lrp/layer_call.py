@@ -235,12 +235,6 @@ class LayerOp:
         (the weight's axis 0): a convolution without groups, or a dense layer."""
         return self.kind in ("conv", "dense") and self.groups == 1
 
-    @property
-    def input_stackable(self) -> bool:
-        """Whether two weights may meet one signal at once, side by side on the input-channel axis (the weight's
-        axis 1, group by group): a convolution (any groups) or a dense layer ``F.linear``."""
-        return self.kind in ("conv", "dense")
-
     def constant(self, like: torch.Tensor, value: float) -> torch.Tensor:
         """A bias of ``value`` for every output channel of ``like``, the layer's output."""
         return like.new_full((like.shape[-1] if self.kind == "dense" else like.shape[1],), value)

@@ -74,24 +74,19 @@ class _SignedInput:
     def transpose(self, s: torch.Tensor, name: Hashable, make: Callable) -> tuple[torch.Tensor, torch.Tensor]:
         """[Jᵀ_a s, Jᵀ_b s] for ``make(W, b) -> (a, b)`` (derived, cached).
 
-        For a convolution or a dense layer both come from one transposed layer with [a, b] side by side on the
-        input-channel axis (group by group), which gives the two parts side by side: the same arithmetic, and
-        for few input channels about half the time (a first layer's 3 channels: 64→6 channels took what 64→3
-        took, 12.5 ms at batch 8, 64×64).  Other layers (transposed convolutions, products with a parameter:
-        :attr:`LayerOp.input_stackable`) take the two one by one."""
+        For a convolution without groups or a dense layer (:attr:`LayerOp.stackable`) both come from one transposed
+        layer with [a, b] side by side on the input-channel axis, which gives the two parts side by side: the same
+        arithmetic, and for few input channels about half the time (a first layer's 3 channels: 64→6 channels took
+        what 64→3 took, 12.5 ms at batch 8, 64×64).  Others take the two one by one (a depthwise convolution so
+        stacked is no longer depthwise: measured slower on ConvNeXt's 7×7 depthwise convolutions)."""
         layer, x = self.layer, self.x
-        if not getattr(layer.op, "input_stackable", False):
+        if not layer.op.stackable:
             return tuple(vjp(self.op, x, w, s) for w in layer.derived(name, make))
-        groups = self.op.groups
-        (w2,) = layer.derived(("input_stacked", name), lambda w, b: (_side_by_side(make(w, b), groups),))
+        (w2,) = layer.derived(("input_stacked", name), lambda w, b: (torch.cat(make(w, b), 1),))
         axis = x.dim() - 1 if layer.kind == "dense" else 1
         shape = list(x.shape)
         shape[axis] *= 2
-        both = vjp(self.op, x.new_empty(shape), w2, s)  # the stand-in's geometry only is read
-        if axis == 1 and groups > 1:  # (N, groups, 2, C / groups, …): each group's a-part, then its b-part
-            both = both.view(x.shape[0], groups, 2, x.shape[1] // groups, *x.shape[2:])
-            return both.select(2, 0).reshape(x.shape), both.select(2, 1).reshape(x.shape)
-        return both.chunk(2, axis)
+        return vjp(self.op, x.new_empty(shape), w2, s).chunk(2, axis)  # the stand-in's geometry only is read
 
     def weigh(self, parts) -> torch.Tensor:
         """x⁺ ⊙ part₁ + x⁻ ⊙ part₂."""
@@ -102,13 +97,6 @@ class _SignedInput:
     def difference(p, q) -> list[torch.Tensor]:
         """p − q, part by part (``p`` is consumed)."""
         return [a.sub_(b) for a, b in zip(p, q, strict=True)]
-
-
-def _side_by_side(weights: tuple[torch.Tensor, torch.Tensor], groups: int) -> torch.Tensor:
-    """Two weights of a convolution or dense layer side by side on the input-channel axis (axis 1), group by group
-    (within each group of output channels the input channels are its own): a layer reading [x, x] computes
-    op(x, a) + op(x, b), and its transposed layer gives [Jᵀ_a s, Jᵀ_b s]."""
-    return torch.cat(weights, 1)
 
 
 class _TwoSignals:
