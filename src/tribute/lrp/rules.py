@@ -61,7 +61,7 @@ class _SignedInput:
     ``forward((a, b), bias)`` is op(x⁺, a) + op(x⁻, b) + bias; ``transpose(s, name, make)`` gives the parts'
     transposed layers [Jᵀ_a s, Jᵀ_b s] for ``make(W, b) -> (a, b)``; ``weigh(parts)`` is x⁺ ⊙ part₁ + x⁻ ⊙ part₂.
     (Stacking the parts side by side on the input-channel axis, one call instead of two, was measured slower on
-    a batch-1 ResNet-18's first layer forward; the transposed layers are stacked so, see :meth:`transpose`.)
+    a batch-1 ResNet-18's first layer; the transposed layers are stacked so where it pays, see :meth:`transpose`.)
     """
 
     def __init__(self, layer: LayerCall, x: torch.Tensor):
@@ -77,7 +77,7 @@ class _SignedInput:
         For a convolution without groups or a dense layer (:attr:`LayerOp.stackable`) both come from one transposed
         layer with [a, b] side by side on the input-channel axis, which gives the two parts side by side: the same
         arithmetic, and for few input channels about half the time (a first layer's 3 channels: 64→6 channels took
-        what 64→3 took, 12.5 ms at batch 8, 64×64).  Others take the two one by one (a depthwise convolution so
+        what 64→3 took, 12.5 ms at batch 8, 64×64; 46 ms against 2 × 44 at batch 1, 224×224; on a busy machine).  Others take the two one by one (a depthwise convolution so
         stacked is no longer depthwise: measured slower on ConvNeXt's 7×7 depthwise convolutions)."""
         layer, x = self.layer, self.x
         if not layer.op.stackable:
