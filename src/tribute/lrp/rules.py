@@ -77,8 +77,9 @@ class _SignedInput:
         For a convolution without groups or a dense layer (:attr:`LayerOp.stackable`) both come from one transposed
         layer with [a, b] side by side on the input-channel axis, which gives the two parts side by side: the same
         arithmetic, and for few input channels about half the time (a first layer's 3 channels: 64→6 channels took
-        what 64→3 took, 12.5 ms at batch 8, 64×64; 46 ms against 2 × 44 at batch 1, 224×224; on a busy machine).  Others take the two one by one (a depthwise convolution so
-        stacked is no longer depthwise: measured slower on ConvNeXt's 7×7 depthwise convolutions)."""
+        what 64→3 took, 12.5 ms at batch 8, 64×64; 46 ms against 2 × 44 at batch 1, 224×224; on a busy machine).
+        Others take the two one by one (a depthwise convolution so stacked is no longer depthwise: measured slower on
+        ConvNeXt's 7×7 depthwise convolutions)."""
         layer, x = self.layer, self.x
         if not layer.op.stackable:
             return tuple(vjp(self.op, x, w, s) for w in layer.derived(name, make))
