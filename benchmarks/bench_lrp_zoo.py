@@ -35,6 +35,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 import warnings
@@ -54,6 +55,20 @@ COMPOSITES = ("epsilon", "epsilon_plus", "gamma", "alpha_beta")
 #: method → (target for non-negative layer inputs, target for inputs of both signs)
 TARGETS = {"epsilon": (1.5, 1.5), "lrp_epsilon": (1.5, 1.5), "epsilon_plus": (2.0, 3.0), "gamma": (2.0, 3.0),
            "alpha_beta": (2.0, 3.0)}
+
+
+def tribute_version() -> str:
+    """The commit of the repository the imported tribute comes from (the "before" side of a comparison may be
+    another checkout, given by PYTHONPATH), and whether its src/ differs from it."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(tribute.__file__))))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "src"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return source_version()
+    return f"{head}{' + uncommitted changes in src/' if dirty else ''} ({root})"
 
 
 def models(large: bool, only: set[str] | None) -> list[tuple[str, Callable, tuple, bool]]:
@@ -120,7 +135,7 @@ def main() -> None:
     composites = tuple(args.composites.split(",")) if args.composites else COMPOSITES
     only = set(args.models.split(",")) if args.models else None
     print(f"python {platform.python_version()}, torch {torch.__version__}, tribute {tribute.__version__} at commit "
-          f"{source_version()} ({os.path.dirname(tribute.__file__)}); {os.cpu_count()} CPUs, torch threads "
+          f"{tribute_version()}; {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}; {rounds} timed rounds, sides interleaved, medians; float32, eval mode")
     monitor, results, t_start = CpuMonitor(), [], time.perf_counter()
     for label, make, shape, signed in models(args.large, only):
@@ -151,7 +166,7 @@ def main() -> None:
           f"total {time.perf_counter() - t_start:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"source": source_version(), "tribute": os.path.dirname(tribute.__file__),
+            json.dump({"source": tribute_version(),
                        "results": results}, f, indent=1)
 
 
