@@ -218,7 +218,7 @@ class AlphaBeta(LinearRule):
             if fast is not None:
                 return fast
             signed = _SignedInput(layer, x)
-        elif b and op.stackable:
+        elif b and op.stackable and op.rotated_adjoint(layer.weight.shape) is None:
             return self._halves(layer, x, z, r)
         wp, bp = layer.derived("positive_part", _positive_part(layer, z))
         if signed is None:
@@ -249,7 +249,9 @@ class AlphaBeta(LinearRule):
         side by side in one buffer, whose first half is the weight of z⁺ + ε = op(x, W⁺, b⁺ + ε) and whose whole
         is the transposed layer of [α s₊; α s₋], α W⁺ᵀs₊ − β W⁻ᵀs₋ (exactly the same numbers for α = 2, β = 1).
         One copy of W's size less than W⁺ and [αW⁺; −βW⁻] apart, in three passes over W: a first call on VGG-11
-        at 224×224 spent most of its time deriving them for the 25088×4096 layer."""
+        at 224×224 spent most of its time deriving them for the 25088×4096 layer.  Not for a convolution whose
+        transposed layer runs rotated (:meth:`LayerCall.transposed`), which keeps the rotated weights in place of
+        [αW⁺; −βW⁻] and would keep both halves here for W⁺ alone."""
         a, b = self.alpha, self.beta
         name = ("alpha_beta_halves", b / a)
         both, bp = layer.derived(name, lambda w, bias: (
