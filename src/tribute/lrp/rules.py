@@ -3,7 +3,9 @@
 A rule redistributes the relevance R_j at a layer's output z = Wx + b over its inputs: ``relevance(layer, x, z, R)``
 gives R_i.  Each rule's equation is in its docstring; the code computes it with as few passes over the layer as
 the rule allows (the *fast paths*, named in comments: x ≥ 0 after a ReLU halves the signed terms, relevance
-that no ReLU passes where z ≤ 0 needs one transposed layer, two transposed layers stacked into one).  A
+that no ReLU passes where z ≤ 0 needs one transposed layer, two transposed layers stacked into one, and for x of
+both signs the identity (x w)^± = ½(x w ± |x||w|), which takes one layer on |x| and two transposed layers where
+x⁺ and x⁻ apart take two and four: γ always, αβ and z⁺ where no output makes it ill-conditioned).  A
 :class:`tribute.lrp.Composite` says which rule applies at which layer.
 
 Stabiliser: stab_e(d) = d + e·sign(d) with sign(0) = +1, added, never clipped.
