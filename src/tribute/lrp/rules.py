@@ -247,25 +247,24 @@ class AlphaBeta(LinearRule):
         return signed.weigh(parts)
 
     def _halves(self, layer, x, z, r) -> torch.Tensor:
-        """x ≥ 0 on a layer that takes two signals back stacked (:class:`_TwoSignals`): W⁺ and −(β/α)W⁻ derived
+        """x ≥ 0 on a layer that takes two signals back stacked (:class:`_TwoSignals`): W⁺ and −W⁻ = W⁺ − W derived
         side by side in one buffer, whose first half is the weight of z⁺ + ε = op(x, W⁺, b⁺ + ε) and whose whole
-        is the transposed layer of [α s₊; α s₋], α W⁺ᵀs₊ − β W⁻ᵀs₋ (exactly the same numbers for α = 2, β = 1).
-        One copy of W's size less than W⁺ and [αW⁺; −βW⁻] apart, in three passes over W: a first call on VGG-11
-        at 224×224 spent most of its time deriving them for the 25088×4096 layer.  Not for a convolution whose
-        transposed layer runs rotated (:meth:`LayerCall.transposed`), which keeps the rotated weights in place of
-        [αW⁺; −βW⁻] and would keep both halves here for W⁺ alone."""
+        is the transposed layer of [α s₊; β s₋], giving α W⁺ᵀs₊ − β W⁻ᵀs₋ (the same numbers as [αW⁺; −βW⁻] with
+        [s₊; s₋] for α = 2, β = 1).  One copy of W's size less than W⁺ and [αW⁺; −βW⁻] apart, in two passes over
+        W: a first call on VGG-11 at 224×224 spent most of its time deriving those for the 25088×4096 layer.  Not
+        for a convolution whose transposed layer runs rotated (:meth:`LayerCall.transposed`), which keeps the
+        rotated weights in place of [αW⁺; −βW⁻] and would keep both halves here for W⁺ alone."""
         a, b = self.alpha, self.beta
-        name = ("alpha_beta_halves", b / a)
-        both, bp = layer.derived(name, lambda w, bias: (
-            _filled(w, lambda w, up, down: (torch.clamp(w, min=0, out=up), torch.sub(up, w, out=down).mul_(b / a)), 2),
+        both, bp = layer.derived("positive_negative_halves", lambda w, bias: (
+            _filled(w, lambda w, up, down: (torch.clamp(w, min=0, out=up), torch.sub(up, w, out=down)), 2),
             _bias(None if bias is None else _pos(bias), STABILIZER, z, layer)))
         pair = _TwoSignals(layer, r)
-        zp = layer.op(x, both[: both.shape[0] // 2], bp)  # z⁺ + ε (W⁺ − W = −W⁻ ≥ 0 in the second half)
+        zp = layer.op(x, both[: both.shape[0] // 2], bp)  # z⁺ + ε
         # z⁻ − ε ≤ −ε: clamped so that rounding in z − z⁺ cannot flip its sign (see relevance)
         sn = torch.sub(layer.output(z), zp, out=pair.second).clamp_(max=-STABILIZER)
-        torch.div(r, sn, out=sn).mul_(a)
-        torch.div(r, zp, out=pair.first).mul_(a)
-        return layer.transposed(("stacked", name), pair.buffer, x, w=both).mul_(x)
+        torch.div(r, sn, out=sn).mul_(b)  # β s₋, to meet −W⁻
+        torch.div(r, zp, out=pair.first).mul_(a)  # α s₊, to meet W⁺
+        return layer.transposed(("stacked", "positive_negative_halves"), pair.buffer, x, w=both).mul_(x)
 
     def _by_magnitudes(self, layer, x, z, r) -> torch.Tensor | None:
         """The rule for x of both signs from x and |x|, or None where that would be ill-conditioned.
