@@ -25,7 +25,7 @@ from ..core.rules import ElementwiseRule, RuleSet, derivative
 from ..core.targets import Target
 from .deeplift_multivariate import GROUPINGS, AveragedJacobian
 from .deeplift_ops import BILINEAR, QUOTIENTS, BilinearRule, QuotientRule, check_pairs
-from .deeplift_pooling import MaxPoolRule
+from .deeplift_pooling import SELECTIONS, MaxPoolRule, SelectionCheck
 from .reveal_cancel import FAMILY as REVEAL_CANCEL
 from .reveal_cancel import RevealCancelOps, check_sum
 
@@ -66,6 +66,7 @@ register_rule(FAMILY, BILINEAR, BilinearRule())
 register_rule(FAMILY, QUOTIENTS, QuotientRule())
 register_rule(FAMILY, tuple(GROUPINGS), AveragedJacobian())
 register_rule(FAMILY, "max_pool2d", MaxPoolRule())
+register_rule(FAMILY, SELECTIONS, SelectionCheck())
 
 
 @register("deeplift")

@@ -16,8 +16,11 @@ Jacobian along the segment is a step function, which no number of nodes integrat
 (``nodes=0``) J̄ is the mean of its two ends, the selections at the reference and at the input (the trapezoid
 rule), which costs no further pooling pass (8 Gauss–Legendre nodes took torchvision's VGG-11 at 64×64 from
 1.9× to 2.9× a forward and backward pass, measured), and the correction makes every window exact.
-``MaxPoolRule(nodes=8)`` takes Gauss–Legendre nodes instead.  Dilation and ``return_indices`` keep the gradient
-(the switch of :func:`tribute.core.interception.linear_on_path`).
+``MaxPoolRule(nodes=8)`` takes Gauss–Legendre nodes instead.
+
+Every other switch (1-d/3-d and adaptive max pooling, a dilation or ``return_indices``, ``x.max(dim)``, ``amax``,
+``topk``, …) keeps the gradient at the input's selection where that is exact, which :class:`SelectionCheck` verifies
+on every call, and is refused (a warning with ``strict=False``) where it is not.
 """
 
 from __future__ import annotations
@@ -120,7 +123,7 @@ def _arg(args: tuple, kwargs: dict, position: int, name: str, default: Any = Non
 class MaxPoolRule(OpRule):
     """DeepLIFT at ``max_pool2d``: the averaged, corrected Jacobian per window (module doc), exact where input
     and reference select different entries.  ``F.max_pool2d(x, kernel_size, stride, padding, dilation,
-    ceil_mode, return_indices)``; dilation ≠ 1 and ``return_indices`` keep the gradient, as before."""
+    ceil_mode, return_indices)``; with a dilation ≠ 1 or ``return_indices`` the :class:`SelectionCheck`."""
 
     name = "max_pool"
 
@@ -136,8 +139,57 @@ class MaxPoolRule(OpRule):
         dilation = _arg(args, kwargs, 4, "dilation", 1)
         if not tagged(x) or x.dim() != 4 or _arg(args, kwargs, 6, "return_indices", False) or dilation not in (
                 1, (1, 1), [1, 1]):
-            return NotImplemented  # the switch's gradient, as without this rule
+            return SelectionCheck().apply(handler, func, args, kwargs, tagged, name)  # exact, or refused
         check_pairs(x, name)
         pool = _Pool(kernel, stride, _arg(args, kwargs, 3, "padding", 0), bool(_arg(args, kwargs, 5, "ceil_mode")),
                      self.nodes)
         return _MaxPool.apply(x, pool, getattr(handler, "phase", None))
+
+
+# Switches other than 2-d max pooling: they pass the signal to the entries the *input* selects, which is DeepLIFT's
+# exact multiplier only where the reference selects entries of the same values.
+SELECTIONS = ("max_pool1d", "max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices",
+              "max_pool3d_with_indices", "adaptive_max_pool1d", "adaptive_max_pool2d", "adaptive_max_pool3d",
+              "max", "min", "amax", "amin", "median", "nanmedian", "kthvalue", "topk", "sort", "cummax", "cummin")
+
+
+def _values(out: Any) -> torch.Tensor:
+    """The float values a switch returns (``torch.max(x, dim)`` and ``return_indices=True`` add indices)."""
+    return out if isinstance(out, torch.Tensor) else next(o for o in out if o.is_floating_point())
+
+
+def gradient_is_exact(func, args: tuple, kwargs: dict, out: Any) -> bool:
+    """Whether the gradient at the input's selection is DeepLIFT's exact multiplier for this call of a switch:
+    J(x)·Δx = Δy in every output (J(x) the switch's Jacobian at the input half, Δ the input half minus the
+    reference half), checked to rounding with a forward-mode product."""
+    x = args[0]
+    xx, xr = halves(x)
+    yx, yr = halves(_values(out))
+    with torch.no_grad():
+        _, jvp = torch.func.jvp(lambda t: _values(func(t, *args[1:], **kwargs)), (xx.detach(),),
+                                (difference(xx, xr).detach(),))
+        dy = difference(yx, yr)
+        finite = torch.isfinite(yx) & torch.isfinite(yr)
+        scale = torch.where(finite, yx.abs() + yr.abs(), 0.0)
+        return bool(((jvp - dy).abs() <= 16 * torch.finfo(x.dtype).eps * scale).logical_or(~finite).all())
+
+
+class SelectionCheck(OpRule):
+    """DeepLIFT at a switch with no rule of its own (1-d/3-d and adaptive max pooling, ``return_indices`` or a
+    dilation, ``x.max(dim)``, ``amax``, ``topk``, …): the gradient at the input's selection is exact where the
+    reference selects entries of the same values (Δy = J(x)Δx, checked on every call); elsewhere the call is
+    reported as having no rule, so the method refuses it (or warns with ``strict=False``) rather than return a
+    sum that silently misses S(x) − S(x̄)."""
+
+    name = "selection_check"
+
+    def apply(self, handler, func, args, kwargs, tagged, name):
+        x = args[0] if args else None
+        if not (isinstance(x, torch.Tensor) and tagged(x) and x.dim() > 0 and x.shape[0] % 2 == 0
+                and sum(isinstance(a, torch.Tensor) for a in (*args, *kwargs.values())) == 1):
+            return NotImplemented  # another call form (torch.max(a, b) is no switch): the engine decides
+        out = func(*args, **kwargs)
+        if gradient_is_exact(func, args, kwargs, out):
+            return out
+        handler.unruled.append(name)  # the engine runs it plainly and reports it without a rule
+        return NotImplemented
