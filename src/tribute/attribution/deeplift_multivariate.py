@@ -53,7 +53,7 @@ import torch
 from ..core.quadrature import quadrature
 from ..core.rule_registry import OpRule
 from .deeplift_norms import norm_averaged_vjps, norm_params
-from .deeplift_ops import check_pairs, halves, in_attribution_pass
+from .deeplift_ops import call_arg, check_pairs, halves, in_attribution_pass
 
 
 class Groups:
@@ -77,12 +77,6 @@ def _in_groups(groups: int) -> Groups:
     return Groups(sums)
 
 
-def _arg(args: tuple, kwargs: dict, position: int, name: str, default: Any = None) -> Any:
-    if len(args) > position:
-        return args[position]
-    return kwargs.get(name, default)
-
-
 def _dim(d: int, ndim: int) -> int | None:
     """A dimension as a non-negative index, or None for the batch dimension (groups would mix samples)."""
     d = d + ndim if d < 0 else d
@@ -90,7 +84,7 @@ def _dim(d: int, ndim: int) -> int | None:
 
 
 def _softmax_groups(x: torch.Tensor, args: tuple, kwargs: dict) -> Groups | None:
-    dim = _arg(args, kwargs, 1, "dim")
+    dim = call_arg(args, kwargs, 1, "dim")
     if dim is None:  # F.softmax's implicit dimension (deprecated in torch)
         dim = 0 if x.dim() in (0, 1, 3) else 1
     d = _dim(dim, x.dim())
@@ -98,13 +92,13 @@ def _softmax_groups(x: torch.Tensor, args: tuple, kwargs: dict) -> Groups | None
 
 
 def _trailing_groups(x: torch.Tensor, args: tuple, kwargs: dict) -> Groups | None:
-    shape = _arg(args, kwargs, 1, "normalized_shape")
+    shape = call_arg(args, kwargs, 1, "normalized_shape")
     k = 1 if isinstance(shape, int) else len(shape)
     return None if k >= x.dim() else _along(tuple(range(x.dim() - k, x.dim())))
 
 
 def _group_norm_groups(x: torch.Tensor, args: tuple, kwargs: dict) -> Groups | None:
-    return _in_groups(int(_arg(args, kwargs, 1, "num_groups")))
+    return _in_groups(int(call_arg(args, kwargs, 1, "num_groups")))
 
 
 def _instance_groups(x: torch.Tensor, args: tuple, kwargs: dict) -> Groups | None:
@@ -112,9 +106,9 @@ def _instance_groups(x: torch.Tensor, args: tuple, kwargs: dict) -> Groups | Non
 
 
 def _normalize_groups(x: torch.Tensor, args: tuple, kwargs: dict) -> Groups | None:
-    if _arg(args, kwargs, 4, "out") is not None:
+    if call_arg(args, kwargs, 4, "out") is not None:
         return None
-    d = _dim(_arg(args, kwargs, 2, "dim", 1), x.dim())
+    d = _dim(call_arg(args, kwargs, 2, "dim", 1), x.dim())
     return None if d is None else _along((d,))
 
 
@@ -214,11 +208,12 @@ class _Op:
         return d
 
 
-class _Averaged(torch.autograd.Function):
-    """y = f(x) forward; Mᵀ g in the attribution's backward pass, J(x)ᵀ g in any later one."""
+class MultiplierNode(torch.autograd.Function):
+    """y = op.f(x) forward; Mᵀ g (``op.multiplier``) in the attribution's backward pass, J(x)ᵀ g (``op.true_vjp``)
+    in any later one."""
 
     @staticmethod
-    def forward(ctx, x, op: _Op, phase):
+    def forward(ctx, x, op, phase):
         ctx.op, ctx.phase = op, phase
         y = op.f(x)
         ctx.save_for_backward(x, y)
@@ -261,4 +256,4 @@ class AveragedJacobian(OpRule):
         dtype = kwargs.get("dtype", rest[1] if len(rest) > 1 and isinstance(rest[1], torch.dtype) else None)
         softmax = key if key in ("softmax", "log_softmax", "softmin") and dtype is None else None
         op = _Op(lambda t: func(t, *rest, **kwargs), groups, self.nodes, norm, softmax)
-        return _Averaged.apply(x, op, getattr(handler, "phase", None))
+        return MultiplierNode.apply(x, op, getattr(handler, "phase", None))

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
 from ..core.quadrature import quadrature
+from .deeplift_ops import call_arg
 
 _SMOOTH_NODES = 24
 
@@ -34,10 +34,6 @@ _SMOOTH_NODES = 24
 def _smooth_nodes(n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     alphas, weights = quadrature("gauss_legendre", n)
     return alphas.to(device, dtype), weights.to(device, dtype)
-
-
-def _arg(args: tuple, kwargs: dict, position: int, name: str, default: Any = None) -> Any:
-    return args[position] if len(args) > position else kwargs.get(name, default)
 
 
 def _channel_weight(w: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
@@ -56,13 +52,13 @@ def norm_params(op: str, x: torch.Tensor, args: tuple, kwargs: dict) -> NormPara
     ops.  F.layer_norm(x, shape, weight, bias, eps), F.group_norm(x, groups, weight, bias, eps),
     F.rms_norm(x, shape, weight, eps) and the torch.* forms share these positions.  A LayerNorm's or RMSNorm's
     weight has the normalised (trailing) shape and broadcasts as it is."""
-    weight = _arg(args, kwargs, 2, "weight")
+    weight = call_arg(args, kwargs, 2, "weight")
     if op == "layer_norm":
-        return NormParams(True, weight, _arg(args, kwargs, 4, "eps", 1e-5))
+        return NormParams(True, weight, call_arg(args, kwargs, 4, "eps", 1e-5))
     if op == "group_norm":
-        return NormParams(True, _channel_weight(weight, x), _arg(args, kwargs, 4, "eps", 1e-5))
+        return NormParams(True, _channel_weight(weight, x), call_arg(args, kwargs, 4, "eps", 1e-5))
     if op == "rms_norm":
-        eps = _arg(args, kwargs, 3, "eps")
+        eps = call_arg(args, kwargs, 3, "eps")
         return NormParams(False, weight, torch.finfo(x.dtype).eps if eps is None else eps)
     return None
 

@@ -40,6 +40,11 @@ _ADDED_INPUT = ("addmm", "baddbmm")
 _OUT_OF_PLACE = {"mul_": torch.mul, "__imul__": torch.mul, "div_": torch.div, "__itruediv__": torch.div}
 
 
+def call_arg(args: tuple, kwargs: dict, position: int, name: str, default: Any = None) -> Any:
+    """Argument ``name`` of an intercepted call, given at ``position`` or by keyword."""
+    return args[position] if len(args) > position else kwargs.get(name, default)
+
+
 def check_pairs(t: torch.Tensor, what: str) -> None:
     """Refuse a tensor on the input's path that is not a batch of 2N rows (inputs, then their references)."""
     if t.dim() == 0 or t.shape[0] % 2:

@@ -31,8 +31,8 @@ import torch
 import torch.nn.functional as F
 
 from ..core.rule_registry import OpRule
-from .deeplift_multivariate import difference, quadrature_nodes
-from .deeplift_ops import check_pairs, halves, in_attribution_pass
+from .deeplift_multivariate import MultiplierNode, difference, quadrature_nodes
+from .deeplift_ops import call_arg, check_pairs, halves
 
 
 class _Pool:
@@ -44,6 +44,9 @@ class _Pool:
 
     def max(self, t: torch.Tensor, indices: bool = False) -> Any:
         return F.max_pool2d(t, **self.kw, return_indices=indices)
+
+    def f(self, t: torch.Tensor) -> torch.Tensor:
+        return self.max(t)
 
     def window_sums(self, t: torch.Tensor) -> torch.Tensor:
         return F.avg_pool2d(t, **self.kw, count_include_pad=True, divisor_override=1)
@@ -98,28 +101,6 @@ def _route(g: torch.Tensor, idx: torch.Tensor, like: torch.Tensor) -> torch.Tens
     return torch.zeros_like(like).flatten(2).scatter_add(2, idx.flatten(2), g.flatten(2)).view_as(like)
 
 
-class _MaxPool(torch.autograd.Function):
-    """y = max_pool2d(x) forward; Mᵀg in the attribution's backward pass, the gradient in any later one."""
-
-    @staticmethod
-    def forward(ctx, x, pool: _Pool, phase):
-        ctx.pool, ctx.phase = pool, phase
-        y = pool.max(x)
-        ctx.save_for_backward(x, y)
-        return y
-
-    @staticmethod
-    def backward(ctx, g):
-        x, y = ctx.saved_tensors
-        if in_attribution_pass(ctx.phase):
-            return ctx.pool.multiplier(x, y, g), None, None
-        return ctx.pool.true_vjp(x, g), None, None
-
-
-def _arg(args: tuple, kwargs: dict, position: int, name: str, default: Any = None) -> Any:
-    return args[position] if len(args) > position else kwargs.get(name, default)
-
-
 class MaxPoolRule(OpRule):
     """DeepLIFT at ``max_pool2d``: the averaged, corrected Jacobian per window (module doc), exact where input
     and reference select different entries.  ``F.max_pool2d(x, kernel_size, stride, padding, dilation,
@@ -134,16 +115,16 @@ class MaxPoolRule(OpRule):
 
     def apply(self, handler, func, args, kwargs, tagged, name):
         x = args[0] if args else kwargs.get("input")
-        kernel = _arg(args, kwargs, 1, "kernel_size")
-        stride = _arg(args, kwargs, 2, "stride") or kernel
-        dilation = _arg(args, kwargs, 4, "dilation", 1)
-        if not tagged(x) or x.dim() != 4 or _arg(args, kwargs, 6, "return_indices", False) or dilation not in (
+        kernel = call_arg(args, kwargs, 1, "kernel_size")
+        stride = call_arg(args, kwargs, 2, "stride") or kernel
+        dilation = call_arg(args, kwargs, 4, "dilation", 1)
+        if not tagged(x) or x.dim() != 4 or call_arg(args, kwargs, 6, "return_indices", False) or dilation not in (
                 1, (1, 1), [1, 1]):
             return SelectionCheck().apply(handler, func, args, kwargs, tagged, name)  # exact, or refused
         check_pairs(x, name)
-        pool = _Pool(kernel, stride, _arg(args, kwargs, 3, "padding", 0), bool(_arg(args, kwargs, 5, "ceil_mode")),
-                     self.nodes)
-        return _MaxPool.apply(x, pool, getattr(handler, "phase", None))
+        padding, ceil_mode = call_arg(args, kwargs, 3, "padding", 0), bool(call_arg(args, kwargs, 5, "ceil_mode"))
+        pool = _Pool(kernel, stride, padding, ceil_mode, self.nodes)
+        return MultiplierNode.apply(x, pool, getattr(handler, "phase", None))
 
 
 # Switches other than 2-d max pooling: they pass the signal to the entries the *input* selects, which is DeepLIFT's
