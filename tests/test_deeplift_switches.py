@@ -62,3 +62,35 @@ def test_where_the_reference_selects_another_entry_the_call_is_refused(switch):
     with torch.no_grad():
         delta = model(X)[:, 1] - model(reference)[:, 1]
     assert (phi.flatten(1).sum(1) - delta).abs().max() > 1e-6  # what the refusal spared the user
+
+
+class BatchSecond(nn.Module):
+    """Runs its sequence as (T, N, C), as nn.MultiheadAttention(batch_first=False) does, and takes a LayerNorm
+    there: DeepLIFT's 2N rows are then dimension 1, and its rules would pair the wrong rows."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.norm, self.head = nn.Linear(2, 4), nn.LayerNorm(4), nn.Linear(4, 2)
+
+    def forward(self, x):  # x: (N, T, C)
+        h = torch.tanh(self.lin(x)).transpose(0, 1)  # (T, N, 4)
+        h = self.norm(h) * torch.sigmoid(h.flip(1))  # a gate reading another sample's row
+        return self.head(h.mean(0))
+
+
+def test_a_model_that_mixes_the_rows_of_its_batch_is_refused_by_the_sum_check():
+    model = BatchSecond().to(DT).eval()
+    x = torch.randn(4, 6, 2, dtype=DT, generator=torch.Generator().manual_seed(3))
+    with pytest.raises(UncoveredModelError, match=r"sum to .* not S\(x\) − S\(x̄\).*dimension 0"):
+        tribute.explain(model, x, "deeplift", target=1)
+    with pytest.warns(UserWarning, match="dimension 0"):
+        tribute.explain(model, x, "deeplift", target=1, strict=False)
+
+
+def test_the_sum_check_passes_exact_attributions_of_a_batch_first_model():
+    model = Pooled(lambda h: torch.softmax(h, -1).mul(h).sum(-1)).to(DT).eval()  # no switch: rules all exact
+    phi = tribute.explain(model, X, "deeplift", target=0, baseline=X[[0, 0, 0]] * 0.5 + 0.1)
+    with torch.no_grad():
+        delta = model(X)[:, 0] - model(X[[0, 0, 0]] * 0.5 + 0.1)[:, 0]
+    torch.testing.assert_close(phi.flatten(1).sum(1), delta, rtol=1e-10, atol=1e-12)

@@ -9,6 +9,7 @@ rule finds the reference of every row in the other half.
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import torch
@@ -22,6 +23,8 @@ from ..core.method import Method
 from ..core.registry import register
 from ..core.rule_registry import RuleKind, register_rule, rules_of_kind
 from ..core.rules import ElementwiseRule, RuleSet, derivative
+from ..core.strictness import UncoveredModelError
+from ..core.summation import summation_miss
 from ..core.targets import Target
 from .deeplift_multivariate import GROUPINGS, AveragedJacobian
 from .deeplift_ops import BILINEAR, QUOTIENTS, BilinearRule, QuotientRule, check_pairs
@@ -97,9 +100,11 @@ class DeepLift(Method):
     Measured in float64: relative gap below 1e-14 on Hugging Face ConvNeXt, EfficientNet, ViT, Swin, BERT and
     GPT-2 (tests/test_deeplift_modern.py), below 3e-13 on torchvision's ResNet-18/50, VGG-11, DenseNet-121,
     SqueezeNet 1.1, MobileNetV3, EfficientNet-B0, RegNetY, ConvNeXt-T, a small Swin-T and ViT
-    (benchmarks/zoo_torchvision.py).  Other max poolings (1-d, 3-d, adaptive, dilated, ``return_indices``) keep
-    the gradient: exact where input and reference select the same entries.  An op on the path with none of these
-    rules is refused (``strict=False``: a warning, and its plain gradient).
+    (benchmarks/zoo_torchvision.py).  Other switches (1-d, 3-d, adaptive, dilated max pooling, ``return_indices``,
+    ``x.max(dim)``, ``amax``) keep the gradient where that is exact (input and reference select entries of equal
+    values, checked per call) and are refused elsewhere.  An op on the path with none of these rules is refused
+    (``strict=False``: a warning, and its plain gradient).  Every call checks Σφ = S(x) − S(x̄) to rounding and
+    refuses a miss (a model that mixes the rows of its batch, a target not linear in the output).
 
     Options
     -------
@@ -122,11 +127,32 @@ class DeepLift(Method):
         delta = x - base
 
         def contribution(sample, _):
-            rows = torch.cat([x[sample], base[sample]])
-            grad = self._gradients(rows, target, sample, o, score_rows=len(sample))
-            return delta[sample] * grad[: len(sample)]
+            rows, n, outputs = torch.cat([x[sample], base[sample]]), len(sample), []
+            grad = self._gradients(rows, target, sample, o, score_rows=n, outputs=outputs)
+            phi = delta[sample] * grad[:n]
+            check_summation(phi, target.scores(outputs[0][:n], sample), target.scores(outputs[0][n:], sample), o)
+            return phi
 
         return accumulate(x.shape[0], 1, contribution, batch_size=pairs)
+
+
+def check_summation(phi: torch.Tensor, score: torch.Tensor, reference: torch.Tensor, o: SimpleNamespace) -> None:
+    """Refuse (``strict=False``: warn once per explainer) attributions that miss S(x) − S(x̄) beyond rounding: every
+    rule of the family is exact (Shrikumar et al. 2017, Eq 1), so a miss is a wrong answer no op announced."""
+    worst = summation_miss(phi.flatten(1).sum(1), score, reference)
+    if worst is None:
+        return
+    message = (f"deeplift: the attributions of sample {worst} sum to {float(phi[worst].sum()):.6g}, not "
+               f"S(x) − S(x̄) = {float(score[worst] - reference[worst]):.6g}. DeepLIFT's rules are exact, so the model "
+               "does something they cannot see: it mixes rows of the batch (inputs and references run as one batch "
+               "of 2N rows, which must stay along dimension 0), or the target function is not linear in the model's "
+               "output, or an op without a rule ran with strict=False. Pass strict=False to accept the result "
+               "(with a warning)")
+    strictness = o.call.strictness
+    if strictness.strict is not False:
+        raise UncoveredModelError(message)
+    if strictness.warned is None or strictness.warned.first_time(message.split(" sum to ")[0]):
+        warnings.warn(message, UserWarning, stacklevel=4)
 
 
 @register("deeplift_reveal_cancel")

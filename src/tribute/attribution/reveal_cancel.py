@@ -47,6 +47,7 @@ from ..core.nonlinearities import Nonlinearity
 from ..core.rule_registry import OpRule, RuleKind, register_rule, rule_table
 from ..core.rules import ElementwiseRule, derivative
 from ..core.strictness import UncoveredModelError
+from ..core.summation import summation_miss
 from ..core.tensors import per_channel
 from ..lrp.layer_call import parse_linear
 from ..lrp.ops import IN_PLACE, LINEAR_LAYERS, MOVES
@@ -68,12 +69,9 @@ def check_sum(total: torch.Tensor, score: torch.Tensor, reference: torch.Tensor)
     """Warn where the output's parts do not sum to S(x) − S(x̄) (Σφ = their sum, so summation-to-delta fails):
     after a max pooling that selects unlike entries in input and reference with no nonlinearity after it to
     restore the sum.  Rounding is allowed for: √ε of the largest of Σφ, S(x) and S(x̄)."""
-    delta = score - reference
-    scale = torch.maximum(total.abs(), torch.maximum(score.abs(), reference.abs()))
-    tolerance = torch.finfo(delta.dtype).eps ** 0.5 * scale
-    gap = (total - delta).abs()
-    if bool((gap > tolerance).any()):
-        worst = int((gap / torch.maximum(delta.abs(), tolerance)).argmax())
+    worst = summation_miss(total, score, reference)
+    if worst is not None:
+        delta = score - reference
         warnings.warn(f"deeplift_reveal_cancel: the attributions of sample {worst} sum to {float(total[worst]):.6g}, "
                       f"not S(x) − S(x̄) = {float(delta[worst]):.6g}: a max pooling selects other entries in the "
                       "input than in the reference and no nonlinearity follows it to restore the sum (DeepLIFT's "

@@ -228,13 +228,15 @@ def gradient_rows(
     strict: Strictness | bool | None = None,
     score_rows: int | None = None,
     relevance: bool = False,
+    outputs: list | None = None,
 ) -> torch.Tensor:
     """∂^g S_t(row) / ∂row for every row of ``points`` (Ancona et al. 2019, Eq 16), under rule set ``rules``.
 
     ``sample[r]`` names the sample row r belongs to (for its target).  With ``score_rows`` only the first
     rows carry a score (DeepLIFT's references ride along in the same pass).  With ``create_graph`` the
     gradients stay on the autograd graph, also back to ``points`` if it requires grad.  With ``relevance``
-    (LRP) the backward pass starts from the score's value instead of 1: R_out = S_c(x) at the target.
+    (LRP) the backward pass starts from the score's value instead of 1: R_out = S_c(x) at the target.  A list
+    ``outputs`` receives the model's outputs of every row (detached), for checks of the method's identity.
     """
     leaf = gradient_leaf(points, create_graph)
     phases: list = []
@@ -251,6 +253,8 @@ def gradient_rows(
         finally:
             end_phases(phases)
     record_passes(backward=out.shape[0])
+    if outputs is not None:
+        outputs.append(out.detach())
     return g
 
 

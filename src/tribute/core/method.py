@@ -276,11 +276,11 @@ class Method:
     # -- helpers for subclasses -------------------------------------------------------------------
     def _gradients(self, rows: torch.Tensor, target: Target, sample: torch.Tensor, o: SimpleNamespace,
                    *, rules: RuleSet | None = None, score_rows: int | None = None,
-                   relevance: bool = False) -> torch.Tensor:
+                   relevance: bool = False, outputs: list | None = None) -> torch.Tensor:
         """Modified gradient of each row's score under this method's rules (one forward + backward)."""
         return gradient_rows(
             o.call.forward, rows, target, sample,
             rules=self.rule_set(o) if rules is None else rules,
             create_graph=o.differentiable, coverage=o.call.coverage, strict=o.call.strictness, score_rows=score_rows,
-            relevance=relevance,
+            relevance=relevance, outputs=outputs,
         )
