@@ -186,16 +186,46 @@ def _lrp_case(name):
     return _model(name), _images(), {}
 
 
+def _first_layer_bounds(name, model, x, options):
+    """zᴮ's bounds: of the input where the first linear layer reads it (the vision models' first convolution, BERT's
+    query, which CP-LRP gives no relevance); GPT-2's first layer (Conv1D, addmm on (N·T, C)) reads ln_1's output, so
+    its bounds are that output's range per feature (one value per input feature, placed on what the layer reads)."""
+    if name != "gpt2":
+        return float(x.min()), float(x.max())
+    seen = []
+    hook = model.model.transformer.h[0].ln_1.register_forward_hook(lambda m, i, o: seen.append(o.detach()))
+    with torch.no_grad():
+        model(x, *options["forward_args"])
+    hook.remove()
+    first = seen[0].flatten(0, -2)
+    return first.min(0).values, first.max(0).values
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_gpt2_box_rule_conserves_and_refuses_bounds_its_first_layer_input_exceeds(tiny_stabilisers):
+    # zᴮ at GPT-2's first layer (Conv1D: addmm on (N·T, C)) with per-feature bounds: the relevance the inputs do
+    # not receive (zᴮ's bias term and stabiliser) and every other constant leaf's share sum with the input's to
+    # the score; bounds of the embeddings alone do not bound ln_1's output, which that layer reads: refused
+    model, x, options = _lrp_case("gpt2")
+    low, high = _first_layer_bounds("gpt2", model, x, options)
+    explainer = tribute.LRP(model, composite="epsilon_gamma_box", epsilon=1e-12, absorbed=True, low=low, high=high)
+    phi = explainer.attribute(x, target=TARGET, **options)
+    score = model(x, *options["forward_args"])[:, TARGET].detach()
+    total = phi.flatten(1).sum(1) + explainer.absorbed
+    assert ((total - score).abs() <= 1e-8 * score.abs()).all(), (total, score)
+    with pytest.raises(ValueError, match=r"first linear layer.* lies outside \[low, high\].*LayerNorm"):
+        tribute.explain(model, x, "lrp", target=TARGET, composite="epsilon_gamma_box", low=float(x.min()),
+                        high=float(x.max()), **options)
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")  # GPT-2 from embeddings cannot detect padding (transformers says)
 @pytest.mark.parametrize("composite", tribute.lrp.composites())
 @pytest.mark.parametrize("name", NAMES + list(TEXT), ids=NAMES + list(TEXT))
 def test_every_lrp_composite_runs_on_every_zoo_model(name, composite):
     model, x, options = _lrp_case(name)
     if composite == "epsilon_gamma_box":
-        if name == "gpt2":
-            pytest.skip("zᴮ's bounds broadcast per channel of the input; GPT-2's first layer (Conv1D) reads the "
-                        "embeddings reshaped to (N·T, C), which they do not broadcast to (an error, not a guess)")
-        options = {**options, "low": float(x.min()), "high": float(x.max())}
+        low, high = _first_layer_bounds(name, model, x, options)
+        options = {**options, "low": low, "high": high}
     phi = tribute.explain(model, x, "lrp", target=TARGET, composite=composite, **options)
     _check(phi, x)
 

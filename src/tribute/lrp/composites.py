@@ -111,16 +111,22 @@ class RuleParameters:
 
 
 def _bound(value, x_shape, transform) -> torch.Tensor:
-    """A bound given as a number, per channel or as a tensor in pixel space, in the model's input space.
+    """A bound given as a number, per input feature or as a tensor, in the model's input space.
 
-    Per-channel bounds stay (1, C, 1, …) so that they broadcast to whatever the first layer sees (a model
-    may pad its input before the first convolution)."""
+    Without an input transform, a number stays 0-dim and a 1-D bound (one value per feature) stays 1-D: the zᴮ rule
+    places it on the feature axis of its layer's input *as the layer reads it* (:meth:`tribute.lrp.rules.Box.placed`:
+    a convolution's channels on dim 1, a dense/addmm/matmul layer's features on the last dim, which also holds for a
+    layer reading the input reshaped to (N·T, C), as GPT-2's ``Conv1D`` does).  With a transform (pixel space to
+    the model's input, an image normalisation), the bound is laid out per channel (1, C, 1, …) for the transform to
+    read, as a convolution reads it (a model may pad its input before the first convolution)."""
     t = torch.as_tensor(value, dtype=torch.float64)
+    if transform is None:
+        return t
     if t.dim() <= 1 and len(x_shape) > 2:
         t = t.reshape(1, -1, *([1] * (len(x_shape) - 2)))
         if t.shape[1] == 1:
             t = t.expand(1, x_shape[1], *t.shape[2:])
-    return t if transform is None else transform(t)
+    return transform(t)
 
 
 #: the LRP method's options a composite factory may read from :class:`RuleParameters`

@@ -395,9 +395,16 @@ def _sign_masks(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Box(LinearRule):
-    """zᴮ rule for the first layer (Montavon et al. 2017) with bounds l ≤ x ≤ h (per channel or per entry):
+    """zᴮ rule for the first layer (Montavon et al. 2017, Eq 13; Montavon et al. 2019, Eq 6) with bounds
+    l ≤ x ≤ h on the layer's input:
     R_i = Σ_j (x_i w_ij − l_i w_ij⁺ − h_i w_ij⁻) R_j / stab(Σ_i' x_i' w_i'j − l_i' w_i'j⁺ − h_i' w_i'j⁻).
-    The bias cancels.  Bounds are in the model's input space (after any input transform)."""
+    The bias cancels.  Bounds are in the model's input space (after any input transform), which is the first
+    layer's input space where that layer reads the model's input (an image's first convolution, a dense layer on
+    token embeddings); a layer that reads something computed from it (GPT-2's first layer reads ``ln_1``'s output)
+    checks that input against the bounds and refuses one outside them.
+
+    A bound is a number, one value per input feature (placed by :meth:`placed` on the axis the layer reads as
+    features), or a tensor that broadcasts to the layer's input as the layer reads it."""
 
     name = "box"
     positive_z_suffices = True  # z unused
@@ -409,19 +416,53 @@ class Box(LinearRule):
             raise ValueError("box rule: low must not exceed high")
 
     def key(self) -> tuple:
-        return (type(self).__name__, tuple(self.low.flatten().tolist()), tuple(self.high.flatten().tolist()))
+        return (type(self).__name__, tuple(self.low.shape), tuple(self.low.flatten().tolist()),
+                tuple(self.high.flatten().tolist()))
+
+    @staticmethod
+    def placed(bound: torch.Tensor, layer: LayerCall, x: torch.Tensor) -> torch.Tensor:
+        """``bound`` broadcast to the layer's input ``x`` as the layer reads it.
+
+        A 1-D bound has one value per input feature: a convolution's channels are on dim 1, a dense layer's
+        (``F.linear``, ``addmm``, ``matmul``, ``einsum``) on the last dim, so per-feature bounds meet (N, C),
+        (N, T, C) and the (N·T, C) a layer reads after a reshape alike.  Anything else must broadcast to ``x``."""
+        b = bound.to(x.device, x.dtype)
+        axis = x.dim() - 1 if layer.kind == "dense" else 1
+        if b.dim() == 1 and x.dim() > 1 and b.shape[0] not in (1, x.shape[axis]):
+            raise ValueError(
+                f"box rule: {b.shape[0]} bounds per input feature, but the first layer{_named(layer)} ({layer.kind}) "
+                f"reads its input as shape {tuple(x.shape)}, with {x.shape[axis]} features on dim {axis}")
+        if b.dim() == 1 and x.dim() > 1:
+            b = b.reshape(*([1] * axis), -1, *([1] * (x.dim() - axis - 1)))
+        try:
+            return torch.broadcast_to(b, x.shape)
+        except RuntimeError:
+            raise ValueError(
+                f"box rule: bounds of shape {tuple(b.shape)} do not broadcast to the input of the first "
+                f"layer{_named(layer)} as it reads it, shape {tuple(x.shape)} (a layer may read the model's input "
+                "reshaped, as GPT-2's Conv1D reads (N·T, C)); give one number, or one value per input "
+                "feature") from None
 
     def relevance(self, layer, x, z, r):
         w, _ = layer.params()
-        lo = torch.broadcast_to(self.low.to(x.device, x.dtype), x.shape)
-        hi = torch.broadcast_to(self.high.to(x.device, x.dtype), x.shape)
-        if bool((x < lo).any() or (x > hi).any()):
-            raise ValueError("box rule: the layer's input lies outside [low, high]; widen the bounds")
+        lo, hi = self.placed(self.low, layer, x), self.placed(self.high, layer, x)
+        # a bound taken from the same values computed in another pass may differ from x by rounding: not refused
+        slack = 16 * torch.finfo(x.dtype).eps * (1 + float(x.abs().max()))
+        if bool((x < lo - slack).any() or (x > hi + slack).any()):
+            span = f"[{float(x.min()):.4g}, {float(x.max()):.4g}]"
+            raise ValueError(
+                f"box rule: the input of the first linear layer{_named(layer)} lies outside [low, high] (its values "
+                f"span {span}); widen the bounds.  They bound what that layer reads: the model's input where the "
+                "layer reads it, else what the model computes from it first (a transformer's first LayerNorm)")
         wp, wn = _pos(w), _neg(w)
         op = layer.op
         zb = op(x, w, None) - op(lo, wp, None) - op(hi, wn, None)
         s = r / stab(zb, STABILIZER)
         return x * vjp(op, x, w, s) - lo * vjp(op, x, wp, s) - hi * vjp(op, x, wn, s)
+
+
+def _named(layer: LayerCall) -> str:
+    return f" {layer.name!r}" if layer.name else ""
 
 
 class Flat(LinearRule):
