@@ -213,11 +213,11 @@ def fallbacks(monkeypatch):
 
 @pytest.fixture
 def tiny_stabilisers(monkeypatch):
-    """LRP's fixed stabiliser (1e-6: the Norm rule's, the pass rule's, z⁺'s) set to 1e-12 for the test, so that what
-    it absorbs is negligible beside a conservation check's tolerance (the rules' own ε is an option)."""
-    from tribute.lrp import nodes, rules
+    """LRP's fixed stabiliser (1e-6: the pass rule's, z⁺'s, and the Norm rule's unless a composite sets its own) set
+    to 1e-12 for the test, so that what it absorbs is negligible beside a conservation check's tolerance (the rules'
+    own ε is an option; the ε composites' Norm rule takes min(ε, this))."""
+    from tribute.lrp import rules
 
-    monkeypatch.setattr(nodes, "STABILIZER", 1e-12)
     monkeypatch.setattr(rules, "STABILIZER", 1e-12)
 
 

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from ..core import options as opt
+from . import rules as lrp_rules
 from .absorbed import Absorbed
 from .layer_call import LayerCall
 from .merge_plan import MergePlan
@@ -36,13 +37,26 @@ class Composite:
     (the first linear layer on the input's path; for a model taking several inputs, on each input's path: an
     image's first convolution and a table's first dense layer), then the layer's kind (``conv`` also covers
     transposed convolutions).  For anything else, subclass and override :meth:`rule`.
+
+    ``stabilizer``: the ε of stab_ε at the ops that are not linear layers, the Norm rule's
+    R_i = x_i Σ_j ∂y_j/∂x_i R_j / stab_ε(y_j) (residual additions, pooling, LayerNorm with σ held, unmerged batch
+    norm); None: :data:`tribute.lrp.STABILIZER` (1e-6).  It guards the division; it is not the ε rule's filter of
+    weak or contradictory relevance, which the composite places at the layers it names (Montavon et al. 2019, §10.2.1
+    and §10.3: a layer-specific ε, and a tiny increment everywhere else, 1e-9 in their tutorial).  The registered
+    composites with an ε rule take min(ε, 1e-6): a large ε then stays at the layers chosen for it, and a small one
+    (ε → 0, LRP-0 in the limit, as LXT computes with the plain gradient at additions) is not spoilt by a larger
+    increment at every addition and normalisation.
     """
 
     def __init__(self, *, conv: LinearRule, dense: LinearRule, first: LinearRule | None = None,
-                 by_name: dict[str, LinearRule] | None = None, name: str = "composite"):
+                 by_name: dict[str, LinearRule] | None = None, name: str = "composite",
+                 stabilizer: float | None = None):
         self.conv, self.dense, self.first = conv, dense, first
         self.by_name = dict(by_name or {})
         self.name = name
+        if stabilizer is not None and not stabilizer > 0:
+            raise ValueError(f"stabilizer must be > 0, got {stabilizer}")
+        self.stabilizer = None if stabilizer is None else float(stabilizer)
 
     def rule(self, layer: LayerCall) -> LinearRule:
         if layer.name in self.by_name:
@@ -63,7 +77,7 @@ class Composite:
     def key(self) -> tuple:
         return (type(self).__name__, self.conv.key(), self.dense.key(),
                 None if self.first is None else self.first.key(),
-                tuple(sorted((k, v.key()) for k, v in self.by_name.items())))
+                tuple(sorted((k, v.key()) for k, v in self.by_name.items())), self.stabilizer)
 
     def __repr__(self) -> str:
         return f"Composite({self.name!r}, first={self.first}, conv={self.conv}, dense={self.dense})"
@@ -225,15 +239,23 @@ def _same_everywhere(rule: Callable[[RuleParameters], LinearRule]) -> Callable[[
     return lambda p: Composite(conv=rule(p), dense=rule(p))
 
 
-register_composite("epsilon", _same_everywhere(lambda p: Epsilon(p.epsilon)), parameters=("epsilon",))
+def _guard(p: RuleParameters) -> float:
+    """The Norm rule's stabiliser of a composite with an ε rule: min(ε, :data:`STABILIZER`) (see :class:`Composite`;
+    read when the composite is made, so that a test may lower the module's constant)."""
+    return min(p.epsilon, lrp_rules.STABILIZER)
+
+
+register_composite("epsilon", lambda p: Composite(conv=Epsilon(p.epsilon), dense=Epsilon(p.epsilon),
+                                                  stabilizer=_guard(p)), parameters=("epsilon",))
 register_composite("zplus", _same_everywhere(lambda p: ZPlus()))
 register_composite("alpha_beta", _same_everywhere(lambda p: AlphaBeta(p.alpha, p.beta)), parameters=("alpha", "beta"))
 register_composite("gamma", _same_everywhere(lambda p: Gamma(p.gamma)), parameters=("gamma",))
-register_composite("epsilon_plus", lambda p: Composite(conv=ZPlus(), dense=Epsilon(p.epsilon)), parameters=("epsilon",))
-register_composite("epsilon_plus_flat", lambda p: Composite(first=Flat(), conv=ZPlus(), dense=Epsilon(p.epsilon)),
+register_composite("epsilon_plus", lambda p: Composite(conv=ZPlus(), dense=Epsilon(p.epsilon), stabilizer=_guard(p)),
                    parameters=("epsilon",))
-register_composite("epsilon_alpha2_beta1", lambda p: Composite(conv=AlphaBeta(2.0, 1.0), dense=Epsilon(p.epsilon)),
-                   parameters=("epsilon",))
+register_composite("epsilon_plus_flat", lambda p: Composite(first=Flat(), conv=ZPlus(), dense=Epsilon(p.epsilon),
+                                                            stabilizer=_guard(p)), parameters=("epsilon",))
+register_composite("epsilon_alpha2_beta1", lambda p: Composite(conv=AlphaBeta(2.0, 1.0), dense=Epsilon(p.epsilon),
+                                                               stabilizer=_guard(p)), parameters=("epsilon",))
 register_composite("epsilon_gamma_box", lambda p: Composite(
-    first=Box(*p.bounds("epsilon_gamma_box")), conv=Gamma(p.gamma), dense=Epsilon(p.epsilon)),
+    first=Box(*p.bounds("epsilon_gamma_box")), conv=Gamma(p.gamma), dense=Epsilon(p.epsilon), stabilizer=_guard(p)),
     parameters=("epsilon", "gamma", "low", "high"))

@@ -40,7 +40,7 @@ from .layer_call import LayerCall, parse_linear, rotate
 from .linear_forms import added_bias
 from .merge_plan import Merge, MergePlan, Replan, batch_norm_arguments
 from .propagation import Propagation
-from .rules import STABILIZER, Epsilon
+from .rules import Epsilon
 from .weight_cache import WeightCache
 
 _EPS = "_tribute_eps"  # the stabiliser a tensor's readers owe it (it is a linear layer's or Norm op's output)
@@ -298,7 +298,7 @@ class GradientForm(Propagation):
         if rule.bilinear and sum(1 for a in list(args) + list(kwargs.values()) if tagged(a)) > 1:
             raise Unsupported(f"{name} of two tensors on the input's path has no rule in the gradient form")
         out = func(*self._edges(args, tagged), **{k: self._edge(v) if tagged(v) else v for k, v in kwargs.items()})
-        _owe(out, STABILIZER)
+        _owe(out, self.stabilizer)
         return out
 
     def _linear(self, op, x, w, b, entry=None, planned: bool = False):
@@ -360,7 +360,7 @@ class GradientForm(Propagation):
                 producer.read()
             b = b.detach()
         out = _InPlaceAdd.apply(a, b, sign * alpha, getattr(a, _EPS, None), eps_b)
-        setattr(out, _EPS, STABILIZER)
+        setattr(out, _EPS, self.stabilizer)
         if hasattr(out, _PRODUCER):
             delattr(out, _PRODUCER)
         return out
@@ -384,7 +384,7 @@ class GradientForm(Propagation):
                 self.merges[producer.layer.index] = Merge(producer.layer.weight, producer.layer.bias, p)
             return out
         out = func(self._edge(z), *args[1:], **kwargs) if args else func(**{**kwargs, "input": self._edge(z)})
-        _owe(out, STABILIZER)
+        _owe(out, self.stabilizer)
         return out
 
 

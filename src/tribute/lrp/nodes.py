@@ -9,7 +9,7 @@ import torch
 from ..core.rules import stab
 from ..core.tensors import per_channel
 from .layer_call import LayerCall
-from .rules import STABILIZER, Epsilon, LinearRule
+from .rules import Epsilon, LinearRule
 
 
 class LinearLayerFunction(torch.autograd.Function):
@@ -76,6 +76,7 @@ class NormFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, op, prop: Any, inplace_op, additive: bool, share: float, absorbed, *inputs):
         ctx.op, ctx.additive, ctx.share, ctx.absorbed = op, additive, share, absorbed
+        ctx.eps = prop.stabilizer
         ctx.kept = [prop.keep(t) for t in inputs]
         if inplace_op is None:
             return op(*(t.detach() for t in inputs))
@@ -91,13 +92,13 @@ class NormFunction(torch.autograd.Function):
     def backward(ctx, r):
         if ctx.additive:  # y = a + b: R_a = a ⊙ s, R_b = b ⊙ s with s = R / stab(y), no graph needed
             a, b = (k.get() for k in ctx.kept)
-            s = stab(torch.add(a, b), STABILIZER)
+            s = stab(torch.add(a, b), ctx.eps)
             s = torch.div(r, s, out=s)
             return None, None, None, None, None, None, a * s, s.mul_(b)
         with torch.enable_grad():
             xs = [k.get().detach().requires_grad_() for k in ctx.kept]
             y = ctx.op(*xs)
-            s = r / stab(y.detach(), STABILIZER)
+            s = r / stab(y.detach(), ctx.eps)
             grads = torch.autograd.grad(y, xs, s, allow_unused=True)
         if ctx.absorbed is not None:
             with torch.no_grad():
@@ -115,20 +116,20 @@ class BatchNormFunction(torch.autograd.Function):
     else it is an affine map with the Norm rule."""
 
     @staticmethod
-    def forward(ctx, z, layer: LayerCall, scale, shift, keep, absorbed=None):
+    def forward(ctx, z, layer: LayerCall, scale, shift, keep, absorbed=None, eps: float = 1e-6):
         ctx.layer, ctx.scale, ctx.shift = layer, per_channel(scale, z), per_channel(shift, z)
-        ctx.absorbed = absorbed
+        ctx.absorbed, ctx.eps = absorbed, eps
         ctx.z = keep(z)
         return torch.addcmul(ctx.shift, z, ctx.scale)
 
     @staticmethod
     def backward(ctx, r):
         if ctx.layer.merged:  # its shift is in the layer's bias, counted there
-            return r, None, None, None, None, None
+            return r, None, None, None, None, None, None
         z = ctx.z.get()
         contribution = z * ctx.scale
-        s = r / stab(contribution + ctx.shift, STABILIZER)
+        s = r / stab(contribution + ctx.shift, ctx.eps)
         if ctx.absorbed is not None:
             ctx.absorbed.add(ctx.shift * s)
-        return contribution * s, None, None, None, None, None
+        return contribution * s, None, None, None, None, None, None
 

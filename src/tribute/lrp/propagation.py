@@ -51,6 +51,7 @@ from .linear_forms import added_bias
 from .merge_plan import Merge, MergePlan, Replan, batch_norm_affine, batch_norm_arguments, has_forward_hooks
 from .nodes import BatchNormFunction, LinearLayerFunction, NormFunction
 from .ops import FAMILY
+from .rules import norm_stabilizer
 from .weight_cache import WeightCache
 
 if TYPE_CHECKING:
@@ -130,6 +131,8 @@ class Propagation:
         #: how attention's softmax is treated: "cp" (its output a gate, held constant) or "attnlrp"
         #: (:mod:`tribute.lrp.attention`)
         self.attention = "cp"
+        #: the ε of stab_ε at the Norm rule's ops (:class:`tribute.lrp.Composite`'s ``stabilizer``)
+        self.stabilizer = norm_stabilizer(composite)
 
     def inputs_unpacked(self, inputs: tuple[torch.Tensor, ...]) -> None:
         """The forward pass unpacked several inputs from the packed rows (:mod:`tribute.core.inputs`): from now on
@@ -440,7 +443,7 @@ class Propagation:
                 self._norms.append((layer, Merge(layer.weight, layer.bias, p)))
         else:  # not right after a linear layer: an affine map with the Norm rule
             layer = LayerCall("none", lambda *a: None, scale, None, -1, "", None)
-        out = BatchNormFunction.apply(z, layer, scale, shift, self.keep, self.absorbed)
+        out = BatchNormFunction.apply(z, layer, scale, shift, self.keep, self.absorbed, self.stabilizer)
         if layer.index >= 0:
             setattr(out, _OUT, layer)
             layer.out_version = out._version

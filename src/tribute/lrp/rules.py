@@ -26,6 +26,13 @@ from .zero_value import absorbed_value, zero_value
 STABILIZER = 1e-6
 
 
+def norm_stabilizer(composite) -> float:
+    """The ε of stab_ε at the Norm rule's ops in a pass of ``composite``: its ``stabilizer``, or :data:`STABILIZER`
+    (read at the call, so that a test may lower it)."""
+    eps = getattr(composite, "stabilizer", None)
+    return STABILIZER if eps is None else eps
+
+
 def _pos(t):
     return t.clamp(min=0)
 
