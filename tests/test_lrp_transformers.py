@@ -174,14 +174,47 @@ def test_group_and_rms_norm_conserve_with_the_scale_held(kind):
 
 
 # -- constants joining the path --------------------------------------------------------------------------------------
-def test_masked_fill_gives_the_filled_entries_to_the_constant():
-    """x = (1, 2, 3), entry 1 filled with 0.7: y = (1, 0.7, 3), S = 4.7; R_x = (1, 0, 3), the constant 0.7."""
+_FILL_MASK = torch.tensor([False, True, False])
+FILLS = {
+    "masked_fill": lambda v: v.masked_fill(_FILL_MASK, 0.7),
+    "torch.masked_fill": lambda v: torch.masked_fill(v, _FILL_MASK, 0.7),
+    "masked_fill_": lambda v: v.clone().masked_fill_(_FILL_MASK, 0.7),  # in place
+    "masked_fill_ twice": lambda v: v.clone().masked_fill_(_FILL_MASK, 0.7).masked_fill_(_FILL_MASK, 0.7),
+}
+
+
+@pytest.mark.parametrize("fill", list(FILLS))
+def test_masked_fill_gives_the_filled_entries_to_the_constant(fill):
+    """x = (1, 2, 3), entry 1 filled with 0.7: y = (1, 0.7, 3), S = 4.7; R_x = (1, 0, 3), the constant 0.7 (in place
+    too, where the written tensor keeps its identity; filled twice, the second fill's constant takes it all)."""
     x = torch.tensor([[1.0, 2.0, 3.0]], dtype=DT)
-    mask = torch.tensor([False, True, False])
-    explainer = tribute.LRP(Fn(lambda v: v.masked_fill(mask, 0.7)), composite="epsilon", absorbed=True)
+    explainer = tribute.LRP(Fn(FILLS[fill]), composite="epsilon", absorbed=True)
     r = explainer.attribute(x, target=0)
     torch.testing.assert_close(r, torch.tensor([[1.0, 0.0, 3.0]], dtype=DT), **TOL)
     torch.testing.assert_close(explainer.absorbed, torch.tensor([0.7], dtype=DT), **TOL)
+
+
+class FilledLayer(nn.Module):
+    """z = x Wᵀ (bias-free), written in place by masked_fill_ (z is what the layer's rule reads backward), summed."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(3, 3, bias=False).to(DT)
+        with torch.no_grad():
+            self.lin.weight.copy_(torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 2.0]], dtype=DT))
+
+    def forward(self, x):
+        return self.lin(x).masked_fill_(_FILL_MASK, -0.5).sum(-1, keepdim=True)
+
+
+def test_masked_fill_in_place_of_a_layer_output_counts_the_constant():
+    """x = (1, 2, 3): z = (1, 3, 6), filled z = (1, −0.5, 6), S = 6.5; the fill takes −0.5; z₀ = x₀ gives R = 1 to
+    x₀, z₂ = 2x₂ gives 6 to x₂, nothing reaches z₁ (so x₁ gets 0): Σ R + absorbed = 1 + 6 − 0.5 = S."""
+    x = torch.tensor([[1.0, 2.0, 3.0]], dtype=DT)
+    explainer = tribute.LRP(FilledLayer(), composite="epsilon", epsilon=1e-12, absorbed=True)
+    r = explainer.attribute(x, target=0)
+    torch.testing.assert_close(r, torch.tensor([[1.0, 0.0, 6.0]], dtype=DT), **TOL)
+    torch.testing.assert_close(explainer.absorbed, torch.tensor([-0.5], dtype=DT), **TOL)
 
 
 class TokenSum(nn.Module):

@@ -7,7 +7,8 @@ output (Montavon et al. 2019, §10.2.1).  Relevance leaves the input's path wher
   layer's inputs do not receive), LayerNorm's β, batch norm's shift;
 - a constant added on the path: position and token-type embeddings (the Norm rule's share c · R / stab(y) of the
   constant c in y = x + c);
-- a constant moved into the path: the class token concatenated to the patches, entries masked_fill writes.
+- a constant moved into the path: the class token concatenated to the patches, entries masked_fill writes (or
+  masked_fill_, in place: computed from a copy, then written).
 
 Issue 13 asks that LRP with CP-LRP attention and ε rules conserves on a bias-free transformer "counting the relevance
 that reaches every input and every constant leaf".  A :class:`Absorbed` is filled during one pass's backward by the

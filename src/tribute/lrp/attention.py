@@ -37,7 +37,7 @@ from .gates import STRONG, mark_gate, path_tensors
 
 # ops that move their tensor arguments (in a list, or beside a condition) into one output
 _JOINING = frozenset({"cat", "concat", "concatenate", "stack", "hstack", "vstack", "where"})
-_FILLS = frozenset({"masked_fill"})
+_FILLS = frozenset({"masked_fill", "masked_fill_"})
 
 
 class Softmax(OpRule):

@@ -347,6 +347,8 @@ class Propagation:
         inputs = path_tensors(args, kwargs, tagged)
         strength = gates_only(inputs)
         if self.absorbed is not None and not strength and joins_constants(name, args, kwargs, tagged):
+            if name.endswith("_") and args:
+                return self._fill_in_place(name, args, kwargs, tagged)
             return move_with_constants(func, args, kwargs, tagged, self.absorbed)
         if not strength:
             return NotImplemented
@@ -355,6 +357,21 @@ class Propagation:
         out = func(*args, **kwargs)
         mark_gate(out, strength)
         return out
+
+    def _fill_in_place(self, name, args, kwargs, tagged) -> torch.Tensor:
+        """``t.masked_fill_(mask, c)`` with the constant's share counted: the fill computed out of place from a copy
+        of t (relevance by its gradient, what reaches the filled entries counted, as for ``masked_fill``), then written
+        into t, which keeps its identity.  The copy, not t, is what the backward pass reads: t's old values are
+        overwritten, and what else kept them by reference is copied first (:meth:`before_write`)."""
+        target = args[0]
+        if not tagged(target):  # a constant filled with a value on the path: no such move is known
+            raise TypeError(f"{name} writes a value on the input's path into a tensor off it; LRP has no rule for it")
+        self.before_write(target)
+        source = target.clone()
+        fill = getattr(torch, name.rsplit(".", 1)[-1].rstrip("_"))
+        on_path = lambda a: a is source or (a is not target and tagged(a))  # noqa: E731 (a fill value on the path)
+        out = move_with_constants(fill, (source, *args[1:]), kwargs, on_path, self.absorbed)
+        return target.copy_(out)
 
     def proportional(self, func, args, kwargs, tagged, name, rule):
         """An op linear in its inputs on the input's path, under the Norm rule (``rule``: a
