@@ -20,7 +20,13 @@ reference rows hold zeros), built with autograd from Δx⁺ = max(x − x̄, 0) 
   it reads f(z) − f(z̄) from the forward pass and gives all of it to the nonzero part if the other is 0);
 - a product a·b of two tensors on the path: the Shapley split between the positive and the negative parts,
   Δy^± = Δa^±·(b + b̄)/2 + Δb^±·(a + ā)/2 (:func:`product_parts`); a quotient of two has no rule;
-- a constant of the input's shape (``zeros_like``, ``ones_like``, ``full_like``): no difference, both parts 0.
+- a constant of the input's shape (``zeros_like``, ``ones_like``, ``full_like``): no difference, both parts 0;
+  ``masked_fill`` and ``where`` likewise where they write a value off the path (a masked score's −∞);
+- softmax, log-softmax, softmin and the normalisations (LayerNorm, GroupNorm, RMSNorm, instance norm,
+  ``F.normalize``): the same Shapley split between the two parts, read with vectors per softmax vector or
+  normalised group, with matrix multipliers M^± such that M^±Δx^± = Δy^±; ``matmul``, ``bmm``, ``einsum``,
+  ``addmm`` (attention's QKᵀ and AV, HF's ``Conv1D``): the product's split below, or the Linear rule with a
+  parameter (:mod:`tribute.attribution.reveal_cancel_multivariate`).
 Contributions are m⁺ ⊙ Δx⁺ + m⁻ ⊙ Δx⁻ and sum to S_c(x) − S_c(x̄).
 
 Why the net difference at a linear layer (and not W⁺Δx⁺ + W⁻Δx⁻, each part through the layer on its own, as
