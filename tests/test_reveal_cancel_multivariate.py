@@ -218,3 +218,22 @@ def test_a_softmax_over_the_batch_is_refused_by_name():
     with pytest.raises(tribute.core.UncoveredModelError, match="softmax"):
         tribute.explain(lambda v: torch.softmax(v, 0), torch.randn(2, 3, dtype=DT), "deeplift_reveal_cancel",
                         target=0)
+
+
+@pytest.mark.filterwarnings("error")  # the parts of the output must sum to its difference (else: a warning)
+def test_where_and_masked_fill_write_no_difference():
+    # one function in three spellings: the written constant 0.7 is the same in input and reference rows
+    keep = torch.tensor([True, False, True, False, True])
+    c = torch.linspace(-1, 2, 5, dtype=DT)
+    spellings = {"where": lambda v: torch.where(keep, torch.tanh(v), 0.7),
+                 "method": lambda v: torch.tanh(v).where(keep, torch.full((5,), 0.7, dtype=DT)),
+                 "masked_fill": lambda v: torch.tanh(v).masked_fill(~keep, 0.7)}
+    x = torch.randn(3, 5, generator=torch.Generator().manual_seed(9), dtype=DT)
+    phis = {k: tribute.explain(lambda v, f=f: (f(v) * c).sum(-1, keepdim=True), x, "deeplift_reveal_cancel",
+                               target=0) for k, f in spellings.items()}
+    delta = ((torch.tanh(x) - torch.tanh(torch.zeros_like(x))) * c * keep).sum(1)
+    for phi in phis.values():
+        torch.testing.assert_close(phi.sum(1), delta, rtol=1e-13, atol=0)
+        assert bool((phi[:, ~keep] == 0).all())
+    torch.testing.assert_close(phis["method"], phis["where"], rtol=0, atol=0)
+    torch.testing.assert_close(phis["masked_fill"], phis["where"], rtol=0, atol=0)
