@@ -131,7 +131,7 @@ def quadrature_nodes(n: int) -> tuple[list[float], list[float]]:
     return alphas.tolist(), weights.tolist()
 
 
-class _Op:
+class GroupedOp:
     """The op as a function of its input on the path, its grouping and the quadrature nodes."""
 
     def __init__(self, f: Callable[[torch.Tensor], torch.Tensor], groups: Groups, nodes: int, norm: Any = None,
@@ -187,17 +187,21 @@ class _Op:
         gx, gr = halves(g)
         gs = [gx, gr] if bool(gr.ne(0).any()) else [gx]
         vs = self.averaged_vjps(xr, dx, gs)
+        ms = [self.corrected(dx, dy, g_, v, xx) for g_, v in zip(gs, vs, strict=True)]
+        return torch.cat([ms[0], ms[1] if len(ms) > 1 else torch.zeros_like(ms[0])])
+
+    def corrected(self, dx: torch.Tensor, dy: torch.Tensor, g: torch.Tensor, v: torch.Tensor,
+                  scale: torch.Tensor) -> torch.Tensor:
+        """Mᵀ g = v + Δx·(⟨Δy, g⟩ − ⟨Δx, v⟩)/‖Δx‖² per group, for v = J̄ᵀ g (Broyden's rank-one correction of J̄,
+        so that M Δx = Δy); v alone in a group where ‖Δx‖ is within rounding of 0 beside ‖scale‖."""
         sums = self.groups.sums
         n2 = sums(dx * dx)
-        finite = torch.nan_to_num(xx, nan=0.0, posinf=0.0, neginf=0.0)  # masked scores: −∞ counts as 0 here
-        tiny = torch.finfo(x.dtype).eps ** 2 * (1 + sums(finite * finite))
+        finite = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)  # masked scores: −∞ counts as 0 here
+        tiny = torch.finfo(dx.dtype).eps ** 2 * (1 + sums(finite * finite))
         moved = n2 > tiny
         safe = torch.where(moved, n2, torch.ones((), dtype=n2.dtype, device=n2.device))
-        ms = []
-        for g_, v in zip(gs, vs, strict=True):
-            c = torch.where(moved, (sums(dy * g_).to(v.dtype) - sums(dx * v)) / safe, 0.0)
-            ms.append(v + dx * c)
-        return torch.cat([ms[0], ms[1] if len(ms) > 1 else torch.zeros_like(ms[0])])
+        c = torch.where(moved, (sums(dy * g).to(v.dtype) - sums(dx * v)) / safe, 0.0)
+        return v + dx * c
 
     def true_vjp(self, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """J(x)ᵀ g, differentiable when grad mode is on."""
@@ -240,20 +244,30 @@ class AveragedJacobian(OpRule):
         self.nodes = nodes
 
     def apply(self, handler, func, args, kwargs, tagged, name):
-        kwargs = dict(kwargs)
-        x = args[0] if args else kwargs.pop("input", None)
-        rest = args[1:] if args else ()
-        others = (*rest, *kwargs.values())
-        grouping = GROUPINGS.get(name.rsplit(".", 1)[-1])
-        groups = grouping(x, (x, *rest), kwargs) if (grouping is not None and tagged(x)) else None
-        if groups is None or any(map(tagged, others)) or any(
-                isinstance(a, (list, tuple)) and any(map(tagged, a)) for a in others):
+        found = grouped_op(func, args, kwargs, tagged, name, self.nodes)
+        if found is None:
             handler.unruled.append(name)  # a grouping over the batch, or a parameter on the path
             return NotImplemented
+        x, op = found
         check_pairs(x, name)
-        key = name.rsplit(".", 1)[-1]
-        norm = norm_params(key, x, (x, *rest), kwargs)
-        dtype = kwargs.get("dtype", rest[1] if len(rest) > 1 and isinstance(rest[1], torch.dtype) else None)
-        softmax = key if key in ("softmax", "log_softmax", "softmin") and dtype is None else None
-        op = _Op(lambda t: func(t, *rest, **kwargs), groups, self.nodes, norm, softmax)
         return MultiplierNode.apply(x, op, getattr(handler, "phase", None))
+
+
+def grouped_op(func, args: tuple, kwargs: dict, tagged: Callable[[Any], bool], name: str,
+               nodes: int) -> tuple[torch.Tensor, GroupedOp] | None:
+    """(x, the op as a function of x) for a call of one of :data:`GROUPINGS` with its input x on the path, or None
+    where the rules do not take it (a grouping over the batch, a parameter on the path)."""
+    kwargs = dict(kwargs)
+    x = args[0] if args else kwargs.pop("input", None)
+    rest = args[1:] if args else ()
+    others = (*rest, *kwargs.values())
+    grouping = GROUPINGS.get(name.rsplit(".", 1)[-1])
+    groups = grouping(x, (x, *rest), kwargs) if (grouping is not None and tagged(x)) else None
+    if groups is None or any(map(tagged, others)) or any(
+            isinstance(a, (list, tuple)) and any(map(tagged, a)) for a in others):
+        return None
+    key = name.rsplit(".", 1)[-1]
+    norm = norm_params(key, x, (x, *rest), kwargs)
+    dtype = kwargs.get("dtype", rest[1] if len(rest) > 1 and isinstance(rest[1], torch.dtype) else None)
+    softmax = key if key in ("softmax", "log_softmax", "softmin") and dtype is None else None
+    return x, GroupedOp(lambda t: func(t, *rest, **kwargs), groups, nodes, norm, softmax)

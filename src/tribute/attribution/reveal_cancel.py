@@ -20,7 +20,13 @@ reference rows hold zeros), built with autograd from Δx⁺ = max(x − x̄, 0) 
   it reads f(z) − f(z̄) from the forward pass and gives all of it to the nonzero part if the other is 0);
 - a product a·b of two tensors on the path: the Shapley split between the positive and the negative parts,
   Δy^± = Δa^±·(b + b̄)/2 + Δb^±·(a + ā)/2 (:func:`product_parts`); a quotient of two has no rule;
-- a constant of the input's shape (``zeros_like``, ``ones_like``, ``full_like``): no difference, both parts 0.
+- a constant of the input's shape (``zeros_like``, ``ones_like``, ``full_like``): no difference, both parts 0;
+  ``masked_fill`` and ``where`` likewise where they write a value off the path (a masked score's −∞);
+- softmax, log-softmax, softmin and the normalisations (LayerNorm, GroupNorm, RMSNorm, instance norm,
+  ``F.normalize``): the same Shapley split between the two parts, read with vectors per softmax vector or
+  normalised group, with matrix multipliers M^± such that M^±Δx^± = Δy^±; ``matmul``, ``bmm``, ``einsum``,
+  ``addmm`` (attention's QKᵀ and AV, HF's ``Conv1D``): the product's split below, or the Linear rule with a
+  parameter (:mod:`tribute.attribution.reveal_cancel_multivariate`).
 Contributions are m⁺ ⊙ Δx⁺ + m⁻ ⊙ Δx⁻ and sum to S_c(x) − S_c(x̄).
 
 Why the net difference at a linear layer (and not W⁺Δx⁺ + W⁻Δx⁻, each part through the layer on its own, as
@@ -93,7 +99,7 @@ def _split(c, pos, neg):
     return cp * pos + cn * neg, cn * pos + cp * neg
 
 
-def _input_rows(t: torch.Tensor) -> torch.Tensor:
+def input_rows(t: torch.Tensor) -> torch.Tensor:
     """The first half of a 2N-row tensor: the inputs' rows (the references' parts are zeros)."""
     if t.dim() == 0 or t.shape[0] % 2:
         raise ValueError(f"deeplift_reveal_cancel runs inputs and references as one batch of 2N rows, but an op on "
@@ -102,7 +108,7 @@ def _input_rows(t: torch.Tensor) -> torch.Tensor:
     return t[: t.shape[0] // 2]
 
 
-def _with_reference_rows(t: torch.Tensor) -> torch.Tensor:
+def with_reference_rows(t: torch.Tensor) -> torch.Tensor:
     """The input rows ``t`` of a part, with the references' rows (zeros) below."""
     return torch.cat([t, torch.zeros_like(t)])
 
@@ -113,7 +119,7 @@ class _RevealCancel(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, dp, dn, z, y, nl, params):
-        n = _input_rows(z).shape[0]
+        n = input_rows(z).shape[0]
         dp, dn, zbar = dp[:n], dn[:n], z[n:].clone()  # a copy: an in-place nonlinearity then overwrites z with y
         fp, fn, f0, fx = nl(zbar + dp, **params), nl(zbar + dn, **params), y[n:], y[:n]
         yp = 0.5 * (fp - f0) + 0.5 * (fx - fn)
@@ -127,7 +133,7 @@ class _RevealCancel(torch.autograd.Function):
                   for null, other_null, share in ((null_p, null_n, yp), (null_n, null_p, yn)))
         ctx.save_for_backward(dp, dn, zbar, yp, yn, tiny)
         ctx.nl, ctx.params = nl, params
-        return _with_reference_rows(yp), _with_reference_rows(yn)
+        return with_reference_rows(yp), with_reference_rows(yn)
 
     @staticmethod
     def backward(ctx, gp, gn):
@@ -140,8 +146,8 @@ class _RevealCancel(torch.autograd.Function):
             limit = 0.5 * (derivative(ctx.nl, zbar, ctx.params) + derivative(ctx.nl, zbar + other, ctx.params))
             return torch.where(small, limit, y / torch.where(small, 1.0, d))
 
-        mp, mn = _input_rows(gp) * ratio(yp, dp, dn), _input_rows(gn) * ratio(yn, dn, dp)
-        return _with_reference_rows(mp), _with_reference_rows(mn), None, None, None, None
+        mp, mn = input_rows(gp) * ratio(yp, dp, dn), input_rows(gn) * ratio(yn, dn, dp)
+        return with_reference_rows(mp), with_reference_rows(mn), None, None, None, None
 
 
 class RevealCancelRule(ElementwiseRule):
@@ -251,10 +257,10 @@ class SignedWeights(PartsRule):
             raise UncoveredModelError(f"deeplift_reveal_cancel: RevealCancel has no rule for {name} with weights "
                                       "computed from the input")
         dp, dn = twins(x)
-        d = _input_rows(dp + dn)  # both parts get the net difference's multiplier
+        d = input_rows(dp + dn)  # both parts get the net difference's multiplier
         w = w.detach()
         net, gross = op(d, w, None), op(d.abs(), w.abs(), None)
-        return _with_reference_rows(0.5 * (net + gross)), _with_reference_rows(0.5 * (net - gross))
+        return with_reference_rows(0.5 * (net + gross)), with_reference_rows(0.5 * (net - gross))
 
 
 class Sum(PartsRule):
@@ -336,9 +342,9 @@ def product_parts(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch
     (a + ā)/2, DeepLIFT's product rule (Deep SHAP, Lundberg & Lee 2017 §4.2), and Δy⁺ + Δy⁻ = ab − āb̄ exactly.
     Δy⁺ is the positive parts' share, not necessarily ≥ 0 (it is < 0 where the other factor is negative), as a
     decreasing nonlinearity's Δy⁺ is.  Factors broadcast as in the product."""
-    am, bm = (0.5 * (_input_rows(t) + t[t.shape[0] // 2:]).detach() for t in (a, b))
-    (ap, an), (bp, bn) = (tuple(_input_rows(p) for p in twins(t)) for t in (a, b))
-    return _with_reference_rows(ap * bm + bp * am), _with_reference_rows(an * bm + bn * am)
+    am, bm = (0.5 * (input_rows(t) + t[t.shape[0] // 2:]).detach() for t in (a, b))
+    (ap, an), (bp, bn) = (tuple(input_rows(p) for p in twins(t)) for t in (a, b))
+    return with_reference_rows(ap * bm + bp * am), with_reference_rows(an * bm + bn * am)
 
 
 class BatchNormScale(PartsRule):
@@ -367,8 +373,8 @@ class SelectedAtInput(PartsRule):
         pool, dims, positional = _POOLS[name.rsplit(".", 1)[-1].removeprefix("_").removesuffix("_with_indices")]
         x = args[0]
         kw = {k: v for k, v in kwargs.items() if k != "return_indices"}
-        _, idx = pool(_input_rows(x).detach(), *args[1:1 + positional], return_indices=True, **kw)
-        return tuple(_with_reference_rows(_input_rows(t).flatten(-dims).gather(-1, idx.flatten(-dims)).view_as(idx))
+        _, idx = pool(input_rows(x).detach(), *args[1:1 + positional], return_indices=True, **kw)
+        return tuple(with_reference_rows(input_rows(t).flatten(-dims).gather(-1, idx.flatten(-dims)).view_as(idx))
                      for t in twins(x))
 
 
@@ -386,7 +392,7 @@ class PartsApart(PartsRule):
 
     A tensor off the input's path inside a list (``torch.cat([x, c])``: a constant, a learned token, a forward
     argument) is data with the same value in the input and the reference rows, so its parts are zeros; other
-    arguments off the path (indices, shapes) are passed as they are."""
+    arguments off the path (indices, shapes, integer index tensors in a tuple) are passed as they are."""
 
     def parts(self, func, args, kwargs, tagged, name, out):
         def sub(a, k, listed=False):
@@ -394,7 +400,8 @@ class PartsApart(PartsRule):
                 return type(a)(sub(b, k, listed=True) for b in a)
             if tagged(a):
                 return twins(a)[k]
-            return torch.zeros_like(a) if listed and isinstance(a, torch.Tensor) else a
+            data = listed and isinstance(a, torch.Tensor) and a.is_floating_point()  # not an index (x[rows, -1])
+            return torch.zeros_like(a) if data else a
 
         return tuple(func(*(sub(a, k) for a in args), **{key: sub(v, k) for key, v in kwargs.items()}) for k in (0, 1))
 
@@ -409,6 +416,22 @@ class Padding(PartsApart):
             args[3] = 0.0
         elif "value" in kwargs:
             kwargs["value"] = 0.0
+        return super().parts(func, args, kwargs, tagged, name, out)
+
+
+class Masked(PartsApart):
+    """``masked_fill``, ``where``: each part where the op keeps the input's entries, 0 where it writes a value off
+    the input's path (the same in input and reference rows: a masked attention score's −∞ is no difference)."""
+
+    def parts(self, func, args, kwargs, tagged, name, out):
+        args, kwargs = list(args), dict(kwargs)
+        fills = range(2, len(args)) if name.rsplit(".", 1)[-1].startswith("masked_fill") else range(1, len(args))
+        for i in fills:  # where's condition (a boolean tensor, first or, as x.where(cond, y), second) stays
+            if not tagged(args[i]) and not (isinstance(args[i], torch.Tensor) and args[i].dtype == torch.bool):
+                args[i] = torch.zeros_like(args[i]) if isinstance(args[i], torch.Tensor) else 0.0
+        for key in ("value", "other", "input"):
+            if key in kwargs and not tagged(kwargs[key]):
+                kwargs[key] = torch.zeros_like(kwargs[key]) if isinstance(kwargs[key], torch.Tensor) else 0.0
         return super().parts(func, args, kwargs, tagged, name, out)
 
 
@@ -428,5 +451,7 @@ register_rule(FAMILY, _with_in_place({"div", "__truediv__"}), Scaling(divides=Tr
 register_rule(FAMILY, "batch_norm", BatchNormScale())
 register_rule(FAMILY, _MAXPOOL, SelectedAtInput())
 register_rule(FAMILY, ("zeros_like", "ones_like", "full_like", "new_zeros", "new_ones", "new_full"), NoDifference())
-register_rule(FAMILY, (POSITIVE | MOVES) - _MAXPOOL - {"pad"}, PartsApart())
+_MASKED = {"masked_fill", "masked_fill_", "where"}
+register_rule(FAMILY, (POSITIVE | MOVES) - _MAXPOOL - _MASKED - {"pad"}, PartsApart())
+register_rule(FAMILY, _MASKED, Masked())
 register_rule(FAMILY, "pad", Padding())
