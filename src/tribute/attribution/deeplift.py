@@ -167,7 +167,9 @@ class DeepLiftRevealCancel(Method):
     Max pooling passes the parts of the entry selected at the input (where input and reference select unlike
     entries, the next nonlinearity, reading f(z) − f(z̄) from the forward pass, restores the sum).  A product of
     two tensors on the input's path splits Δ(ab) between the positive and the negative parts by their Shapley
-    values, Δy^± = Δa^±(b + b̄)/2 + Δb^±(a + ā)/2.
+    values, Δy^± = Δa^±(b + b̄)/2 + Δb^±(a + ā)/2 (attention's QKᵀ and AV too).  Softmax and the normalisations
+    take the rule of §3.5.3 with the parts as two players, Δy⁺ = ½[F(x̄ + Δx⁺) − F(x̄)] + ½[F(x) − F(x̄ + Δx⁻)]
+    (:mod:`tribute.attribution.reveal_cancel_multivariate`), so transformers are covered.
 
     Options
     -------
