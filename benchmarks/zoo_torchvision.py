@@ -24,7 +24,9 @@ its message), the method's own identity, and the seconds the call took:
   nodes; on ReLU nets the kinks leave a quadrature error that is not the implementation's: tribute's refined
   midpoint rule with tolerance=1e-2 reaches 5e-3 on ResNet-18 but takes minutes, measured), and max |φ − Captum's| /
   max |Captum's| at the same nodes where Captum imports (its nodes are float32: agreement to ~1e-6);
-- deeplift: summation-to-delta, the same relative error (exact up to rounding where the rules cover the model);
+- deeplift, deeplift_reveal_cancel: summation-to-delta, the same relative error (exact up to rounding where the
+  rules cover the model);
+- lrp[epsilon]+absorbed (ε = 1e-12): conservation counting the relevance constant leaves take (``absorbed=True``);
 - lrp_epsilon (Ancona's form) and lrp with every composite of ``tribute.composites()``: the conservation ratio
   Σφ / S(x), min..max over samples (biases absorb relevance, so it is not 1 on a net with biases; it must be
   finite and of order 1, not 1e13);
@@ -171,6 +173,14 @@ def _conservation(phi, model, x):
     return f"Σφ/S {lo:.3g}..{hi:.3g}"
 
 
+def _conservation_with_leaves(phi, model, x, explainer, options):
+    """LRP with ``absorbed=True``: Σφ plus the relevance constant leaves took (biases, β, class token, position
+    embeddings) against the score S(x): conservation, up to what the ε stabilisers absorb."""
+    total = phi.flatten(1).sum(1) + explainer.absorbed
+    gap = ((total - _score(model, x)).abs() / _score(model, x).abs()).max().item()
+    return f"|Σφ+absorbed−S|/|S| {gap:.1e}"
+
+
 def _gradcam_by_hand(model, x, layer, reshape):
     """Selvaraju et al. (2017): ReLU(Σ_k w_k A_k), w_k the spatial mean of ∂S/∂A_k, at ``layer``'s output."""
     seen = {}
@@ -203,7 +213,11 @@ def columns() -> list[Column]:
             Column("integrated_gradients", "integrated_gradients", {"steps": IG_STEPS},
                    lambda phi, m, x, e, o: _ig_identity(phi, m, x)),
             Column("deeplift", "deeplift", {}, lambda phi, m, x, e, o: _relative_gap(phi, m, x)),
-            Column("lrp_epsilon", "lrp_epsilon", {}, lambda phi, m, x, e, o: _conservation(phi, m, x))]
+            Column("deeplift_reveal_cancel", "deeplift_reveal_cancel", {},
+                   lambda phi, m, x, e, o: _relative_gap(phi, m, x)),
+            Column("lrp_epsilon", "lrp_epsilon", {}, lambda phi, m, x, e, o: _conservation(phi, m, x)),
+            Column("lrp[epsilon]+absorbed", "lrp", {"composite": "epsilon", "epsilon": 1e-12, "absorbed": True},
+                   _conservation_with_leaves)]
     cols += [Column(f"lrp[{c}]", "lrp", {"composite": c}, lambda phi, m, x, e, o: _conservation(phi, m, x))
              for c in tribute.composites()]
     cols += [Column("guided_backprop", "guided_backprop", {}, lambda phi, m, x, e, o: _vs_gradient(phi, m, x)),

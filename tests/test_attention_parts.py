@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import tribute
 from tribute.core.attention import attention_by_parts
 from tribute.core.interception import Coverage, apply_rules
 from tribute.core.nonlinearities import call_form
@@ -185,3 +186,28 @@ def test_multi_head_attention_by_parts_equals_nn_multihead_attention(case):
         assert (a is None) == (b is None)
         if a is not None:
             torch.testing.assert_close(a.detach(), b, rtol=0, atol=1e-12)
+
+
+class _Encoder(nn.Module):
+    """torch's TransformerEncoderLayer (nn.MultiheadAttention inside, batch first) with a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.head(self.layer(x).mean(1))
+
+
+@pytest.mark.parametrize("method", ["deeplift", "deeplift_reveal_cancel"])
+def test_nn_multihead_attention_runs_batch_first_for_rules_that_pair_rows(method):
+    # F.multi_head_attention_forward takes (L, N, E); its parts run as (N, L, E), so rules that pair each input row
+    # with its reference row along dimension 0 find them (summation-to-delta to rounding)
+    model = _Encoder().to(DT).eval()
+    x = torch.randn(3, 5, 8, dtype=DT, generator=torch.Generator().manual_seed(4))
+    phi = tribute.explain(model, x, method, target=2)
+    with torch.no_grad():
+        delta = model(x)[:, 2] - model(torch.zeros_like(x))[:, 2]
+    torch.testing.assert_close(phi.flatten(1).sum(1), delta, rtol=1e-10, atol=1e-12)

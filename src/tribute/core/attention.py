@@ -61,9 +61,9 @@ def attention_weights(query: torch.Tensor, key: torch.Tensor, attn_mask: torch.T
 
 
 def _heads(t: torch.Tensor, heads: int) -> torch.Tensor:
-    """(L, N, E) → (N, heads, L, E / heads)."""
-    length, n, e = t.shape
-    return t.reshape(length, n, heads, e // heads).permute(1, 2, 0, 3)
+    """(N, L, E) → (N, heads, L, E / heads)."""
+    n, length, e = t.shape
+    return t.reshape(n, length, heads, e // heads).permute(0, 2, 1, 3)
 
 
 def _refuse(**unsupported) -> None:
@@ -81,13 +81,16 @@ def multi_head_attention_by_parts(query, key, value, embed_dim_to_check, num_hea
                                   is_causal=False):
     """``F.multi_head_attention_forward`` (Vaswani et al. 2017, §3.2.2) as linear layers around
     :func:`attention_weights`: the same arguments, (L, N, E) or unbatched (L, E) inputs, masks that are True (or
-    −∞) where attention is *not* allowed.  Extra key/value biases, zero attention and static keys are refused."""
+    −∞) where attention is *not* allowed.  Extra key/value biases, zero attention and static keys are refused.
+    The parts run batch first (the sequences are transposed in and out), as rules that pair each input row with
+    its reference row along dimension 0 (DeepLIFT, RevealCancel) need."""
     _refuse(bias_k=bias_k, bias_v=bias_v, add_zero_attn=add_zero_attn, static_k=static_k, static_v=static_v,
             dropout=bool(training and dropout_p))
     unbatched = query.dim() == 2
     if unbatched:
         query, key, value = query.unsqueeze(1), key.unsqueeze(1), value.unsqueeze(1)
         key_padding_mask = None if key_padding_mask is None else key_padding_mask.unsqueeze(0)
+    query, key, value = (t.transpose(0, 1) for t in (query, key, value))  # (N, L, E)
     if use_separate_proj_weight:
         weights = (q_proj_weight, k_proj_weight, v_proj_weight)
     else:
@@ -105,8 +108,8 @@ def multi_head_attention_by_parts(query, key, value, embed_dim_to_check, num_hea
         mask = padding if mask is None else mask + padding
     causal = is_causal and attn_mask is None
     weights = attention_weights(q, k, mask, causal, 1.0 / math.sqrt(q.shape[-1]))
-    out = torch.matmul(weights, v).permute(2, 0, 1, 3).reshape(length, n, -1)
-    out = F.linear(out, out_proj_weight, out_proj_bias)
+    out = torch.matmul(weights, v).permute(0, 2, 1, 3).reshape(n, length, -1)
+    out = F.linear(out, out_proj_weight, out_proj_bias).transpose(0, 1)
     if need_weights:
         weights = weights.mean(1) if average_attn_weights else weights
     if unbatched:
