@@ -90,3 +90,26 @@ def test_differentiable_attributions_keep_the_plain_op(monkeypatch):
     m = tribute.DeepLift(model, differentiable=True)
     m.attribute(x, target=0)
     assert m.coverage.linear["torch.nn.functional.linear"] >= 5
+
+
+def test_products_skip_the_references_half_with_the_same_multipliers(monkeypatch):
+    """Attention's QKᵀ and AV and the elementwise products: the written-out VJPs on the inputs' rows alone equal
+    the full 2N-row ones (the references' rows get zeros either way)."""
+    from tribute.attribution import deeplift_ops
+
+    class Gated(_Attention):
+        def forward(self, x):
+            return super().forward(x) * torch.sigmoid(self.head(self.inp(x).mean(1)))  # a product of two paths
+
+    model = Gated().double().eval()
+    x = torch.randn(3, 5, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    calls, silent = [], deeplift_ops._references_silent  # noqa: SLF001
+    monkeypatch.setattr(deeplift_ops, "_references_silent", lambda g, ts: calls.append(silent(g, ts)) or calls[-1])
+    fast = tribute.DeepLift(model).attribute(x, target=2)
+    assert calls and all(calls)  # every product took the half
+    monkeypatch.setattr(deeplift_ops, "_references_silent", lambda g, ts: False)
+    full = tribute.DeepLift(model).attribute(x, target=2)
+    torch.testing.assert_close(fast, full, rtol=1e-12, atol=1e-12)
+    with torch.no_grad():
+        delta = model(x)[:, 2] - model(torch.zeros_like(x))[:, 2]
+    torch.testing.assert_close(fast.flatten(1).sum(1), delta, rtol=1e-10, atol=1e-10)
