@@ -54,8 +54,12 @@ class Rescale(ElementwiseRule):
         return super().apply(nl, z, params, phase)
 
     def save(self, nl, z, y, params):
-        # f(z) of both halves is the forward pass's output: kept, the backward pass need not compute it again
-        return (z,) if y is None else (z, y)
+        # f(z) − f(z̄) from the forward pass's output, so the backward pass need not evaluate f twice again; a new
+        # tensor, which a later in-place write into y (``a *= b``) leaves alone
+        if y is None:
+            return (z,)
+        yx, yr = y.chunk(2)
+        return z, yx - yr
 
     def backward(self, nl, gy, saved, params):
         z = saved[0]
@@ -64,10 +68,10 @@ class Rescale(ElementwiseRule):
         close = dz.abs() <= self.tolerance * (1 + zx.abs())
         safe_dz = torch.where(close, 1.0, dz)
         if len(saved) > 1 and not torch.is_grad_enabled():
-            yx, yr = saved[1].chunk(2)
+            dy = saved[1]
         else:  # the attribution differentiated (create_graph): f(z) recomputed where autograd sees it
-            yx, yr = nl(zx, **params), nl(zr, **params)
-        ratio = (yx - yr) / safe_dz
+            dy = nl(zx, **params) - nl(zr, **params)
+        ratio = dy / safe_dz
         if bool(close.any()):
             ratio = torch.where(close, derivative(nl, (zx + zr) / 2, params), ratio)
         # both halves take the same ratio: broadcast over the pair instead of concatenating it
