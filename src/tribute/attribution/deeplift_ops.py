@@ -137,7 +137,9 @@ class _Bilinear(torch.autograd.Function):
     def backward(ctx, g):
         ts = ctx.saved_tensors
         kind = ctx.call.kind
-        if kind is not None and in_attribution_pass(ctx.phase) and _references_silent(g, ts):
+        # (with create_graph, the attribution differentiated: the full product, as autograd would record it)
+        if kind is not None and in_attribution_pass(ctx.phase) and not torch.is_grad_enabled() \
+                and _references_silent(g, ts):
             return None, None, *_inputs_half(kind, g, ts)
         others = [midpoint(t) for t in ts] if in_attribution_pass(ctx.phase) else list(ts)
         if kind == "mul":  # the VJPs written out: no forward pass of the op again
