@@ -26,6 +26,7 @@ from ..core.rules import ElementwiseRule, RuleSet, derivative
 from ..core.strictness import UncoveredModelError
 from ..core.summation import summation_miss
 from ..core.targets import Target
+from .deeplift_linear import PairedLinear
 from .deeplift_multivariate import GROUPINGS, AveragedJacobian
 from .deeplift_ops import BILINEAR, QUOTIENTS, BilinearRule, QuotientRule, check_pairs
 from .deeplift_pooling import SELECTIONS, MaxPoolRule, SelectionCheck
@@ -52,16 +53,32 @@ class Rescale(ElementwiseRule):
         check_pairs(z, nl.name)
         return super().apply(nl, z, params, phase)
 
+    def save(self, nl, z, y, params):
+        # f(z) − f(z̄) from the forward pass's output, so the backward pass need not evaluate f twice again; a new
+        # tensor, which a later in-place write into y (``a *= b``) leaves alone
+        if y is None:
+            return (z,)
+        yx, yr = y.chunk(2)
+        return z, yx - yr
+
     def backward(self, nl, gy, saved, params):
-        (z,) = saved
+        z = saved[0]
         zx, zr = z.chunk(2)
         dz = zx - zr
         close = dz.abs() <= self.tolerance * (1 + zx.abs())
-        safe_dz = torch.where(close, torch.ones_like(dz), dz)
-        ratio = (nl(zx, **params) - nl(zr, **params)) / safe_dz
+        safe_dz = torch.where(close, 1.0, dz)
+        if len(saved) > 1 and not torch.is_grad_enabled():
+            dy = saved[1]
+        else:  # the attribution differentiated (create_graph): f(z) recomputed where autograd sees it
+            dy = nl(zx, **params) - nl(zr, **params)
+        ratio = dy / safe_dz
         if bool(close.any()):
             ratio = torch.where(close, derivative(nl, (zx + zr) / 2, params), ratio)
-        return gy * torch.cat([ratio, ratio])
+        # both halves take the same ratio: broadcast over the pair instead of concatenating it
+        return (gy.unflatten(0, (2, -1)) * ratio).flatten(0, 1)
+
+    def forward_derivative(self, nl, gy, saved, params):
+        return super().forward_derivative(nl, gy, saved[:1], params)
 
 
 register_rule(FAMILY, "*", Rescale())
@@ -69,6 +86,7 @@ register_rule(FAMILY, BILINEAR, BilinearRule())
 register_rule(FAMILY, QUOTIENTS, QuotientRule())
 register_rule(FAMILY, tuple(GROUPINGS), AveragedJacobian())
 register_rule(FAMILY, "max_pool2d", MaxPoolRule())
+register_rule(FAMILY, "linear", PairedLinear())
 register_rule(FAMILY, SELECTIONS, SelectionCheck())
 
 
@@ -81,7 +99,8 @@ class DeepLift(Method):
     Each op on the input's path gets multipliers m with Σ m·Δ(inputs) = Δ(output) exactly (Shrikumar et al.
     2017, §3.3), so summation-to-delta, Σ_i φ_i = S_c(x) − S_c(x̄), holds to rounding on networks built from:
 
-    - linear layers, additions, reshapes (their gradient);
+    - linear layers, additions, reshapes (their gradient; a large ``F.linear`` multiplies only the inputs' rows in
+      the backward pass, the references' carrying zeros: :mod:`tribute.attribution.deeplift_linear`);
     - elementwise nonlinearities, including powers, square roots and reciprocals: Rescale's secant;
     - products of two tensors on the path (a·b, a @ b, ``einsum``, ``bmm``, gates, attention's QKᵀ and AV) and
       quotients a / b: the Shapley split Δ(ab) = ½(b + b̄)Δa + ½(a + ā)Δb (Lundberg & Lee 2017), with 1/b's

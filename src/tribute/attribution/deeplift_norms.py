@@ -111,9 +111,12 @@ def norm_averaged_vjps(sums: Callable, p: NormParams, r: torch.Tensor, dx: torch
     n = sums(torch.ones_like(r))
     centre, cbar, dc, cperp, moving, star, A, C, q0, B = _segment(sums, n, p, r, dx)
     sharp = moving & (q0 < A) & (star > -1) & (star < 2)  # a peak narrower than the segment, near it
+    i_smooth, *k_smooth = _smooth(A, B, C)
+    if not bool(sharp.any()):  # the usual case: the sharp branch would be computed only to be dropped
+        return [centre(u * i_smooth - _moments(cbar, dc, u, sums, k_smooth) / n)
+                for u in (g if p.weight is None else g * p.weight for g in gs)]
     safe_A = torch.where(sharp, A, q0)  # keeps the unused branch finite (NaN would reach double-backward)
     i_sharp, *l_sharp = _sharp(torch.where(sharp, star, torch.zeros_like(star)), safe_A, q0)
-    i_smooth, *k_smooth = _smooth(A, B, C)
     out = []
     for g in gs:
         u = g if p.weight is None else g * p.weight

@@ -136,8 +136,12 @@ class _Bilinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, g):
         ts = ctx.saved_tensors
-        others = [midpoint(t) for t in ts] if in_attribution_pass(ctx.phase) else list(ts)
         kind = ctx.call.kind
+        # (with create_graph, the attribution differentiated: the full product, as autograd would record it)
+        if kind is not None and in_attribution_pass(ctx.phase) and not torch.is_grad_enabled() \
+                and _references_silent(g, ts):
+            return None, None, *_inputs_half(kind, g, ts)
+        others = [midpoint(t) for t in ts] if in_attribution_pass(ctx.phase) else list(ts)
         if kind == "mul":  # the VJPs written out: no forward pass of the op again
             return None, None, (g * others[1]).sum_to_size(ts[0].shape), (g * others[0]).sum_to_size(ts[1].shape)
         if kind == "matmul":
@@ -147,6 +151,33 @@ class _Bilinear(torch.autograd.Function):
         for i, t in enumerate(ts):
             grads.append(vjp(lambda v, i=i: ctx.call(*others[:i], v, *others[i + 1:]), t, g))
         return None, None, *grads
+
+
+def _references_silent(g: torch.Tensor, ts: tuple) -> bool:
+    """Whether g is zero on the references' rows (what every rule of the family gives them: only the inputs' rows
+    carry the score) for operands batched like g: their VJPs are then zero there and need not be computed."""
+    if any(t.dim() != g.dim() or t.shape[0] != g.shape[0] for t in ts) or g.shape[0] % 2:
+        return False
+    low, high = torch.aminmax(g[g.shape[0] // 2:])  # NaN is not zero
+    return float(low) == 0 and float(high) == 0
+
+
+def _inputs_half(kind: str, g: torch.Tensor, ts: tuple) -> tuple[torch.Tensor, torch.Tensor]:
+    """The written-out VJPs of :class:`_Bilinear` on the inputs' rows only, zeros on the references' (a zero row of
+    g gives zero VJPs for finite midpoints; a non-finite midpoint takes the full product, as 0·∞ would)."""
+    n = g.shape[0] // 2
+    a, b = ((x + r) / 2 for x, r in (halves(t) for t in ts))
+    if not bool((a.sum() + b.sum()).isfinite()):  # a finite sum means finite entries
+        a, b = (torch.cat([t, t]) for t in (a, b))
+        n = g.shape[0]
+    gx = g[:n]
+    if kind == "mul":
+        da, db = (gx * b).sum_to_size(ts[0][:n].shape), (gx * a).sum_to_size(ts[1][:n].shape)
+    else:
+        da, db = (gx @ b.mT).sum_to_size(ts[0][:n].shape), (a.mT @ gx).sum_to_size(ts[1][:n].shape)
+    if n == g.shape[0]:
+        return da, db
+    return torch.cat([da, torch.zeros_like(da)]), torch.cat([db, torch.zeros_like(db)])
 
 
 _PRODUCTS = {"mul", "__mul__", "__rmul__", "multiply", "mul_", "__imul__"}

@@ -102,11 +102,15 @@ class FamilyPass:
         #: the pass's phase: whether the attribution's backward pass is still to come (see :class:`.rules.Phase`)
         self.phase = current_phase()
         self.unruled: list[str] = []
+        #: whether the last op handled ran under a rule that computes the op's own gradient (a faster form of the
+        #: plain op, e.g. DeepLIFT's linear layer skipping the references' zero rows): counted as linear, not ruled
+        self.gradient_form = False
 
     def handle(self, func: Callable, args: tuple, kwargs: dict, tagged: Callable[[Any], bool], name: str) -> Any:
         op = name.rsplit(".", 1)[-1]
         rule = self.table.get(op)
         if rule is not None and rule.kind is not RuleKind.ELEMENTWISE:
+            self.gradient_form = getattr(rule, "gradient_form", False)
             return rule.apply(self, func, args, kwargs, tagged, name)
         if not linear_on_path(op, _count_on_path(args, kwargs, tagged), count_tensors(args, kwargs),
                               denominator=divisor_on_path(op, args, kwargs, tagged)):

@@ -1,0 +1,74 @@
+"""DeepLIFT at a linear layer: its gradient (Shrikumar et al. 2017, §3.5.1: the multipliers of a linear unit are its
+weights), computed only for the rows that carry one.
+
+Input and reference run as one batch of 2N rows (:mod:`.deeplift`), but only the inputs' rows carry the score:
+every rule of the family gives the references' rows a zero multiplier (Rescale's ``gy · ratio`` with gy = 0 there,
+the bilinear and multivariate rules likewise), so in the attribution's backward pass the gradient reaching a linear
+layer is zero on half the batch and autograd's gᵀW spends half its matrix product on zeros.  :class:`PairedLinear`
+checks that half for zeros (along dimension 0, or 1 for the (L, 2N, E) layout of ``multi_head_attention_forward``)
+and multiplies only the other: a zero row of g gives a zero row of gᵀW for a finite W, so the result is autograd's,
+up to the rounding of a matrix product of another height.  Anything else (a non-zero half, a non-finite weight, the
+attribution's derivatives with ``differentiable=True``) takes the full product or the plain op.  Layers too small
+for the saving to outweigh an autograd node of Python are left to autograd (:data:`MIN_MACS`).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..core.rule_registry import OpRule
+from .deeplift_ops import call_arg
+
+#: multiply-adds of a layer's forward pass below which the plain op runs (the node's Python costs ~20 µs)
+MIN_MACS = 1 << 21
+
+
+def _zero_half(g: torch.Tensor) -> int | None:
+    """A dimension (0 or 1) along which g's second half is all zeros, or None."""
+    for d in (0, 1):
+        if d < g.dim() - 1 and g.shape[d] % 2 == 0 and g.shape[d] > 0:
+            half = g.shape[d] // 2
+            low, high = torch.aminmax(g.narrow(d, half, half))  # a quicker read than ``any`` (NaN: not zero)
+            if float(low) == 0 and float(high) == 0:
+                return d
+    return None
+
+
+class _PairedLinearFn(torch.autograd.Function):
+    """y = x Wᵀ + b forward; backward gᵀW, multiplied only where g's rows are not known zeros (module doc)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, g):
+        (weight,) = ctx.saved_tensors
+        d = _zero_half(g)
+        # a finite sum means finite entries (an infinity or NaN would carry into it), read quicker than isfinite
+        if d is None or not bool(weight.sum().isfinite()):
+            return g @ weight, None, None
+        half = g.shape[d] // 2
+        top = g.narrow(d, 0, half) @ weight
+        return torch.cat([top, torch.zeros_like(top)], d), None, None
+
+
+class PairedLinear(OpRule):
+    """DeepLIFT at ``F.linear`` with the input alone on the path: the gradient (the layer is linear), with the
+    references' zero half skipped in the attribution's backward pass (module doc)."""
+
+    name = "paired_linear"
+    gradient_form = True  # the layer's own gradient: coverage counts it as linear, not as ruled
+
+    def apply(self, handler, func, args, kwargs, tagged, name):
+        x = call_arg(args, kwargs, 0, "input")
+        weight = call_arg(args, kwargs, 1, "weight")
+        bias = call_arg(args, kwargs, 2, "bias")
+        phase = getattr(handler, "phase", None)
+        if (phase is None or phase.differentiable or not isinstance(x, torch.Tensor) or not tagged(x)
+                or not isinstance(weight, torch.Tensor) or weight.dim() != 2 or tagged(weight) or tagged(bias)
+                or x.dim() < 2 or x.numel() * weight.shape[0] < MIN_MACS or len(args) + len(kwargs) > 3):
+            return NotImplemented  # the plain op: its gradient is the rule
+        return _PairedLinearFn.apply(x, weight, bias)
