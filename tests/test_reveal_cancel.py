@@ -220,3 +220,27 @@ def test_a_max_pooling_that_selects_unlike_entries_with_nothing_after_it_warns()
         warnings.simplefilter("error")  # a nonlinearity after the pooling restores the sum: no warning
         a = tribute.explain(lambda t: torch.relu(model(t) + 1), x, "deeplift_reveal_cancel", target=0, baseline=base)
     torch.testing.assert_close(a.sum(1), torch.tensor([1.0], dtype=torch.float64))
+
+
+class _Compared(nn.Module):
+    """A mask by comparison on the input's path (Swin's attention masks are built with ``ne``)."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin1, self.lin2 = nn.Linear(4, 6), nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = torch.tanh(self.lin1(x))
+        keep = h.ne(0.25).logical_and(h.lt(2))  # booleans (all True here): no differences to carry
+        return self.lin2(h.masked_fill(~keep, 0.0))
+
+
+def test_comparisons_on_the_path_carry_no_differences():
+    model = _Compared().to(torch.float64).eval()
+    x = torch.randn(3, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    phi = tribute.explain(model, x, "deeplift_reveal_cancel", target=1, baseline=torch.full_like(x, 0.05))
+    with torch.no_grad():
+        delta = model(x)[:, 1] - model(torch.full_like(x, 0.05))[:, 1]
+    assert phi.shape == x.shape
+    torch.testing.assert_close(phi.flatten(1).sum(1), delta, rtol=1e-10, atol=1e-12)

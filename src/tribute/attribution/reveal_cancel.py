@@ -205,12 +205,20 @@ class _Pass:
         if rule is not None:
             return rule.apply(self, func, args, kwargs, tagged, name)
         out = func(*args, **kwargs)
+        if not _holds_floats(out):  # comparisons, indices, metadata: no differences; the engine keeps them off the path
+            return NotImplemented
         if _holds_tensors(out):  # the differences have no plain-gradient fallback: strict=False cannot help here
             raise UncoveredModelError(
                 f"deeplift_reveal_cancel: RevealCancel has no rule for {name} on the input's path; register one "
                 f"with tribute.core.register_rule({FAMILY!r}, op, rule) (strict=False does not apply: "
                 "RevealCancel's differences cannot pass an op by its plain gradient)")
         return out  # metadata (x.shape, x.dim()) carries no differences
+
+
+def _holds_floats(out) -> bool:
+    if isinstance(out, torch.Tensor):
+        return out.is_floating_point()
+    return isinstance(out, (list, tuple)) and any(_holds_floats(o) for o in out)
 
 
 def _holds_tensors(out) -> bool:
