@@ -35,7 +35,6 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 import warnings
@@ -45,7 +44,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from common import CpuMonitor, forward_backward, source_version  # noqa: E402
+from common import CpuMonitor, forward_backward, tribute_source  # noqa: E402
 from models import resnet18_cifar  # noqa: E402
 from vgg import Logits, convnext_tiny, vgg11  # noqa: E402
 
@@ -55,20 +54,6 @@ COMPOSITES = ("epsilon", "epsilon_plus", "gamma", "alpha_beta")
 #: method → (target for non-negative layer inputs, target for inputs of both signs)
 TARGETS = {"epsilon": (1.5, 1.5), "lrp_epsilon": (1.5, 1.5), "epsilon_plus": (2.0, 3.0), "gamma": (2.0, 3.0),
            "alpha_beta": (2.0, 3.0)}
-
-
-def tribute_version() -> str:
-    """The commit of the repository the imported tribute comes from (the "before" side of a comparison may be
-    another checkout, given by PYTHONPATH), and whether its src/ differs from it."""
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(tribute.__file__))))
-    try:
-        head = subprocess.run(["git", "-C", root, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--", "src"], capture_output=True,
-                               text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return source_version()
-    return f"{head}{' + uncommitted changes in src/' if dirty else ''} ({root})"
 
 
 def models(large: bool, only: set[str] | None) -> list[tuple[str, Callable, tuple, bool]]:
@@ -135,7 +120,7 @@ def main() -> None:
     composites = tuple(args.composites.split(",")) if args.composites else COMPOSITES
     only = set(args.models.split(",")) if args.models else None
     print(f"python {platform.python_version()}, torch {torch.__version__}, tribute {tribute.__version__} at commit "
-          f"{tribute_version()}; {os.cpu_count()} CPUs, torch threads "
+          f"{tribute_source().removeprefix('at commit ')}; {os.cpu_count()} CPUs, torch threads "
           f"{torch.get_num_threads()}; {rounds} timed rounds, sides interleaved, medians; float32, eval mode")
     monitor, results, t_start = CpuMonitor(), [], time.perf_counter()
     for label, make, shape, signed in models(args.large, only):
@@ -166,7 +151,7 @@ def main() -> None:
           f"total {time.perf_counter() - t_start:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"source": tribute_version(),
+            json.dump({"source": tribute_source(),
                        "results": results}, f, indent=1)
 
 
