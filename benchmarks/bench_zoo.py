@@ -75,7 +75,18 @@ class Logits(nn.Module):
         return self.model(x).logits
 
 
-def hf_zoo() -> dict[str, tuple[Callable[[], nn.Module], int]]:
+class OnEmbeddings(nn.Module):
+    """A Hugging Face text classifier as a function of its input embeddings (N, T, C), returning its logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs_embeds=x).logits
+
+
+def hf_zoo() -> dict[str, tuple[Callable[[], nn.Module], int | tuple[int, int]]]:
     """The models of tests/test_zoo.py, or none where ``transformers`` does not import."""
     try:
         import transformers  # noqa: F401
@@ -83,10 +94,14 @@ def hf_zoo() -> dict[str, tuple[Callable[[], nn.Module], int]]:
         return {}
     sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
     import test_zoo
+    from conftest import text_model
 
     sides = {"vit": 32, "swin": 32}
-    return {f"hf {name}": (lambda b=entry[0]: Logits(b()), sides.get(name, SIDE))
-            for name, entry in test_zoo.ZOO.items()}
+    zoo = {f"hf {name}": (lambda b=entry[0]: Logits(b()), sides.get(name, SIDE))
+           for name, entry in test_zoo.ZOO.items()}
+    # BERT and GPT-2 on their input embeddings (12 tokens of width 16, every token attended to)
+    zoo.update({f"hf {arch}": (lambda a=arch: OnEmbeddings(text_model(a)), (12, 16)) for arch in ("bert", "gpt2")})
+    return zoo
 
 
 def tv_zoo() -> dict[str, tuple[Callable[[], nn.Module], int]]:
@@ -106,8 +121,9 @@ def _verdict(ratio: float, target: float, kind: str) -> str:
     return "ok" if ratio <= target else "over"
 
 
-def measure(name: str, model: nn.Module, side: int, repeats: int, monitor: CpuMonitor, methods: list[str]) -> None:
-    x = torch.randn(BATCH, 3, side, side, generator=torch.Generator().manual_seed(1))
+def measure(name: str, model: nn.Module, side, repeats: int, monitor: CpuMonitor, methods: list[str]) -> None:
+    shape = tuple(side) if isinstance(side, tuple) else (3, side, side)  # a text model's (tokens, width)
+    x = torch.randn(BATCH, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         classes = model(x).shape[1]
     target = torch.arange(BATCH) % classes
@@ -131,8 +147,8 @@ def measure(name: str, model: nn.Module, side: int, repeats: int, monitor: CpuMo
     seconds = interleaved_medians(sides, repeats)
     bg = monitor.stop(state)
     unit = seconds[0]
-    print(f"\n## {name}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, batch {BATCH} × 3 × "
-          f"{side} × {side}; bg {bg:.2f} cores)")
+    print(f"\n## {name}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, batch {BATCH} × "
+          f"{' × '.join(map(str, shape))}; bg {bg:.2f} cores)")
     print(f"  {'forward+backward':<18} {unit * 1e3:9.1f} ms")
     for label, s in zip(labels[1:], seconds[1:], strict=True):
         _, _, goal, kind = METHODS[label]

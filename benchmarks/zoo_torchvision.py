@@ -119,12 +119,12 @@ def realistic(model: torch.nn.Module, side: int, seed: int = 0, dtype: torch.dty
                 elif name in ("class_token", "pos_embedding", "relative_position_bias_table", "cls_token",
                               "position_embeddings"):
                     p.copy_(torch.randn(p.shape, generator=g, dtype=DT) * 0.5)
-        for module in model.modules():
-            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
-                module.reset_running_stats()
-                module.momentum = None  # a cumulative average over the passes below
+        batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        for module in batch_norms:
+            module.reset_running_stats()
+            module.momentum = None  # a cumulative average over the passes below
         model.train()
-        for _ in range(3):
+        for _ in range(3 if batch_norms else 0):  # (text models have none, and take no images)
             model(torch.randn(8, 3, side, side, generator=g, dtype=DT) * 1.5 + 0.2)
     return model.to(dtype).eval()
 
