@@ -68,6 +68,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import transformers  # noqa: E402
 from common import tribute_source  # noqa: E402
+from zoo_support import Logits, OnEmbeddings, realistic_state  # noqa: E402
 
 import tribute  # noqa: E402
 from tribute.core import UncoveredModelError  # noqa: E402
@@ -97,68 +98,26 @@ def _vit():
     return transformers.ViTForImageClassification(config)
 
 
-def realistic(model: nn.Module, seed: int = 0, bias_free: bool = False) -> nn.Module:
-    """float64, eval, weights of variance 1/fan-in, random biases (zero if ``bias_free``), norm weights in
-    [0.5, 1.5], random tokens."""
-    g = torch.Generator().manual_seed(seed)
-    model = model.to(DT)
-    with torch.no_grad():
-        for module in model.modules():
-            is_norm = "norm" in type(module).__name__.lower()
-            for name, p in module.named_parameters(recurse=False):
-                if name.endswith("bias"):
-                    p.copy_(torch.rand(p.shape, generator=g, dtype=DT) - 0.5)
-                    if bias_free:
-                        p.zero_()
-                elif name.endswith("weight") and p.dim() >= 2:
-                    p.copy_(torch.randn(p.shape, generator=g, dtype=DT) * p[0].numel() ** -0.5)
-                elif name == "weight" and is_norm:
-                    p.copy_(torch.rand(p.shape, generator=g, dtype=DT) + 0.5)
-                elif name in ("cls_token", "position_embeddings", "class_token", "pos_embedding"):
-                    p.copy_(torch.randn(p.shape, generator=g, dtype=DT) * 0.5)
-    return model.eval()
-
-
-class EmbeddingsToLogits(nn.Module):
-    """BERT as a function of its input embeddings (the word embeddings' output), the mask fixed."""
-
-    def __init__(self, bert: nn.Module, mask: torch.Tensor):
-        super().__init__()
-        self.bert, self.mask = bert, mask
-
-    def forward(self, embeddings: torch.Tensor) -> torch.Tensor:
-        return self.bert(inputs_embeds=embeddings, attention_mask=self.mask).logits
-
-
 def _cases(bias_free: bool):
     """(name, model as a function of the compared input, that input)."""
     torch.manual_seed(0)
-    bert = realistic(_bert(), bias_free=bias_free)
+    bert = realistic_state(_bert(), bias_free=bias_free)
     ids = torch.randint(5, VOCAB, (N, SEQ), generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         embeddings = bert.bert.embeddings.word_embeddings(ids)
-    bert_fn = EmbeddingsToLogits(bert, torch.ones(N, SEQ, dtype=torch.long))
+    bert_fn = OnEmbeddings(bert, torch.ones(N, SEQ, dtype=torch.long))
     torch.manual_seed(0)
-    vit = realistic(_vit(), bias_free=bias_free)
+    vit = realistic_state(_vit(), bias_free=bias_free)
     pixels = torch.randn(N, 3, 32, 32, generator=torch.Generator().manual_seed(1), dtype=DT)
-    cases = [("bert", bert_fn, embeddings), ("vit", _Logits(vit), pixels)]
+    cases = [("bert", bert_fn, embeddings), ("vit", Logits(vit), pixels)]
     try:  # torchvision's ViT, for which LXT ships its CP-LRP patch map (lxt.efficient.models.vit_torch)
         from torchvision.models.vision_transformer import VisionTransformer
     except ImportError:
         return cases
     torch.manual_seed(0)
-    tv_vit = realistic(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
+    tv_vit = realistic_state(VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16,
                                          mlp_dim=32, num_classes=3), bias_free=bias_free)
     return [*cases, ("torchvision vit", tv_vit, pixels)]
-
-
-class _Logits(nn.Module):
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).logits
 
 
 # --------------------------------------------------------------------------------------------------
@@ -226,15 +185,15 @@ def lxt_cp(fn: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             h.remove()
 
 
-def lxt_attnlrp_bert(bert_fn: EmbeddingsToLogits, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def lxt_attnlrp_bert(bert_fn: OnEmbeddings, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """LXT's shipped AttnLRP patch of ``modeling_bert`` (uniform rule at QKᵀ and AV), on a same-weights copy."""
     import transformers.models.bert.modeling_bert as modeling_bert
     from lxt.efficient import monkey_patch
 
     monkey_patch(modeling_bert)
-    fresh = modeling_bert.BertForSequenceClassification(bert_fn.bert.config).to(DT)
-    fresh.load_state_dict(bert_fn.bert.state_dict())
-    return gradient_x_input(EmbeddingsToLogits(fresh.eval(), bert_fn.mask), x)
+    fresh = modeling_bert.BertForSequenceClassification(bert_fn.model.config).to(DT)
+    fresh.load_state_dict(bert_fn.model.state_dict())
+    return gradient_x_input(OnEmbeddings(fresh.eval(), bert_fn.mask), x)
 
 
 def tribute_side(fn: nn.Module, x: torch.Tensor):

@@ -47,6 +47,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 from common import CpuMonitor, forward_backward, interleaved_medians, tribute_source  # noqa: E402
+from zoo_support import Logits, OnEmbeddings  # noqa: E402
 from zoo_torchvision import realistic  # noqa: E402
 
 import tribute  # noqa: E402
@@ -64,35 +65,12 @@ METHODS = {
 }
 
 
-class Logits(nn.Module):
-    """A Hugging Face classifier as a function returning its logits (both sides time the same module)."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x).logits
-
-
-class OnEmbeddings(nn.Module):
-    """A Hugging Face text classifier as a function of its input embeddings (N, T, C), returning its logits."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs_embeds=x).logits
-
-
 def hf_zoo() -> dict[str, tuple[Callable[[], nn.Module], int | tuple[int, int]]]:
     """The models of tests/test_zoo.py, or none where ``transformers`` does not import."""
     try:
         import transformers  # noqa: F401
     except Exception:  # noqa: BLE001 (absent, or broken by torchvision)
         return {}
-    sys.path.insert(0, os.path.join(os.path.dirname(HERE), "tests"))
     import test_zoo
     from conftest import text_model
 

@@ -8,10 +8,14 @@ import math
 import os
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Callable
 
 import torch
+
+# tests/zoo_support.py (the realistic state, the Hugging Face wrappers, Grad-CAM by hand) is shared with the tests
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tests"))
 
 from tribute.core.engine import default_batch_size
 

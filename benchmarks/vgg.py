@@ -17,8 +17,10 @@ block the identity).  Both are float32 and in eval mode.
 
 from __future__ import annotations
 
+import common  # noqa: F401 (puts tests/ on the path, for the shared zoo support)
 import torch
 from torch import nn
+from zoo_support import Logits, realistic_state  # noqa: F401 (Logits: the benchmarks import it from here)
 
 #: torchvision's configuration "A": output channels of each convolution, "M" a max pooling
 VGG11 = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -65,24 +67,6 @@ def vgg11(image_size: int = 64, num_classes: int = 1000, seed: int = 0) -> VGG:
     return model.eval()
 
 
-def realistic_state(model: nn.Module, seed: int = 0) -> nn.Module:
-    """tests/conftest.py's realistic state for a model without batch norm, in float32 (see the module doc)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for module in model.modules():
-            is_norm = "norm" in type(module).__name__.lower()
-            for name, p in module.named_parameters(recurse=False):
-                if name == "bias":
-                    p.copy_(torch.rand(p.shape, generator=g) - 0.5)
-                elif name == "weight" and p.dim() >= 2:
-                    p.copy_(torch.randn(p.shape, generator=g) * p[0].numel() ** -0.5)
-                elif name == "weight" and is_norm:
-                    p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-                elif "layer_scale" in name:
-                    p.copy_(torch.rand(p.shape, generator=g) + 0.5)
-    return model.eval()
-
-
 def convnext_tiny(image_size: int = 64, num_classes: int = 1000, seed: int = 0) -> nn.Module:
     """Hugging Face ConvNeXt-Tiny (96-192-384-768, depths 3-3-9-3) with random weights in a realistic state."""
     import transformers
@@ -90,16 +74,4 @@ def convnext_tiny(image_size: int = 64, num_classes: int = 1000, seed: int = 0) 
     torch.manual_seed(seed)
     config = transformers.ConvNextConfig(num_channels=3, hidden_sizes=[96, 192, 384, 768], depths=[3, 3, 9, 3],
                                          patch_size=4, image_size=image_size, num_labels=num_classes)
-    return realistic_state(transformers.ConvNextForImageClassification(config), seed)
-
-
-class Logits(nn.Module):
-    """A Hugging Face classifier as a function of its pixels returning the logits tensor (not a ``ModelOutput``),
-    so that the forward+backward unit and every method read the same output."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(pixel_values=x).logits
+    return realistic_state(transformers.ConvNextForImageClassification(config), seed, torch.float32)

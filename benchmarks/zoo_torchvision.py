@@ -52,11 +52,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from common import tribute_source  # noqa: E402
+from zoo_support import gradcam_by_hand, realistic_state  # noqa: E402
 
 import tribute  # noqa: E402
 from tribute.core import UncoveredModelError  # noqa: E402
@@ -99,34 +99,8 @@ def torchvision_models() -> dict[str, tuple[Callable[[], torch.nn.Module], int, 
 
 
 def realistic(model: torch.nn.Module, side: int, seed: int = 0, dtype: torch.dtype = DT) -> torch.nn.Module:
-    """``model`` in ``dtype`` (float64), eval mode, random biases / affines / layer scales / tokens, measured
-    batch-norm statistics (see the module doc).  Also used on Hugging Face's models (benchmarks/bench_zoo.py).
-    The state is drawn in float64 and then cast, so float32 and float64 copies hold the same values."""
-    g = torch.Generator().manual_seed(seed)
-    model = model.to(DT)
-    with torch.no_grad():
-        for module in model.modules():
-            is_norm = "norm" in type(module).__name__.lower()
-            for name, p in module.named_parameters(recurse=False):
-                if name.endswith("bias") and name != "relative_position_bias_table":
-                    p.copy_(torch.rand(p.shape, generator=g, dtype=DT) - 0.5)
-                elif name.endswith("weight") and p.dim() >= 2:
-                    p.copy_(torch.randn(p.shape, generator=g, dtype=DT) * p[0].numel() ** -0.5)
-                elif name == "weight" and is_norm:
-                    p.copy_(torch.rand(p.shape, generator=g, dtype=DT) + 0.5)
-                elif "layer_scale" in name:  # ConvNeXt: 1e-6 at initialisation, blocks would be the identity
-                    p.copy_(torch.rand(p.shape, generator=g, dtype=DT) + 0.5)
-                elif name in ("class_token", "pos_embedding", "relative_position_bias_table", "cls_token",
-                              "position_embeddings"):
-                    p.copy_(torch.randn(p.shape, generator=g, dtype=DT) * 0.5)
-        batch_norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
-        for module in batch_norms:
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over the passes below
-        model.train()
-        for _ in range(3 if batch_norms else 0):  # (text models have none, and take no images)
-            model(torch.randn(8, 3, side, side, generator=g, dtype=DT) * 1.5 + 0.2)
-    return model.to(dtype).eval()
+    """``model`` in the zoo's realistic state (tests/zoo_support.py), batch norm measured on side × side images."""
+    return realistic_state(model, seed, dtype, images=(3, side, side))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -181,25 +155,6 @@ def _conservation_with_leaves(phi, model, x, explainer, options):
     return f"|Σφ+absorbed−S|/|S| {gap:.1e}"
 
 
-def _gradcam_by_hand(model, x, layer, reshape):
-    """Selvaraju et al. (2017): ReLU(Σ_k w_k A_k), w_k the spatial mean of ∂S/∂A_k, at ``layer``'s output."""
-    seen = {}
-    hook = model.get_submodule(layer).register_forward_hook(lambda m, a, out: seen.setdefault("a", out))
-    try:
-        score = model(x)[:, TARGET].sum()
-    finally:
-        hook.remove()
-    (grad,) = torch.autograd.grad(score, seen["a"])
-    maps = []
-    for t in (seen["a"].detach(), grad):
-        if reshape:
-            side = int(t.shape[1] ** 0.5)
-            t = t[:, t.shape[1] - side * side:].transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
-        maps.append(t)
-    a, g = maps
-    return F.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
-
-
 @dataclass(frozen=True)
 class Column:
     label: str
@@ -234,7 +189,7 @@ def _gradcam_identity(phi, model, x, explainer, options):
         return f"not checked: {layer[:60]}"
     if "#" in layer or sum(1 for m in model.modules() if m is module) > 1:  # the hook would see one call of several
         return f"not checked: {layer}"
-    expected = _gradcam_by_hand(model, x, layer, reshape)
+    expected = gradcam_by_hand(model, x, layer, TARGET, reshape)
     err = ((phi - expected).abs().max() / expected.abs().max().clamp_min(1e-300)).item()
     return f"|φ−def|/|def| {err:.1e} at {layer} {tuple(phi.shape[-2:])}"
 

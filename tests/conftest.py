@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from zoo_support import OnEmbeddings, realistic_state  # noqa: F401 (the tests import them from here)
 
 # The test models are tiny: one intra-op thread avoids oversubscribing the cores (pytest-xdist runs a
 # worker per core), which otherwise makes each pass hundreds of times slower.
@@ -247,40 +248,6 @@ def masked_sequences(n: int = 5, seed: int = 0):
 
 
 # -- third-party models in a realistic state (issue 13's zoo) ---------------------------------------------------------
-def realistic_state(model: nn.Module, seed: int = 0, dtype=torch.float64, images: tuple | None = None) -> nn.Module:
-    """``model`` in ``dtype`` and eval mode with weights of variance 1/fan-in, random biases, random norm affines
-    (weights in [0.5, 1.5]), random ConvNeXt layer scales and, given an image shape ``images``, batch-norm running
-    statistics measured on random images of that shape.
-
-    At initialisation Hugging Face zeroes every linear bias and makes every normalisation the identity, and a
-    bias-free ReLU net is positively homogeneous: completeness checks would pass for almost any implementation."""
-    g = torch.Generator().manual_seed(seed)
-    model = model.to(dtype)
-    with torch.no_grad():
-        for module in model.modules():
-            is_norm = "norm" in type(module).__name__.lower()
-            for name, p in module.named_parameters(recurse=False):
-                if name == "bias":
-                    p.copy_(torch.rand(p.shape, generator=g, dtype=dtype) - 0.5)
-                elif name == "weight" and p.dim() >= 2:  # HF's std 0.02 leaves tiny logits on tiny widths
-                    p.copy_(torch.randn(p.shape, generator=g, dtype=dtype) * p[0].numel() ** -0.5)
-                elif name == "weight" and is_norm:
-                    p.copy_(torch.rand(p.shape, generator=g, dtype=dtype) + 0.5)
-                elif "layer_scale" in name:  # ConvNeXt initialises these at 1e-6: blocks would be the identity
-                    p.copy_(torch.rand(p.shape, generator=g, dtype=dtype) + 0.5)
-        batch_norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        if batch_norms and images is None:
-            raise ValueError("the model has batch norm: give the image shape to measure its statistics on")
-        for module in batch_norms:
-            module.reset_running_stats()
-            module.momentum = None  # a cumulative average over the passes below
-        if batch_norms:
-            model.train()
-            for _ in range(3):
-                model(torch.randn(8, *images, generator=g, dtype=dtype) * 1.5 + 0.2)
-    return model.eval()
-
-
 TEXT_VOCAB = 40  # ids 0-4: [PAD] [UNK] [CLS] [SEP] [MASK]
 
 
@@ -310,19 +277,3 @@ def text_batch(n: int = 3, length: int = 9, seed: int = 4) -> tuple[torch.Tensor
     ids[:, 0] = 2
     ids = torch.where(mask.bool(), ids, torch.zeros_like(ids))
     return ids, mask
-
-
-class OnEmbeddings(nn.Module):
-    """A Hugging Face text model as a function of its input embeddings (N, T, C) and attention mask: the float input
-    rule methods attribute to; position and token-type embeddings are then constants added on the path."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, embeddings, attention_mask):
-        return self.model(inputs_embeds=embeddings, attention_mask=attention_mask).logits
-
-    def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return self.model.get_input_embeddings()(ids)

@@ -47,6 +47,19 @@ def _delta(fn, x, base, target=0):
         return fn(x)[:, target] - fn(base)[:, target]
 
 
+def _input_and_reference(seed: int, n: int, features: int) -> tuple[torch.Tensor, torch.Tensor, torch.Generator]:
+    """(n, features) inputs and references drawn from one seeded generator, which is returned for further draws."""
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, features, generator=g, dtype=DT), torch.randn(n, features, generator=g, dtype=DT), g
+
+
+def _sums_to_delta(fn, x, base, targets: int) -> None:
+    """Summation-to-delta, Σφ = S_t(x) − S_t(x̄), for every output t < ``targets``, to float64 rounding."""
+    for target in range(targets):
+        phi = _deeplift(fn, x, base, target=target)
+        torch.testing.assert_close(phi.sum(1), _delta(fn, x, base, target), rtol=1e-12, atol=1e-14)
+
+
 # -- products: the Shapley split, worked by hand -----------------------------------------------------------------
 A, A_REF = torch.tensor([1.0, 2.0, 3.0], dtype=DT), torch.tensor([0.0, 1.0, -1.0], dtype=DT)
 B, B_REF = torch.tensor([2.0, -1.0, 1.0], dtype=DT), torch.tensor([1.0, 1.0, 1.0], dtype=DT)
@@ -96,23 +109,19 @@ def test_a_square_is_the_product_of_a_tensor_with_itself():
 
 
 def test_matrix_products_of_two_path_tensors_sum_to_delta():
-    g = torch.Generator().manual_seed(0)
-    x, base = torch.randn(4, 12, generator=g, dtype=DT), torch.randn(4, 12, generator=g, dtype=DT)
+    x, base, g = _input_and_reference(0, 4, 12)
 
     def attention_like(t):  # (N, 2, 3) @ (N, 3, 2), then the product with a third matrix of the same row
         q, k = t[:, :6].reshape(-1, 2, 3), t[:, 6:].reshape(-1, 3, 2)
         s = torch.tanh(q @ k)
         return torch.einsum("nij,njk->nik", s, torch.sigmoid(k.transpose(1, 2))).flatten(1)
 
-    for target in range(6):
-        phi = _deeplift(attention_like, x, base, target=target)
-        torch.testing.assert_close(phi.sum(1), _delta(attention_like, x, base, target), rtol=1e-12, atol=1e-14)
+    _sums_to_delta(attention_like, x, base, 6)
 
 
 def test_affine_products_of_two_path_tensors_sum_to_delta():
     # addmm(c, a, W) = c + a @ W with c and a on the path (separately affine: the rule holds), baddbmm(c, q, k)
-    g = torch.Generator().manual_seed(9)
-    x, base = torch.randn(4, 6, generator=g, dtype=DT), torch.randn(4, 6, generator=g, dtype=DT)
+    x, base, g = _input_and_reference(9, 4, 6)
     w = torch.randn(3, 3, generator=g, dtype=DT)
 
     def affine(t):
@@ -120,9 +129,7 @@ def test_affine_products_of_two_path_tensors_sum_to_delta():
         h = torch.addmm(c, a, w, beta=0.5, alpha=2.0)
         return torch.baddbmm(c[:, :, None], h[:, :, None], a[:, None, :]).flatten(1)
 
-    for target in range(9):
-        phi = _deeplift(affine, x, base, target=target)
-        torch.testing.assert_close(phi.sum(1), _delta(affine, x, base, target), rtol=1e-12, atol=1e-14)
+    _sums_to_delta(affine, x, base, 9)
 
 
 # -- quotients ----------------------------------------------------------------------------------------------------
@@ -178,11 +185,8 @@ def test_a_hand_written_layer_norm_and_gelu_sum_to_delta():
         h = c / torch.sqrt(c.pow(2).mean(1, keepdim=True) + 1e-6)
         return 0.5 * h * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * torch.pow(h, 3.0))))
 
-    g = torch.Generator().manual_seed(2)
-    x, base = torch.randn(5, 4, generator=g, dtype=DT), torch.randn(5, 4, generator=g, dtype=DT)
-    for target in range(4):
-        phi = _deeplift(hand, x, base, target=target)
-        torch.testing.assert_close(phi.sum(1), _delta(hand, x, base, target), rtol=1e-12, atol=1e-14)
+    x, base, g = _input_and_reference(2, 5, 4)
+    _sums_to_delta(hand, x, base, 4)
 
 
 # -- multivariate ops: worked by hand ----------------------------------------------------------------------------
@@ -260,8 +264,7 @@ CLOSED_FORM = {"layer_norm", "rms_norm", "group_norm"}
 @pytest.mark.parametrize("name", sorted(ONE_GROUP))
 def test_multivariate_multipliers_equal_the_dense_formula(name):
     f = ONE_GROUP[name]
-    g = torch.Generator().manual_seed(3)
-    x, base = torch.randn(3, 5, generator=g, dtype=DT), torch.randn(3, 5, generator=g, dtype=DT)
+    x, base, g = _input_and_reference(3, 3, 5)
     dense = _dense_multiplier(f, x, base, 128 if name in CLOSED_FORM else rule_table("deeplift")["softmax"].nodes)
     for target in range(5):
         phi = _deeplift(f, x, base, target=target)
@@ -271,8 +274,7 @@ def test_multivariate_multipliers_equal_the_dense_formula(name):
 
 def test_the_rule_is_exact_for_any_number_of_nodes_and_converges_to_the_integral():
     f = ONE_GROUP["softmax"]
-    g = torch.Generator().manual_seed(4)
-    x, base = torch.randn(3, 5, generator=g, dtype=DT), torch.randn(3, 5, generator=g, dtype=DT)
+    x, base, g = _input_and_reference(4, 3, 5)
     original = rule_table("deeplift")["softmax"]
     phis = {}
     try:
@@ -325,16 +327,13 @@ GROUPED = {
 @pytest.mark.parametrize("name", sorted(GROUPED))
 def test_grouped_multivariate_ops_sum_to_delta(name):
     f = GROUPED[name]
-    g = torch.Generator().manual_seed(5)
-    x, base = torch.randn(3, 24, generator=g, dtype=DT), torch.randn(3, 24, generator=g, dtype=DT)
+    x, base, g = _input_and_reference(5, 3, 24)
     head = torch.randn(24, 2, generator=g, dtype=DT)
 
     def model(t):
         return torch.tanh(f(t)) @ head
 
-    for target in range(2):
-        phi = _deeplift(model, x, base, target=target)
-        torch.testing.assert_close(phi.sum(1), _delta(model, x, base, target), rtol=1e-12, atol=1e-14)
+    _sums_to_delta(model, x, base, 2)
 
 
 def test_a_group_that_does_not_move_takes_the_jacobian():
@@ -370,8 +369,7 @@ def test_max_pooling_multipliers_worked_by_hand():
 @pytest.mark.parametrize("pool", [dict(kernel_size=2), dict(kernel_size=3, stride=2, padding=1),
                                   dict(kernel_size=3, stride=2, ceil_mode=True)], ids=["2x2", "3x3 s2 p1", "ceil"])
 def test_max_pooling_sums_to_delta_where_input_and_reference_select_unlike_entries(pool):
-    g = torch.Generator().manual_seed(11)
-    x, base = torch.randn(3, 2 * 49, generator=g, dtype=DT), torch.randn(3, 2 * 49, generator=g, dtype=DT)
+    x, base, g = _input_and_reference(11, 3, 2 * 49)
     head = torch.randn(2 * 16, 2, generator=g, dtype=DT)
 
     def model(t):
@@ -380,14 +378,11 @@ def test_max_pooling_sums_to_delta_where_input_and_reference_select_unlike_entri
 
     assert not torch.equal(F.max_pool2d(x.reshape(-1, 2, 7, 7), **pool, return_indices=True)[1],
                            F.max_pool2d(base.reshape(-1, 2, 7, 7), **pool, return_indices=True)[1])
-    for target in range(2):
-        phi = _deeplift(model, x, base, target=target)
-        torch.testing.assert_close(phi.sum(1), _delta(model, x, base, target), rtol=1e-12, atol=1e-14)
+    _sums_to_delta(model, x, base, 2)
 
 
 def test_the_derivative_of_a_max_pooling_attribution_is_the_scores_gradient():
-    g = torch.Generator().manual_seed(12)
-    x, base = torch.randn(2, 32, generator=g, dtype=DT), torch.randn(2, 32, generator=g, dtype=DT)
+    x, base, g = _input_and_reference(12, 2, 32)
     w = torch.randn(8, 2, generator=g, dtype=DT)
 
     def model(t):
@@ -426,8 +421,7 @@ class TinyBlock(nn.Module):
 def test_the_derivative_of_the_attribution_is_the_scores_gradient():
     # Σφ(x) = S(x) − S(x̄) for every x: its gradient, through the rules' backward pass (create_graph), is ∇S(x)
     model = TinyBlock().eval()
-    g = torch.Generator().manual_seed(8)
-    x, base = torch.randn(3, 12, generator=g, dtype=DT), torch.randn(3, 12, generator=g, dtype=DT)
+    x, base, g = _input_and_reference(8, 3, 12)
     xs = x.clone().requires_grad_()
     phi = tribute.DeepLift(model, baseline=base, differentiable=True, strict=True).attribute(xs, target=1)
     (grad,) = torch.autograd.grad(phi.sum(), xs)

@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import OnEmbeddings, realistic_state, text_batch, text_model
+from zoo_support import gradcam_by_hand
 
 import tribute
 from tribute.core import UncoveredModelError
@@ -269,33 +269,13 @@ def test_integrated_gradients_equals_captums(name):
     torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-7)
 
 
-def _gradcam_by_hand(model, x, layer, tokens):
-    """Selvaraju et al. (2017): ReLU(Σ_k w_k A_k) with w_k the spatial mean of ∂S_c/∂A_k, at ``layer``'s output A
-    (for tokens: the class token dropped, the rest laid out on the square grid)."""
-    seen = {}
-    hook = model.get_submodule(layer).register_forward_hook(lambda module, args, out: seen.setdefault("a", out))
-    try:
-        score = model(x).logits[:, TARGET].sum()
-    finally:
-        hook.remove()
-    (grad,) = torch.autograd.grad(score, seen["a"])
-    maps = []
-    for t in (seen["a"].detach(), grad):
-        if tokens:
-            side = int(t.shape[1] ** 0.5)
-            t = t[:, t.shape[1] - side * side:].transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
-        maps.append(t)
-    a, g = maps
-    return F.relu((g.mean((2, 3), keepdim=True) * a).sum(1, keepdim=True))
-
-
 @pytest.mark.parametrize("name", NAMES, ids=NAMES)
 def test_gradcam_equals_its_definition(name):
     model, x = _model(name), _images()
     _, layer, reshape = ZOO[name]
     options = {"layer": layer} if reshape is None else {"layer": layer, "reshape": reshape}
     cam = tribute.explain(model, x, "gradcam", target=TARGET, upsample=False, **options)
-    expected = _gradcam_by_hand(model, x, layer, reshape is not None)
+    expected = gradcam_by_hand(model, x, layer, TARGET, reshape is not None, logits=lambda out: out.logits)
     assert expected.shape[-1] > 1 and expected.flatten(1).amax(1).min() > 0  # a map, not a scalar or all zeros
     torch.testing.assert_close(cam, expected, rtol=1e-10, atol=1e-12)
     full = tribute.explain(model, x, "gradcam", target=TARGET, **options)

@@ -126,6 +126,13 @@ def difference(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
 
 
 @functools.lru_cache(maxsize=16)
+def node_count(nodes: int, least: int = 1) -> int:
+    """A rule's ``nodes`` option checked: an integer of at least ``least``."""
+    if not isinstance(nodes, int) or nodes < least:
+        raise ValueError(f"nodes must be an integer >= {least}, got {nodes!r}")
+    return nodes
+
+
 def quadrature_nodes(n: int) -> tuple[list[float], list[float]]:
     alphas, weights = quadrature("gauss_legendre", n)
     return alphas.tolist(), weights.tolist()
@@ -239,9 +246,7 @@ class AveragedJacobian(OpRule):
     name = "averaged_jacobian"
 
     def __init__(self, nodes: int = 8):
-        if not isinstance(nodes, int) or nodes < 1:
-            raise ValueError(f"nodes must be an integer >= 1, got {nodes!r}")
-        self.nodes = nodes
+        self.nodes = node_count(nodes)
 
     def apply(self, handler, func, args, kwargs, tagged, name):
         found = grouped_op(func, args, kwargs, tagged, name, self.nodes)

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from ..core.rule_registry import OpRule
-from .deeplift_multivariate import MultiplierNode, difference, quadrature_nodes
+from .deeplift_multivariate import MultiplierNode, difference, node_count, quadrature_nodes
 from .deeplift_ops import call_arg, check_pairs, halves
 
 
@@ -109,9 +109,7 @@ class MaxPoolRule(OpRule):
     name = "max_pool"
 
     def __init__(self, nodes: int = 0):
-        if not isinstance(nodes, int) or nodes < 0:
-            raise ValueError(f"nodes must be an integer >= 0, got {nodes!r}")
-        self.nodes = nodes
+        self.nodes = node_count(nodes, least=0)  # 0: the two ends (see the module doc)
 
     def apply(self, handler, func, args, kwargs, tagged, name):
         x = args[0] if args else kwargs.get("input")

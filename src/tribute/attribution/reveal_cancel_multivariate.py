@@ -48,7 +48,7 @@ import torch
 
 from ..core.rule_registry import register_rule
 from ..core.strictness import UncoveredModelError
-from .deeplift_multivariate import GROUPINGS, GroupedOp, grouped_op
+from .deeplift_multivariate import GROUPINGS, GroupedOp, grouped_op, node_count
 from .deeplift_ops import Call, path_slots
 from .reveal_cancel import FAMILY, PartsRule, input_rows, twins, with_reference_rows
 
@@ -114,9 +114,7 @@ class MultivariateParts(PartsRule):
     name = "reveal_cancel_multivariate"
 
     def __init__(self, nodes: int = 8):
-        if not isinstance(nodes, int) or nodes < 1:
-            raise ValueError(f"nodes must be an integer >= 1, got {nodes!r}")
-        self.nodes = nodes
+        self.nodes = node_count(nodes)
 
     def parts(self, func, args, kwargs, tagged, name, out):
         found = grouped_op(func, args, kwargs, tagged, name, self.nodes)
