@@ -1,3 +1,8 @@
-"""Perturbation methods: attributions from forward passes on inputs with groups of features removed."""
+"""Perturbation methods: attributions from the model's outputs on copies of the input with features removed.
 
-__all__: list[str] = []
+They need forward passes only and answer the most direct question: what happens to the output when these
+features are replaced by a baseline (Zeiler & Fergus 2014; Ancona et al. 2018, §4.3)?  :mod:`tribute.attribution`
+imports every module of this package and exposes the methods registered in them.  The shared pieces:
+:mod:`.base` (options, last-call state), :mod:`.scoring` (perturbed rows through the model in chunks),
+:mod:`.groups` and :mod:`.segments` (which features move together).
+"""
