@@ -53,7 +53,7 @@ def _ridge_system(x: torch.Tensor, w: torch.Tensor, alpha: float) -> torch.Tenso
 def _check_solvable(h: torch.Tensor) -> None:
     bad = (torch.linalg.matrix_rank(h) < h.shape[-1]).nonzero().flatten().tolist()
     if bad:
-        raise ValueError(f"LIME: the coalitions of samples {bad[:10]} do not determine the surrogate "
+        raise ValueError(f"LIME: the coalitions of {len(bad)} of {h.shape[0]} samples do not determine the surrogate "
                          f"(a player kept or removed in every weighted row); raise samples or set alpha > 0")
 
 

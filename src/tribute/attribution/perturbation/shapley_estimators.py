@@ -64,8 +64,8 @@ def _solve_kkt(kkt: torch.Tensor, rhs: torch.Tensor, what: str) -> torch.Tensor:
     bad = (rank < kkt.shape[-1]).nonzero().flatten().tolist()
     if bad:
         m = kkt.shape[-1] - 1
-        raise ValueError(f"{what}: the coalitions drawn for samples {bad[:10]} do not determine the {m} players' "
-                         f"values (the regression is singular); raise samples")
+        raise ValueError(f"{what}: the coalitions drawn for {len(bad)} of {kkt.shape[0]} samples do not determine the "
+                         f"{m} players' values (the regression is singular); raise samples")
     return torch.linalg.solve(kkt, rhs)
 
 
