@@ -24,7 +24,10 @@ from tribute.core.randomness import SampleStreams, draw_references
 
 DT = torch.float64
 N = 3
-NOISY = {"smoothgrad", "smoothgrad_squared", "vargrad", "expected_gradients", "layer_expected_gradients"}
+NOISY = {"smoothgrad", "smoothgrad_squared", "vargrad", "expected_gradients", "layer_expected_gradients",
+         # sampled coalitions, keyed by the whole sample too (and LIME's table features are players of its surrogate);
+         # KernelSHAP's exact regime is checked against the table held in tests/test_kernel_shap.py
+         "kernel_shap", "shapley_sampling", "lime"}
 
 
 class ImageTable(nn.Module):

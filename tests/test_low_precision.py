@@ -23,7 +23,8 @@ from tribute.attribution.perturbation.base import PerturbationMethod
 from tribute.core.randomness import SampleStreams
 
 METHODS = [m for m in tribute.methods() if m != "cam"]  # cam needs a GAP + linear head (tests/test_cam.py)
-SEEDED = {"smoothgrad", "smoothgrad_squared", "vargrad", "expected_gradients", "layer_expected_gradients"}
+SEEDED = {"smoothgrad", "smoothgrad_squared", "vargrad", "expected_gradients", "layer_expected_gradients",
+          "kernel_shap", "shapley_sampling", "lime"}  # their coalitions too are drawn from streams keyed on the bytes
 
 
 def numpy_seed(row: torch.Tensor, seed: int) -> int:

@@ -217,7 +217,7 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "steps": [({}, {"steps": 3})],
     "samples": [({}, {"samples": 2})],
     "quadrature": [({}, {"quadrature": "riemann_left"})],
-    "tolerance": [({}, {"tolerance": 1e-2})],
+    "tolerance": [({}, {"tolerance": 1e-2}), ({}, {"tolerance": 1e-4})],  # the sampled methods: below their se
     "base": [({}, {"base": "input_x_gradient"})],
     "base_options": [({}, {"base_options": {"softplus_beta": 1.0}})],
     "sigma": [({}, {"sigma": 0.5})],
@@ -243,10 +243,15 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     # the parameters of LRP's rules act with the composites that read them and are refused by the others (the default
     # composite reads epsilon only); test_lrp_takes_a_rule_parameter_only_with_a_composite_that_reads_it checks each
     "gamma": [({}, {"gamma": 1.0}), ({"composite": "gamma"}, {"gamma": 1.0})],
-    "alpha": [({}, {"alpha": 3.0, "beta": 2.0}), ({"composite": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0})],
+    "alpha": [({}, {"alpha": 3.0, "beta": 2.0}), ({"composite": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0}),
+              ({}, {"alpha": 0.0})],  # LIME's ridge penalty
     "beta": [({}, {"alpha": 3.0, "beta": 2.0}), ({"composite": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0})],
     "low": [({}, {"low": -1.0}), ({"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}, {"low": -1.0})],
     "high": [({}, {"high": 2.0}), ({"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}, {"high": 2.0})],
+    # LIME's regularisation, kernel and solver; KernelSHAP sampled on four grid cells instead of enumerated
+    "kernel_width": [({}, {"kernel_width": 1.0})],
+    "solver": [({}, {"solver": "lasso"})],
+    "exact": [({"segments": "grid", "segment_options": {"cell": 3}}, {"exact": False})],
     # issue 12's input contract
     "forward_args": [({}, {"forward_args": (2.0,)})],
     "forward_kwargs": [({}, {"forward_kwargs": {"gain": 2.0}})],
@@ -258,7 +263,7 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "tokenizer": [({}, {"tokenizer": object()})],
     # issue 14's groups: two halves of the image instead of each feature alone; a coarser grid
     "feature_mask": [({}, {"feature_mask": (torch.arange(6) >= 3).long().view(1, 1, 1, 6)})],
-    "segments": [({}, {"segments": "grid"})],
+    "segments": [({}, {"segments": "grid"}), ({}, {"segments": "features"})],  # the default may be the grid's cells
     "segment_options": [({"segments": "grid"}, {"segment_options": {"cell": 3}})],
 }
 
@@ -271,6 +276,8 @@ NO_OPS: dict[str, tuple[str, dict]] = {
     "cache_weights": ("keeps derived weights between calls: time, not values", {"cache_weights": False}),
     "max_steps": ("bounds tolerance='s refinement: the same values, or an error past it",
                   {"tolerance": 1e-2, "max_steps": 10_000}),
+    "max_samples": ("bounds tolerance='s sampling: the same values, or an error past it",
+                    {"tolerance": 1e-2, "max_samples": 50_000}),
     # its effect, where f(0) ≠ 0, is tested in tests/test_lrp_elementwise.py
     "unbounded": ("lets lrp_epsilon compute its ratio at nonlinearities with f(0) ≠ 0, refused otherwise: this net "
                   "has ReLUs only, so the same values", {"unbounded": True}),

@@ -65,7 +65,7 @@ class KernelShap(GroupPerturbation):
                                 "sample until every standard error is at most this (score units)"),
         "max_samples": opt.Option(100_000, opt.integer(2), "most coalitions per sample"),
     }
-    example_options = {"samples": 64, "seed": 0}
+    example_options = {"samples": 256, "seed": 0}
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         groups = self._groups(x, o)
