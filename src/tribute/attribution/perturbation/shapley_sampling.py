@@ -4,10 +4,10 @@ For each ordering of a sample's groups, a group's marginal contribution is v(its
 v(its predecessors), v(z) = S_c(x with the groups outside z replaced by the baseline); the attribution is the
 mean over ``samples`` orderings, drawn in pairs (an ordering and its reverse; Mitchell et al. 2022).  Each
 ordering costs P − 1 forward passes (v(0) and v(1) are shared).  Efficiency, Σφ = S_c(x) − S_c(baseline), holds
-for any number of orderings.  ``standard_error`` is the spread of the pair means over √pairs;
-``tolerance=`` adds ``samples`` orderings at a time until every group's standard error is at most the tolerance
-(absolute, score units), up to ``max_samples`` orderings per sample (then an error).  Groups equal to the
-baseline are null players: exactly 0, left out of the orderings.
+for any number of orderings.  ``standard_error`` is the spread of the pair means over √pairs (NaN, unknown, with
+a single pair); ``tolerance=`` adds ``samples`` orderings at a time until every group's standard error is at
+most the tolerance (absolute, score units), up to ``max_samples`` orderings per sample (then an error).  Groups
+equal to the baseline are null players: exactly 0, left out of the orderings.
 """
 
 from __future__ import annotations
