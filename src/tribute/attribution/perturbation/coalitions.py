@@ -63,7 +63,7 @@ def _subsets_of_size(sizes: torch.Tensor, m: int, generator: torch.Generator) ->
 
 
 def paired_kernel_coalitions(m: int, pairs: int, generator: torch.Generator, device=None) -> torch.Tensor:
-    """2·``pairs`` coalitions drawn from the Shapley kernel with the paired-sample trick (Covert & Lee 2021, §4).
+    """2·``pairs`` coalitions drawn from the Shapley kernel with the paired-sample trick (Covert & Lee 2021).
 
     Row 2k is drawn with probability ∝ π(z) (a size from :func:`kernel_size_probabilities`, then a uniform
     subset of that size); row 2k + 1 is its complement 1 − z, which has the same kernel weight.  A pair is one

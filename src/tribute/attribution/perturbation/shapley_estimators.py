@@ -96,15 +96,15 @@ def kernel_shap(z: torch.Tensor, values: torch.Tensor, v0: torch.Tensor, v1: tor
     ``exact=False``: ``z`` holds K pairs (z, 1 − z) drawn from the kernel
     (:func:`~.coalitions.paired_kernel_coalitions`), each row weighted 1 (the kernel is in the draw): Covert &
     Lee's (2021) KernelSHAP with paired sampling, with the sample Â = Σ z zᵀ / n, not the exact A.  Why the
-    sample Â: it is the estimator shap and Covert & Lee recommend (with pairing its variance is far below that of
-    the unbiased, exact-A estimator, whose b̂ carries the full variance of v(z) rather than of the regression
-    residual).  Its standard error is the CLT covariance of Covert & Lee (2021, §4) in its linearised form: with
-    the KKT system K(Â) of :func:`constrained_regression`, the estimate moves with the sample by δφ ≈ C ū, C the
-    top-left M × M block of K(Â)⁻¹, ū the mean over pairs of u_k = ½ Σ_{r ∈ pair k} z_r (v(z_r) − v(0) − z_rᵀφ̂)
-    (the residual terms; their population mean is λ1, which C maps to 0).  So Cov(φ̂) ≈ C Ŝ Cᵀ / K with Ŝ the
-    sample covariance of the u_k across the K pairs (a pair is one draw: its two rows are dependent by
-    construction).  It is the precision of φ̂ as an estimate of the exact Shapley values, to first order in 1/K;
-    it needs K ≥ 2 pairs.
+    sample Â: it is the estimator shap uses and Covert & Lee recommend (they find its bias negligible and its
+    variance far below that of their unbiased, exact-A estimator, whose b̂ carries the full variance of v(z) rather
+    than that of the regression residual).  Its standard error is the CLT covariance (Covert & Lee 2021 show the
+    estimator is asymptotically normal) in its linearised, delta-method form: with the KKT system K(Â) of
+    :func:`constrained_regression`, the estimate moves with the sample by δφ ≈ C ū, C the top-left M × M block of
+    K(Â)⁻¹, ū the mean over pairs of u_k = ½ Σ_{r ∈ pair k} z_r (v(z_r) − v(0) − z_rᵀφ̂) (the residual terms;
+    their population mean is λ1, which C maps to 0).  So Cov(φ̂) ≈ C Ŝ Cᵀ / K with Ŝ the sample covariance of the
+    u_k across the K pairs (a pair is one draw: its two rows are dependent by construction).  It is the precision
+    of φ̂ as an estimate of the exact Shapley values, to first order in 1/K; it needs K ≥ 2 pairs.
     """
     if exact:
         phi, _ = constrained_regression(z, values, shapley_kernel_weights(z), v0, v1)
