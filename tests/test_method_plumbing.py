@@ -248,7 +248,7 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "beta": [({}, {"alpha": 3.0, "beta": 2.0}), ({"composite": "alpha_beta"}, {"alpha": 3.0, "beta": 2.0})],
     "low": [({}, {"low": -1.0}), ({"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}, {"low": -1.0})],
     "high": [({}, {"high": 2.0}), ({"composite": "epsilon_gamma_box", "low": 0.0, "high": 1.0}, {"high": 2.0})],
-    # LIME's regularisation, kernel and solver; KernelSHAP sampled on four grid cells instead of enumerated
+    # LIME's kernel and solver; KernelSHAP sampled on four grid cells instead of enumerated
     "kernel_width": [({}, {"kernel_width": 1.0})],
     "solver": [({}, {"solver": "lasso"})],
     "exact": [({"segments": "grid", "segment_options": {"cell": 3}}, {"exact": False})],
@@ -263,7 +263,8 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "tokenizer": [({}, {"tokenizer": object()})],
     # issue 14's groups: two halves of the image instead of each feature alone; a coarser grid
     "feature_mask": [({}, {"feature_mask": (torch.arange(6) >= 3).long().view(1, 1, 1, 6)})],
-    "segments": [({}, {"segments": "grid"}), ({}, {"segments": "features"})],  # the default may be the grid's cells
+    # on these 6 × 6 images SLIC (the default of lime, kernel_shap, shapley_sampling) gives the grid's one-pixel cells
+    "segments": [({}, {"segments": "grid"}), ({}, {"segments": "features"})],
     "segment_options": [({"segments": "grid"}, {"segment_options": {"cell": 3}})],
 }
 
