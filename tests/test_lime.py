@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_kernel_shap import MASK, images, linear_net, small_cnn, spread
+from test_kernel_shap import MASK, CubicModel, images, linear_net, small_cnn, spread
 
 import tribute
 from tribute.attribution.perturbation.coalitions import lime_coalitions
@@ -132,3 +132,17 @@ def test_tolerance_and_clear_errors():
     with pytest.raises(ValueError, match="kernel_width"):
         e.attribute(x, target=1, kernel_width=0.0)
     assert math.isfinite(float(np.float64(first)))
+
+
+def test_standard_error_is_calibrated_against_a_reference_run_with_very_many_samples():
+    """The estimand is the surrogate over the whole coalition distribution: a run with 200 000 coalitions stands for
+    it (its own standard error is 1/25 of a 300-coalition run's)."""
+    model, x = CubicModel(), torch.rand(1, 8, generator=torch.Generator().manual_seed(3), dtype=DT) + 0.5
+    e = tribute.Lime(model, alpha=0.0, batch_size=4096)
+    reference = e.attribute(x, target=0, samples=200_000, seed=12345)
+    hits = 0
+    for seed in range(200):
+        a = e.attribute(x, target=0, samples=300, seed=seed)
+        hits += int(((a - reference).abs() <= 1.959964 * e.standard_error).sum())
+    cover = hits / (8 * 200)
+    assert 0.90 <= cover <= 0.99, cover

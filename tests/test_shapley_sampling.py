@@ -6,7 +6,17 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_kernel_shap import MASK, QUARTERS, PlantedSquare, brute_force_shapley, images, linear_net, small_cnn, spread
+from test_kernel_shap import (
+    MASK,
+    QUARTERS,
+    PlantedSquare,
+    brute_force_shapley,
+    coverage_over_seeds,
+    images,
+    linear_net,
+    small_cnn,
+    spread,
+)
 
 import tribute
 
@@ -92,3 +102,8 @@ def test_clear_errors():
         tribute.ShapleySampling(net, feature_mask=MASK, samples=5).attribute(x, target=0)
     with pytest.raises(ValueError, match="tolerance"):
         tribute.ShapleySampling(net, feature_mask=MASK, tolerance=0.0).attribute(x, target=0)
+
+
+def test_standard_error_is_calibrated_on_a_model_with_three_way_interactions():
+    cover = coverage_over_seeds("shapley_sampling", 40)  # 20 antithetic pairs
+    assert 0.90 <= cover <= 0.99, cover
