@@ -264,3 +264,43 @@ def coverage_over_seeds(method: str, samples: int, seeds: int = 200) -> float:
 def test_standard_error_is_calibrated_on_a_model_with_three_way_interactions():
     cover = coverage_over_seeds("kernel_shap", 128)  # 2^8 − 2 = 254 > 128: sampled
     assert 0.90 <= cover <= 0.99, cover
+
+
+def test_token_ids_are_removed_by_the_baseline_token_and_padding_is_a_null_player():
+    from conftest import text_batch, text_model
+
+    model = text_model("bert")
+    ids, mask = text_batch(3, 7)  # sentences of 7, 5 and 3 tokens, right-padded with 0: 7, 5 and 3 players
+    e = tribute.KernelShap(model)
+    a = e(ids, target=1, baseline=0, forward_kwargs={"attention_mask": mask})
+    assert a.shape == ids.shape and a.dtype == DT
+    z = all_coalitions(7)
+    with torch.no_grad():
+        for i in range(3):
+            rows = torch.where(z, ids[i], torch.zeros_like(ids[i]))
+            values = model(input_ids=rows, attention_mask=mask[i].expand_as(rows)).logits[:, 1]
+            want = exact_shapley(values[None])[0]
+            assert float((a[i] - want).abs().max()) < 1e-10
+    assert bool((a[mask == 0] == 0).all())
+    assert mask.sum(1).tolist() == [7, 5, 3]
+    assert e.passes.forward_rows == 3 * 2 + (2 ** 7 - 2) + (2 ** 5 - 2) + (2 ** 3 - 2)
+
+
+def test_a_group_spanning_two_inputs_is_one_player():
+    from conftest import two_inputs
+
+    model, img, tab, _ = two_inputs(2)
+    image_mask = torch.zeros(1, 2, 6, 6, dtype=torch.long)
+    image_mask[..., 3:] = 1
+    table_mask = torch.tensor([[1, 1, 2, 3]])  # the first two columns join the image's right half
+    ai, at = tribute.KernelShap(model).attribute((img, tab), target=0, feature_mask=(image_mask, table_mask))
+    z = all_coalitions(4)
+    with torch.no_grad():
+        values = []
+        for i in range(2):
+            keep_img = z[:, image_mask.expand(1, 2, 6, 6).flatten()].view(-1, 2, 6, 6)
+            keep_tab = z[:, table_mask.flatten()]
+            values.append(model(torch.where(keep_img, img[i], 0.0), torch.where(keep_tab, tab[i], 0.0))[:, 0])
+        want = exact_shapley(torch.stack(values))
+    torch.testing.assert_close(ai, spread(want, image_mask, img), rtol=0, atol=1e-10)
+    torch.testing.assert_close(at, spread(want, table_mask, tab), rtol=0, atol=1e-10)

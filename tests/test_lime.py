@@ -146,3 +146,24 @@ def test_standard_error_is_calibrated_against_a_reference_run_with_very_many_sam
         hits += int(((a - reference).abs() <= 1.959964 * e.standard_error).sum())
     cover = hits / (8 * 200)
     assert 0.90 <= cover <= 0.99, cover
+
+
+def test_noise_key_draws_another_inputs_coalitions():
+    """The robustness metrics explain a perturbed input with the clean input's draws: the coalitions come from the
+    key's stream, the scores from the input explained."""
+    net, x = small_cnn(), images(2, seed=10)
+    moved = x + 0.01
+    e = tribute.Lime(net, feature_mask=MASK, samples=40, seed=3, alpha=0.5)
+    torch.testing.assert_close(e.attribute(x, target=0, noise_key=x), e.attribute(x, target=0), rtol=0, atol=0)
+    a = e.attribute(moved, target=0, noise_key=x)
+    labels = MASK.expand_as(x).reshape(2, -1)
+    for i in range(2):
+        z = lime_coalitions(8, 40, SampleStreams(x, 3).generators[i])  # the clean input's stream
+        rows = torch.where(z[:, labels[i]], moved[i].reshape(-1), 0.0).view(-1, *x.shape[1:])
+        with torch.no_grad():
+            y = net(rows)[:, 0]
+        xd = torch.cat([torch.ones(40, 1, dtype=DT), z.double()], 1)
+        w = torch.diag(kernel(z))
+        theta = torch.linalg.solve(xd.T @ w @ xd + 0.5 * torch.diag(torch.tensor([0.0] + [1.0] * 8, dtype=DT)),
+                                   xd.T @ w @ y)
+        assert float((a[i:i + 1] - spread(theta[None, 1:], MASK, x[i:i + 1])).abs().max()) < 1e-12

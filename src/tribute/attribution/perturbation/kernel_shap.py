@@ -21,10 +21,9 @@ from types import SimpleNamespace
 import torch
 
 from ...core import options as opt
-from ...core.randomness import SampleStreams
 from ...core.registry import register as register_method
 from ...core.targets import Target
-from .base import GroupPerturbation
+from .base import GroupPerturbation, Sampled
 from .coalition_game import MAX_REGRESSION_PLAYERS, CoalitionGame, Design, Sampling, play
 from .coalitions import all_coalitions, paired_kernel_coalitions
 from .shapley_estimators import kernel_shap
@@ -47,7 +46,7 @@ SAMPLED = Design(_paired_draw, _identity, partial(kernel_shap, exact=False))
 
 
 @register_method("kernel_shap")
-class KernelShap(GroupPerturbation):
+class KernelShap(Sampled, GroupPerturbation):
     """KernelSHAP (Lundberg & Lee 2017; paired sampling and standard errors: Covert & Lee 2021): each group's
     Shapley value, given to every feature of the group; ``standard_error`` holds its standard error.
 
@@ -71,7 +70,7 @@ class KernelShap(GroupPerturbation):
         groups = self._groups(x, o)
         game = CoalitionGame(x, self._baseline(x, o), groups, o.call.forward, target, o.batch_size, o.progress,
                              drop_null=True)
-        generators = SampleStreams(x, o.seed).generators
+        generators = self._streams(x, o).generators
         found = {}
         for p, samples in game.by_count().items():
             if p <= 1:

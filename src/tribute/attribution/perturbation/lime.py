@@ -21,10 +21,9 @@ from types import SimpleNamespace
 import torch
 
 from ...core import options as opt
-from ...core.randomness import SampleStreams
 from ...core.registry import register as register_method
 from ...core.targets import Target
-from .base import GroupPerturbation
+from .base import GroupPerturbation, Sampled
 from .coalition_game import MAX_REGRESSION_PLAYERS, CoalitionGame, Design, Sampling, play
 from .coalitions import lime_coalitions, more_lime_coalitions
 from .lime_regression import SOLVERS, lime_fit
@@ -44,7 +43,7 @@ def _surrogate(o: SimpleNamespace) -> Design:
 
 
 @register_method("lime")
-class Lime(GroupPerturbation):
+class Lime(Sampled, GroupPerturbation):
     """LIME: each group's coefficient in the kernel-weighted linear surrogate (ridge by default), given to every
     feature of the group; ``standard_error`` holds its sandwich standard error (ridge / least squares).
 
@@ -77,7 +76,7 @@ class Lime(GroupPerturbation):
                              f"{MAX_REGRESSION_PLAYERS} groups; group the features (feature_mask=, segments=)")
         game = CoalitionGame(x, self._baseline(x, o), groups, o.call.forward, target, o.batch_size, o.progress,
                              drop_null=False)
-        generators = SampleStreams(x, o.seed).generators
+        generators = self._streams(x, o).generators
         sampling = Sampling(o.samples, o.samples, o.tolerance, o.max_samples, self.name)
         found = {}
         for _, samples in game.by_count().items():

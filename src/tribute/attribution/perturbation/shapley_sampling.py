@@ -17,10 +17,9 @@ from types import SimpleNamespace
 import torch
 
 from ...core import options as opt
-from ...core.randomness import SampleStreams
 from ...core.registry import register as register_method
 from ...core.targets import Target
-from .base import GroupPerturbation
+from .base import GroupPerturbation, Sampled
 from .coalition_game import CoalitionGame, Design, Sampling, play
 from .coalitions import antithetic_permutations, prefix_coalitions
 from .shapley_estimators import permutation_shapley
@@ -44,7 +43,7 @@ ORDERINGS = Design(_draw, _prefixes, _estimate)
 
 
 @register_method("shapley_sampling")
-class ShapleySampling(GroupPerturbation):
+class ShapleySampling(Sampled, GroupPerturbation):
     """Shapley value sampling with antithetic orderings: each group's mean marginal contribution, given to every
     feature of the group; ``standard_error`` holds its standard error.
 
@@ -68,7 +67,7 @@ class ShapleySampling(GroupPerturbation):
         groups = self._groups(x, o)
         game = CoalitionGame(x, self._baseline(x, o), groups, o.call.forward, target, o.batch_size, o.progress,
                              drop_null=True)
-        generators = SampleStreams(x, o.seed).generators
+        generators = self._streams(x, o).generators
         sampling = Sampling(o.samples, o.samples, o.tolerance, o.max_samples, self.name)
         found = {}
         for p, samples in game.by_count().items():
