@@ -8,8 +8,6 @@ is never touched.  Rows are built on the CPU and moved to ``device``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 #: the most players whose 2^M coalitions :func:`all_coalitions` lists (2^20 rows of 20 bools: 20 MB)
@@ -109,7 +107,3 @@ def prefix_coalitions(perms: torch.Tensor) -> torch.Tensor:
     rank.scatter_(1, perms, torch.arange(m, device=perms.device).expand(p, m))
     return rank[:, None, :] <= torch.arange(m - 1, device=perms.device)[None, :, None]
 
-
-def enumeration_budget(m: int) -> int:
-    """Coalitions KernelSHAP evaluates in its exact regime: every coalition but the empty and the full one."""
-    return 2 ** check_players(m) - 2 if m < 63 else math.inf
