@@ -17,7 +17,8 @@ from torch import nn
 import tribute
 from tribute.robust.attacks import pgd
 
-GRADIENT_FREE = {"scorecam"}  # reads the model's outputs only
+# read the model's outputs only: Score-CAM and the perturbation methods that need no gradient
+GRADIENT_FREE = {"scorecam"} | {m for m in tribute.methods() if getattr(tribute.get_method(m), "forward_only", False)}
 
 
 class Net(nn.Module):

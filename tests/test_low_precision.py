@@ -19,6 +19,7 @@ from conftest import residual_cnns
 from test_model_invariance import options_for
 
 import tribute
+from tribute.attribution.perturbation.base import PerturbationMethod
 from tribute.core.randomness import SampleStreams
 
 METHODS = [m for m in tribute.methods() if m != "cam"]  # cam needs a GAP + linear head (tests/test_cam.py)
@@ -69,6 +70,12 @@ def check_method_in(dtype, method, reference):
         torch.testing.assert_close(alone, a[2:3], rtol=0.05, atol=0.05 * float(a.abs().max()))
     else:
         expected = tribute.explain(net64, images, method, target=1, **options_for(method, images))
+        if issubclass(tribute.get_method(method), PerturbationMethod):
+            # differences of two scores the model computed in the low precision: their error is a few units of the
+            # scores' last place (eps × |S|), however small the differences themselves are
+            scale = float(net64(images)[:, 1].detach().abs().max())
+            assert float((a.double() - expected).abs().max()) < 4 * torch.finfo(dtype).eps * scale, method
+            return
         assert relative_error(a, expected) < 0.05, method
 
 

@@ -256,6 +256,10 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "baseline_token": [({}, {"baseline_token": 3})],  # token baselines need token ids
     "keep_tokens": [({}, {"keep_tokens": (1,)})],
     "tokenizer": [({}, {"tokenizer": object()})],
+    # issue 14's groups: two halves of the image instead of each feature alone; a coarser grid
+    "feature_mask": [({}, {"feature_mask": (torch.arange(6) >= 3).long().view(1, 1, 1, 6)})],
+    "segments": [({}, {"segments": "grid"})],
+    "segment_options": [({"segments": "grid"}, {"segment_options": {"cell": 3}})],
 }
 
 #: options that by design leave the values as they are, why, and what is asserted instead

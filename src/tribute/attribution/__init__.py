@@ -21,8 +21,9 @@ def _public_names() -> dict[str, object]:
     """Every registered method class defined in a module of this package, and what a module lists in its own
     ``__all__`` (helpers such as :func:`LayerAttribution`), by name."""
     found: dict[str, object] = {}
-    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
-        module = importlib.import_module(f"{__name__}.{info.name}")
+    # walk_packages imports each subpackage before listing it, so its modules (perturbation/...) are found too
+    for info in sorted(pkgutil.walk_packages(__path__, prefix=f"{__name__}."), key=lambda i: i.name):
+        module = importlib.import_module(info.name)
         for name, obj in vars(module).items():
             if (inspect.isclass(obj) and issubclass(obj, Method) and obj.__module__ == module.__name__
                     and obj.name and obj.name in methods() and get_method(obj.name) is obj):

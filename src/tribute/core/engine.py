@@ -364,6 +364,25 @@ def chunk_rows(total: int, batch_size: int) -> list[range]:
     return [range(a, b) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
+def chunks_with_progress(total: int, batch_size: int, progress: bool | str = False,
+                         unit: str = "row") -> Iterator[range]:
+    """:func:`chunk_rows` of ``total`` rows, with a progress bar over the rows when ``progress`` is true (a
+    string labels the bar) and there is more than one chunk; the bar is closed however the loop ends."""
+    chunks = chunk_rows(total, batch_size)
+    if not progress or len(chunks) == 1:
+        yield from chunks
+        return
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=total, desc=progress if isinstance(progress, str) else f"{unit}s", unit=unit, leave=False)
+    try:
+        for rows in chunks:
+            yield rows
+            bar.update(len(rows))
+    finally:
+        bar.close()
+
+
 def accumulate(
     n: int,
     k: int,
@@ -378,28 +397,16 @@ def accumulate(
     draw)`` gets two index tensors of a chunk's rows and returns one tensor per row.
     """
     total = None
-    chunks = chunk_rows(n * k, batch_size)
-    bar = None
-    if progress and len(chunks) > 1:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n * k, desc=progress if isinstance(progress, str) else "rows", unit="row",
-                   leave=False)
-    try:
-        for rows in chunks:
-            r = torch.arange(rows.start, rows.stop)
-            sample, draw = r // k, r % k
-            c = contribution(sample, draw)
-            if len(chunks) == 1 and k == 1:  # one chunk of the samples in order: c is the total
-                return c
-            if total is None:
-                total = c.new_zeros((n, *c.shape[1:]))
-            total = total.index_add(0, sample.to(c.device), c)
-            if bar is not None:
-                bar.update(len(r))
-    finally:
-        if bar is not None:
-            bar.close()
+    single = len(chunk_rows(n * k, batch_size)) == 1
+    for rows in chunks_with_progress(n * k, batch_size, progress):
+        r = torch.arange(rows.start, rows.stop)
+        sample, draw = r // k, r % k
+        c = contribution(sample, draw)
+        if single and k == 1:  # one chunk of the samples in order: c is the total
+            return c
+        if total is None:
+            total = c.new_zeros((n, *c.shape[1:]))
+        total = total.index_add(0, sample.to(c.device), c)
     return total
 
 
