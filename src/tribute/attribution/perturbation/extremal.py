@@ -113,10 +113,11 @@ class ExtremalPerturbation(ImageMethod, Method):
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         image = image_in(x, o, self.name)
         n, _, h, w = image.shape
-        areas = len(o.area)
+        area = check_areas("area", o.area)  # the default is not validated: a float
+        areas = len(area)
         dtype = accumulation_dtype(image.dtype)
         masks = SmoothMasks((h, w), o.cell, o.smoothness, o.temperature, dtype=dtype, device=image.device)
-        refs = area_references(o.area, h * w, (h, w), dtype=dtype, device=image.device)
+        refs = area_references(area, h * w, (h, w), dtype=dtype, device=image.device)
         pyramid = blur_pyramid(image, o.levels, o.sigma)
         params = torch.ones(n * areas, 1, *masks.grid, dtype=dtype, device=image.device)
         optimiser = Momentum(o.lr, o.momentum)

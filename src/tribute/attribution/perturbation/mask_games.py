@@ -24,6 +24,8 @@ from ..image_input import image_of
 
 #: options both games take
 GAME_OPTIONS = {
+    "differentiable": opt.Option(False, opt.refused("the map is an optimised mask, not a differentiable function "
+                                                    "of the inputs")),
     "softmax": opt.Option(True, opt.boolean, "score the target's softmax probability (else the raw score); a "
                                              "callable target receives the softmax output"),
 }
@@ -31,9 +33,6 @@ GAME_OPTIONS = {
 
 def image_in(x: torch.Tensor, o: SimpleNamespace, name: str) -> torch.Tensor:
     """The image the game masks, (N, C, H, W), or a clear error for other inputs."""
-    if o.differentiable:
-        raise ValueError(f"{name} optimises a mask; its result is not differentiable with respect to the inputs: "
-                         "drop differentiable=True")
     image = image_of(x, o)
     if image.dim() != 4:
         raise ValueError(f"{name} explains images (N, C, H, W); got an input of shape {tuple(image.shape)}")

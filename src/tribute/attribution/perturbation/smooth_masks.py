@@ -10,8 +10,10 @@ which tends to the max-convolution max_i k(·) m̄_i as T → 0: a mask is at le
 region of ones stays one (a weighted mean would erode it).  The kernel is that of the authors' release,
 k(d) = exp(−2 max(0, d − ½)²): flat up to σ/2, so that with σ ≥ √2·cell every pixel has a grid point at kernel
 value 1 and a block of ones in m̄ gives ones in m without ripples between grid points.  N(u) are the grid points
-at most r = ⌈σ / cell⌉ + 1 cells from u's own cell along each axis (farther ones are not pooled; points off the
-grid do not exist, so a border pixel pools fewer).  Memory: (2r + 1)² values per pixel and row.
+at most r = ⌈σ / cell⌉ + 1 cells from u's own cell along each axis (farther ones are not pooled); points off the
+grid count as m̄ = 0, as in the release's zero padding, so every pixel pools (2r + 1)² values and pixels near the
+border, which pool more zeros, start a little below the others when m̄ = 1 (the area constraint then removes them
+first rather than keeping them).  Memory: (2r + 1)² values per pixel and row.
 
 The perturbation (§3.1, "blur"): pixel u of the perturbed image is the image blurred with σ_u = σ_max (1 − m(u)),
 computed, as in the authors' release, by linear interpolation between ``levels`` images blurred with
@@ -33,12 +35,9 @@ def kernel(d: torch.Tensor) -> torch.Tensor:
     return torch.exp(-2 * (d - 0.5).clamp(min=0) ** 2)
 
 
-def smooth_max(z: torch.Tensor, temperature: float, dim: int, valid: torch.Tensor | None = None) -> torch.Tensor:
-    """smax_T over ``dim``: Σ z e^{z/T} / Σ e^{z/T}, the entries where ``valid`` is False left out."""
-    logits = z / temperature
-    if valid is not None:
-        logits = logits.masked_fill(~valid, float("-inf"))
-    return (z * torch.softmax(logits, dim=dim)).sum(dim)
+def smooth_max(z: torch.Tensor, temperature: float, dim: int) -> torch.Tensor:
+    """smax_T over ``dim``: Σ z e^{z/T} / Σ e^{z/T}."""
+    return (z * torch.softmax(z / temperature, dim=dim)).sum(dim)
 
 
 class SmoothMasks:
@@ -51,7 +50,7 @@ class SmoothMasks:
         self.radius = math.ceil(sigma / cell) + 1
         r = self.radius
         off = torch.arange(-r, r + 1, device=device)
-        # per pixel and neighbour offset (K = (2r+1)², H·W): the neighbour's grid index, whether it exists, its weight
+        # per pixel and neighbour offset (K = (2r+1)², H·W): the neighbour's grid index and weight (0 off the grid)
         iy, dy = _axis(h, cell, off, dtype)
         ix, dx = _axis(w, cell, off, dtype)
         gh, gw = self.grid
@@ -59,15 +58,14 @@ class SmoothMasks:
         index = iy.clamp(0, gh - 1)[:, None, :, None] * gw + ix.clamp(0, gw - 1)[None, :, None, :]
         dist = (dy[:, None, :, None] ** 2 + dx[None, :, None, :] ** 2).sqrt()
         k = (2 * r + 1) ** 2
-        self.valid = valid.reshape(k, h * w)
         self.index = index.reshape(k, h * w)
-        self.weight = kernel(dist / sigma).reshape(k, h * w)
+        self.weight = (kernel(dist / sigma) * valid).reshape(k, h * w)
 
     def __call__(self, values: torch.Tensor) -> torch.Tensor:
         """The masks (R, 1, H, W) of grid values (R, 1, gh, gw)."""
         flat = values.flatten(1)  # (R, gh·gw)
-        z = flat[:, self.index] * self.weight.to(flat.dtype)  # (R, K, H·W)
-        m = smooth_max(z, self.temperature, dim=1, valid=self.valid)
+        z = flat[:, self.index] * self.weight.to(flat.dtype)  # (R, K, H·W); off the grid: weight 0
+        m = smooth_max(z, self.temperature, dim=1)
         return m.view(values.shape[0], 1, *self.size)
 
 
