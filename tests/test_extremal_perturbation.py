@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from test_meaningful_perturbation import H, SIDE, PlantedSquare, planted_images, small_cnn, square
+from test_meaningful_perturbation import SIDE, H, PlantedSquare, planted_images, small_cnn, square
 
 import tribute
 from tribute.attribution.perturbation.extremal import area_references, ranking_regulariser

@@ -97,7 +97,8 @@ def _objective_by_hand(net, x, m, target, lam1, lam2, beta, sigma):
     up = F.interpolate(m, size=x.shape[-2:], mode="bilinear", align_corners=False)
     phi = up * x + (1 - up) * gaussian_blur(x, sigma)
     p = net(phi).softmax(1)[:, target]
-    tv = (up[..., :, 1:] - up[..., :, :-1]).abs().pow(beta).sum() + (up[..., 1:, :] - up[..., :-1, :]).abs().pow(beta).sum()
+    tv = ((up[..., :, 1:] - up[..., :, :-1]).abs().pow(beta).sum()
+          + (up[..., 1:, :] - up[..., :-1, :]).abs().pow(beta).sum())
     return (p.sum() + lam1 * (1 - up).sum() + lam2 * tv), up
 
 

@@ -89,20 +89,26 @@ def row_gradients(params: torch.Tensor, objective: Callable[[torch.Tensor, torch
     """∂J_r/∂params_r and J_r for every row r, in chunks of ``batch_size`` rows.
 
     ``objective(leaf, rows)`` gets the chunk's parameters (a leaf that requires grad) and their row indices and
-    returns (J, score): J the rows' objectives, score the model's part of it, checked to reach the mask.
+    returns the rows' two terms of J: the model's (checked to reach the mask through autograd) and the
+    regulariser's.  The model's backward pass runs once per chunk.
     """
     grads, values = [], []
     for rows in chunk_rows(params.shape[0], batch_size):
         r = torch.arange(rows.start, rows.stop)
         leaf = params[rows.start:rows.stop].detach().requires_grad_()
         with torch.enable_grad():
-            j, score = objective(leaf, r)
-            if not score.requires_grad:
+            model_term, regular = objective(leaf, r)
+            g = None
+            if model_term.requires_grad:
+                (g,) = torch.autograd.grad(model_term.sum(), leaf, allow_unused=True,
+                                           retain_graph=regular.requires_grad)  # the two may share the mask's graph
+            if g is None:  # e.g. the model detaches its input, or its head: its score has no gradient to the mask
                 raise disconnected("the mask")
-            (g,) = torch.autograd.grad(j.sum(), leaf)
+            if regular.requires_grad:
+                g = g + torch.autograd.grad(regular.sum(), leaf)[0]
         record_passes(backward=len(r))
         grads.append(g)
-        values.append(j.detach())
+        values.append((model_term + regular).detach())
     return torch.cat(grads), torch.cat(values)
 
 

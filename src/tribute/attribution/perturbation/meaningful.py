@@ -71,7 +71,7 @@ class MeaningfulPerturbation(ImageMethod, Method):
         "jitter": opt.Option(0, opt.integer(0), "largest random translation of the image per iteration, pixels"),
         "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of the jitter's translations"),
     }
-    example_options = {"steps": 4, "cell": 2, "sigma": 1.0, "l1_weight": 0.01, "tv_weight": 0.01}
+    example_options = {"steps": 4, "cell": 2, "sigma": 1.0, "l1_weight": 1e-5}
 
     @property
     def objective(self) -> torch.Tensor | None:
@@ -101,7 +101,7 @@ class MeaningfulPerturbation(ImageMethod, Method):
                 phi = (up * img + (1 - up) * blur).to(image.dtype)
                 score = target_scores(o.call.forward(with_image(x[rows].detach(), phi, o), rows), target, rows, o)
                 regular = o.l1_weight * (1 - up).flatten(1).sum(1) + o.tv_weight * total_variation(up, o.tv_beta)
-                return score.to(dtype) + regular, score
+                return score.to(dtype), regular
 
             g, value = row_gradients(m, objective, o.batch_size)
             history.append(value)
