@@ -42,8 +42,9 @@ def image_in(x: torch.Tensor, o: SimpleNamespace, name: str) -> torch.Tensor:
 def total_variation(m: torch.Tensor, beta: float) -> torch.Tensor:
     """TV_β(m) = Σ_u ‖∇m(u)‖_β^β = Σ_u |m(u + e_x) − m(u)|^β + |m(u + e_y) − m(u)|^β per row of (R, 1, H, W)
     masks (Fong & Vedaldi 2017, Eq 4; forward differences, pairs inside the image only)."""
-    dx = (m[..., :, 1:] - m[..., :, :-1]).abs().pow(beta).flatten(1).sum(1)
-    dy = (m[..., 1:, :] - m[..., :-1, :]).abs().pow(beta).flatten(1).sum(1)
+    # torch.diff gives contiguous differences, whose backward is far faster than that of two slices
+    dx = torch.diff(m, dim=-1).abs().pow(beta).flatten(1).sum(1)
+    dy = torch.diff(m, dim=-2).abs().pow(beta).flatten(1).sum(1)
     return dx + dy
 
 
