@@ -19,17 +19,10 @@ import torch
 from ..core import options as opt
 from ..core.engine import accumulate
 from ..core.method import COMMON_OPTIONS, BoundMethod, Method
-from ..core.randomness import SampleStreams
+from ..core.randomness import NOISE_KEY_OPTION, SampleStreams, packed_noise_key
 from ..core.registry import get_method
 from ..core.registry import register as register_method
 from ..core.targets import Target
-
-
-def _key(name, v):
-    if v is None or isinstance(v, torch.Tensor) or (
-            isinstance(v, (tuple, list)) and v and all(isinstance(t, torch.Tensor) for t in v)):
-        return v
-    raise TypeError(f"{name} must be a tensor, a tuple of tensors (one per input) or None, got {type(v).__name__}")
 
 
 class _NoiseAggregate(Method):
@@ -46,10 +39,7 @@ class _NoiseAggregate(Method):
         "sigma": opt.Option(None, opt.optional(opt.real(0)), per_input="elementwise"),
         "noise_level": opt.Option(0.15, opt.real(0), per_input="elementwise"),
         "seed": opt.Option(None, opt.optional(opt.integer(0))),
-        "noise_key": opt.Option(None, _key,
-                                "inputs like the attributed ones (a tensor, or a tuple with one per input) whose "
-                                "rows key each sample's noise stream and set its σ instead of the inputs (the "
-                                "robustness metrics pass the unperturbed input)"),
+        "noise_key": NOISE_KEY_OPTION,
     }
     example_options = {"samples": 3, "seed": 0}
 
@@ -74,7 +64,7 @@ class _NoiseAggregate(Method):
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         base = self._base(o)
-        key = x if o.noise_key is None else self._packed_key(o.noise_key, x, o.call.layout)
+        key = x if o.noise_key is None else packed_noise_key(o.noise_key, x, o.call.layout)
         # σ per sample, or per feature when several inputs each have their own noise level and value range
         scale = o.sigma if o.sigma is not None else o.noise_level * o.call.layout.value_range(key)
         sigma = torch.as_tensor(scale, dtype=x.dtype, device=x.device).expand_as(x)
@@ -86,21 +76,6 @@ class _NoiseAggregate(Method):
 
         total = accumulate(x.shape[0], o.samples, contribution, batch_size=o.batch_size, progress=o.progress)
         return self.finish(total / o.samples)
-
-    @staticmethod
-    def _packed_key(key, x: torch.Tensor, layout) -> torch.Tensor:
-        """``noise_key`` packed like the inputs: a tuple with one tensor per input, or the packed rows themselves."""
-        if isinstance(key, (tuple, list)):
-            if len(key) != layout.count:
-                raise ValueError(f"noise_key has {len(key)} tensors but the model takes {layout.count} inputs")
-            shapes = [tuple(t.shape) for t in key]
-            if any(s[1:] != want or s[0] != x.shape[0] for s, want in zip(shapes, layout.shapes, strict=True)):
-                want = [(x.shape[0], *s) for s in layout.shapes]
-                raise ValueError(f"noise_key must have the inputs' shapes {want}, got {shapes}")
-            key = layout.pack([t.detach() for t in key])
-        if key.shape != x.shape:
-            raise ValueError(f"noise_key must have the inputs' shape {tuple(x.shape)}, got {tuple(key.shape)}")
-        return key.detach()
 
 
 @register_method("smoothgrad")

@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from typing import Any
 
 import torch
+
+from . import options as opt
 
 
 class SampleStreams:
@@ -57,3 +60,33 @@ def draw_references(streams: SampleStreams, sample: torch.Tensor, n_refs: int, *
     u = streams.draw("uniform", sample, (2,), dtype=torch.float64, device="cpu")
     j = (u[:, 0] * n_refs).long().clamp(max=n_refs - 1).to(device)
     return j, u[:, 1].to(device, dtype)
+
+
+def check_noise_key(name: str, v: Any) -> Any:
+    if v is None or isinstance(v, torch.Tensor) or (
+            isinstance(v, (tuple, list)) and v and all(isinstance(t, torch.Tensor) for t in v)):
+        return v
+    raise TypeError(f"{name} must be a tensor, a tuple of tensors (one per input) or None, got {type(v).__name__}")
+
+
+#: the option of a method that draws random numbers per sample: the rows that key the streams instead of the inputs
+NOISE_KEY_OPTION = opt.Option(None, check_noise_key,
+                              "inputs like the attributed ones (a tensor, or a tuple with one per input) whose rows "
+                              "key each sample's random stream (and set its noise scale) instead of the inputs (the "
+                              "robustness metrics pass the unperturbed input)")
+
+
+def packed_noise_key(key, x: torch.Tensor, layout) -> torch.Tensor:
+    """``noise_key`` packed like the inputs ``x`` (``layout``: :class:`tribute.core.inputs.Layout`): a tuple with
+    one tensor per input, or the packed rows themselves."""
+    if isinstance(key, (tuple, list)):
+        if len(key) != layout.count:
+            raise ValueError(f"noise_key has {len(key)} tensors but the model takes {layout.count} inputs")
+        shapes = [tuple(t.shape) for t in key]
+        if any(s[1:] != want or s[0] != x.shape[0] for s, want in zip(shapes, layout.shapes, strict=True)):
+            want = [(x.shape[0], *s) for s in layout.shapes]
+            raise ValueError(f"noise_key must have the inputs' shapes {want}, got {shapes}")
+        key = layout.pack([t.detach() for t in key])
+    if key.shape != x.shape:
+        raise ValueError(f"noise_key must have the inputs' shape {tuple(x.shape)}, got {tuple(key.shape)}")
+    return key.detach()

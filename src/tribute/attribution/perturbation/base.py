@@ -17,6 +17,7 @@ import torch
 from ...core import options as opt
 from ...core.baselines import check_baseline, make_baseline
 from ...core.method import Method
+from ...core.randomness import NOISE_KEY_OPTION, SampleStreams, packed_noise_key
 from .groups import NAMES, FeatureGroups, feature_groups
 
 FORWARD_ONLY = "a perturbation method runs forward passes only"
@@ -75,6 +76,20 @@ class PerturbationMethod(Method):
 
     def _predicts_on_first_pass(self, x: torch.Tensor, o: SimpleNamespace) -> bool:
         return True  # every method scores the clean inputs first (scoring.clean_scores), which fixes the target
+
+
+class Sampled:
+    """Mixin of the perturbation methods that draw random perturbations (LIME, sampled KernelSHAP, Shapley sampling,
+    RISE): each sample draws from its own stream (:class:`tribute.core.randomness.SampleStreams`), keyed by the
+    sample's bytes and ``seed``, or by ``noise_key`` (the robustness metrics key the draws of a perturbed input by
+    the unperturbed one, so that both see the same perturbations)."""
+
+    options = {"noise_key": NOISE_KEY_OPTION}
+
+    @staticmethod
+    def _streams(x: torch.Tensor, o: SimpleNamespace) -> SampleStreams:
+        key = x if o.noise_key is None else packed_noise_key(o.noise_key, x, o.call.layout)
+        return SampleStreams(key, o.seed)
 
 
 class GroupPerturbation(PerturbationMethod):
