@@ -229,7 +229,7 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "upsample": [({}, {"upsample": False})],
     "normalize": [({}, {"normalize": True})],
     "contrast": [({}, {"contrast": 0}), ({}, {"contrast": 2})],
-    "softmax": [({}, {"softmax": False})],
+    "softmax": [({}, {"softmax": False}), ({}, {"softmax": True})],  # extremal perturbation scores logits by default
     "max_channels": [({}, {"max_channels": 2})],
     "channel_selection": [({"max_channels": 2}, {"channel_selection": "random"})],
     "interpolation": [({}, {"interpolation": "nearest"})],
@@ -266,6 +266,22 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     # on these 6 × 6 images SLIC (the default of lime, kernel_shap, shapley_sampling) gives the grid's one-pixel cells
     "segments": [({}, {"segments": "grid"}), ({}, {"segments": "features"})],
     "segment_options": [({"segments": "grid"}, {"segment_options": {"cell": 3}})],
+    # the mask games (meaningful and extremal perturbation): their optimisation's settings
+    "cell": [({}, {"cell": 3})],
+    "lr": [({}, {"lr": 0.05})],
+    "l1_weight": [({}, {"l1_weight": 0.1})],
+    "tv_weight": [({}, {"tv_weight": 0.5})],
+    "tv_beta": [({}, {"tv_beta": 1.5})],
+    "jitter": [({}, {"jitter": 1, "seed": 0})],
+    "area": [({}, {"area": 0.6})],
+    "game": [({}, {"game": "delete"})],
+    "momentum": [({}, {"momentum": 0.5})],
+    "area_weight": [({}, {"area_weight": 30.0})],
+    "area_growth": [({}, {"area_growth": 1.1})],
+    "smoothness": [({}, {"smoothness": 4.0})],
+    "temperature": [({}, {"temperature": 0.5})],
+    "levels": [({}, {"levels": 2})],
+    "flip": [({}, {"flip": True})],
 }
 
 #: options that by design leave the values as they are, why, and what is asserted instead
