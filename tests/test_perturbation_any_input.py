@@ -112,3 +112,10 @@ def test_evaluate_scores_a_perturbation_method_and_counts_its_forward_passes():
     # each sample: one clean pass, then one pass per feature (2 × 6 × 6 image features and 4 table columns)
     assert table.forward_rows["feature_ablation"] == 4 * (1 + 2 * 36 + 4)
     assert table.backward_rows["feature_ablation"] == 0
+
+
+def test_a_number_as_baseline_keeps_float64_precision():
+    net = torch.nn.Linear(3, 2).double().eval()
+    x = torch.randn(2, 3, dtype=torch.float64)
+    a = tribute.explain(net, x, "feature_ablation", target=0, baseline=0.4)
+    torch.testing.assert_close(a, net.weight[0] * (x - 0.4), rtol=1e-13, atol=1e-15)  # 0.4 is not a float32

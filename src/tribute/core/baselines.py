@@ -32,7 +32,7 @@ def check_baseline(name: str, v: Any) -> Any:
     if isinstance(v, torch.Tensor) or (callable(v) and not isinstance(v, str)):
         return v
     if isinstance(v, (int, float)) and not isinstance(v, bool):
-        return torch.tensor(float(v))
+        return torch.tensor(float(v), dtype=torch.float64)  # cast to the inputs' dtype later; float32 would round 0.4
     if v not in NAMES:
         raise ValueError(f"{name} must be a tensor, a number, a callable or one of {', '.join(NAMES)}; got {v!r}")
     return v
