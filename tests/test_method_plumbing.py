@@ -48,11 +48,13 @@ NORMALIZE = tribute.Normalize([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
 
 
 def example(method: str, x: torch.Tensor) -> dict:
-    """The method's cheap example options, with the reference inputs that expected gradients needs."""
+    """The method's cheap example options, with the reference inputs that expected gradients and prediction
+    difference need."""
     cls = tribute.get_method(method)
     o = dict(cls.example_options)
-    if "baselines" in cls.schema():
-        o["baselines"] = inputs(5, seed=9)
+    for name in ("baselines", "references"):
+        if name in cls.schema():
+            o[name] = inputs(5, seed=9)
     return o
 
 
@@ -260,6 +262,18 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "feature_mask": [({}, {"feature_mask": (torch.arange(6) >= 3).long().view(1, 1, 1, 6)})],
     "segments": [({}, {"segments": "grid"})],
     "segment_options": [({"segments": "grid"}, {"segment_options": {"cell": 3}})],
+    # RISE: more masks, cells kept more often, coarser cells; prediction difference: other references, a smaller
+    # window, a longer stride, the Laplace correction; logits read as probabilities and conditional sampling are
+    # refused, naming the option
+    "masks": [({}, {"masks": 16})],
+    "p": [({}, {"p": 0.8})],
+    "cell": [({}, {"cell": 2})],
+    "references": [({}, {"references": inputs(5, seed=10)})],
+    "window": [({}, {"window": (3, 2, 2)})],
+    "stride": [({}, {"stride": 2})],
+    "training_size": [({}, {"training_size": 100})],
+    "probabilities": [({}, {"probabilities": "outputs"})],
+    "sampling": [({}, {"sampling": "conditional"})],
 }
 
 #: options that by design leave the values as they are, why, and what is asserted instead
@@ -271,6 +285,8 @@ NO_OPS: dict[str, tuple[str, dict]] = {
     "cache_weights": ("keeps derived weights between calls: time, not values", {"cache_weights": False}),
     "max_steps": ("bounds tolerance='s refinement: the same values, or an error past it",
                   {"tolerance": 1e-2, "max_steps": 10_000}),
+    "max_masks": ("bounds RISE's rounds of masks under tolerance=: the same values, or an error past it",
+                  {"tolerance": 1e-2, "max_masks": 90_000}),
     # its effect, where f(0) ≠ 0, is tested in tests/test_lrp_elementwise.py
     "unbounded": ("lets lrp_epsilon compute its ratio at nonlinearities with f(0) ≠ 0, refused otherwise: this net "
                   "has ReLUs only, so the same values", {"unbounded": True}),
