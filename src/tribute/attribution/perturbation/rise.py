@@ -37,7 +37,6 @@ from types import SimpleNamespace
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 
 from ...core import options as opt
 from ...core.baselines import check_baseline, make_baseline
@@ -80,13 +79,30 @@ class MaskSampler:
         """One mask (H, W) in float64 for each row, row r from the stream of sample ``sample[r]``."""
         (gh, gw), (ch, cw), (h, w) = self.grid, self.cell, self.size
         u = self.streams.draw("uniform", sample, (gh * gw + 2,), dtype=torch.float64, device="cpu")
-        kept = (u[:, :gh * gw] < self.p).to(torch.float64).view(-1, 1, gh, gw)
-        up = F.interpolate(kept, size=((gh + 1) * ch, (gw + 1) * cw), mode="bilinear", align_corners=False)[:, 0]
+        kept = (u[:, :gh * gw] < self.p).to(torch.float64).view(-1, gh, gw)
         dy = (u[:, -2] * ch).long().clamp(max=ch - 1)
         dx = (u[:, -1] * cw).long().clamp(max=cw - 1)
-        rows = (dy[:, None] + torch.arange(h))[:, :, None]
-        cols = (dx[:, None] + torch.arange(w))[:, None, :]
-        return up[torch.arange(len(sample))[:, None, None], rows, cols]
+        rows = _lerp(kept, 1, *_bilinear(dy, h, gh, (gh + 1) * ch))  # (B, H, gw)
+        return _lerp(rows, 2, *_bilinear(dx, w, gw, (gw + 1) * cw))  # (B, H, W)
+
+
+def _bilinear(shift: torch.Tensor, size: int, cells: int, upsampled: int):
+    """Where the ``size`` pixels of a crop starting at ``shift`` (B,) fall on a grid of ``cells`` upsampled
+    bilinearly to ``upsampled`` pixels (``align_corners=False``, as :func:`torch.nn.functional.interpolate`): the
+    cells below and above, (B, size) each, and the weight of the one above."""
+    at = ((shift[:, None] + torch.arange(size) + 0.5) * (cells / upsampled) - 0.5).clamp(min=0).to(torch.float64)
+    below = at.floor().long().clamp(max=cells - 1)
+    return below, (below + 1).clamp(max=cells - 1), at - below
+
+
+def _lerp(grid: torch.Tensor, dim: int, below: torch.Tensor, above: torch.Tensor, weight: torch.Tensor):
+    """``grid`` interpolated along ``dim`` (1 or 2) as g_below + t·(g_above − g_below): a region of equal cells
+    stays exactly their value (a kept area is exactly 1, so p = 1 keeps the image as it is)."""
+    if dim == 1:
+        lo, hi = (grid.gather(1, i[:, :, None].expand(-1, -1, grid.shape[2])) for i in (below, above))
+        return lo + weight[:, :, None] * (hi - lo)
+    lo, hi = (grid.gather(2, i[:, None, :].expand(-1, grid.shape[1], -1)) for i in (below, above))
+    return lo + weight[:, None, :] * (hi - lo)
 
 
 @register_method("rise")
