@@ -23,7 +23,8 @@ classes): the WE is then that event's evidence, with the same correction (K the 
 
 Windows: a box of ``window`` features (a tuple with one size per dim of a sample, or an int for every dim) sliding
 by ``stride`` (an int or a tuple).  In each dim the windows start at 0, stride, 2·stride, …, and one more window
-ends at the border when the stride does not reach it, so every feature is covered.  The default window spans
+ends at the border when the stride does not reach it, so every feature is covered (a stride larger than the
+window, which would leave gaps, is refused).  The default window spans
 every channel of an image (C, H, W) and 4 × 4 pixels (fewer for a smaller image), and is one feature elsewhere
 (Robnik-Šikonja & Kononenko's one feature at a time); the default stride is 1 (every position, as Zintgraf et al.).
 With several inputs each input has its own windows (``window`` and ``stride`` then take one entry per input) and
@@ -147,6 +148,9 @@ def _membership(size: int, window: int, stride: int, k: int, d: int) -> torch.Te
                          "there): a window larger than the input")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride} in dim {d} of input {k}")
+    if stride > window:
+        raise ValueError(f"stride {stride} > window {window} in dim {d} of input {k} leaves features outside every "
+                         "window, which have no weight of evidence: give a stride of at most the window")
     starts = list(range(0, size - window + 1, stride))
     if starts[-1] != size - window:
         starts.append(size - window)  # one more window ends at the border: every position is covered
