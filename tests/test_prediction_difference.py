@@ -128,7 +128,7 @@ def brute_force(net, x, refs, window, stride, target, training_size=None):
     return out
 
 
-@pytest.mark.parametrize("window, stride, training_size", [((3, 2, 2), (1, 2, 2), None), ((1, 3, 4), (1, 3, 3), 50),
+@pytest.mark.parametrize("window, stride, training_size", [((3, 2, 2), (1, 2, 2), None), ((3, 3, 4), 3, 50),
                                                            ((3, 1, 1), 1, None)])
 def test_equals_a_brute_force_loop_over_windows(window, stride, training_size):
     """Windows that do not reach the border (stride 2 or 3 over 7 pixels) get one more window at the border."""

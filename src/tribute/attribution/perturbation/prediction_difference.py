@@ -16,17 +16,18 @@ gets the average WE of the windows that contain it (Zintgraf et al.'s Algorithm 
 Probabilities are the softmax of the model's outputs (``probabilities="softmax"``) or the outputs themselves
 (``"outputs"``, for a model that already outputs probabilities; checked to lie in [0, 1]).  With
 ``training_size=N`` both probabilities take the Laplace correction p ← (p·N + 1) / (N + K), K the number of
-classes (Robnik-Šikonja & Kononenko 2008, §3; N the number of training examples), which keeps the log-odds finite;
+classes and N the number of training examples (Robnik-Šikonja & Kononenko 2008; Zintgraf et al. 2017), which keeps the log-odds finite;
 without it a probability of exactly 0 or 1 is an error that says so.  A callable target receives the
 probabilities (N, K) and returns one probability per row (e.g. ``lambda p: p[:, 1]``, or the sum of a group of
 classes): the WE is then that event's evidence, with the same correction (K the model's classes).
 
 Windows: a box of ``window`` features (a tuple with one size per dim of a sample, or an int for every dim) sliding
 by ``stride`` (an int or a tuple).  In each dim the windows start at 0, stride, 2·stride, …, and one more window
-ends at the border when the stride does not reach it, so every feature is covered (a stride larger than the
-window, which would leave gaps, is refused).  The default window spans
-every channel of an image (C, H, W) and 4 × 4 pixels (fewer for a smaller image), and is one feature elsewhere
-(Robnik-Šikonja & Kononenko's one feature at a time); the default stride is 1 (every position, as Zintgraf et al.).
+ends at the border when the stride does not reach it, so every feature is covered; a stride that would leave a gap
+between two windows (larger than the window) is refused, while a window spanning a whole dim has no gap (an int
+stride 4 with the window (3, 4, 4) on RGB images is fine).  The default window spans every channel of an image
+(C, H, W) and 4 × 4 pixels (fewer for a smaller image), and is one feature elsewhere (Robnik-Šikonja &
+Kononenko's one feature at a time); the default stride is 1 (every position, as Zintgraf et al.).
 With several inputs each input has its own windows (``window`` and ``stride`` then take one entry per input) and
 its own references (a tuple); token ids are resampled from reference sequences like any other values.
 
@@ -148,12 +149,12 @@ def _membership(size: int, window: int, stride: int, k: int, d: int) -> torch.Te
                          "there): a window larger than the input")
     if stride < 1:
         raise ValueError(f"stride must be >= 1, got {stride} in dim {d} of input {k}")
-    if stride > window:
-        raise ValueError(f"stride {stride} > window {window} in dim {d} of input {k} leaves features outside every "
-                         "window, which have no weight of evidence: give a stride of at most the window")
     starts = list(range(0, size - window + 1, stride))
     if starts[-1] != size - window:
-        starts.append(size - window)  # one more window ends at the border: every position is covered
+        starts.append(size - window)  # one more window ends at the border
+    if any(b - a > window for a, b in zip(starts[:-1], starts[1:], strict=True)):
+        raise ValueError(f"stride {stride} > window {window} in dim {d} of input {k} leaves features outside every "
+                         "window, which have no weight of evidence: give a stride of at most the window")
     at = torch.arange(size)
     s = torch.tensor(starts)[:, None]
     return (at >= s) & (at < s + window)
