@@ -16,10 +16,10 @@ gets the average WE of the windows that contain it (Zintgraf et al.'s Algorithm 
 Probabilities are the softmax of the model's outputs (``probabilities="softmax"``) or the outputs themselves
 (``"outputs"``, for a model that already outputs probabilities; checked to lie in [0, 1]).  With
 ``training_size=N`` both probabilities take the Laplace correction p ← (p·N + 1) / (N + K), K the number of
-classes and N the number of training examples (Robnik-Šikonja & Kononenko 2008; Zintgraf et al. 2017), which keeps the log-odds finite;
-without it a probability of exactly 0 or 1 is an error that says so.  A callable target receives the
-probabilities (N, K) and returns one probability per row (e.g. ``lambda p: p[:, 1]``, or the sum of a group of
-classes): the WE is then that event's evidence, with the same correction (K the model's classes).
+classes and N the number of training examples (Robnik-Šikonja & Kononenko 2008; Zintgraf et al. 2017), which
+keeps the log-odds finite; without it a probability of exactly 0 or 1 is an error that says so.  A callable
+target receives the probabilities (N, K) and returns one probability per row (e.g. ``lambda p: p[:, 1]``, or the
+sum of a group of classes): the WE is then that event's evidence, with the same correction (K the model's classes).
 
 Windows: a box of ``window`` features (a tuple with one size per dim of a sample, or an int for every dim) sliding
 by ``stride`` (an int or a tuple).  In each dim the windows start at 0, stride, 2·stride, …, and one more window
