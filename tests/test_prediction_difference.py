@@ -92,8 +92,10 @@ def test_a_callable_target_reads_the_probabilities():
     so no window gives evidence once corrected (p = 1 everywhere)."""
     options = {"references": REFS, "samples": None}
     by_int = tribute.explain(Logits(), X, "prediction_difference", target=0, **options)
-    by_callable = tribute.explain(Logits(), X, "prediction_difference", target=lambda p: p[:, 0], **options)
+    explainer = tribute.PredictionDifference(Logits(), **options)
+    by_callable = explainer.attribute(X, target=lambda p: p[:, 0])
     torch.testing.assert_close(by_callable, by_int, rtol=0, atol=0)
+    assert explainer.passes.forward_rows == 1 + 2 * 2  # one clean pass, 2 windows × 2 references
     certain = tribute.explain(Logits(), X, "prediction_difference", target=lambda p: p.sum(1), training_size=10,
                               **options)
     torch.testing.assert_close(certain, torch.zeros_like(certain), rtol=0, atol=1e-12)

@@ -213,7 +213,11 @@ class Probabilities:
         return out
 
     def __call__(self, rows: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
-        p = self.target.scores(self.table(rows, sample), sample).to(torch.float64)
+        return self.score(self.table(rows, sample), sample)
+
+    def score(self, table: torch.Tensor, sample: torch.Tensor) -> torch.Tensor:
+        """The target's probability (len(table),) from the class probabilities ``table``."""
+        p = self.target.scores(table, sample).to(torch.float64)
         if self.target.fn is not None and bool((p < 0).any() or (p > 1).any()):
             raise ValueError("a callable target of prediction_difference receives the class probabilities (N, K) and "
                              f"must return a probability per row; it returned values in [{float(p.min()):.4g}, "
@@ -226,7 +230,7 @@ class Probabilities:
         table = torch.cat([self.table(c, s) for c, s in zip(x.split(batch_size), sample.split(batch_size),
                                                              strict=True)])
         self.target.resolve(table)
-        return self(x, sample) if self.target.fn is not None else self.target.scores(table, sample)
+        return self.score(table, sample)
 
 
 def weight_of_evidence(p: torch.Tensor, without: torch.Tensor, classes: int, training_size: int | None) -> torch.Tensor:
