@@ -1,23 +1,29 @@
 """RISE: the saliency of a pixel is the score expected when the pixel is kept by a random smooth mask
 (Petsiuk, Das & Saenko 2018, "RISE: Randomized Input Sampling for Explanation of Black-box Models", §3).
 
-Masks (§3.2): a grid of h × w cells, each kept (1) with probability ``p`` and dropped (0) otherwise, is upsampled
-bilinearly to (h + 1)·C_H × (w + 1)·C_W, where C_H × C_W is the cell size in pixels (``cell``; h = ⌈H / C_H⌉),
-and an H × W window of it is cropped at a shift drawn uniformly from {0, …, C_H − 1} × {0, …, C_W − 1}.  A
-masked image is I ⊙ M + b ⊙ (1 − M) with the baseline b (the paper's is 0, ``baseline="zero"``), the mask shared
-by the channels.  The saliency (Eq 6) is the Monte Carlo estimate over K masks
+Masks (§3, "Mask generation"): a grid of h × w cells, each kept (1) with probability ``p`` and dropped (0)
+otherwise, is upsampled bilinearly to (h + 1)·C_H × (w + 1)·C_W, where C_H × C_W is the cell size in pixels
+(``cell``; h = ⌈H / C_H⌉), and an H × W window of it is cropped at a shift drawn uniformly from
+{0, …, C_H − 1} × {0, …, C_W − 1}.  A masked image is I ⊙ M + b ⊙ (1 − M) with the baseline b (the paper's is 0,
+``baseline="zero"``), the mask shared by the channels.  The saliency (Eq 6) is the Monte Carlo estimate over K
+masks
 
     S(λ) = 1 / (E[M] · K) · Σ_i f(I ⊙ M_i) M_i(λ),
 
 normalised as in the paper by E[M] = p, not by the empirical mean of the masks: bilinear interpolation is a
 convex combination of the cells, so E[M_i(λ)] = p at every pixel exactly (the crop included), and S(λ) is then
-an unbiased mean of i.i.d. terms y_i(λ) = f(I ⊙ M_i) M_i(λ) / p.  Its expectation is E[f(I ⊙ M) | λ kept]
-weighted by how much λ is kept, E[f(I ⊙ M) M(λ)] / p; dividing by the empirical Σ_i M_i(λ) instead would be a
-ratio estimator, biased at finite K and without the simple standard error below.
+an unbiased mean of i.i.d. terms y_i(λ) = f(I ⊙ M_i) M_i(λ) / p.  Its expectation E[f(I ⊙ M) M(λ)] / E[M(λ)]
+is, for binary masks, the paper's E[f(I ⊙ M) | M(λ) = 1] (Eq 4–5); dividing by the empirical Σ_i M_i(λ) instead
+would be a ratio estimator, biased at finite K and without the simple standard error below.  On a linear model
+f(x) = Σ w ⊙ x + c it has a closed form: with a(μ) = Σ_channels w (I − b) at pixel μ and M(λ) = Σ_c φ_c(λ) B_c
+(B_c ∼ Bernoulli(p), Σ_c φ_c = 1), E[M(μ) M(λ)] = p² + p(1 − p) K(μ, λ) with K(μ, λ) = E_shift Σ_c φ_c(μ) φ_c(λ), so
+E[S(λ)] = f(b) + p Σ_μ a(μ) + (1 − p) Σ_μ a(μ) K(μ, λ): a constant plus the contributions a smoothed by the
+masks' kernel (tests/test_rise.py checks it).
 
 **Standard error.**  Being a mean of i.i.d. terms, S(λ) has the standard error sd_i(y_i(λ)) / √K (the sample
 standard deviation over the masks), computed in one streaming pass from sums of y − f(I) and (y − f(I))² in
-float64 (shifted by the clean score, so that nearly constant terms lose no digits; p = 1 gives exactly 0) and
+float64 (shifted by the clean score, so that nearly constant terms lose no digits: with p = 1 every term is the
+clean score and the error is 0, up to how the model rounds one row in batches of different sizes) and
 kept as ``explainer.standard_error`` (same shape as the map).  ``tolerance=`` draws ``masks`` more masks per round
 for every sample whose largest per-pixel standard error is still above it (an absolute bound, in units of the
 score), up to ``max_masks`` masks per sample (then a RuntimeError).
@@ -48,7 +54,7 @@ from ..image_input import INPUT_INDEX_OPTION, ImageMethod, image_of, with_image
 from .base import PerturbationMethod
 from .scoring import clean_scores, score_rows
 
-#: the paper's grid for ImageNet: 7 × 7 cells (§4.1)
+#: the grid of the paper's ImageNet experiments: 7 × 7 cells
 DEFAULT_GRID = 7
 
 
