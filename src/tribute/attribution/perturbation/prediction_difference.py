@@ -287,6 +287,7 @@ class PredictionDifference(PerturbationMethod):
         return s
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+        x = x.detach()  # forward passes only: resampled rows need no graph back to the caller's tensor
         layout = o.call.layout
         xs = (x,) if layout.single else layout.unpack(x)
         refs = self._references(x, o)

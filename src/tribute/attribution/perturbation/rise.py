@@ -142,6 +142,7 @@ class Rise(ImageMethod, PerturbationMethod):
     example_options = {"masks": 8, "seed": 0}
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+        x = x.detach()  # forward passes only: masked rows need no graph back to the caller's tensor
         image = image_of(x, o)
         if image.dim() != 4 or not image.is_floating_point():
             raise ValueError(f"rise masks images (N, C, H, W) of floats; got shape {tuple(image.shape)} and dtype "
@@ -149,7 +150,7 @@ class Rise(ImageMethod, PerturbationMethod):
         if o.tolerance is not None and o.max_masks < o.masks:
             raise ValueError(f"max_masks={o.max_masks} is below masks={o.masks}, the masks of one round")
         shift = clean_scores(o.call.forward, target, x, o.batch_size).to(torch.float64)
-        sampler = MaskSampler(image.detach(), o.cell, o.p, o.seed)
+        sampler = MaskSampler(image, o.cell, o.p, o.seed)
         baseline = make_baseline(o.baseline, image, o.baseline_options, o.seed)
         n = x.shape[0]
         sums = torch.zeros(n, 2, *image.shape[-2:], dtype=torch.float64, device=x.device)
