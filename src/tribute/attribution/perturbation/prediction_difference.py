@@ -31,6 +31,13 @@ Kononenko's one feature at a time); the default stride is 1 (every position, as 
 With several inputs each input has its own windows (``window`` and ``stride`` then take one entry per input) and
 its own references (a tuple); token ids are resampled from reference sequences like any other values.
 
+**Standard error.**  With ``samples=`` an int the result estimates the one every reference once would give
+(``samples=None``, exact over the reference set), and ``explainer.standard_error`` (the attribution's structure)
+says how precisely: each window's WE is a smooth function of the mean of its S draws, so to first order (the delta
+method) Var(WE_w) = L'(q̄)² · s²/S (L = log₂ odds, q̄ the mean probability, Laplace-corrected, s² the draws'
+sample variance); the windows draw independently, so a feature's average over the n windows containing it has
+variance Σ_w Var(WE_w) / n².  It ignores the O(1/S) bias of the log-odds of a mean.  ``samples=None``: None (exact).
+
 Not implemented: Zintgraf et al.'s *conditional* sampling (a window drawn from a Gaussian conditioned on the pixels
 around it, fitted on the data) — ``sampling="conditional"`` is refused with that reason.
 
@@ -128,8 +135,10 @@ class SlidingWindows:
             out.append(box.reshape(len(w), -1))
         return torch.cat(out, 1)
 
-    def spread(self, values: torch.Tensor) -> torch.Tensor:
-        """(N, D): each feature's average of the per-window ``values`` (N, W) over the windows containing it."""
+    def spread(self, values: torch.Tensor, *, power: int = 1) -> torch.Tensor:
+        """(N, D): each feature's sum of the per-window ``values`` (N, W) over the windows containing it, divided by
+        their count (their average) or, with ``power=2``, by its square (the variance of that average when
+        ``values`` are the windows' independent variances)."""
         out = []
         for part in self.parts:
             v = values[:, part.first:part.first + part.count].reshape(-1, *part.grid)
@@ -138,7 +147,7 @@ class SlidingWindows:
                 m = m.to(values.device, values.dtype)
                 v = torch.tensordot(v, m, dims=([1], [0]))
                 counts = counts.unsqueeze(-1) * m.sum(0).to(counts.device)
-            out.append((v / counts.to(v.device)).reshape(values.shape[0], -1))
+            out.append((v / counts.to(v.device) ** power).reshape(values.shape[0], -1))
         return torch.cat(out, 1)
 
 
@@ -302,9 +311,13 @@ class PredictionDifference(PerturbationMethod):
         probs = Probabilities(o.call.forward, target, o.probabilities)
         p = probs.clean(x, o.batch_size)
         picks = _Picks(xs, refs.shape[0], windows, o.samples, o.seed)
-        without, same = _resampled(x, refs, windows, picks, probs, o)
+        draws, same = _resampled(x, refs, windows, picks, probs, o)
+        without = draws.mean(2)
         we = weight_of_evidence(p.to(without.device), without, probs.classes, o.training_size)
         we = torch.where(same.to(we.device), 0.0, we)
+        variance = None if picks.table is None else _variance(draws, same, probs.classes, o.training_size)
+        self._report(o, "standard_error", None if variance is None else
+                     windows.spread(variance, power=2).sqrt().view(x.shape))
         return windows.spread(we).view(x.shape)
 
     def _references(self, x: torch.Tensor, o: SimpleNamespace) -> torch.Tensor:
@@ -346,7 +359,7 @@ class _Picks:
 
 def _resampled(x: torch.Tensor, refs: torch.Tensor, windows: SlidingWindows, picks: _Picks, probs: Probabilities,
                o: SimpleNamespace) -> tuple[torch.Tensor, torch.Tensor]:
-    """p(c | x \\ w) averaged over the draws (N, W), and whether every draw left sample and window unchanged (N, W);
+    """p(c | x \\ w) of every draw (N, W, draws), and whether every draw left sample and window unchanged (N, W);
     the rows are built chunk by chunk, sample-major."""
     n, s = x.shape[0], picks.draws
     k = windows.count * s
@@ -361,4 +374,16 @@ def _resampled(x: torch.Tensor, refs: torch.Tensor, windows: SlidingWindows, pic
         rows = torch.where(mask, flat_refs[picks(sample, window, draw).to(x.device)], own)
         same[chunk.start:chunk.stop] = (rows == own).all(1)
         scores[chunk.start:chunk.stop] = probs(rows.view(len(r), *x.shape[1:]), sample)
-    return scores.view(n, windows.count, s).mean(2), same.view(n, windows.count, s).all(2)
+    return scores.view(n, windows.count, s), same.view(n, windows.count, s).all(2)
+
+
+def _variance(draws: torch.Tensor, same: torch.Tensor, classes: int, training_size: int | None) -> torch.Tensor:
+    """Var(WE_w) (N, W) to first order (the delta method): WE_w = L(p) − L(q̄), L = log₂ odds, q̄ the mean of the
+    window's S draws (Laplace-corrected), so Var ≈ L'(q̄)² · (dq̄/dp̄)² · s² / S with s² their sample variance."""
+    s = draws.shape[2]
+    spread = draws.var(2) / s if s > 1 else torch.full_like(draws[..., 0], torch.inf)  # one draw: unknown spread
+    q, slope = draws.mean(2), 1.0
+    if training_size is not None:
+        q, slope = (q * training_size + 1) / (training_size + classes), training_size / (training_size + classes)
+    derivative = slope / (q * (1 - q) * math.log(2))
+    return torch.where(same.to(q.device), 0.0, derivative ** 2 * spread)
