@@ -187,6 +187,17 @@ def _per_input(name: str, value: Any, count: int) -> tuple:
     return value
 
 
+def _windows(window: Any, stride: Any, shapes: tuple[tuple[int, ...], ...], floating: bool) -> SlidingWindows:
+    """The call's windows from the options ``window`` and ``stride`` (None: the defaults of the module doc)."""
+    sizes, steps = _per_input("window", window, len(shapes)), _per_input("stride", stride, len(shapes))
+    return SlidingWindows(
+        shapes,
+        tuple(_default_window(s, floating) if w is None else _sizes("window", w, s, k)
+              for k, (w, s) in enumerate(zip(sizes, shapes, strict=True))),
+        tuple(_sizes("stride", 1 if t is None else t, s, k)
+              for k, (t, s) in enumerate(zip(steps, shapes, strict=True))))
+
+
 def _sizes(name: str, entry: Any, shape: tuple[int, ...], k: int) -> tuple[int, ...]:
     if isinstance(entry, int):
         return (entry,) * len(shape)
@@ -274,6 +285,8 @@ class PredictionDifference(PerturbationMethod):
     training_size : N of the Laplace correction p <- (p·N + 1) / (N + K) (default None: no correction).
     sampling : ``"marginal"`` (conditional sampling is not implemented).
     seed : seed of the per-sample streams that draw the references.
+
+    With ``samples`` an int, ``explainer.standard_error`` is each feature's standard error (module doc).
     """
 
     options = {
@@ -300,14 +313,7 @@ class PredictionDifference(PerturbationMethod):
         layout = o.call.layout
         xs = (x,) if layout.single else layout.unpack(x)
         refs = self._references(x, o)
-        windows = SlidingWindows(
-            layout.shapes,
-            tuple(_default_window(s, x.is_floating_point()) if w is None else _sizes("window", w, s, k)
-                  for k, (w, s) in enumerate(zip(_per_input("window", o.window, layout.count), layout.shapes,
-                                                 strict=True))),
-            tuple(_sizes("stride", 1 if t is None else t, s, k)
-                  for k, (t, s) in enumerate(zip(_per_input("stride", o.stride, layout.count), layout.shapes,
-                                                 strict=True))))
+        windows = _windows(o.window, o.stride, layout.shapes, x.is_floating_point())
         probs = Probabilities(o.call.forward, target, o.probabilities)
         p = probs.clean(x, o.batch_size)
         picks = _Picks(xs, refs.shape[0], windows, o.samples, o.seed)
