@@ -89,8 +89,9 @@ def _options(method: str, net: nn.Module, *, image_only: bool = False, table=Non
         o["layer"] = net.relu2
     if "input_index" in schema and not image_only:
         o["input_index"] = 0
-    if "baselines" in schema:
-        o["baselines"] = REFS[0] if image_only else REFS
+    for name in ("baselines", "references"):  # expected gradients, prediction difference
+        if name in schema:
+            o[name] = REFS[0] if image_only else REFS
     if table is not None and "baseline" in schema and schema["baseline"].per_input == "baseline" and not image_only:
         o["baseline"] = ("zero", table)
     return o

@@ -59,6 +59,8 @@ def test_result_has_the_inputs_shape_dtype_and_device(dtype, images):
         kw = dict(tribute.get_method(method).example_options)
         if method == "expected_gradients":
             kw["baselines"] = images[:2].to(dtype)
+        if method == "prediction_difference":
+            kw["references"] = images[:2].to(dtype)
         a = tribute.explain(net, images.to(dtype), method, target=0, **kw)
         assert a.shape == images.shape and a.dtype == dtype and a.device == images.device, method
 

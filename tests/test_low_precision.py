@@ -24,7 +24,10 @@ from tribute.core.randomness import SampleStreams
 
 METHODS = [m for m in tribute.methods() if m != "cam"]  # cam needs a GAP + linear head (tests/test_cam.py)
 SEEDED = {"smoothgrad", "smoothgrad_squared", "vargrad", "expected_gradients", "layer_expected_gradients",
-          "kernel_shap", "shapley_sampling", "lime"}  # their coalitions too are drawn from streams keyed on the bytes
+          "kernel_shap", "shapley_sampling", "lime",
+          # their draws (coalitions, RISE's masks, prediction difference's references) are keyed by the sample's bytes
+          # too, so a bfloat16 sample draws differently from its float64 original
+          "rise", "prediction_difference"}
 
 
 def numpy_seed(row: torch.Tensor, seed: int) -> int:

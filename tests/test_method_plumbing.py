@@ -48,11 +48,13 @@ NORMALIZE = tribute.Normalize([0.4, 0.5, 0.6], [0.2, 0.25, 0.3])
 
 
 def example(method: str, x: torch.Tensor) -> dict:
-    """The method's cheap example options, with the reference inputs that expected gradients needs."""
+    """The method's cheap example options, with the reference inputs that expected gradients and prediction
+    difference need."""
     cls = tribute.get_method(method)
     o = dict(cls.example_options)
-    if "baselines" in cls.schema():
-        o["baselines"] = inputs(5, seed=9)
+    for name in ("baselines", "references"):
+        if name in cls.schema():
+            o[name] = inputs(5, seed=9)
     return o
 
 
@@ -267,7 +269,7 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "segments": [({}, {"segments": "grid"}), ({}, {"segments": "features"})],
     "segment_options": [({"segments": "grid"}, {"segment_options": {"cell": 3}})],
     # the mask games (meaningful and extremal perturbation): their optimisation's settings
-    "cell": [({}, {"cell": 3})],
+    "cell": [({}, {"cell": 3}), ({}, {"cell": 2})],  # mask games; RISE
     "lr": [({}, {"lr": 0.05})],
     "l1_weight": [({}, {"l1_weight": 0.1})],
     "tv_weight": [({}, {"tv_weight": 0.5})],
@@ -282,6 +284,17 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "temperature": [({}, {"temperature": 0.5})],
     "levels": [({}, {"levels": 2})],
     "flip": [({}, {"flip": True})],
+    # RISE: more masks, cells kept more often, coarser cells; prediction difference: other references, a smaller
+    # window, a longer stride, the Laplace correction; logits read as probabilities and conditional sampling are
+    # refused, naming the option
+    "masks": [({}, {"masks": 16})],
+    "p": [({}, {"p": 0.8})],
+    "references": [({}, {"references": inputs(5, seed=10)})],
+    "window": [({}, {"window": (3, 2, 2)})],
+    "stride": [({}, {"stride": 2})],
+    "training_size": [({}, {"training_size": 100})],
+    "probabilities": [({}, {"probabilities": "outputs"})],
+    "sampling": [({}, {"sampling": "conditional"})],
 }
 
 #: options that by design leave the values as they are, why, and what is asserted instead
@@ -295,6 +308,8 @@ NO_OPS: dict[str, tuple[str, dict]] = {
                   {"tolerance": 1e-2, "max_steps": 10_000}),
     "max_samples": ("bounds tolerance='s sampling: the same values, or an error past it",
                     {"tolerance": 1e-2, "max_samples": 50_000}),
+    "max_masks": ("bounds RISE's rounds of masks under tolerance=: the same values, or an error past it",
+                  {"tolerance": 1e-2, "max_masks": 90_000}),
     # its effect, where f(0) ≠ 0, is tested in tests/test_lrp_elementwise.py
     "unbounded": ("lets lrp_epsilon compute its ratio at nonlinearities with f(0) ≠ 0, refused otherwise: this net "
                   "has ReLUs only, so the same values", {"unbounded": True}),
