@@ -5,7 +5,8 @@ recorded in a form that changes whenever the computation would:
 
 - numbers, strings, booleans and None as they are; tuples and lists as lists; dicts with their keys as strings;
 - a tensor as its dtype, shape and the SHA-256 of its bytes (:func:`tribute.checkpoint.digest`);
-- a module (the model, or a module passed as an option) as its class and the digest of its state dict;
+- a module (the model, or a module passed as an option) as its class's qualified name (without its Python
+  module: a script's class is ``__main__``'s) and the digest of its state dict;
 - a function as its qualified name and the SHA-256 of its code (bytecode, constants, names) and of the values
   it closes over and its defaults;
 - another object (e.g. :class:`tribute.Normalize`) as its class and the summary of its attributes.
@@ -88,7 +89,7 @@ def _function(f: Any, name: str, depth: int) -> dict[str, Any]:
     parts = {"code": _code(f.__code__), "defaults": summarise(f.__defaults__, name, depth + 1),
              "kwdefaults": summarise(f.__kwdefaults__, name, depth + 1),
              "closure": summarise(closure, f"{name} (closure)", depth + 1), "self": bound}
-    return {"function": f"{f.__module__}.{f.__qualname__}", "sha256": json_sha256(parts)}
+    return {"function": f.__qualname__, "sha256": json_sha256(parts)}
 
 
 def _code(code: types.CodeType) -> list:
@@ -97,4 +98,5 @@ def _code(code: types.CodeType) -> list:
 
 
 def _qualname(cls: type) -> str:
-    return f"{cls.__module__}.{cls.__qualname__}"
+    # without the module: a class defined in a script is __main__'s when it runs and the script's when imported
+    return cls.__qualname__

@@ -21,6 +21,9 @@ from ..checkpoint import digest
 
 FORMAT = "tribute-attribution-store"
 TENSORS = ("attributions", "targets", "indices")
+#: the safetensors names of the dtypes a shard holds
+_CODES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16",
+          torch.int64: "I64"}
 
 
 class CorruptShardError(ValueError):
@@ -40,12 +43,29 @@ class Shard:
 
 
 def encode(shard: Shard, run: str) -> bytes:
-    """The safetensors bytes of ``shard`` for the run whose identity digest is ``run``."""
-    st = require("safetensors.torch", "store", "attribution stores")
+    """The safetensors bytes of ``shard`` for the run whose identity digest is ``run``.
+
+    The file is laid out here rather than by ``safetensors.torch.save``, whose header lists the metadata in an
+    order that changes from call to call: the same shard must be the same bytes (its SHA-256 is in the manifest,
+    and two processes must write the store one process writes).  The layout is the safetensors format (an 8-byte
+    little-endian header length, the JSON header padded with spaces to a multiple of 8, the tensors' bytes), here
+    with sorted keys and the tensors in a fixed order, and the library reads it back."""
     tensors = {name: getattr(shard, name).detach().to("cpu").contiguous() for name in TENSORS}
     meta = {"format": FORMAT, "run": run, "shard": str(shard.index), "start": str(shard.start),
             "stop": str(shard.stop), "content_sha256": digest(tensors)}
-    return st.save(tensors, metadata=meta)
+    header: dict = {"__metadata__": meta}
+    offset, blobs = 0, []
+    for name in ("indices", "targets", "attributions"):  # the 8-byte integers first: every offset stays aligned
+        t = tensors[name]
+        if t.dtype not in _CODES:
+            raise TypeError(f"a store holds {', '.join(map(str, _CODES))}; the {name} are {t.dtype}")
+        blob = t.reshape(-1).view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": _CODES[t.dtype], "shape": list(t.shape), "data_offsets": [offset, offset + len(blob)]}
+        offset += len(blob)
+        blobs.append(blob)
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return b"".join([struct.pack("<Q", len(text)), text, *blobs])
 
 
 def decode(data: bytes, name: str, *, run: str | None = None, index: int | None = None,
