@@ -75,13 +75,18 @@ def compute_store(path: str | os.PathLike, model, data, method, target=None, *, 
     """
     started, clock = datetime.now(timezone.utc), time.perf_counter()
     group = Group(distributed)
-    job = Job(model, data, method, target, chunk_size=chunk_size, batch_size=batch_size, dtype=dtype, seed=seed,
-              options=options)
-    identity = job.identity()
-    path = os.fspath(path)
-    if len(set(group.on_each(lambda: json_sha256(identity)))) > 1:
+    made: dict[str, Any] = {}
+
+    def make() -> str:  # on every rank, so that bad arguments on one rank stop all of them
+        made["job"] = Job(model, data, method, target, chunk_size=chunk_size, batch_size=batch_size, dtype=dtype,
+                          seed=seed, options=options)
+        made["identity"] = made["job"].identity()
+        return json_sha256(made["identity"])
+
+    if len(set(group.on_each(make))) > 1:
         raise mf.StoreError("the processes of the run disagree on the computation (their models, data or options "
                             "differ): every rank must pass the same arguments")
+    job, identity, path = made["job"], made["identity"], os.fspath(path)
     manifest = group.on_rank0(lambda: _prepare(path, identity, overwrite, job))
     results = group.on_each(lambda: _work(path, job, manifest, group, progress))
     group.on_rank0(lambda: _finish(path, manifest, results, started, time.perf_counter() - clock, group.world))
