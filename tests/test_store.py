@@ -159,6 +159,12 @@ def test_the_manifest_records_the_computation(tmp_path):
     assert not [p for p in (tmp_path / "s").rglob("*.tmp")]
 
 
+def test_progress_reports_over_shards(tmp_path, capsys):
+    run(str(tmp_path / "s"), progress="storing")
+    err = capsys.readouterr().err
+    assert "storing" in err and f"{SAMPLES // CHUNK}/{SAMPLES // CHUNK}" in err
+
+
 # -- corruption ------------------------------------------------------------------------------------------------
 def _flip(file: Path, offset_from_end: int = 5) -> None:
     data = bytearray(file.read_bytes())

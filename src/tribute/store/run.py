@@ -176,6 +176,11 @@ def _finish(path: str, manifest: dict[str, Any], results: list[dict[str, Any]], 
             seconds: float, world: int) -> None:
     """Record every shard's digest, write the run log, then the manifest (last), marked complete."""
     records = sorted((dict(r, rank=res["rank"]) for res in results for r in res["shards"]), key=lambda r: r["shard"])
+    unseen = [(r["rank"], e["file"]) for e, r in zip(manifest["shards"], records, strict=True)
+              if not os.path.exists(os.path.join(path, e["file"]))]
+    if unseen:
+        raise mf.StoreError(f"rank 0 does not see the shards other ranks wrote (rank {unseen[0][0]}: "
+                            f"{unseen[0][1]}): the store directory must be one directory shared by every process")
     kinds = {json_sha256(r["attributions"]) for r in records}
     if len(kinds) != 1:
         raise mf.StoreError(f"the shards of {path} disagree on the attributions' shape or dtype: "
