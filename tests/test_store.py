@@ -388,3 +388,30 @@ def test_two_processes_under_torchrun_write_the_store_of_one(tmp_path):
     log = ts.open_store(path).run_log["runs"][-1]
     assert log["world_size"] == 2 and [p["rank"] for p in log["processes"]] == [0, 1]
     assert [s["rank"] for s in log["shards"]] == [i % 2 for i in range(SAMPLES // CHUNK)]
+
+
+# -- what identifies a computation -----------------------------------------------------------------------------
+def test_options_are_summarised_so_that_any_change_shows():
+    from tribute.store.identity import summarise
+
+    def scale(k):
+        return lambda x: x * k
+
+    assert summarise(scale(2)) != summarise(scale(3))  # the closure's value
+    assert summarise(lambda x: x * 2) != summarise(lambda x: x + 2)  # the code
+    assert summarise(scale(2)) == summarise(scale(2))
+    assert summarise(tribute.Normalize([0.5], [0.2])) != summarise(tribute.Normalize([0.5], [0.3]))
+    t = torch.arange(4.0)
+    assert summarise(t)["shape"] == [4] and summarise(t) != summarise(t + 1) and summarise(t) == summarise(t.clone())
+    assert summarise((1, "a", None, 2.5, float("inf"))) == [1, "a", None, 2.5, "inf"]
+    with pytest.raises(ts.UnrecordableOptionError, match="options.*cannot be recorded"):
+        summarise(iter([]), "options")
+
+
+def test_an_input_transform_is_part_of_the_identity(tmp_path):
+    model, x, _ = build()
+    ts.compute_store(tmp_path, model, x, "gradient", chunk_size=10, input_transform=tribute.Normalize([0.5] * 3,
+                                                                                                     [0.2] * 3))
+    with pytest.raises(ts.StoreMismatchError, match="method.options.input_transform"):
+        ts.compute_store(tmp_path, model, x, "gradient", chunk_size=10,
+                         input_transform=tribute.Normalize([0.5] * 3, [0.25] * 3))

@@ -28,7 +28,8 @@ Every file is written to a temporary file in its folder and moved into place wit
 (:mod:`tribute.store.files`), so a run killed at any moment leaves no partial file.  Running the same
 :func:`compute_store` again resumes: finished shards that check are kept, missing or damaged ones are computed;
 a directory written for another method, options, model, data, settings, format or version is refused, naming the
-differences.  Under ``torch.distributed`` (``torchrun``) the processes share the shards and write the same store
+differences.  A directory belongs to one run at a time (two runs started on it together are not detected).
+Under ``torch.distributed`` (``torchrun``) the processes share the shards and write the same store
 as one process (:mod:`tribute.store.distributed`).
 """
 

@@ -105,8 +105,9 @@ def _prepare(path: str, identity: dict[str, Any], overwrite: bool, job: Job) -> 
         os.makedirs(shards, exist_ok=True)
         return old
     entries = set(os.listdir(path)) - ({mf.SHARDS} if _empty(shards) else set())
-    if entries - {mf.MANIFEST, mf.SHARDS, runlog.RUN_LOG}:
-        raise mf.StoreError(f"{path} holds files that are not a store's ({', '.join(sorted(entries)[:5])}): give a "
+    foreign = entries - {mf.MANIFEST, mf.SHARDS, runlog.RUN_LOG}
+    if foreign:
+        raise mf.StoreError(f"{path} holds files that are not a store's ({', '.join(sorted(foreign)[:5])}): give a "
                             "new or empty directory")
     if entries and not overwrite:
         raise mf.StoreError(f"{path} holds the remains of a store without its manifest: pass overwrite=True to "
