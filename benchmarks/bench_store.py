@@ -66,10 +66,9 @@ def worker(args) -> None:
 
 
 def two_processes(args, path: str) -> dict:
-    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    cmd = [torchrun, "--standalone", "--nproc-per-node", "2", os.path.abspath(__file__), "--worker", path,
-           "--method", args.method, "--images", str(args.images), "--chunk", str(args.chunk), "--batch",
-           str(args.batch)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+           os.path.abspath(__file__), "--worker", path, "--method", args.method, "--images", str(args.images),
+           "--chunk", str(args.chunk), "--batch", str(args.batch)]
     t0 = time.perf_counter()
     env = dict(os.environ, OMP_NUM_THREADS="1", BENCH_LAUNCH=repr(time.time()))
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
