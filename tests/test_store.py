@@ -53,6 +53,22 @@ def test_the_store_holds_the_methods_attributions_for_the_predicted_class(tmp_pa
         assert torch.equal(shard.indices, torch.arange(shard.start, shard.stop))
 
 
+@pytest.mark.parametrize("method, options", [
+    ("gradcam", {}),                                                  # a map per image, (1, H, W)
+    ("layer_integrated_gradients", {"layer": "conv", "steps": 4}),    # the layer's shape
+    ("expected_gradients", {"samples": 4, "seed": 2}),                # references and α drawn per sample
+    ("feature_ablation", {}),
+])
+def test_any_method_and_result_shape_round_trips(tmp_path, method, options):
+    model, x, _ = build()
+    if method == "expected_gradients":
+        options = {**options, "baselines": torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(3))}
+    store = ts.compute_store(tmp_path / "s", model, x, method, chunk_size=7, **options)
+    direct = tribute.explain(model, x, method, **options)
+    assert store.shape == direct.shape[1:]
+    torch.testing.assert_close(store.attributions(), direct, rtol=1e-5, atol=1e-7)
+
+
 def test_targets_int_tensor_and_label_are_the_classes_explained(tmp_path):
     model, x, labels = build()
     explainer = tribute.IntegratedGradients(model, steps=4)
