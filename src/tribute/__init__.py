@@ -4,7 +4,7 @@
 >>> attributions = tribute.explain(model, images, "integrated_gradients", target=3)  # doctest: +SKIP
 """
 
-from . import attribution, metrics, robust, training
+from . import attribution, metrics, robust, store, training
 from .attribution import *  # noqa: F403  (every method class; attribution.__all__ names them)
 from .core import (
     Coverage,
@@ -35,5 +35,5 @@ __all__ = [
     "Normalize", "PassCount", "constant", "count_passes", "explain", "get_method", "known_nonlinearities", "methods",
     "reduce",
     "register_composite", "register_nonlinearity", "attacks", "composites", "evaluate", "metrics", "robust",
-    "training",
+    "store", "training",
 ]
