@@ -260,6 +260,10 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "feature_mask": [({}, {"feature_mask": (torch.arange(6) >= 3).long().view(1, 1, 1, 6)})],
     "segments": [({}, {"segments": "grid"})],
     "segment_options": [({"segments": "grid"}, {"segment_options": {"cell": 3}})],
+    # occlusion: a wider window, a longer step, Captum's cut last window instead of one flush with the edge
+    "window": [({}, {"window": (3,)})],
+    "stride": [({}, {"stride": 2})],
+    "border": [({"window": (4,), "stride": 3}, {"border": "truncate"})],
 }
 
 #: options that by design leave the values as they are, why, and what is asserted instead
