@@ -295,5 +295,10 @@ def test_several_inputs_need_matching_entries():
     img, tab = images(2), torch.rand(2, 5, dtype=DT)
     with pytest.raises(ValueError, match=r"stride has 3 entries but the model takes 2 inputs"):
         tribute.explain(net, (img, tab), "occlusion", target=0, window=((2, 2), (2,)), stride=(1, 1, 1))
+    # strides per input beside one shared window: each input steps by its own
+    shared = tribute.explain(net, (img, tab), "occlusion", target=0, window=(2,), stride=((2,), (1,)))
+    per_input = tribute.explain(net, (img, tab), "occlusion", target=0, window=((2,), (2,)), stride=(2, 1))
+    for a, b in zip(shared, per_input, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
     with pytest.raises(ValueError, match=r"window \(input 1\)=\(6,\) is larger than the input"):
         tribute.explain(net, (img, tab), "occlusion", target=0, window=((2, 2), (6,)))

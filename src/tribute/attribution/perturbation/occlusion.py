@@ -21,8 +21,9 @@ images, gives 15 × 15 = 225 windows either way).
 
 Several inputs: ``window`` is one box for every input (over the last dims of each) or a tuple with one box per
 input, e.g. ``window=((3, 4, 4), (2,))`` for an image and a table; ``stride`` is then an int or one entry per
-input.  Each window covers features of its own input only, the other inputs held as they are.  Token ids (N, T):
-a window over T, the removed tokens set to ``baseline`` (a token id, e.g. the pad or mask token).
+input (a stride whose entries are tuples is per input whatever the window).  Each window covers features of its
+own input only, the other inputs held as they are.  Token ids (N, T): a window over T, the removed tokens set to
+``baseline`` (a token id, e.g. the pad or mask token).
 
 The windows are built chunk by chunk from their indices; every window of every sample goes through the model in
 chunks of ``batch_size`` rows: 1 + (number of windows) forward passes per sample.
@@ -147,7 +148,8 @@ def windows_per_input(shapes: tuple[tuple[int, ...], ...], window: Any, stride: 
     if nested and len(window) != count:
         raise ValueError(f"window has {len(window)} entries (one per input) but the model takes {count} inputs")
     windows = window if nested else (window,) * count
-    if nested and isinstance(stride, tuple):
+    # per input: a stride whose entries are tuples, or any tuple of strides beside windows given per input
+    if isinstance(stride, tuple) and (nested or any(isinstance(e, tuple) for e in stride)):
         if len(stride) != count:
             raise ValueError(f"stride has {len(stride)} entries but the model takes {count} inputs (with window "
                              "given per input, stride is an int or one entry per input)")
