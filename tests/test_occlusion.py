@@ -155,6 +155,16 @@ def test_a_batch_equals_its_samples_alone_and_batch_size_changes_nothing():
                                    rtol=1e-12, atol=1e-14)
 
 
+def test_an_input_transform_equals_the_model_wrapped_by_hand():
+    """Windows are removed in pixel space, before the transform: the same as a model that normalises itself."""
+    model, x = cnn(), images()
+    mean, std = torch.tensor([0.4, 0.5, 0.6], dtype=DT), torch.tensor([0.2, 0.25, 0.3], dtype=DT)
+    wrapped = lambda t: model((t - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1))  # noqa: E731
+    kw = {"target": 1, "window": (2, 2), "stride": 2, "baseline": "blur"}
+    got = tribute.explain(model, x, "occlusion", input_transform=tribute.Normalize(mean.tolist(), std.tolist()), **kw)
+    torch.testing.assert_close(got, tribute.explain(wrapped, x, "occlusion", **kw), rtol=1e-12, atol=1e-14)
+
+
 class Recorder(nn.Module):
     """The model, recording how many rows each pass holds."""
 
