@@ -22,7 +22,8 @@ samples.  An entry whose method is not registered is skipped; one whose call fai
 Run from the repository root::
 
     python benchmarks/bench_perturbation.py --quick    # batch 1 and 4, one round (several minutes)
-    python benchmarks/bench_perturbation.py            # batch 1 and 32, three rounds (about an hour, 1 thread)
+    python benchmarks/bench_perturbation.py            # batch 1 and 32, three rounds (about an hour)
+    python benchmarks/bench_perturbation.py --threads 1  # one torch thread
 """
 
 from __future__ import annotations
@@ -149,10 +150,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="batch 1 and 4, fewer samples, one round")
     ap.add_argument("--repeats", type=int, help="timed rounds after the first (default 3, quick 1)")
-    ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    ap.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's, all cores)")
     ap.add_argument("--methods", help="comma-separated subset of " + ", ".join(METHODS))
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     repeats = args.repeats or (1 if args.quick else 3)
     batches = (1, 4) if args.quick else (1, 32)
