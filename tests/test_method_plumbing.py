@@ -290,11 +290,13 @@ TRIES: dict[str, list[tuple[dict, dict]]] = {
     "masks": [({}, {"masks": 16})],
     "p": [({}, {"p": 0.8})],
     "references": [({}, {"references": inputs(5, seed=10)})],
-    "window": [({}, {"window": (3, 2, 2)})],
+    "window": [({}, {"window": (3, 2, 2)}), ({}, {"window": (3,)})],  # also occlusion
     "stride": [({}, {"stride": 2})],
     "training_size": [({}, {"training_size": 100})],
     "probabilities": [({}, {"probabilities": "outputs"})],
     "sampling": [({}, {"sampling": "conditional"})],
+    # occlusion: Captum's cut last window instead of one flush with the edge
+    "border": [({"window": (4,), "stride": 3}, {"border": "truncate"})],
 }
 
 #: options that by design leave the values as they are, why, and what is asserted instead

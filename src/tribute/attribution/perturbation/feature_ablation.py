@@ -26,11 +26,12 @@ class FeatureAblation(GroupPerturbation):
         groups = self._groups(x, o)
         full = clean_scores(o.call.forward, target, x, o.batch_size)
         m = groups.size
-        eye = ~torch.eye(m, dtype=torch.bool)
         baseline = self._baseline(x, o)
 
         def make_rows(sample, draw):
-            return groups.rows(x, baseline, eye[draw], sample)
+            # the chunk's coalitions only (all but group draw[r]): an M × M table would not fit for M = 150,528
+            # features of an ImageNet image, each alone
+            return groups.rows(x, baseline, torch.arange(m)[None, :] != draw[:, None], sample)
 
         dropped = perturbed_scores(o.call.forward, target, x.shape[0], m, make_rows, batch_size=o.batch_size,
                                    progress=o.progress)
