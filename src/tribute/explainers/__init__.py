@@ -9,5 +9,8 @@
 
 from .aligned import AlignedExplainer
 from .head import PAPER_WIDTHS, ExplainerHead, default_widths, plan_axis
+from .method import AlignedMap
+from .target import alignment_loss, alignment_map, targets_from_method, targets_from_store
 
-__all__ = ["PAPER_WIDTHS", "AlignedExplainer", "ExplainerHead", "default_widths", "plan_axis"]
+__all__ = ["PAPER_WIDTHS", "AlignedExplainer", "AlignedMap", "ExplainerHead", "alignment_loss", "alignment_map",
+           "default_widths", "plan_axis", "targets_from_method", "targets_from_store"]
