@@ -30,9 +30,9 @@ from .head import ExplainerHead
 
 
 @contextlib.contextmanager
-def _eval_mode(module: nn.Module) -> Iterator[None]:
-    """``module`` in eval mode inside the block, its modes restored after (the probe pass must not update
-    batch-norm statistics)."""
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """``module`` in eval mode inside the block, every submodule's mode restored after (a probe pass, or training the
+    head on a frozen classifier, must not update its batch-norm statistics)."""
     modes = [(m, m.training) for m in module.modules()]
     module.eval()
     try:
@@ -71,7 +71,7 @@ class AlignedExplainer(nn.Module):
         self.input_shape = shape
         probe = torch.zeros(1, *shape, dtype=model_dtype(classifier) or torch.float32,
                             device=next((p.device for p in classifier.parameters()), None))
-        with _eval_mode(classifier), torch.no_grad():
+        with eval_mode(classifier), torch.no_grad():
             site = find_default_layer(Forward(classifier), probe) if layer is None else resolve_layer(classifier, layer)
             h = self._capture(site, probe)[1]
         self.site: Site = site
