@@ -8,8 +8,10 @@ Targets.  The head has one map per image, trained on the label's SmoothGrad map 
 it explains the class the classifier predicts.  ``target=None`` is that class; a target equal to the prediction
 (an int or a tensor, e.g. the one :func:`tribute.evaluate` fixes from the prediction) is accepted; a target that
 differs from the prediction for any sample is an error naming those samples, since the map would be the
-prediction's map under another class's name; a callable target is refused (it names no class).  A head with one
-map per class (K output maps) is not built.
+prediction's map under another class's name; a callable target is refused (it names no class).  A check that fixes
+one class across several models (the parameter randomisation test: the trained model's prediction, explained on
+its randomised copies) passes ``accept_any_target=True``: any class target is then accepted and gets the head's one
+map, said so by the option's name.  A head with one map per class (K output maps) is not built.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from types import SimpleNamespace
 
 import torch
 
+from ..core import options as opt
 from ..core.method import Method
 from ..core.registry import register
 from ..core.targets import Target
@@ -33,6 +36,11 @@ class AlignedMap(Method):
     """The aligned explainer's own map E(h) (Zeng et al. 2021): one forward pass, no backward (module doc)."""
 
     returns = "map"
+    options = {
+        "accept_any_target": opt.Option(False, opt.boolean,
+                                        "accept a class target other than the prediction and return the head's one "
+                                        "map for it (checks that fix a class across models); default: an error"),
+    }
     #: the model this method explains: the contract tests that run every method on plain models skip it
     requires_model = AlignedExplainer
 
@@ -68,10 +76,10 @@ class AlignedMap(Method):
         predicted = torch.cat(logits).detach().argmax(1).cpu()
         target.resolve(torch.cat(logits))
         wrong = (target.index != predicted).nonzero().flatten().tolist()
-        if wrong:
+        if wrong and not o.accept_any_target:
             raise ValueError(
                 f"'aligned' gives the map of the class the model predicts; the target differs from the prediction "
                 f"for samples {wrong[:10]}{'…' if len(wrong) > 10 else ''} (targets {target.index[wrong[:5]].tolist()},"
                 f" predicted {predicted[wrong[:5]].tolist()}): pass target=None, or explain other classes with a "
-                "post-hoc method (e.g. 'gradcam')")
+                "post-hoc method (e.g. 'gradcam'); accept_any_target=True takes the head's one map for any class")
         return torch.cat(maps)
