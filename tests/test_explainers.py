@@ -15,7 +15,6 @@ from torch import nn
 
 import tribute
 from tribute.explainers import PAPER_WIDTHS, AlignedExplainer, ExplainerHead, default_widths, plan_axis
-from tribute.explainers.aligned import eval_mode
 
 
 class Net(nn.Module):

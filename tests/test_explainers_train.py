@@ -232,7 +232,7 @@ def test_the_l2_term_s_gradient_has_norm_lambda_whatever_the_target_s_scale():
     for name, (value, on_head, on_trunk) in rows.items():
         print(f"{name:18s} value {value:.4f}, gradient norm on the head {on_head:.3e}, on the trunk {on_trunk:.3e}")
     standard = tribute.explain(trained("standard"), xb, "smoothgrad", target=yb, **SG).abs().sum(1)
-    print(f"raw |SmoothGrad| per pixel: robust twin {float(raw.mean()):.3f}, standard model {float(standard.mean()):.3f}")
+    print(f"raw |SmoothGrad| per pixel: robust twin {float(raw.mean()):.3f}, standard {float(standard.mean()):.3f}")
     assert float(raw.mean()) < float(standard.mean())  # the raw scale is the model's, not the explanation's
     assert rows["CE"][1] == 0.0 and rows["CE"][2] > 0  # CE does not reach the head: only the alignment trains it
     assert rows["λ·L2 raw"][1] > 0 and rows["λ·MSE normalised"][1] > 0

@@ -13,6 +13,5 @@ from .method import AlignedMap
 from .target import alignment_loss, alignment_map, targets_from_method, targets_from_store
 from .train import PAPER_LAMBDA, train_aligned
 
-__all__ = ["PAPER_LAMBDA", "PAPER_WIDTHS", "AlignedExplainer", "AlignedMap", "ExplainerHead", "alignment_loss", "alignment_map",
-           "default_widths", "plan_axis", "targets_from_method", "targets_from_store",
-           "train_aligned"]
+__all__ = ["PAPER_LAMBDA", "PAPER_WIDTHS", "AlignedExplainer", "AlignedMap", "ExplainerHead", "alignment_loss",
+           "alignment_map", "default_widths", "plan_axis", "targets_from_method", "targets_from_store", "train_aligned"]
