@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import tribute
@@ -232,3 +233,29 @@ def test_metrics_and_evaluate_take_the_aligned_explainer():
     other = tribute.explain(w, x, "aligned", target=(maps.new_zeros(4, dtype=torch.long) + 5), accept_any_target=True)
     torch.testing.assert_close(other, maps, rtol=0, atol=0)  # one map, whatever the class
     assert result.scores.shape[1:] == (1, 4) and bool((result.scores < 0.999).all())
+
+
+class Functional(nn.Module):
+    """The same kind of network with F.relu and F.adaptive_avg_pool2d: its default layer is a function's output."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.c2 = nn.Conv2d(1, 6, 3, padding=1), nn.Conv2d(6, 12, 3, padding=1, stride=2)
+        self.fc = nn.Linear(12, 10)
+
+    def forward(self, x):
+        return self.fc(F.adaptive_avg_pool2d(F.relu(self.c2(F.relu(self.c1(x)))), 1).flatten(1))
+
+
+def test_a_default_layer_that_only_a_function_computes():
+    torch.manual_seed(0)
+    model = Functional().double().eval()
+    w = AlignedExplainer(model, (1, 8, 8)).eval()
+    assert w.layer == "the output of the 2nd call of relu on the input's path" and w.feature_shape == (12, 4, 4)
+    x = images()
+    out = w(x)
+    with torch.no_grad():
+        torch.testing.assert_close(out["logits"], model(x), rtol=0, atol=0)
+        h = F.relu(model.c2(F.relu(model.c1(x))))
+        torch.testing.assert_close(out["attribution"], w.head(h), rtol=0, atol=0)
+    torch.testing.assert_close(tribute.explain(w, x, "aligned"), out["attribution"].detach(), rtol=0, atol=0)

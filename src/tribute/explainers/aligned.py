@@ -6,7 +6,8 @@ collapse, :func:`tribute.core.layers.find_default_layer`) and returns, from one 
 ``{"logits": f(x), "attribution": E(h)}`` (Zeng et al. 2021, Fig 1): the logits first, so that every tribute
 method and metric reads the wrapper as the classifier it wraps (a structured output's ``logits`` is its scores,
 :mod:`tribute.core.outputs`), and the map (N, 1, H, W) under ``attribution``, which the registered method
-``"aligned"`` returns (:mod:`tribute.explainers.method`).
+``"aligned"`` returns (:mod:`tribute.explainers.method`).  A post-hoc method run on the wrapper gives what it gives
+on the classifier, but pays for the head in each of its passes: run it on ``wrapper.classifier`` to save that.
 
 The classifier is held, not copied, and never modified in place: h is read by a forward hook placed for the pass
 and removed after it, also when the pass fails (:func:`tribute.core.layers.capture`; a default layer that only a
