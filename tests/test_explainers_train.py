@@ -275,3 +275,26 @@ def test_bad_training_input_is_refused(tmp_path):
     train_aligned(explainer(), sub, epochs=1, lr=0.1, targets=store, checkpoint=tmp_path / "c.pt")
     with pytest.raises(Exception, match="lambda"):
         train_aligned(explainer(), sub, epochs=2, lr=0.1, targets=store, lam=0.5, checkpoint=tmp_path / "c.pt")
+
+
+class Normalised(nn.Module):
+    """(x − mean) / std, then the classifier: the transform written into the model."""
+
+    def __init__(self, classifier: nn.Module, mean: float, std: float):
+        super().__init__()
+        self.classifier, self.mean, self.std = classifier, mean, std
+
+    def forward(self, x):
+        return self.classifier((x - self.mean) / self.std)
+
+
+def test_an_input_transform_is_applied_to_the_images_and_not_to_their_target_maps():
+    (x, y), _ = data()
+    sub = (x[:128], y[:128])
+    kw = {"epochs": 1, "lr": 0.02, "twin": trained("robust"), "target_options": SG, "seed": 2}
+    given = explainer(seed=4)
+    train_aligned(given, sub, input_transform=tribute.Normalize([0.3], [0.4]), **kw)
+    built_in = explainer(seed=4, classifier=Normalised(copy.deepcopy(trained("standard")), 0.3, 0.4))
+    train_aligned(built_in, sub, **kw)
+    for (k, a), b in zip(given.state_dict().items(), built_in.state_dict().values(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=k)
