@@ -184,8 +184,9 @@ def test_the_maps_change_when_the_last_block_is_reinitialised():
     (x, y), (xt, yt) = data()
     model = explainer(seed=0)
     history = train_aligned(model, (x, y), epochs=4, lr=0.05, mode="joint", twin=trained("robust"),
-                            target_options=SG, eval_data=(xt, yt))
+                            target_options=SG, eval_data=(xt, yt), metrics={"held_out": held_out_loss})
     assert history.last["accuracy"] > 0.8  # joint training keeps a working classifier
+    assert history.last["held_out"] == held_out_loss(model)  # a metric is given the explainer itself
     assert held_out_loss(model) < 0.75 * held_out_loss(explainer(seed=0))
     changed = copy.deepcopy(model)
     torch.manual_seed(7)
@@ -256,8 +257,14 @@ def test_bad_training_input_is_refused(tmp_path):
         train_aligned(explainer(), sub, epochs=1, lr=0.1, loss="l1", twin=twin)
     with pytest.raises(TypeError, match="trains an AlignedExplainer"):
         train_aligned(trained("standard"), sub, epochs=1, lr=0.1, twin=twin)
-    with pytest.raises(ValueError, match=r"takes images \(N, 1, 8, 8\)"):
+    with pytest.raises(ValueError, match=r"takes images \(N, 1, 8, 8\).*inputs are \(40, 1, 4, 8\)"):
         train_aligned(explainer(), (x[:40, :, :4], y[:40]), epochs=1, lr=0.1, twin=twin, target_options=SG)
+    with pytest.raises(ValueError, match=r"takes images \(N, 1, 8, 8\).*inputs are \(40, 2, 8, 8\)"):
+        train_aligned(explainer(), (x[:40].expand(-1, 2, -1, -1), y[:40]), epochs=1, lr=0.1, twin=twin)
+    with pytest.raises(ValueError, match=r"one label per image: 40 images and labels of shape \(39,\)"):
+        train_aligned(explainer(), (x[:40], y[:39]), epochs=1, lr=0.1, twin=twin)
+    with pytest.raises(TypeError, match="sets fit's perturb= itself"):
+        train_aligned(explainer(), sub, epochs=1, lr=0.1, twin=twin, perturb=lambda m, x, y: x)
     # stores that do not fit: another data set, another method, the predicted class, another model
     store = tribute.store.compute_store(tmp_path / "s", twin, sub, "smoothgrad", target="label", **SG)
     other_data = (x[40:80], y[40:80])
@@ -269,6 +276,8 @@ def test_bad_training_input_is_refused(tmp_path):
     pred_store = tribute.store.compute_store(tmp_path / "p", twin, sub, "smoothgrad", **SG)
     with pytest.raises(tribute.store.StoreMismatchError, match="not the labels"):
         train_aligned(explainer(), sub, epochs=1, lr=0.1, targets=pred_store)
+    with pytest.raises(ValueError, match="target_options apply to targets computed on the fly"):
+        train_aligned(explainer(), sub, epochs=1, lr=0.1, targets=store, target_options=SG)
     with pytest.raises(tribute.store.StoreMismatchError, match="another model"):
         train_aligned(explainer(), sub, epochs=1, lr=0.1, targets=store, twin=trained("standard"))
     # a checkpoint of another λ is not resumed

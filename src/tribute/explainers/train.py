@@ -96,6 +96,14 @@ def train_aligned(explainer: AlignedExplainer, train_data: tuple[torch.Tensor, t
         As :func:`tribute.training.fit` (``optimizer``, ``momentum``, ``weight_decay``, ``eval_data``, ``log``, ...).
     """
     lam = _check(explainer, train_data, mode, lam, loss, targets, twin)
+    for name in ("perturb", "loss", "config", "input_transform"):
+        if name in fit_options:
+            raise TypeError(f"train_aligned sets fit's {name}= itself (the alignment objective); it cannot be given")
+    if targets is not None and target_options is not None:
+        raise ValueError("target_options apply to targets computed on the fly (twin= without targets=); a store "
+                         "holds maps already computed with its own options")
+    if "metrics" in fit_options:  # fit hands its model to a metric: give the user's explainer, not the training view
+        fit_options["metrics"] = {k: (lambda _, f=f: f(explainer)) for k, f in dict(fit_options["metrics"]).items()}
     x, y = train_data
     if targets is not None:
         g = targets_from_store(targets, x, y, method=target_method, model=twin)
@@ -137,6 +145,13 @@ def _check(explainer, train_data, mode, lam, loss, targets, twin) -> float | Non
     if not (isinstance(train_data, (tuple, list)) and len(train_data) == 2
             and all(isinstance(t, torch.Tensor) for t in train_data)):
         raise TypeError("train_data must be an (inputs, labels) pair of tensors")
+    x, y = train_data
+    if x.dim() != 4 or tuple(x.shape[1:]) != explainer.input_shape:
+        raise ValueError(f"the explainer takes images (N, {', '.join(map(str, explainer.input_shape))}), the "
+                         f"input_shape its head was built for; train_data's inputs are {tuple(x.shape)}")
+    if y.dim() != 1 or len(y) != len(x):
+        raise ValueError(f"train_data needs one label per image: {len(x)} images and labels of shape "
+                         f"{tuple(y.shape)}")
     if mode == "head":
         if lam is not None:
             raise ValueError("lam weighs the alignment against cross-entropy in joint training; the head alone "
