@@ -138,7 +138,9 @@ def test_the_classifier_is_left_as_it_was():
     bad = images()[:, :, :4]
     with pytest.raises(ValueError, match=r"takes images \(N, 1, 8, 8\)"):
         w(bad)
-    assert all(not m._forward_hooks for m in model.modules())
+    with pytest.raises(TypeError, match="bogus"):  # the classifier fails inside the pass: the hook goes all the same
+        w(images(), bogus=1)
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
 
 
 def test_a_named_layer_and_bad_layers():
