@@ -292,5 +292,5 @@ def pytest_collection_modifyitems(config, items):
             continue
         needs = getattr(tribute.get_method(method), "requires_model", None)
         if needs is not None:
-            item.add_marker(pytest.mark.skip(reason=f"{method!r} explains only a {needs.__name__} "
-                                                    "(tests/test_explainers*.py)"))
+            reason = f"{method!r} explains only a model of its own kind, {needs.__name__} (tests/test_explainers*.py)"
+            item.add_marker(pytest.mark.skip(reason=reason))

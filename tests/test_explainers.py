@@ -261,3 +261,20 @@ def test_a_default_layer_that_only_a_function_computes():
         h = F.relu(model.c2(F.relu(model.c1(x))))
         torch.testing.assert_close(out["attribution"], w.head(h), rtol=0, atol=0)
     torch.testing.assert_close(tribute.explain(w, x, "aligned"), out["attribution"].detach(), rtol=0, atol=0)
+
+
+def test_one_wrapper_explained_from_two_threads_and_in_float32():
+    """The forward hook acts on its own thread's pass only: two threads on one wrapper get their own maps."""
+    from conftest import concurrently
+
+    w = wrapper()
+    batches = [images(3, seed=11), images(3, seed=12)]
+    alone = [tribute.explain(w, b, "aligned") for b in batches]
+    results = concurrently(lambda i: tribute.explain(w, batches[i], "aligned"), 10)
+    for i in (0, 1):
+        assert all(torch.equal(r, alone[i]) for r in results[i])
+    w32 = AlignedExplainer(net(dtype=torch.float32), (1, 8, 8)).eval()
+    a = tribute.explain(w32, images(dtype=torch.float32), "aligned")
+    assert a.dtype == torch.float32 and a.shape == (5, 1, 8, 8)
+    with pytest.raises(TypeError, match="float64 but the model's parameters are torch.float32"):
+        tribute.explain(w32, images(), "aligned")
