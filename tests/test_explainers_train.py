@@ -284,6 +284,11 @@ def test_bad_training_input_is_refused(tmp_path):
     train_aligned(explainer(), sub, epochs=1, lr=0.1, targets=store, checkpoint=tmp_path / "c.pt")
     with pytest.raises(Exception, match="lambda"):
         train_aligned(explainer(), sub, epochs=2, lr=0.1, targets=store, lam=0.5, checkpoint=tmp_path / "c.pt")
+    # nor a head trained on a frozen classifier resumed on another classifier (not in the checkpoint)
+    train_aligned(explainer(), sub, epochs=1, lr=0.1, mode="head", targets=store, checkpoint=tmp_path / "h.pt")
+    with pytest.raises(Exception, match="aligned.classifier"):
+        train_aligned(explainer(classifier=twin), sub, epochs=2, lr=0.1, mode="head", targets=store,
+                      checkpoint=tmp_path / "h.pt")
 
 
 class Normalised(nn.Module):

@@ -120,6 +120,8 @@ def train_aligned(explainer: AlignedExplainer, train_data: tuple[torch.Tensor, t
 
     config = {"aligned.mode": mode, "aligned.lambda": lam, "aligned.loss": loss, "aligned.layer": explainer.layer,
               "aligned.widths": repr(explainer.head.widths), "aligned.target_method": target_method, **origin}
+    if mode == "head":  # the frozen classifier is not in the checkpoint: resuming on another one is refused
+        config["aligned.classifier"] = model_identity(explainer.classifier)["state_dict_sha256"]
     packed = torch.cat([x, g.to(x.dtype)], 1)
     with eval_mode(explainer.classifier) if mode == "head" else contextlib.nullcontext():
         return fit(module, (packed, y), epochs=epochs, lr=lr, seed=seed, batch_size=batch_size, loss=objective,
