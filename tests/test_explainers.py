@@ -278,3 +278,19 @@ def test_one_wrapper_explained_from_two_threads_and_in_float32():
     assert a.dtype == torch.float32 and a.shape == (5, 1, 8, 8)
     with pytest.raises(TypeError, match="float64 but the model's parameters are torch.float32"):
         tribute.explain(w32, images(), "aligned")
+
+
+def test_the_figures_take_the_aligned_maps():
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from tribute.viz import method_figure
+
+    w, x = wrapper(), images(2)
+    fig = method_figure(x.expand(-1, 3, -1, -1).float(), {"aligned": tribute.explain(w, x, "aligned").float(),
+                                                          "gradient": tribute.explain(w, x, "gradient").float()})
+    assert len(fig.axes) == 2 * 3  # per image: the image, then one map per method
+    plt.close(fig)
