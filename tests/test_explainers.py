@@ -294,3 +294,28 @@ def test_the_figures_take_the_aligned_maps():
                                                           "gradient": tribute.explain(w, x, "gradient").float()})
     assert len(fig.axes) == 2 * 3  # per image: the image, then one map per method
     plt.close(fig)
+
+
+def test_the_alignment_target_and_loss_by_hand():
+    from tribute.explainers import alignment_loss, alignment_map
+
+    a = torch.tensor([[[[1.0, -3.0], [0.0, 2.0]], [[1.0, 1.0], [0.0, -2.0]]],  # two channels
+                      [[[0.0, 0.0], [0.0, 0.0]], [[0.0, 0.0], [0.0, 0.0]]]], dtype=torch.float64)  # all zero
+    g = alignment_map(a)
+    # Σ_c |a_c| = [[2, 4], [0, 4]], mean 2.5 → divided; the zero map stays zero
+    torch.testing.assert_close(g[0, 0], torch.tensor([[0.8, 1.6], [0.0, 1.6]], dtype=torch.float64))
+    assert g.shape == (2, 1, 2, 2) and torch.equal(g[1], torch.zeros(1, 2, 2, dtype=torch.float64))
+    assert torch.allclose(g[0].mean(), torch.tensor(1.0, dtype=torch.float64))
+    # scale-free: the same map for the attribution times 1000
+    torch.testing.assert_close(alignment_map(1000 * a), g)
+    e = torch.zeros_like(g)
+    torch.testing.assert_close(alignment_loss(e, g, "mse"), torch.tensor([(0.64 + 2.56 + 2.56) / 4, 0.0],
+                                                                         dtype=torch.float64))
+    torch.testing.assert_close(alignment_loss(e, g, "l2"), torch.tensor([(0.64 + 2.56 + 2.56) ** 0.5, 0.0],
+                                                                        dtype=torch.float64))
+    with pytest.raises(ValueError, match="loss must be one of 'mse', 'l2'"):
+        alignment_loss(e, g, "l1")
+    with pytest.raises(ValueError, match="differ in shape"):
+        alignment_loss(e[:, :, :1], g)
+    with pytest.raises(ValueError, match=r"image attributions \(N, C, H, W\)"):
+        alignment_map(a[0])
