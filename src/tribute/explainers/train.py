@@ -93,7 +93,13 @@ def train_aligned(explainer: AlignedExplainer, train_data: tuple[torch.Tensor, t
     loss : "mse" or "l2"
         The alignment loss (:mod:`tribute.explainers.target`).
     epochs, lr, seed, batch_size, checkpoint, resume, progress, **fit_options
-        As :func:`tribute.training.fit` (``optimizer``, ``momentum``, ``weight_decay``, ``eval_data``, ``log``, ...).
+        As :func:`tribute.training.fit` (``optimizer``, ``momentum``, ``weight_decay``, ``eval_data``, ``log``, ...;
+        each of ``metrics`` is called with the explainer).  ``loss``, ``perturb``, ``config`` and
+        ``input_transform`` of ``fit`` are set here (``input_transform`` is applied to the images, not their maps).
+    input_transform : callable, optional
+        Applied to the images before the classifier (e.g. :class:`tribute.Normalize`).
+
+    The targets are held in memory beside the images (one map per image).
     """
     lam = _check(explainer, train_data, mode, lam, loss, targets, twin)
     for name in ("perturb", "loss", "config", "input_transform"):
