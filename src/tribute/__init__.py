@@ -4,7 +4,7 @@
 >>> attributions = tribute.explain(model, images, "integrated_gradients", target=3)  # doctest: +SKIP
 """
 
-from . import attribution, metrics, robust, store, training
+from . import attribution, explainers, metrics, robust, store, training
 from .attribution import *  # noqa: F403  (every method class; attribution.__all__ names them)
 from .core import (
     Coverage,
@@ -32,7 +32,8 @@ __version__ = "0.1.0"
 __all__ = [
     *attribution.__all__,
     "Composite", "Coverage", "DisconnectedInputError", "LayerError", "Method", "NonFiniteAttributionError",
-    "Normalize", "PassCount", "constant", "count_passes", "explain", "get_method", "known_nonlinearities", "methods",
+    "Normalize", "PassCount", "constant", "count_passes", "explain", "explainers", "get_method", "known_nonlinearities",
+    "methods",
     "reduce",
     "register_composite", "register_nonlinearity", "attacks", "composites", "evaluate", "metrics", "robust",
     "store", "training",
