@@ -1,0 +1,72 @@
+"""Budget of the robust twin pipeline (issue 15, steps 1–2) on this machine, extrapolated from a few hundred batches.
+
+On a width-8 CIFAR-style ResNet-18 (tribute.explainers.resnet18_cifar, 1 input channel, 10 classes) and the
+Fashion-MNIST training set (Debian ``dataset-fashion-mnist``):
+- a clean training epoch (tribute.training.fit, batch 256), timed on ``--clean-batches`` batches;
+- a PGD-L2 adversarial epoch with the ``gray28`` preset (7 steps) and with the paper's 20 steps
+  (tribute.explainers.train_robust_twin), each timed on its ``--pgd-batches``;
+- SmoothGrad-50 per image into a store (tribute.explainers.twin_attributions), on ``--sg-images`` images;
+each extrapolated linearly to the 60,000 images.  The load average before and after is printed: other processes
+on the machine slow every number.
+
+    PYTHONPATH=src python benchmarks/bench_twin.py [--clean-batches 120] [--pgd-batches 30] [--sg-images 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+
+import torch
+
+from tribute.data import load_fashion_mnist
+from tribute.explainers import resnet18_cifar, train_robust_twin, twin_attributions
+from tribute.training import fit
+
+FULL = 60_000
+BATCH = 256
+
+
+def timed(label: str, images: int, run) -> float:
+    clock = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - clock
+    per_epoch = seconds / images * FULL
+    print(f"{label}: {seconds:.1f} s for {images} images -> {per_epoch:.0f} s = {per_epoch / 60:.1f} min per 60k",
+          flush=True)
+    return per_epoch
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--clean-batches", type=int, default=120)
+    parser.add_argument("--pgd-batches", type=int, default=30)
+    parser.add_argument("--sg-images", type=int, default=256)
+    args = parser.parse_args()
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()}",
+          flush=True)
+    x, y = load_fashion_mnist("train")
+
+    def model():
+        return resnet18_cifar(10, in_channels=1, width=8, seed=0)
+
+    n = args.clean_batches * BATCH
+    timed("clean epoch (fit, batch 256)", n, lambda: fit(model(), (x[:n], y[:n]), epochs=1, lr=0.1,
+                                                          batch_size=BATCH, progress=False))
+    n = args.pgd_batches * BATCH
+    for steps in (7, 20):
+        timed(f"PGD-L2 epoch, {steps} steps (train_robust_twin gray28)", n,
+              lambda steps=steps: train_robust_twin(model(), (x[:n], y[:n]), epochs=1, steps=steps))
+    n = args.sg_images
+    twin = model()
+    with tempfile.TemporaryDirectory() as out:
+        seconds = timed("SmoothGrad-50 store (twin_attributions)", n,
+                        lambda: twin_attributions(twin, (x[:n], y[:n]), os.path.join(out, "sg"), chunk_size=128))
+    print(f"SmoothGrad-50: {seconds / FULL * 1000:.1f} ms per image", flush=True)
+    print(f"load average after: {os.getloadavg()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
