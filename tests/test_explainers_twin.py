@@ -21,6 +21,7 @@ from tribute.explainers import (
     TwinPreset,
     load_experiment_data,
     resnet18_cifar,
+    robust_twin_targets,
     train_robust_twin,
     twin_attributions,
     twin_preset,
@@ -103,6 +104,9 @@ def test_a_killed_twin_training_resumes_to_the_uninterrupted_weights(tmp_path):
     assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in h2.records]
     with pytest.raises(ValueError, match="config.eps"):  # another ε does not resume this run
         train_robust_twin(tiny_resnet(), train, checkpoint=path, **{**kw, "eps": 0.5})
+    # more epochs move the decay's milestones (×0.1 after 50 % and 75 %): not the schedule the epochs done had
+    with pytest.raises(ValueError, match="another learning-rate schedule"):
+        train_robust_twin(tiny_resnet(), train, checkpoint=path, **{**kw, "epochs": 6})
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
@@ -192,6 +196,32 @@ def test_bad_store_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="the twin is in training mode"):
         twin_attributions(twin.train(), (x, y), tmp_path / "d")
     assert not any((tmp_path / n).exists() for n in "abcd")  # refused before anything is written
+
+
+# -- steps 1–2 in one call ------------------------------------------------------------------------------------
+
+
+def test_the_pipeline_killed_in_either_step_ends_as_an_uninterrupted_run(tmp_path):
+    train, _ = small_digits(40)
+    kw = {"epochs": 2, "steps": 1, "batch_size": 20, "seed": 2, "samples": 3, "chunk_size": 16}
+    straight = robust_twin_targets(tiny_resnet(), train, tmp_path / "a", **kw)
+
+    def stop_after_first_epoch(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):  # killed in step 1
+        robust_twin_targets(tiny_resnet(), train, tmp_path / "b", log=stop_after_first_epoch, **kw)
+    assert not (tmp_path / "b" / "twin_smoothgrad").exists()
+    resumed = robust_twin_targets(tiny_resnet(seed=5), train, tmp_path / "b", **kw)
+    assert same_weights(straight.twin, resumed.twin)
+    assert torch.equal(straight.store.attributions(), resumed.store.attributions())
+    os.unlink(tmp_path / "b" / "twin_smoothgrad" / "shards" / "shard-00002.safetensors")  # killed in step 2
+    again = robust_twin_targets(tiny_resnet(seed=6), train, tmp_path / "b", **kw)
+    assert same_weights(straight.twin, again.twin)  # the finished training is loaded, not repeated
+    assert [r["epoch"] for r in again.history.records] == [1, 2]
+    assert torch.equal(straight.store.attributions(), again.store.attributions())
+    runs = again.store.run_log["runs"]
+    assert [s["status"] for s in runs[-1]["shards"]] == ["kept", "kept", "computed"]
 
 
 # -- the experiments' data sets --------------------------------------------------------------------------------

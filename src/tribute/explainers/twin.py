@@ -42,6 +42,8 @@ Deviations from the paper, recorded
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from typing import Any
 
 import torch
@@ -143,10 +145,12 @@ def train_robust_twin(model: nn.Module, train_data, *, epochs: int, preset: str 
     if not isinstance(p.eps, (int, float)) or isinstance(p.eps, bool) or not p.eps > 0:
         raise ValueError(f"eps must be > 0 (the radius of the L2 ball), got {p.eps!r}")
     _check_in_bounds(train_data, p.bounds, preset if isinstance(preset, str) else "given")
-    milestones = tuple(sorted({round(f * epochs) for f in p.lr_milestones}))
+    schedule = StepDecay(p.lr, tuple(sorted({round(f * epochs) for f in p.lr_milestones})), p.lr_gamma)
+    if checkpoint is not None:
+        _record_schedule(checkpoint, schedule, rest.get("resume", True))
     return adversarial_train(
         model, train_data, norm=p.norm, eps=float(p.eps), steps=p.steps, step_size=p.step_size, bounds=p.bounds,
-        epochs=epochs, lr=StepDecay(p.lr, milestones, p.lr_gamma), optimizer="sgd", momentum=p.momentum,
+        epochs=epochs, lr=schedule, optimizer="sgd", momentum=p.momentum,
         weight_decay=p.weight_decay, batch_size=p.batch_size, seed=seed, checkpoint=checkpoint, progress=progress,
         **rest)
 
@@ -162,3 +166,27 @@ def _check_in_bounds(data, bounds: tuple[float, float] | None, name: str) -> Non
                          f"assumes images in [{bounds[0]:g}, {bounds[1]:g}] (its ε is in those units): scale the "
                          "images to [0, 1] (and normalise inside the model or with input_transform=), or pass "
                          "bounds= and an eps for your units")
+
+
+def _record_schedule(checkpoint, schedule: StepDecay, resume: bool) -> None:
+    """The trainer records a callable learning rate only as "schedule", so the schedule is kept beside the
+    checkpoint (``<checkpoint>.schedule.json``) and a resumption with another one (e.g. more epochs, which move
+    the decay's milestones) is refused rather than silently mixing two schedules."""
+    path, record = os.fspath(checkpoint) + ".schedule.json", dataclasses.asdict(schedule)
+    record["milestones"] = list(record["milestones"])
+    if resume and os.path.exists(checkpoint):
+        try:
+            with open(path) as f:
+                stored = json.load(f)
+        except (OSError, ValueError):
+            stored = None
+        if stored != record:
+            raise ValueError(f"the checkpoint {checkpoint} was written with another learning-rate schedule "
+                             f"({stored if stored is not None else 'none recorded'}; now {record}): train with "
+                             "the same epochs and lr settings, pass resume=False to start afresh, or another "
+                             "checkpoint path")
+        return
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path + ".tmp", "w") as f:
+        json.dump(record, f)
+    os.replace(path + ".tmp", path)
