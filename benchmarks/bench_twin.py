@@ -6,10 +6,14 @@ Fashion-MNIST training set (Debian ``dataset-fashion-mnist``):
 - a PGD-L2 adversarial epoch with the ``gray28`` preset (7 steps) and with the paper's 20 steps
   (tribute.explainers.train_robust_twin), each timed on its ``--pgd-batches``;
 - SmoothGrad-50 per image into a store (tribute.explainers.twin_attributions), on ``--sg-images`` images;
-each extrapolated linearly to the 60,000 images.  The load average before and after is printed: other processes
-on the machine slow every number.
+each extrapolated linearly to the 60,000 images, in wall and CPU seconds.  A first small run warms up the
+kernels.  The load average is printed: other processes on the machine slow every wall-clock number.
 
     PYTHONPATH=src python benchmarks/bench_twin.py [--clean-batches 120] [--pgd-batches 30] [--sg-images 256]
+                                                   [--threads 1]
+
+On a machine loaded by other processes, two threads oversubscribe the cores and their spinning inflates even the
+CPU seconds (seen here: 6–15×); one thread (``--threads 1``) measures the work itself.
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ BATCH = 256
 
 
 def timed(label: str, images: int, run) -> float:
-    clock = time.perf_counter()
+    """Wall seconds per 60k images, extrapolated from ``images``; CPU seconds (all threads) printed beside them:
+    on a loaded machine the wall time grows with the load, the CPU time much less."""
+    clock, cpu = time.perf_counter(), time.process_time()
     run()
-    seconds = time.perf_counter() - clock
-    per_epoch = seconds / images * FULL
-    print(f"{label}: {seconds:.1f} s for {images} images -> {per_epoch:.0f} s = {per_epoch / 60:.1f} min per 60k",
-          flush=True)
+    seconds, cpu = time.perf_counter() - clock, time.process_time() - cpu
+    per_epoch, cpu_epoch = seconds / images * FULL, cpu / images * FULL
+    print(f"{label}: {seconds:.1f} s wall, {cpu:.1f} s CPU for {images} images -> per 60k {per_epoch:.0f} s = "
+          f"{per_epoch / 60:.1f} min wall, {cpu_epoch / 60:.1f} min CPU; load {os.getloadavg()[0]:.2f}", flush=True)
     return per_epoch
 
 
@@ -44,7 +50,10 @@ def main() -> None:
     parser.add_argument("--clean-batches", type=int, default=120)
     parser.add_argument("--pgd-batches", type=int, default=30)
     parser.add_argument("--sg-images", type=int, default=256)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; load average {os.getloadavg()}",
           flush=True)
     x, y = load_fashion_mnist("train")
@@ -52,6 +61,7 @@ def main() -> None:
     def model():
         return resnet18_cifar(10, in_channels=1, width=8, seed=0)
 
+    fit(model(), (x[:BATCH], y[:BATCH]), epochs=1, lr=0.1, batch_size=BATCH, progress=False)  # warm-up
     n = args.clean_batches * BATCH
     timed("clean epoch (fit, batch 256)", n, lambda: fit(model(), (x[:n], y[:n]), epochs=1, lr=0.1,
                                                           batch_size=BATCH, progress=False))
