@@ -117,6 +117,8 @@ def test_a_killed_twin_training_resumes_to_the_uninterrupted_weights(tmp_path):
     ({"epochs": 0}, ValueError, "epochs must be an integer >= 1"),
     ({"steps": 0}, ValueError, "steps must be an integer >= 1"),
     ({"optimiser": "adam"}, TypeError, "optimiser"),
+    ({"lr_milestones": (0.5, 2.0)}, ValueError, "lr_milestones must be fractions of the epochs"),
+    ({"lr_gamma": 0.0}, ValueError, r"lr_gamma in \(0, 1\]"),
 ])
 def test_bad_settings_are_refused(kwargs, error, match):
     train, _ = small_digits(8)

@@ -145,6 +145,9 @@ def train_robust_twin(model: nn.Module, train_data, *, epochs: int, preset: str 
         raise ValueError(f"epochs must be an integer >= 1, got {epochs!r}")
     if not isinstance(p.eps, (int, float)) or isinstance(p.eps, bool) or not p.eps > 0:
         raise ValueError(f"eps must be > 0 (the radius of the L2 ball), got {p.eps!r}")
+    if any(not 0 <= f <= 1 for f in p.lr_milestones) or not 0 < p.lr_gamma <= 1:
+        raise ValueError(f"lr_milestones must be fractions of the epochs in [0, 1] and lr_gamma in (0, 1], got "
+                         f"{p.lr_milestones!r} and {p.lr_gamma!r}")
     _check_in_bounds(train_data, p.bounds, preset if isinstance(preset, str) else "given")
     schedule = StepDecay(p.lr, tuple(sorted({round(f * epochs) for f in p.lr_milestones})), p.lr_gamma)
     if checkpoint is not None:
