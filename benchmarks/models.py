@@ -1,10 +1,12 @@
-"""Benchmark models: a CIFAR-size ResNet-18 in plain PyTorch.
+"""Benchmark models: a CIFAR-size ResNet-18 in plain PyTorch (the architecture: tribute.explainers.resnet).
 
-``resnet18_cifar()`` is the usual CIFAR variant of He et al.'s ResNet-18: a 3×3 stem with no max
-pooling, four stages of two BasicBlocks (64, 128, 256, 512 channels), batch norm, global average
-pooling and a 10-way linear head; 3×32×32 inputs.  Each BasicBlock owns a single
-``nn.ReLU(inplace=True)`` that it calls twice, exactly as torchvision's BasicBlock does.  Weights are a
-random initialisation from a fixed seed; the model is returned in eval mode.
+``resnet18_cifar()`` is the usual CIFAR variant of He et al.'s ResNet-18 (width 64 of
+:class:`tribute.explainers.resnet.ResNetCIFAR`): a 3×3 stem with no max pooling, four stages of two
+BasicBlocks (64, 128, 256, 512 channels), batch norm, global average pooling and a 10-way linear head;
+3×32×32 inputs.  Each BasicBlock owns a single ``nn.ReLU(inplace=True)`` that it calls twice, exactly as
+torchvision's BasicBlock does.  Weights are a random initialisation from a fixed seed (``_init`` below, which
+the benchmarks' numbers depend on; the library's own ``tribute.explainers.resnet18_cifar`` keeps PyTorch's
+default initialisation); the model is returned in eval mode.
 
 ``separate_relus(model)`` returns a copy with the same weights in which every ReLU *call* has its own
 ``nn.ReLU`` module (not in place).  Captum's module-hook methods (DeepLift, GuidedBackprop,
@@ -22,59 +24,13 @@ import pathlib
 import torch
 from torch import nn
 
+from tribute.explainers.resnet import BasicBlock, ResNetCIFAR
+
+__all__ = ["INPUT_SHAPE", "NUM_CLASSES", "BasicBlock", "ResNetCIFAR", "fashion_fixture", "random_inputs",
+           "resnet18_cifar", "separate_relus"]
+
 NUM_CLASSES = 10
 INPUT_SHAPE = (3, 32, 32)
-
-
-def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
-    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
-
-
-class BasicBlock(nn.Module):
-    """torchvision's BasicBlock: conv-bn-relu-conv-bn, plus the shortcut, then the same ReLU again."""
-
-    expansion = 1
-
-    def __init__(self, cin: int, cout: int, stride: int = 1):
-        super().__init__()
-        self.conv1 = conv3x3(cin, cout, stride)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.relu = nn.ReLU(inplace=True)
-        self.conv2 = conv3x3(cout, cout)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample: nn.Module | None = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        out += identity
-        return self.relu(out)
-
-
-class ResNetCIFAR(nn.Module):
-    def __init__(self, layers: tuple[int, ...] = (2, 2, 2, 2), num_classes: int = NUM_CLASSES):
-        super().__init__()
-        self.conv1 = conv3x3(3, 64)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.relu = nn.ReLU(inplace=True)
-        stages, cin = [], 64
-        for i, n in enumerate(layers):
-            cout = 64 * 2**i
-            blocks = [BasicBlock(cin, cout, 1 if i == 0 else 2)]
-            blocks += [BasicBlock(cout, cout) for _ in range(n - 1)]
-            stages.append(nn.Sequential(*blocks))
-            cin = cout
-        self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.avgpool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(self.bn1(self.conv1(x)))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
 def _init(model: nn.Module, seed: int) -> None:
@@ -100,7 +56,7 @@ def _init(model: nn.Module, seed: int) -> None:
 
 def resnet18_cifar(seed: int = 0) -> ResNetCIFAR:
     """ResNet-18 for 3×32×32 inputs and 10 classes, randomly initialised from ``seed``, in eval mode."""
-    model = ResNetCIFAR((2, 2, 2, 2))
+    model = ResNetCIFAR((2, 2, 2, 2), NUM_CLASSES, in_channels=3, width=64)
     _init(model, seed)
     return model.eval()
 
