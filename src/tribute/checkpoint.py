@@ -19,10 +19,11 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import secrets
 from typing import Any
 
 import torch
+
+from .atomic_files import atomic_writer
 
 DIGEST_KEY = "digest"
 _ADVICE = ("delete it (or pass resume=False) to start over, or pass the path of an earlier checkpoint to "
@@ -41,18 +42,8 @@ def save(path: str | os.PathLike, content: dict[str, Any]) -> None:
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     remove_stale_temporaries(path)
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "xb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _sync_folder(folder)
+    with atomic_writer(path) as f:
+        torch.save(state, f)
 
 
 def load(path: str | os.PathLike) -> dict[str, Any]:
@@ -132,17 +123,3 @@ def _reason(error: Exception) -> str:
     if not first or "weights_only" in first or "Weights only" in first:
         return f"{type(error).__name__}: it holds data a safe load refuses"
     return f"{type(error).__name__}: {first[:200]}"
-
-
-def _sync_folder(folder: str) -> None:
-    """Make the rename durable (POSIX); a no-op where folders cannot be opened (Windows)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

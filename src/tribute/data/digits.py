@@ -50,23 +50,35 @@ def load_digits(*, test_fraction: float = 0.25, seed: int = 0, dtype: torch.dtyp
     dtype : torch.dtype
         Floating dtype of the images (labels are int64).
     """
+    check_split_options(test_fraction, seed, dtype)
+    datasets = require("sklearn.datasets", "test", "the digits")
+    bunch = datasets.load_digits()
+    x = torch.as_tensor(bunch.images, dtype=torch.float64).div(16.0).unsqueeze(1).to(dtype)
+    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+    test = stratified_test_mask(y, test_fraction, seed)
+    return Split(train=(x[~test], y[~test]), test=(x[test], y[test]))
+
+
+def check_split_options(test_fraction: float, seed: int, dtype: torch.dtype) -> None:
+    """The options every loader with a seeded train/test split takes, checked with errors that name them."""
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
         raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating dtype, got {dtype}")
-    datasets = require("sklearn.datasets", "test", "the digits")
-    bunch = datasets.load_digits()
-    x = torch.as_tensor(bunch.images, dtype=torch.float64).div(16.0).unsqueeze(1).to(dtype)
-    y = torch.as_tensor(bunch.target, dtype=torch.int64)
+
+
+def stratified_test_mask(labels: torch.Tensor, test_fraction: float, seed: int) -> torch.Tensor:
+    """A boolean mask of the test samples: ``round(test_fraction · n_c)`` of each class c, drawn by a seeded
+    permutation of the class's members (one ``torch.Generator`` seeded with ``seed``, classes in order)."""
     g = torch.Generator().manual_seed(seed)
-    test = torch.zeros(len(y), dtype=torch.bool)
-    for c in range(int(y.max()) + 1):
-        members = (y == c).nonzero().flatten()
+    test = torch.zeros(len(labels), dtype=torch.bool)
+    for c in range(int(labels.max()) + 1):
+        members = (labels == c).nonzero().flatten()
         chosen = members[torch.randperm(len(members), generator=g)[: round(test_fraction * len(members))]]
         test[chosen] = True
-    return Split(train=(x[~test], y[~test]), test=(x[test], y[test]))
+    return test
 
 
 def load_fashion_mnist(split: str = "train", *, data_dir: str | pathlib.Path = FASHION_MNIST_DIR,

@@ -17,7 +17,7 @@ import pathlib
 import torch
 
 from .._optional import require
-from .digits import Split
+from .digits import Split, check_split_options, stratified_test_mask
 
 OPENCV_DIGITS_PNG = pathlib.Path("/usr/share/doc/opencv-doc/examples/data/digits.png")
 #: The grid of digits.png: cell size, columns, rows, classes.
@@ -46,13 +46,9 @@ def load_opencv_digits(*, test_fraction: float = 0.2, seed: int = 0, pad: int = 
     dtype : torch.dtype
         Floating dtype of the images (labels are int64).
     """
-    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)) or not 0 < test_fraction < 1:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction!r}")
-    for name, v in (("seed", seed), ("pad", pad)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{name} must be an integer >= 0, got {v!r}")
-    if not dtype.is_floating_point:
-        raise TypeError(f"dtype must be a floating dtype, got {dtype}")
+    check_split_options(test_fraction, seed, dtype)
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"pad must be an integer >= 0, got {pad!r}")
     grid = _read_grey_png(pathlib.Path(path))
     if grid.shape != (ROWS * CELL, COLUMNS * CELL):
         raise ValueError(f"{path}: a {grid.shape[1]}×{grid.shape[0]} image; OpenCV's digits.png is "
@@ -63,18 +59,6 @@ def load_opencv_digits(*, test_fraction: float = 0.2, seed: int = 0, pad: int = 
     y = torch.arange(CLASSES).repeat_interleave(ROWS * COLUMNS // CLASSES)
     test = stratified_test_mask(y, test_fraction, seed)
     return Split(train=(x[~test], y[~test]), test=(x[test], y[test]))
-
-
-def stratified_test_mask(labels: torch.Tensor, test_fraction: float, seed: int) -> torch.Tensor:
-    """A boolean mask of the test samples: ``round(test_fraction · n_c)`` of each class c, drawn by a seeded
-    permutation of the class's members (one ``torch.Generator`` seeded with ``seed``, classes in order)."""
-    g = torch.Generator().manual_seed(seed)
-    test = torch.zeros(len(labels), dtype=torch.bool)
-    for c in range(int(labels.max()) + 1):
-        members = (labels == c).nonzero().flatten()
-        chosen = members[torch.randperm(len(members), generator=g)[: round(test_fraction * len(members))]]
-        test[chosen] = True
-    return test
 
 
 def _read_grey_png(path: pathlib.Path) -> torch.Tensor:

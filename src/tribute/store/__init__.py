@@ -25,7 +25,7 @@ The run directory (the format ``tribute explain``, ``evaluate`` and the report s
   long it took.
 
 Every file is written to a temporary file in its folder and moved into place with ``os.replace``
-(:mod:`tribute.store.files`), so a run killed at any moment leaves no partial file.  Running the same
+(:mod:`tribute.atomic_files`), so a run killed at any moment leaves no partial file.  Running the same
 :func:`compute_store` again resumes: finished shards that check are kept, missing or damaged ones are computed;
 a directory written for another method, options, model, data, settings, format or version is refused, naming the
 differences.  A directory belongs to one run at a time (two runs started on it together are not detected).

@@ -14,7 +14,7 @@ import json
 import os
 from typing import Any
 
-from .files import read_json
+from ..atomic_files import read_json
 from .identity import json_sha256
 from .shards import FORMAT
 

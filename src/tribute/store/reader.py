@@ -9,8 +9,8 @@ from typing import Any
 
 import torch
 
+from ..atomic_files import read_json, sha256
 from . import manifest as mf
-from .files import read_json, sha256
 from .runlog import RUN_LOG
 from .shards import CorruptShardError, Shard, decode
 

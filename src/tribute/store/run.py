@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
+from ..atomic_files import remove_temporaries, sha256, write_bytes, write_json
 from . import manifest as mf
 from . import runlog
 from .distributed import Group
-from .files import remove_temporaries, sha256, write_bytes, write_json
 from .identity import json_sha256
 from .job import Job
 from .reader import Store

@@ -16,7 +16,7 @@ from typing import Any
 import numpy
 import torch
 
-from .files import read_json, write_json
+from ..atomic_files import read_json, write_json
 
 RUN_LOG = "run.json"
 

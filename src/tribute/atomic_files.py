@@ -1,4 +1,4 @@
-"""Files of a store written so that a kill at any moment leaves each of them either whole or absent.
+"""Files written so that a kill at any moment leaves each of them either whole or absent.
 
 Every file is written to a temporary file in its own folder (``.<name>.<8 hex digits>.tmp``), flushed to disk,
 and moved into place with ``os.replace``, which is atomic on POSIX and Windows: a reader (or a resumed run) sees
@@ -7,23 +7,27 @@ the old file or the new one, never half of one.  A temporary left by a killed wr
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import secrets
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, BinaryIO
 
 _TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")
 
 
-def write_bytes(path: str, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
+@contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike) -> Iterator[BinaryIO]:
+    """A binary file to write ``path``'s new content into; on leaving the block it is flushed to disk and moved
+    into place (``os.replace``), on an error it is removed and ``path`` keeps its old content."""
     folder, name = os.path.split(os.path.abspath(path))
     tmp = os.path.join(folder, f".{name}.{secrets.token_hex(4)}.tmp")
     try:
         with open(tmp, "xb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -32,6 +36,12 @@ def write_bytes(path: str, data: bytes) -> None:
             os.unlink(tmp)
         raise
     sync_folder(folder)
+
+
+def write_bytes(path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temporary file in the same folder, fsync, ``os.replace``)."""
+    with atomic_writer(path) as f:
+        f.write(data)
 
 
 def write_json(path: str, content: Any) -> None:
