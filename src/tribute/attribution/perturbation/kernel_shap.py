@@ -88,9 +88,10 @@ class KernelShap(Sampled, GroupPerturbation):
         return groups.spread(phi, x).to(like.dtype)
 
     def _exact(self, p: int, o: SimpleNamespace) -> bool:
-        need = 2 ** p - 2 if p < 62 else float("inf")
+        need = 2 ** p - 2  # a Python int: exact at any p
         if o.exact is True and need > o.max_samples:
-            raise ValueError(f"kernel_shap exact=True: {p} groups have 2^{p} − 2 = {need:.0f} coalitions, more than "
+            count = f"{need}" if p <= 40 else f"about {float(need):.2e}"
+            raise ValueError(f"kernel_shap exact=True: {p} groups have 2^{p} − 2 = {count} coalitions, more than "
                              f"max_samples={o.max_samples}; use fewer groups (feature_mask=, segments=), raise "
                              f"max_samples, or sample them (exact=None or False)")
         return o.exact is True or (o.exact is None and need <= o.samples)
