@@ -111,15 +111,18 @@ def norm_averaged_vjps(sums: Callable, p: NormParams, r: torch.Tensor, dx: torch
     n = sums(torch.ones_like(r))
     centre, cbar, dc, cperp, moving, star, A, C, q0, B = _segment(sums, n, p, r, dx)
     sharp = moving & (q0 < A) & (star > -1) & (star < 2)  # a peak narrower than the segment, near it
-    i_smooth, *k_smooth = _smooth(A, B, C)
-    if not bool(sharp.any()):  # the usual case: the sharp branch would be computed only to be dropped
-        return [centre(u * i_smooth - _moments(cbar, dc, u, sums, k_smooth) / n)
-                for u in (g if p.weight is None else g * p.weight for g in gs)]
-    safe_A = torch.where(sharp, A, q0)  # keeps the unused branch finite (NaN would reach double-backward)
-    i_sharp, *l_sharp = _sharp(torch.where(sharp, star, torch.zeros_like(star)), safe_A, q0)
-    out = []
-    for g in gs:
-        u = g if p.weight is None else g * p.weight
-        tail = torch.where(sharp, _moments(cperp, dc, u, sums, l_sharp), _moments(cbar, dc, u, sums, k_smooth))
-        out.append(centre(u * torch.where(sharp, i_sharp, i_smooth) - tail / n))
-    return out
+    some_sharp = bool(sharp.any())
+    if not some_sharp:  # the usual case: the sharp branch would be computed only to be dropped
+        (integral, *ks), basis = _smooth(A, B, C), cbar
+    elif bool(sharp.all()):  # e.g. a zero reference's first norm: the smooth branch would be dropped
+        (integral, *ks), basis = _sharp(star, A, q0), cperp
+    else:  # per group the one branch that holds, as the scalars and basis of one expression (per-group results
+        # exactly those of each branch computed apart and selected; one moment per g instead of two)
+        i_smooth, *k_smooth = _smooth(A, B, C)
+        safe_A = torch.where(sharp, A, q0)  # keeps the unused branch finite (NaN would reach double-backward)
+        i_sharp, *l_sharp = _sharp(torch.where(sharp, star, torch.zeros_like(star)), safe_A, q0)
+        integral = torch.where(sharp, i_sharp, i_smooth)
+        ks = [torch.where(sharp, ls, kh) for ls, kh in zip(l_sharp, k_smooth, strict=True)]
+        basis = torch.where(sharp, cperp, cbar)
+    return [centre(u * integral - _moments(basis, dc, u, sums, ks) / n)
+            for u in (g if p.weight is None else g * p.weight for g in gs)]

@@ -28,7 +28,7 @@ from ..core.rule_registry import OpRule, register_rule
 from ..core.rules import Phase
 from .attention import Normalisation, Softmax
 from .elementwise import FAMILY
-from .gates import factors, gates_only, made_gate, mark_gate, path_tensors
+from .gates import factors, gates_only, gates_only_on_path, made_gate, mark_gate, path_tensors
 from .ops import IN_PLACE, MOVES
 
 ATTENTION = ("cp", "attnlrp")
@@ -128,7 +128,7 @@ class GateMarks(OpRule):
     name = "gate_marks"
 
     def apply(self, handler, func, args, kwargs, tagged, name):
-        strength = gates_only(path_tensors(args, kwargs, tagged))
+        strength = gates_only_on_path(args, kwargs, tagged)
         if not strength:
             return NotImplemented
         out = func(*args, **kwargs)
