@@ -44,7 +44,7 @@ from ..core.interception import op_key
 from ..core.rule_registry import rule_table
 from .absorbed import Absorbed
 from .attention import joins_constants, move_with_constants
-from .gates import among, factors, gates_only, made_gate, mark_gate, path_tensors
+from .gates import among, factors, gates_only, gates_only_on_path, made_gate, mark_gate
 from .kept import Kept
 from .layer_call import LayerCall, PassFacts, parse_linear
 from .linear_forms import added_bias
@@ -191,7 +191,8 @@ class Propagation:
 
     def track_modules(self, model: nn.Module):
         """Context: keep a stack of the modules this thread runs, so composites can address layers by name."""
-        if self.plan is not None and has_forward_hooks(model):  # they would see a planned layer's merged output
+        # hooks would see a planned layer's merged output (no merge planned: nothing to see, and no walk of the model)
+        if self.plan is not None and self.plan.merges and has_forward_hooks(model):
             self.plan = None
         if not self.composite.needs_modules():  # global module hooks slow every module call down
             return contextlib.nullcontext()
@@ -201,7 +202,7 @@ class Propagation:
     def count_consumers(self, args, kwargs, tagged: Callable[[Any], bool]) -> None:
         """Note every read of a linear layer's output (batch norm merges only into a sole reader's layer)
         and of its merged output."""
-        for a in list(args) + list(kwargs.values()):
+        for a in (*args, *kwargs.values()) if kwargs else args:
             if isinstance(a, (list, tuple)):
                 self.count_consumers(a, {}, tagged)
             elif tagged(a):
@@ -344,8 +345,7 @@ class Propagation:
         """An op that moves entries: its own gradient moves the relevance (``NotImplemented``: run plainly), a move
         of gates is a gate, and with constants joining the path (a class token concatenated) their share is counted
         if :attr:`absorbed` is on (:func:`tribute.lrp.attention.move_with_constants`)."""
-        inputs = path_tensors(args, kwargs, tagged)
-        strength = gates_only(inputs)
+        strength = gates_only_on_path(args, kwargs, tagged)
         if self.absorbed is not None and not strength and joins_constants(name, args, kwargs, tagged):
             if name.endswith("_") and args:
                 return self._fill_in_place(name, args, kwargs, tagged)
