@@ -133,3 +133,47 @@ def test_the_norm_closed_form_on_mixed_groups_equals_each_group_alone(centred):
     norm = (lambda v: F.layer_norm(v, (d,), p.weight)) if centred else (lambda v: F.rms_norm(v, (d,), p.weight, 1e-5))
     dy = norm(r + dx) - norm(r)
     torch.testing.assert_close((together * dx).sum(-1), (grad * dy).sum(-1), rtol=1e-9, atol=1e-9)
+
+
+class Affine(nn.Module):
+    """Sums, differences and products with constants in every spelling, and a gate held in a product."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lin, self.out = nn.Linear(6, 6), nn.Linear(6, 2)
+        self.scale = nn.Parameter(torch.randn(6))
+
+    def forward(self, x):
+        h = self.lin(x)
+        h = 0.5 * h + 1.0
+        h = 2.0 - (h * self.scale - 0.25)
+        h = torch.mul(h, 3.0).sub(torch.ones(6)).add(0.1)
+        h = h * torch.sigmoid(self.lin(x))  # signal times gate: the gate held, the signal takes all
+        return self.out(torch.sub(1.5, h))
+
+
+@pytest.mark.parametrize("composite", ["epsilon", "zplus", "alpha_beta"])
+def test_the_closed_form_backward_of_sums_and_products_with_constants_equals_autograds(composite, monkeypatch,
+                                                                                     tiny_stabilisers):
+    nodes = importlib.import_module("tribute.lrp.nodes")
+    propagation = importlib.import_module("tribute.lrp.propagation")
+    model = Affine().to(DT).eval()
+    x = torch.randn(5, 6, dtype=DT, generator=torch.Generator().manual_seed(2))
+
+    def run():
+        tiny = {"epsilon": 1e-12} if composite == "epsilon" else {}
+        e = tribute.get_method("lrp")(model, composite=composite, absorbed=True, **tiny)
+        return e.attribute(x, target=1), e.absorbed
+
+    calls = []
+    closed = nodes._closed_form
+    monkeypatch.setattr(nodes, "_closed_form", lambda ctx, r: calls.append(1) or closed(ctx, r))
+    fast, fast_absorbed = run()
+    assert len(calls) >= 9  # every sum, difference and product above took the closed form
+    monkeypatch.setattr(propagation, "elementwise_vjp", lambda *a: None)  # autograd's backward of each op
+    slow, slow_absorbed = run()
+    assert torch.equal(fast, slow) and torch.equal(fast_absorbed, slow_absorbed)
+    # and relevance is conserved: the input's and the constants' shares make the score
+    score = model(x)[:, 1]
+    torch.testing.assert_close(fast.sum(1) + fast_absorbed, score, rtol=1e-9, atol=1e-9)

@@ -49,7 +49,7 @@ from .kept import Kept
 from .layer_call import LayerCall, PassFacts, parse_linear
 from .linear_forms import added_bias
 from .merge_plan import Merge, MergePlan, Replan, batch_norm_affine, batch_norm_arguments, has_forward_hooks
-from .nodes import BatchNormFunction, LinearLayerFunction, NormFunction
+from .nodes import BatchNormFunction, LinearLayerFunction, NormFunction, elementwise_vjp
 from .ops import FAMILY
 from .rules import norm_stabilizer
 from .weight_cache import WeightCache
@@ -403,18 +403,20 @@ class Propagation:
             out = args[0].copy_(self._proportional(getattr(torch, rule.base), args, kwargs, inputs, share=share,
                                                    held=held))
         else:
-            out = self._proportional(func, args, kwargs, inputs, additive=additive, share=share, held=held)
+            out = self._proportional(func, args, kwargs, inputs, additive=additive, share=share, held=held,
+                                     base=rule.base)
         setattr(out, _NORM, out._version)
         mark_gate(out, strength)  # an affine map of gates (1 + tanh(u), 0.5·g) is a gate
         return out
 
     def _proportional(self, func, args, kwargs, tagged, inplace_func=None, additive: bool = False,
-                      share: float = 1.0, held=()):
+                      share: float = 1.0, held=(), base: str | None = None):
         """The op under the Norm rule; ``inplace_func`` (the op's in-place form, writing into ``args[0]``)
         is used when ``args[0]`` is on the input's path.  ``additive``: the op is a + b, same shapes.  ``share``:
         the part of each input's Norm-rule relevance it gets (AttnLRP's uniform rule, :class:`NormFunction`).
         ``held``: gates among the other arguments (held constant), which must not change before the backward pass
-        reads them again."""
+        reads them again.  ``base``: the op's name (an addition or product with a constant takes a closed form
+        backward, :func:`tribute.lrp.nodes.elementwise_vjp`)."""
         versions = [(g, g._version) for g in held]
         positions = [i for i, a in enumerate(args) if tagged(a)]
         keys = [k for k, v in kwargs.items() if tagged(v)]
@@ -439,7 +441,8 @@ class Propagation:
 
         inplace = with_inputs(inplace_func) if inplace_func is not None and positions[:1] == [0] else None
         absorbed = None if additive else self.absorbed
-        return NormFunction.apply(with_inputs(func), self, inplace, additive, share, absorbed, *inputs)
+        vjp = None if inplace is not None or base is None else elementwise_vjp(base, args, kwargs, tagged)
+        return NormFunction.apply(with_inputs(func), self, inplace, additive, share, absorbed, vjp, *inputs)
 
     def batch_norm(self, func, args, kwargs, tagged):
         p = batch_norm_arguments(args, kwargs)
