@@ -1,7 +1,7 @@
 """Speed on the zoo (issue 13): tribute's propagation methods against one forward+backward pass, model by model.
 
 On every zoo model (grouped and depthwise convolutions, VGG's wide layers, ConvNeXt, attention), it times, in one
-process, in the same interleaved rounds (benchmarks/common.py ``interleaved_medians``):
+process, in the same interleaved rounds (``interleaved_medians_with_cpu``, after benchmarks/common.py):
 
 - the physical unit: one forward + backward pass, the input gradient of the target scores, same batch;
 - ε-LRP in Ancona's form (``tribute.explain(..., "lrp_epsilon")``) and LRP with the "epsilon" composite;
@@ -27,14 +27,17 @@ so run the script in both::
 Batch 8, 64×64 (32×32 for the HF ViT and Swin, whose configs fix it), float32, the realistic state of
 zoo_torchvision.py (random biases and affines, measured batch-norm statistics), warm-up first, median of interleaved
 repeats.  The bg column is the CPU other processes used during the model's measurement, in cores: on a machine
-shared with other work the ratios mean little.
+shared with other work the wall-time ratios mean little; the CPU column gives the ratio of the calling thread's CPU
+times (``time.thread_time``), which waiting for a core does not inflate.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
+import statistics
 import sys
 import time
 import warnings
@@ -46,7 +49,7 @@ from torch import nn
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-from common import CpuMonitor, forward_backward, interleaved_medians, tribute_source  # noqa: E402
+from common import CpuMonitor, forward_backward, tribute_source  # noqa: E402
 from zoo_support import Logits, OnEmbeddings  # noqa: E402
 from zoo_torchvision import realistic  # noqa: E402
 
@@ -99,6 +102,22 @@ def _verdict(ratio: float, target: float, kind: str) -> str:
     return "ok" if ratio <= target else "over"
 
 
+def interleaved_medians_with_cpu(sides: list[Callable[[], object]], repeats: int) -> tuple[list[float], list[float]]:
+    """:func:`common.interleaved_medians` that also takes each side's median CPU time of the calling thread
+    (``time.thread_time``: with one torch thread the work runs there), the steadier figure on a machine shared with
+    other work (wall time there includes waiting for a core)."""
+    wall: list[list[float]] = [[] for _ in sides]
+    cpu: list[list[float]] = [[] for _ in sides]
+    for r in range(repeats):
+        for i in (reversed(range(len(sides))) if r % 2 else range(len(sides))):
+            gc.collect()
+            t0, c0 = time.perf_counter(), time.thread_time()
+            sides[i]()
+            cpu[i].append(time.thread_time() - c0)
+            wall[i].append(time.perf_counter() - t0)
+    return [statistics.median(t) for t in wall], [statistics.median(t) for t in cpu]
+
+
 def measure(name: str, model: nn.Module, side, repeats: int, monitor: CpuMonitor, methods: list[str]) -> None:
     shape = tuple(side) if isinstance(side, tuple) else (3, side, side)  # a text model's (tokens, width)
     x = torch.randn(BATCH, *shape, generator=torch.Generator().manual_seed(1))
@@ -122,17 +141,18 @@ def measure(name: str, model: nn.Module, side, repeats: int, monitor: CpuMonitor
         labels.append(label)
     forward_backward(model, x, target)
     state = monitor.start()
-    seconds = interleaved_medians(sides, repeats)
+    seconds, cpu = interleaved_medians_with_cpu(sides, repeats)
     bg = monitor.stop(state)
     unit = seconds[0]
     print(f"\n## {name}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, batch {BATCH} × "
           f"{' × '.join(map(str, shape))}; bg {bg:.2f} cores)")
-    print(f"  {'forward+backward':<18} {unit * 1e3:9.1f} ms")
-    for label, s in zip(labels[1:], seconds[1:], strict=True):
+    print(f"  {'forward+backward':<18} {unit * 1e3:9.1f} ms  {'':7}  {'':15} {'':4}  CPU {cpu[0] * 1e3:7.1f} ms")
+    for label, s, c in zip(labels[1:], seconds[1:], cpu[1:], strict=True):
         _, _, goal, kind = METHODS[label]
         ratio = s / unit
         shown = "≤2×/≤3×" if kind == "composite" else f"≤{goal:g}×"
-        print(f"  {label:<18} {s * 1e3:9.1f} ms  {ratio:6.2f}×  target {shown:<8} {_verdict(ratio, goal, kind)}")
+        print(f"  {label:<18} {s * 1e3:9.1f} ms  {ratio:6.2f}×  target {shown:<8} {_verdict(ratio, goal, kind):<4}  "
+              f"CPU {c / cpu[0]:5.2f}×")
     for label, why in refused.items():
         print(f"  {label:<18} refused: {why}")
 

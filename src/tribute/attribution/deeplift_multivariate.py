@@ -133,9 +133,17 @@ def node_count(nodes: int, least: int = 1) -> int:
     return nodes
 
 
-def quadrature_nodes(n: int) -> tuple[list[float], list[float]]:
+@functools.lru_cache(maxsize=16)
+def quadrature_nodes(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The ``n`` Gauss–Legendre nodes and weights on [0, 1] as Python floats, remembered: numpy's ``leggauss``
+    (an eigenvalue problem) cost about 0.2 ms per call, paid at every softmax of every pass before."""
     alphas, weights = quadrature("gauss_legendre", n)
-    return alphas.tolist(), weights.tolist()
+    return tuple(alphas.tolist()), tuple(weights.tolist())
+
+
+#: how many entries the softmax family's nodes may take at once (:meth:`GroupedOp.softmax_vjps`): about 4 MB in
+#: float32 per temporary, so that a large attention matrix runs a node or two at a time, a small one all at once
+NODE_BATCH = 1 << 20
 
 
 class GroupedOp:
@@ -172,19 +180,25 @@ class GroupedOp:
 
     def softmax_vjps(self, r: torch.Tensor, dx: torch.Tensor, gs: list[torch.Tensor]) -> list[torch.Tensor]:
         """Σ_k w_k J(r + α_k Δx)ᵀ g with J's VJP written out: s ⊙ (g − ⟨g, s⟩) for s = softmax(x),
-        g − s·Σg for log-softmax, −s ⊙ (g − ⟨g, s⟩) for softmin (s = softmax(−x)): one node at a time, without
-        autograd's K-fold batch (the attention matrices of a real ViT make that the method's largest cost)."""
+        g − s·Σg for log-softmax, −s ⊙ (g − ⟨g, s⟩) for softmin (s = softmax(−x)): without autograd's K-fold batch
+        (the attention matrices of a real ViT made that the method's largest cost), the nodes stacked along a new
+        first dimension as far as :data:`NODE_BATCH` entries go (on small models per-op overhead dominates: one op
+        for all nodes), the weighted terms added node after node, as one node at a time would."""
         (d,) = self.groups.dims
         sign = -1.0 if self.softmax == "softmin" else 1.0
         out: list[Any] = [0.0] * len(gs)
-        for a, w in zip(self.alphas, self.weights, strict=True):
-            s = torch.softmax(sign * (r + a * dx), d)
+        sums = [g.sum(d, keepdim=True) for g in gs] if self.softmax == "log_softmax" else None
+        step = max(1, NODE_BATCH // max(1, r.numel()))
+        for lo in range(0, len(self.alphas), step):
+            a = torch.tensor(self.alphas[lo:lo + step], dtype=r.dtype, device=r.device)
+            w = torch.tensor([sign * w for w in self.weights[lo:lo + step]], dtype=r.dtype, device=r.device)
+            z = r + a.view(-1, *[1] * r.dim()) * dx
+            s = torch.softmax(z if sign == 1.0 else sign * z, d + 1)
+            w = w.view(-1, *[1] * r.dim())
             for i, g in enumerate(gs):
-                if self.softmax == "log_softmax":
-                    v = g - s * g.sum(d, keepdim=True)
-                else:
-                    v = s * (g - (g * s).sum(d, keepdim=True))
-                out[i] = out[i] + (sign * w) * v
+                v = g - s * sums[i] if sums is not None else s * (g - (g * s).sum(d + 1, keepdim=True))
+                for term in (w * v).unbind(0):
+                    out[i] = out[i] + term
         return out
 
     def multiplier(self, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

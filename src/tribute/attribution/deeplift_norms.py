@@ -31,9 +31,11 @@ _SMOOTH_NODES = 24
 
 
 @functools.lru_cache(maxsize=8)
-def _smooth_nodes(n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+def _smooth_nodes(n: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, ...]:
+    """The nodes α_k, their squares and the weights of :func:`_smooth`, in ``dtype``."""
     alphas, weights = quadrature("gauss_legendre", n)
-    return alphas.to(device, dtype), weights.to(device, dtype)
+    a = alphas.to(device, dtype)
+    return a, a * a, weights.to(device, dtype)
 
 
 def _channel_weight(w: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
@@ -69,8 +71,8 @@ def _segment(sums: Callable, n: torch.Tensor, p: NormParams, r: torch.Tensor, dx
     cbar, dc = centre(r), centre(dx)
     a2, dot = sums(dc * dc), sums(cbar * dc)
     moving = a2 > 0
-    safe_a2 = torch.where(moving, a2, torch.ones_like(a2))
-    star = torch.where(moving, -dot / safe_a2, torch.zeros_like(a2))  # α*
+    safe_a2 = torch.where(moving, a2, 1.0)
+    star = torch.where(moving, -dot / safe_a2, 0.0)  # α*
     cperp = cbar + star * dc  # ⟂ Δc
     A, C = a2 / n, sums(cbar * cbar) / n + p.eps
     q0 = sums(cperp * cperp) / n + p.eps  # the minimum of q, free of the cancellation in C − B²/4A
@@ -82,21 +84,22 @@ def _sharp(star, A, q0):
     tanh τ₁ − tanh τ₀ = sinh(τ₁ − τ₀)/(cosh τ₀ cosh τ₁) and sech τ₀ − sech τ₁ likewise."""
     w = (q0 / A).sqrt()
     t0, t1 = torch.asinh(-star / w), torch.asinh((1 - star) / w)
-    c0, c1 = torch.cosh(t0), torch.cosh(t1)
-    dtanh = torch.sinh(t1 - t0) / (c0 * c1)
-    dsech = 2 * torch.sinh((t1 + t0) / 2) * torch.sinh((t1 - t0) / 2) / (c0 * c1)
+    spread, cc = t1 - t0, torch.cosh(t0) * torch.cosh(t1)
+    dtanh = torch.sinh(spread) / cc
+    dsech = 2 * torch.sinh((t1 + t0) / 2) * torch.sinh(spread / 2) / cc
     scale = w / q0.pow(1.5)
-    return (t1 - t0) / A.sqrt(), scale * dtanh, scale * w * dsech, scale * w * w * ((t1 - t0) - dtanh)
+    sw = scale * w
+    return spread / A.sqrt(), scale * dtanh, sw * dsech, sw * w * (spread - dtanh)
 
 
 def _smooth(A, B, C):
     """I = ∫q^{-1/2}, K_k = ∫α^k q^{-3/2} over [0, 1] by Gauss–Legendre (smooth integrands), all nodes at once
     along a new last dimension."""
-    a, w = _smooth_nodes(_SMOOTH_NODES, C.dtype, C.device)
+    a, aa, w = _smooth_nodes(_SMOOTH_NODES, C.dtype, C.device)
     q = C[..., None] + a * (B[..., None] + a * A[..., None])
-    inv = q.rsqrt()
-    wcube = w * inv / q
-    return (w * inv).sum(-1), wcube.sum(-1), (a * wcube).sum(-1), (a * a * wcube).sum(-1)
+    weighted = w * q.rsqrt()
+    wcube = weighted / q
+    return weighted.sum(-1), wcube.sum(-1), (a * wcube).sum(-1), (aa * wcube).sum(-1)
 
 
 def _moments(basis, dc, u, sums, K):
@@ -111,15 +114,18 @@ def norm_averaged_vjps(sums: Callable, p: NormParams, r: torch.Tensor, dx: torch
     n = sums(torch.ones_like(r))
     centre, cbar, dc, cperp, moving, star, A, C, q0, B = _segment(sums, n, p, r, dx)
     sharp = moving & (q0 < A) & (star > -1) & (star < 2)  # a peak narrower than the segment, near it
-    i_smooth, *k_smooth = _smooth(A, B, C)
-    if not bool(sharp.any()):  # the usual case: the sharp branch would be computed only to be dropped
-        return [centre(u * i_smooth - _moments(cbar, dc, u, sums, k_smooth) / n)
-                for u in (g if p.weight is None else g * p.weight for g in gs)]
-    safe_A = torch.where(sharp, A, q0)  # keeps the unused branch finite (NaN would reach double-backward)
-    i_sharp, *l_sharp = _sharp(torch.where(sharp, star, torch.zeros_like(star)), safe_A, q0)
-    out = []
-    for g in gs:
-        u = g if p.weight is None else g * p.weight
-        tail = torch.where(sharp, _moments(cperp, dc, u, sums, l_sharp), _moments(cbar, dc, u, sums, k_smooth))
-        out.append(centre(u * torch.where(sharp, i_sharp, i_smooth) - tail / n))
-    return out
+    some_sharp = bool(sharp.any())
+    if not some_sharp:  # the usual case: the sharp branch would be computed only to be dropped
+        (integral, *ks), basis = _smooth(A, B, C), cbar
+    elif bool(sharp.all()):  # e.g. a zero reference's first norm: the smooth branch would be dropped
+        (integral, *ks), basis = _sharp(star, A, q0), cperp
+    else:  # per group the one branch that holds, as the scalars and basis of one expression (per-group results
+        # exactly those of each branch computed apart and selected; one moment per g instead of two)
+        i_smooth, *k_smooth = _smooth(A, B, C)
+        safe_A = torch.where(sharp, A, q0)  # keeps the unused branch finite (NaN would reach double-backward)
+        i_sharp, *l_sharp = _sharp(torch.where(sharp, star, 0.0), safe_A, q0)
+        integral = torch.where(sharp, i_sharp, i_smooth)
+        ks = [torch.where(sharp, ls, kh) for ls, kh in zip(l_sharp, k_smooth, strict=True)]
+        basis = torch.where(sharp, cperp, cbar)
+    return [centre(u * integral - _moments(basis, dc, u, sums, ks) / n)
+            for u in (g if p.weight is None else g * p.weight for g in gs)]

@@ -20,7 +20,7 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .interception import count_tensors, current_phase, divisor_on_path, linear_on_path
+from .interception import LINEAR_OPS, count_tensors, current_phase, divisor_on_path, linear_on_path
 from .rule_registry import RuleKind, families, registry_version, rule_table, rules_of_kind
 from .rules import RuleSet
 
@@ -105,6 +105,11 @@ class FamilyPass:
         #: whether the last op handled ran under a rule that computes the op's own gradient (a faster form of the
         #: plain op, e.g. DeepLIFT's linear layer skipping the references' zero rows): counted as linear, not ruled
         self.gradient_form = False
+        #: the ops (the last part of their names) :meth:`handle` would give back unruled and unlisted whatever their
+        #: arguments — linear or structural, no rule of the family at them — and whose reads and writes this pass
+        #: notes nothing of: the mode runs them without asking (its fast path; per-op overhead dominates on small
+        #: transformers)
+        self.plainly = plain_ops(family, self.table) if _notes_nothing(type(self)) else frozenset()
 
     def handle(self, func: Callable, args: tuple, kwargs: dict, tagged: Callable[[Any], bool], name: str) -> Any:
         op = name.rsplit(".", 1)[-1]
@@ -125,6 +130,28 @@ class FamilyPass:
 
     def before_write(self, t: Any, writer: str | None = None) -> None:
         pass  # nothing is kept by reference
+
+
+_PLAIN: dict[str, tuple[int, frozenset[str]]] = {}
+
+
+def plain_ops(family: str, table: Mapping[str, Any]) -> frozenset[str]:
+    """The ops of :data:`tribute.core.interception.LINEAR_OPS` with no rule of ``family`` other than an elementwise
+    one (``table`` is the family's), remembered until a rule is registered or removed."""
+    version = registry_version()
+    known = _PLAIN.get(family)
+    if known is not None and known[0] == version:
+        return known[1]
+    ops = frozenset(op for op in LINEAR_OPS if table.get(op) is None or table[op].kind is RuleKind.ELEMENTWISE)
+    _PLAIN[family] = (version, ops)
+    return ops
+
+
+def _notes_nothing(cls: type) -> bool:
+    """Whether a pass class keeps :class:`FamilyPass`'s handling of unruled ops: no reads counted, no writes
+    watched, ops without a rule judged by :meth:`FamilyPass.handle` (then its :attr:`~FamilyPass.plainly` holds)."""
+    return (cls.handle is FamilyPass.handle and cls.count_consumers is FamilyPass.count_consumers
+            and cls.before_write is FamilyPass.before_write)
 
 
 def _count_on_path(args: tuple, kwargs: dict, tagged: Callable[[Any], bool]) -> int:

@@ -53,6 +53,8 @@ _LINEAR_SUFFIXES = {
     "unbind", "__setitem__", "zero_", "fill_", "masked_fill", "masked_fill_", "cumsum",
     "pixel_shuffle", "pixel_unshuffle", "unfold", "fold", "real", "requires_grad_", "where",
 }
+#: the ops linear or structural in their arguments on the input's path, whichever those are (no rule needed)
+LINEAR_OPS = frozenset(_LINEAR_SUFFIXES)
 # Ops whose result carries no value of the input's that a gradient could follow: comparisons and masks, indices,
 # piecewise-constant roundings (zero gradient almost everywhere) and tensors that take only the input's shape.
 # They run plainly, their results stay off the input's path, and they never count as ops without a rule.
@@ -83,11 +85,20 @@ _SELECTING_SUFFIXES = {"max", "min", "amax", "amin", "median", "nanmedian", "kth
 _UNCOUNTED_NAMES = {"torch.Tensor.data.__get__", "torch.Tensor.zero_", "torch.Tensor.fill_", "torch.Tensor.detach_"}
 
 
+_KEYS: dict[str, str] = {}
+
+
 def op_key(name: str) -> str:
     """The part of an op's name that rule tables are keyed by: the last one (``torch.Tensor.transpose`` →
-    ``transpose``), or the property for a property getter (``torch.Tensor.T.__get__`` → ``T``)."""
+    ``transpose``), or the property for a property getter (``torch.Tensor.T.__get__`` → ``T``).  Remembered:
+    the op handlers ask it for every op on the input's path."""
+    try:
+        return _KEYS[name]
+    except KeyError:
+        pass
     parts = name.rsplit(".", 2)
-    return parts[-2] if parts[-1] == "__get__" and len(parts) > 1 else parts[-1]
+    key = _KEYS[name] = parts[-2] if parts[-1] == "__get__" and len(parts) > 1 else parts[-1]
+    return key
 
 
 def linear_on_path(op: str, n_tagged: int, n_tensors: int | None = None, *, denominator: bool = False) -> bool:
@@ -162,18 +173,37 @@ _METADATA = frozenset({
 })
 
 
-_VALUELESS: dict = {}
+class OpFacts:
+    """What the mode needs to know of a function whatever its arguments, decided once per function object (the
+    mode asks for every op on the input's path): its name, the keys rule tables use, whether its results stay off
+    the path (:data:`_VALUELESS_SUFFIXES`), whether it is linear or structural in any arguments
+    (:data:`_LINEAR_SUFFIXES`: no need to count them) and whether its name says it writes in place."""
+
+    __slots__ = ("name", "key", "last", "valueless", "always_linear", "inplace_by_name")
+
+    def __init__(self, func):
+        self.name = name = op_name(func)
+        self.key = key = op_key(name)
+        self.last = last = name.rsplit(".", 1)[-1]  # the key of FamilyPass.handle (no property unwrapping)
+        self.valueless = last in _VALUELESS_SUFFIXES
+        self.always_linear = key in _LINEAR_SUFFIXES or name in _UNCOUNTED_NAMES
+        self.inplace_by_name = (key.endswith("_") and not key.startswith("__")) or key == "__setitem__" or (
+            key.startswith("__i") and key.endswith("__") and key not in ("__init__", "__index__", "__int__",
+                                                                          "__invert__", "__iter__"))
 
 
-def _valueless(func) -> bool:
-    """Whether ``func`` is one of the ops whose results stay off the input's path (:data:`_VALUELESS_SUFFIXES`)."""
+_FACTS: dict = {}
+
+
+def op_facts(func) -> OpFacts:
+    """The :class:`OpFacts` of ``func``, remembered per function object."""
     try:
-        return _VALUELESS[func]
+        return _FACTS[func]
     except KeyError:
-        v = _VALUELESS[func] = op_name(func).rsplit(".", 1)[-1] in _VALUELESS_SUFFIXES
-        return v
+        facts = _FACTS[func] = OpFacts(func)
+        return facts
     except TypeError:  # an unhashable callable
-        return op_name(func).rsplit(".", 1)[-1] in _VALUELESS_SUFFIXES
+        return OpFacts(func)
 
 
 def _holds_float(out) -> bool:
@@ -221,16 +251,13 @@ def _tag(out, token) -> None:
             _tag(o, token)
 
 
-def _written(name: str, args, kwargs, func=None):
+def _written(facts: OpFacts, args, kwargs, func=None):
     """The tensor an in-place op writes into, or None: every spelling, ``x.add_``, ``x += y``, ``x[i] = v``,
     ``out=`` and an ``inplace=True`` argument (``F.hardswish(x, inplace=True)``, positional in
     ``nn.Hardswish(inplace=True)``), which the name does not show."""
-    if kwargs.get("out") is not None:
+    if kwargs and kwargs.get("out") is not None:
         return kwargs["out"]
-    suffix = op_key(name)
-    inplace = (suffix.endswith("_") and not suffix.startswith("__")) or suffix == "__setitem__" or (
-        suffix.startswith("__i") and suffix.endswith("__") and suffix not in ("__init__", "__index__",
-                                                                             "__int__", "__invert__", "__iter__"))
+    inplace = facts.inplace_by_name
     if not inplace and func is not None and args:
         inplace = writes_inplace_by_argument(func, args, kwargs)
     return args[0] if inplace and args else None
@@ -290,6 +317,9 @@ class RuleMode(TorchFunctionMode):
         self.token = object()  # tags from another pass never match this one
         self.phase = Phase()
         self.propagation = None
+        #: ops (by the last part of their name) the handler runs plainly and notes nothing of: the mode runs them
+        #: itself, without offering them to the handler (:attr:`tribute.core.family_rules.FamilyPass.plainly`)
+        self._plainly: frozenset[str] = frozenset()
 
     def _is_tagged(self, a) -> bool:
         return isinstance(a, torch.Tensor) and getattr(a, _TAG, None) is self.token
@@ -313,58 +343,70 @@ class RuleMode(TorchFunctionMode):
         self.phase = Phase(differentiable)
         if self.rules.ops is not None:
             self.propagation = self.rules.ops.start()
+            self._plainly = getattr(self.propagation, "plainly", frozenset())
         return self.phase
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func in _METADATA:
             return func(*args, **kwargs)
-        if not _any_tagged(args, kwargs, self.token):
+        token = self.token
+        if not _any_tagged(args, kwargs, token):
             return func(*args, **kwargs)
-        valueless = _valueless(func)
-        if valueless and self.propagation is None:  # (an ops handler sees it below: it may count the read)
+        facts = op_facts(func)
+        prop = self.propagation
+        if facts.valueless and prop is None:  # (an ops handler sees it below: it may count the read)
             return func(*args, **kwargs)
         form = call_form(func)
         if form is not None:
             z, params, inplace = form.parse(args, kwargs)
-            if _tagged(z, self.token) and form.accepts(params):
+            if _tagged(z, token) and form.accepts(params):
                 return self._nonlinearity(form.nonlinearity, z, params, inplace)
-        prop = self.propagation
-        unruled = False
-        tagged = self._is_tagged
-        if prop is not None:
-            parts = BY_PARTS.get(func)
-            if parts is not None:  # fused attention: its parts meet their rules
-                with self:
-                    return parts(*args, **kwargs)
-            name = op_name(func)
-            n_unruled = len(prop.unruled)
-            out = prop.handle(func, args, kwargs, tagged, name)  # counts the reads of what it handles
-            if out is not NotImplemented:
-                _tag(out, self.token)
-                if self.coverage is not None:
-                    plain = getattr(prop, "gradient_form", False)  # the op's gradient, computed faster
-                    (self.coverage.linear if plain else self.coverage.ruled)[name] += 1
-                return out
-            unruled = len(prop.unruled) > n_unruled
-            written = _written(name, args, kwargs, func)
-            if written is not None:
-                prop.before_write(written)
+        if prop is not None and facts.last not in self._plainly:
+            return self._handled(prop, func, facts, args, kwargs)
+        # no handler, or one that runs this op plainly and notes nothing (its ``plainly``): run it, tag its result
         out = func(*args, **kwargs)
-        if prop is not None and _holds_tensor(out):  # metadata queries (x.dim(), x.shape) read no values
+        if not _holds_float(out):  # metadata, integers, booleans: no gradient to be plain about
+            return out
+        _tag(out, token)
+        if self.coverage is not None:
+            if prop is None:
+                self._record(facts, args, kwargs)
+            else:
+                self.coverage.linear[facts.name] += 1
+        return out
+
+    def _handled(self, prop, func, facts: OpFacts, args: tuple, kwargs: dict):
+        """An op on the input's path offered to the pass's op handler, which runs it under its family's rule or
+        answers ``NotImplemented``: then it runs plainly here, the handler told of its writes and reads."""
+        parts = BY_PARTS.get(func)
+        if parts is not None:  # fused attention: its parts meet their rules
+            with self:
+                return parts(*args, **kwargs)
+        name, tagged = facts.name, self._is_tagged
+        n_unruled = len(prop.unruled)
+        out = prop.handle(func, args, kwargs, tagged, name)  # counts the reads of what it handles
+        if out is not NotImplemented:
+            _tag(out, self.token)
+            if self.coverage is not None:
+                plain = getattr(prop, "gradient_form", False)  # the op's gradient, computed faster
+                (self.coverage.linear if plain else self.coverage.ruled)[name] += 1
+            return out
+        unruled = len(prop.unruled) > n_unruled
+        written = _written(facts, args, kwargs, func)
+        if written is not None:
+            prop.before_write(written)
+        out = func(*args, **kwargs)
+        if _holds_tensor(out):  # metadata queries (x.dim(), x.shape) read no values
             prop.count_consumers(args, kwargs, tagged)
-        if valueless or not _holds_float(out):  # metadata, integers, booleans: no gradient to be plain about
+        if facts.valueless or not _holds_float(out):  # metadata, integers, booleans: no gradient to be plain about
             if unruled:
                 prop.unruled.pop()
             return out
         _tag(out, self.token)
         if self.coverage is not None:
-            if prop is not None:
-                counted = unruled and name not in _UNCOUNTED_NAMES
-                (self.coverage.unruled if counted else self.coverage.linear)[name] += 1
-            else:
-                self._record(func, _count_tagged(args, kwargs, self.token), count_tensors(args, kwargs),
-                             args, kwargs)
+            counted = unruled and name not in _UNCOUNTED_NAMES
+            (self.coverage.unruled if counted else self.coverage.linear)[name] += 1
         return out
 
     def _nonlinearity(self, nl, z, params, inplace):
@@ -417,12 +459,15 @@ class RuleMode(TorchFunctionMode):
         if made is not None:
             made(y, nl.name)
 
-    def _record(self, func, n_tagged: int, n_tensors: int, args: tuple, kwargs: dict) -> None:
-        name = op_name(func)
-        op = op_key(name)
+    def _record(self, facts: OpFacts, args: tuple, kwargs: dict) -> None:
+        if facts.always_linear:  # whatever its arguments: no need to count them
+            self.coverage.linear[facts.name] += 1
+            return
+        op = facts.key
         divisor = divisor_on_path(op, args, kwargs, self._is_tagged)
-        linear = linear_on_path(op, n_tagged, n_tensors, denominator=divisor) or name in _UNCOUNTED_NAMES
-        (self.coverage.linear if linear else self.coverage.unruled)[name] += 1
+        linear = linear_on_path(op, _count_tagged(args, kwargs, self.token), count_tensors(args, kwargs),
+                                denominator=divisor)
+        (self.coverage.linear if linear else self.coverage.unruled)[facts.name] += 1
 
 
 @contextmanager

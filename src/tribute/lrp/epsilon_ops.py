@@ -28,7 +28,7 @@ from ..core.rule_registry import OpRule, register_rule
 from ..core.rules import Phase
 from .attention import Normalisation, Softmax
 from .elementwise import FAMILY
-from .gates import factors, gates_only, made_gate, mark_gate, path_tensors
+from .gates import factors, gates_only, gates_only_on_path, made_gate, mark_gate, path_tensors
 from .ops import IN_PLACE, MOVES
 
 ATTENTION = ("cp", "attnlrp")
@@ -61,11 +61,22 @@ class EpsilonPass(FamilyPass):
 
     def hold(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` held constant in the attribution's backward pass (a normalisation's 1/σ)."""
-        return _Share.apply(t, 0.0, self.phase) if t.requires_grad else t
+        return held(t, self.phase)
 
     def no_rule(self, func, args, kwargs, tagged, name):
         self.unruled.append(name)
         return NotImplemented
+
+
+def held(t: torch.Tensor, phase: Phase | None) -> torch.Tensor:
+    """``t`` with no gradient in the attribution's backward pass, its true one in later passes.  Where the attribution
+    will not be differentiated (``differentiable=False``: no later pass) that is ``t.detach()``, which also spares the
+    backward pass the zeros it would carry back through whatever made ``t`` (an attention's softmax and scores)."""
+    if not t.requires_grad:
+        return t
+    if phase is not None and not phase.differentiable:
+        return t.detach()
+    return _Share.apply(t, 0.0, phase)
 
 
 class _Share(torch.autograd.Function):
@@ -108,7 +119,7 @@ class Product(OpRule):
             # in place: the product reads a copy of the first operand, which the result then overwrites (what the
             # product saved for its backward pass must not be that operand)
             own = {id(args[0]): args[0].clone()} if self.inplace else {}
-            swap = {id(t): _Share.apply(own.get(id(t), t), 0.0, handler.phase) for t in gates}
+            swap = {id(t): held(own.get(id(t), t), handler.phase) for t in gates}
             if len(signals) > 1:
                 swap.update({id(t): _Share.apply(own.get(id(t), t), share, handler.phase) for t in signals})
             swap = {**own, **swap}
@@ -128,7 +139,7 @@ class GateMarks(OpRule):
     name = "gate_marks"
 
     def apply(self, handler, func, args, kwargs, tagged, name):
-        strength = gates_only(path_tensors(args, kwargs, tagged))
+        strength = gates_only_on_path(args, kwargs, tagged)
         if not strength:
             return NotImplemented
         out = func(*args, **kwargs)

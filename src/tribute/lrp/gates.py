@@ -96,6 +96,20 @@ def gates_only(tensors: Iterable[torch.Tensor]) -> int:
     return weakest or 0
 
 
+def gates_only_on_path(args: tuple, kwargs: dict, tagged: Callable[[Any], bool]) -> int:
+    """``gates_only(path_tensors(args, kwargs, tagged))``, stopping at the first tensor on the path that is no gate
+    (a move of a signal, the usual case, asks one mark)."""
+    weakest = 0
+    for a in (*args, *kwargs.values()) if kwargs else args:
+        for t in (a if isinstance(a, (list, tuple)) else (a,)):
+            if tagged(t):
+                s = gate_strength(t)
+                if not s:
+                    return 0
+                weakest = s if not weakest else min(weakest, s)
+    return weakest
+
+
 def divisor(name: str, args: tuple, kwargs: dict) -> Any:
     """The divisor of a division ``name`` (None for any other op)."""
     if name not in DIVISIONS:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -74,8 +75,8 @@ class NormFunction(torch.autograd.Function):
     for an addition or a pooling costs less than copying inputs and output in the forward pass."""
 
     @staticmethod
-    def forward(ctx, op, prop: Any, inplace_op, additive: bool, share: float, absorbed, *inputs):
-        ctx.op, ctx.additive, ctx.share, ctx.absorbed = op, additive, share, absorbed
+    def forward(ctx, op, prop: Any, inplace_op, additive: bool, share: float, absorbed, vjp, *inputs):
+        ctx.op, ctx.additive, ctx.share, ctx.absorbed, ctx.vjp = op, additive, share, absorbed, vjp
         ctx.eps = prop.stabilizer
         ctx.kept = [prop.keep(t) for t in inputs]
         if inplace_op is None:
@@ -94,7 +95,11 @@ class NormFunction(torch.autograd.Function):
             a, b = (k.get() for k in ctx.kept)
             s = stab(torch.add(a, b), ctx.eps)
             s = torch.div(r, s, out=s)
-            return None, None, None, None, None, None, a * s, s.mul_(b)
+            return None, None, None, None, None, None, None, a * s, s.mul_(b)
+        if ctx.vjp is not None:
+            out = _closed_form(ctx, r)
+            if out is not None:
+                return out
         with torch.enable_grad():
             xs = [k.get().detach().requires_grad_() for k in ctx.kept]
             y = ctx.op(*xs)
@@ -103,12 +108,54 @@ class NormFunction(torch.autograd.Function):
         if ctx.absorbed is not None:
             with torch.no_grad():
                 ctx.absorbed.add(ctx.op(*(torch.zeros_like(x) for x in xs)) * s)
-        out = [None] * 6
+        out = [None] * 7
         for x, g in zip(xs, grads, strict=True):
             if g is not None:
                 g = x.detach() * g if ctx.share == 1 else x.detach() * g * ctx.share
             out.append(g)
         return tuple(out)
+
+
+def _closed_form(ctx, r: torch.Tensor) -> tuple | None:
+    """:class:`NormFunction`'s backward for y = op(x, c) with ``ctx.vjp`` (:func:`elementwise_vjp`): the same values
+    as recomputing y under autograd and asking it for Jᵀs, without doing so (on a small model the engine's call per
+    op cost more than the op).  None where y's shape or dtype is not x's (then autograd's reduction or cast is due)."""
+    x = ctx.kept[0].get().detach()
+    y = ctx.op(x)  # (checks that a gate held in a product is unchanged)
+    if y.shape != x.shape or y.dtype != x.dtype:
+        return None
+    s = r / stab(y, ctx.eps)
+    if ctx.absorbed is not None:
+        ctx.absorbed.add(ctx.op(torch.zeros_like(x)) * s)
+    g = ctx.vjp(s)
+    return None, None, None, None, None, None, None, x * g if ctx.share == 1 else x * g * ctx.share
+
+
+_SUMS = frozenset({"add", "__add__", "__radd__"})
+_DIFFERENCES = {"sub": (False, True), "__sub__": (False, True), "__rsub__": (True, False)}  # negated, by x's position
+_PRODUCTS = frozenset({"mul", "__mul__", "__rmul__"})
+
+
+def elementwise_vjp(base: str, args: tuple, kwargs: dict, inputs: Callable[[Any], bool]) -> Callable | None:
+    """s ↦ Jᵀs for y = op(x, c), ``base`` an addition, subtraction or product of two arguments, x the one of ``inputs``
+    and c a constant (a number, a tensor off the input's path, a gate held): s, −s or s·c, what autograd's backward of
+    the op gives x when y has x's shape and dtype; None for any other call."""
+    if kwargs or len(args) != 2 or not (base in _SUMS or base in _DIFFERENCES or base in _PRODUCTS):
+        return None
+    at = [i for i, a in enumerate(args) if inputs(a)]
+    if len(at) != 1:
+        return None
+    other = args[1 - at[0]]
+    if base in _PRODUCTS:
+        c = other.detach() if isinstance(other, torch.Tensor) else other
+        return lambda s: s * c
+    if base in _DIFFERENCES and _DIFFERENCES[base][at[0]]:
+        return torch.neg
+    return _same
+
+
+def _same(s: torch.Tensor) -> torch.Tensor:
+    return s
 
 
 class BatchNormFunction(torch.autograd.Function):

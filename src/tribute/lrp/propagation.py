@@ -44,12 +44,12 @@ from ..core.interception import op_key
 from ..core.rule_registry import rule_table
 from .absorbed import Absorbed
 from .attention import joins_constants, move_with_constants
-from .gates import among, factors, gates_only, made_gate, mark_gate, path_tensors
+from .gates import among, factors, gates_only, gates_only_on_path, made_gate, mark_gate
 from .kept import Kept
 from .layer_call import LayerCall, PassFacts, parse_linear
 from .linear_forms import added_bias
 from .merge_plan import Merge, MergePlan, Replan, batch_norm_affine, batch_norm_arguments, has_forward_hooks
-from .nodes import BatchNormFunction, LinearLayerFunction, NormFunction
+from .nodes import BatchNormFunction, LinearLayerFunction, NormFunction, elementwise_vjp
 from .ops import FAMILY
 from .rules import norm_stabilizer
 from .weight_cache import WeightCache
@@ -191,7 +191,8 @@ class Propagation:
 
     def track_modules(self, model: nn.Module):
         """Context: keep a stack of the modules this thread runs, so composites can address layers by name."""
-        if self.plan is not None and has_forward_hooks(model):  # they would see a planned layer's merged output
+        # hooks would see a planned layer's merged output (no merge planned: nothing to see, and no walk of the model)
+        if self.plan is not None and self.plan.merges and has_forward_hooks(model):
             self.plan = None
         if not self.composite.needs_modules():  # global module hooks slow every module call down
             return contextlib.nullcontext()
@@ -201,7 +202,7 @@ class Propagation:
     def count_consumers(self, args, kwargs, tagged: Callable[[Any], bool]) -> None:
         """Note every read of a linear layer's output (batch norm merges only into a sole reader's layer)
         and of its merged output."""
-        for a in list(args) + list(kwargs.values()):
+        for a in (*args, *kwargs.values()) if kwargs else args:
             if isinstance(a, (list, tuple)):
                 self.count_consumers(a, {}, tagged)
             elif tagged(a):
@@ -344,8 +345,7 @@ class Propagation:
         """An op that moves entries: its own gradient moves the relevance (``NotImplemented``: run plainly), a move
         of gates is a gate, and with constants joining the path (a class token concatenated) their share is counted
         if :attr:`absorbed` is on (:func:`tribute.lrp.attention.move_with_constants`)."""
-        inputs = path_tensors(args, kwargs, tagged)
-        strength = gates_only(inputs)
+        strength = gates_only_on_path(args, kwargs, tagged)
         if self.absorbed is not None and not strength and joins_constants(name, args, kwargs, tagged):
             if name.endswith("_") and args:
                 return self._fill_in_place(name, args, kwargs, tagged)
@@ -403,18 +403,20 @@ class Propagation:
             out = args[0].copy_(self._proportional(getattr(torch, rule.base), args, kwargs, inputs, share=share,
                                                    held=held))
         else:
-            out = self._proportional(func, args, kwargs, inputs, additive=additive, share=share, held=held)
+            out = self._proportional(func, args, kwargs, inputs, additive=additive, share=share, held=held,
+                                     base=rule.base)
         setattr(out, _NORM, out._version)
         mark_gate(out, strength)  # an affine map of gates (1 + tanh(u), 0.5·g) is a gate
         return out
 
     def _proportional(self, func, args, kwargs, tagged, inplace_func=None, additive: bool = False,
-                      share: float = 1.0, held=()):
+                      share: float = 1.0, held=(), base: str | None = None):
         """The op under the Norm rule; ``inplace_func`` (the op's in-place form, writing into ``args[0]``)
         is used when ``args[0]`` is on the input's path.  ``additive``: the op is a + b, same shapes.  ``share``:
         the part of each input's Norm-rule relevance it gets (AttnLRP's uniform rule, :class:`NormFunction`).
         ``held``: gates among the other arguments (held constant), which must not change before the backward pass
-        reads them again."""
+        reads them again.  ``base``: the op's name (an addition or product with a constant takes a closed form
+        backward, :func:`tribute.lrp.nodes.elementwise_vjp`)."""
         versions = [(g, g._version) for g in held]
         positions = [i for i, a in enumerate(args) if tagged(a)]
         keys = [k for k, v in kwargs.items() if tagged(v)]
@@ -439,7 +441,8 @@ class Propagation:
 
         inplace = with_inputs(inplace_func) if inplace_func is not None and positions[:1] == [0] else None
         absorbed = None if additive else self.absorbed
-        return NormFunction.apply(with_inputs(func), self, inplace, additive, share, absorbed, *inputs)
+        vjp = None if inplace is not None or base is None else elementwise_vjp(base, args, kwargs, tagged)
+        return NormFunction.apply(with_inputs(func), self, inplace, additive, share, absorbed, vjp, *inputs)
 
     def batch_norm(self, func, args, kwargs, tagged):
         p = batch_norm_arguments(args, kwargs)
