@@ -92,11 +92,12 @@ def test_fig5_spearman_per_method_and_the_explainer_maps_change(smoke):
 def test_accuracy_table_and_markdown_agree_with_the_csv(smoke):
     out = smoke[0]
     header, rows = read_csv(out / "accuracy.csv")
+    assert header == ["model", "test accuracy", "PGD-L2 accuracy"]
     assert [r[0] for r in rows] == ["classifier", "twin", "aligned", "aligned_standard"]
     assert all(0.0 <= v <= 1.0 for v in numbers(rows))
     md = (out / "accuracy.md").read_text().splitlines()
     body = [line for line in md if line.startswith("| ") and not line.startswith("| model")]
-    assert body == [f"| {r[0]} | {float(r[1]):.4f} |" for r in rows]
+    assert body == [f"| {r[0]} | {float(r[1]):.4f} | {float(r[2]):.4f} |" for r in rows]
 
 
 def test_run_json_records_settings_seeds_versions_and_time(smoke):

@@ -26,7 +26,7 @@ OUTPUTS = tuple(f"{name}.{ext}" for name in ("table1_roar", "table2_alignment", 
     "fig4_robust_saliency.png", "fig5_sanity.png", "run.json")
 
 
-def run_alignment(out: str | os.PathLike, *, scale: str = "smoke", data: str = "fashion-mnist",
+def run_alignment(out: str | os.PathLike, *, scale: str | Scale = "smoke", data: str = "fashion-mnist",
                   seeds: int | None = None) -> dict:
     """Zeng et al. (2021)'s evidence for the aligned explainer, at ``scale``, on ``data``, into ``out``.
 
@@ -60,8 +60,9 @@ def run_alignment(out: str | os.PathLike, *, scale: str = "smoke", data: str = "
     write_table(out, "table3_latency", ["method", "ms per image"], [[k, v] for k, v in timing.items()],
                 f"Table 3: latency per image on this machine ({sc.latency_images} images in one batch, "
                 f"{torch.get_num_threads()} thread(s))")
-    write_table(out, "accuracy", ["model", "test accuracy"], [[k, v] for k, v in accuracy.items()],
-                "Clean test accuracy: the classifier alone, the twin, the classifiers trained with the head")
+    write_table(out, "accuracy", ["model", "test accuracy", "PGD-L2 accuracy"], [[k, *v] for k, v in accuracy.items()],
+                "Test accuracy, clean and under PGD-L2 at the twin's ε (20 steps): the classifier alone, the robust "
+                "twin, the classifiers trained with the explainer head (robust and standard alignment)")
     record = {"scale": sc.__dict__, "data": data, "data_used": used, "roar_seeds": list(range(sc.seeds)),
               "pipeline_seed": 0, "train_samples": len(split.train[1]), "test_samples": len(split.test[1]),
               "extra_rankings": list(EXTRA), "versions": _versions(), "steps": steps.log,

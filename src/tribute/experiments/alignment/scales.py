@@ -66,11 +66,15 @@ SCALES: dict[str, Scale] = {
 }
 
 
-def get_scale(name: str, seeds: int | None = None) -> Scale:
-    """The scale ``name`` (:data:`SCALES`), with ``seeds`` ROAR seeds instead of its own if given."""
-    if name not in SCALES:
-        raise ValueError(f"unknown scale {name!r}; the scales are {', '.join(map(repr, SCALES))}")
-    scale = SCALES[name]
+def get_scale(name: str | Scale, seeds: int | None = None) -> Scale:
+    """The scale ``name`` (:data:`SCALES`, or a :class:`Scale` of one's own, e.g. a reduced full scale), with
+    ``seeds`` ROAR seeds instead of its own if given."""
+    if isinstance(name, Scale):
+        scale = name
+    elif name not in SCALES:
+        raise ValueError(f"unknown scale {name!r}; the scales are {', '.join(map(repr, SCALES))}, or a Scale")
+    else:
+        scale = SCALES[name]
     if seeds is not None:
         if isinstance(seeds, bool) or not isinstance(seeds, int) or seeds < 1:
             raise ValueError(f"seeds must be an integer >= 1, got {seeds!r}")
