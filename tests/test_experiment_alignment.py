@@ -168,6 +168,36 @@ def test_mean_sd_and_roar_rows_by_hand():
     assert row[2::2] == pytest.approx([math.sqrt(0.02), 0.0, math.sqrt(0.02), math.sqrt(0.08)])
 
 
+def test_the_rankings_are_computed_once_for_every_seed(monkeypatch):
+    """The ROAR callables with a shared cache: a batch seen before (same images, same targets) is not attributed
+    again, and the result is the very tensor computed the first time; other images or targets are computed."""
+    import torch
+
+    import tribute.experiments.alignment.methods as methods
+    from tribute.explainers import resnet18_cifar
+
+    calls = []
+    real = methods.attribute
+
+    def counting(spec, models, x, target):
+        calls.append(len(x))
+        return real(spec, models, x, target)
+
+    monkeypatch.setattr(methods, "attribute", counting)
+    models = {"classifier": resnet18_cifar(10, in_channels=1, width=4, seed=0)}
+    spec = methods.specs(SCALES["smoke"], (1, 16, 16))["saliency"]
+    x, y = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.arange(6)
+    cache: dict = {}
+    method = methods.roar_callable("saliency", spec, models, cache)
+    first = method(None, x, y)
+    assert method(None, x.clone(), y.clone()) is first and calls == [6]
+    method(None, x, (y + 1) % 10)
+    method(None, x[:3], y[:3])
+    assert calls == [6, 6, 3]
+    uncached = methods.roar_callable("saliency", spec, models)(None, x, y)
+    assert torch.equal(uncached, first)
+
+
 def test_twin_eps_keeps_the_papers_per_pixel_budget():
     assert twin_eps((3, 32, 32)) == 1.5  # CIFAR-10: the paper's own value
     assert twin_eps((1, 28, 28)) == TWIN_PRESETS["gray28"].eps  # the preset used on 28×28 images

@@ -15,6 +15,7 @@ their classifier predicts, the only map their head has (:class:`tribute.explaine
 
 from __future__ import annotations
 
+import hashlib
 from typing import NamedTuple
 
 import torch
@@ -68,10 +69,24 @@ def attribute(spec: Spec, models: dict, x: torch.Tensor, target) -> torch.Tensor
     return explain(model, x, spec.method, target=target, **spec.options).detach()
 
 
-def roar_callable(label: str, spec: Spec, models: dict):
+def roar_callable(label: str, spec: Spec, models: dict, cache: dict | None = None):
     """``spec`` as ROAR's method callable ``(model, inputs, target)`` (the model argument, ROAR's classifier, is
-    ignored: each attribution reads its own model)."""
+    ignored: each attribution reads its own model).
+
+    With ``cache`` (a dict shared by the ROAR calls of every seed) a batch already attributed is looked up by the
+    digest of its images and targets instead of attributed again: every attribution here is seeded by the spec,
+    not by ROAR's seed, so the seeds rank the same data identically and the rankings are computed once (at the
+    full scale they cost about as much as one seed's retrainings)."""
     def method(model, x, target):
-        return attribute(spec, models, x, target)
+        if cache is None:
+            return attribute(spec, models, x, target)
+        key = (label, _digest(x), _digest(torch.as_tensor(target)) if target is not None else None)
+        if key not in cache:
+            cache[key] = attribute(spec, models, x, target)
+        return cache[key]
     method.__name__ = label
     return method
+
+
+def _digest(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.detach().cpu().contiguous().numpy().tobytes()).hexdigest()

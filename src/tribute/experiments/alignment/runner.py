@@ -45,7 +45,8 @@ def run_alignment(out: str | os.PathLike, *, scale: str | Scale = "smoke", data:
     steps = Steps(out, {"scale": sc.__dict__, "data": data, "data_used": used})
     models, accuracy = train_models(steps, split, sc)
     every = specs(sc, tuple(split.train[0].shape[1:]))
-    per_seed = [steps.run(f"roar_seed{s}", lambda s=s: roar_seed(models, split, every, sc, s))
+    cache: dict = {}  # the rankings, the same for every seed: computed by the first seed that runs
+    per_seed = [steps.run(f"roar_seed{s}", lambda s=s: roar_seed(models, split, every, sc, s, cache))
                 for s in range(sc.seeds)]
     _roar_outputs(out, per_seed, sc)
     x_test = split.test[0]
