@@ -9,8 +9,8 @@ and what builds on it): a rerun loads a finished training instead of repeating i
   labels (:func:`tribute.explainers.twin_attributions`), steps 1–2 of the pipeline: preset ``"gray28"`` (PGD-L2,
   7 steps, ε = 0.76); on the digits at 16×16 ε = 1.5·√(256/3072) ≈ 0.43, the preset's own per-pixel rule applied
   to 256 pixels.  Batches of 64 (the scale's) instead of the paper's 256: on 6,000 images 256 leaves 24 steps an
-  epoch, and 4 epochs of 1,000 images at batch 256 (16 steps) leave the twin at chance (measured: 0.09), where
-  batch 64 trains it (``tests/test_explainers_twin.py``'s slow test: clean accuracy > 0.6);
+  epoch, and 3 epochs of 1,000 Fashion-MNIST images at batch 256 (12 steps) left the twin at chance (measured:
+  0.09), where batch 64 trains it (``tests/test_explainers_twin.py``'s slow test: clean accuracy > 0.6);
 - the *aligned explainer* (robust alignment): a fresh classifier with the explainer head, trained jointly (Eq 5,
   λ = 0.35, the default loss) on the twin's store;
 - the *standard alignment* of Table 2: the same, on a store of the standard classifier's SmoothGrad maps.

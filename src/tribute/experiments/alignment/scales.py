@@ -8,10 +8,10 @@ CPU-min, and SmoothGrad with 50 samples costs ≈ 54 ms per image.  With 6,000 t
   (robust and standard targets), 10 epochs each with the head: ≈ 2 × 2 ≈ 4 CPU-min;
 - robust twin, 10 PGD-7 epochs: 10 × 8.3 × 0.1 ≈ 8.3 CPU-min;
 - the two SmoothGrad-50 stores of the training set (twin, standard model): 2 × 6,000 × 54 ms ≈ 11 CPU-min;
-- ROAR's rankings of the 7,000 train + test images: SmoothGrad-50 twice (the classifier's, the twin's), integrated
-  gradients (50 steps), GradientSHAP (50 samples) and occlusion ((1, 4, 4) windows at stride 2: 169 forward
-  passes per image) at ≈ 50–60 ms per image each: ≈ 5 × 7,000 × 55 ms ≈ 32 CPU-min; saliency, DeepLIFT and the
-  explainers in seconds;
+- ROAR's rankings of the 7,000 train + test images, once for all seeds: SmoothGrad-50 twice (the classifier's,
+  the twin's), integrated gradients (50 steps), GradientSHAP (50 samples) and occlusion ((1, 4, 4) windows at
+  stride 2: 169 forward passes per image) at ≈ 40–60 ms per image each: ≈ 5 × 7,000 × 55 ms ≈ 32 CPU-min;
+  saliency, DeepLIFT and the explainers in seconds;
 - ROAR's retrainings: 11 rankings (Table 1's nine rows, the standard alignment of Table 2, the twin's saliency of
   Fig 4) × 4 fractions + the unmodified reference = 45 per seed, 5 epochs of 6,000 images each
   (5 × 1.3 × 0.1 ≈ 0.65 CPU-min): ≈ 29 CPU-min per seed, ≈ 88 CPU-min for 3 seeds;
