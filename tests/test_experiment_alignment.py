@@ -253,7 +253,7 @@ def test_bad_input_is_refused(tmp_path):
     assert main(["experiment", "alignment", "--seeds", "0", "--out", str(tmp_path)]) == 2
 
 
-# -- a reduced full-like run (slow: ≈ 6 min on one core) ----------------------------------------------------------
+# -- a reduced full-like run (slow: ≈ 5 min on one core) ----------------------------------------------------------
 REDUCED = dict(train_size=1000, test_size=300, width=8, epochs=5, twin_epochs=4, roar_epochs=2, smoothgrad_samples=10,
                shap_samples=10, ig_steps=16, seeds=1, sanity_images=32, latency_images=16)
 

@@ -82,7 +82,8 @@ def _roar_outputs(out: pathlib.Path, per_seed: list[dict], sc: Scale) -> None:
                 + [["standard alignment", *r[1:]] for r in roar_rows(per_seed, ["aligned_standard"])],
                 f"Table 2: ROAR of the explainer aligned with the robust twin's vs the standard model's SmoothGrad, "
                 f"mean{spread} over {sc.seeds} seed(s)")
-    roar_figure(per_seed, {"standard saliency": "saliency", "robust twin's saliency": "twin_saliency"},
+    roar_figure(per_seed, {"standard saliency": "saliency", "robust twin's saliency": "twin_saliency",
+                          "random": "random"},
                 out / "fig4_robust_saliency.png", "ROAR: the standard model explained")
 
 
