@@ -22,9 +22,8 @@ import torch
 
 from ...core import options as opt
 from ...core.registry import register as register_method
-from ...core.targets import Target
-from .base import GroupPerturbation, Sampled
-from .coalition_game import MAX_REGRESSION_PLAYERS, CoalitionGame, Design, Sampling, play
+from .coalition_game import MAX_REGRESSION_PLAYERS, Design, Sampling, play
+from .coalition_method import TOLERANCE, CoalitionMethod
 from .coalitions import all_coalitions, paired_kernel_coalitions
 from .shapley_estimators import kernel_shap
 
@@ -46,7 +45,7 @@ SAMPLED = Design(_paired_draw, _identity, partial(kernel_shap, exact=False))
 
 
 @register_method("kernel_shap")
-class KernelShap(Sampled, GroupPerturbation):
+class KernelShap(CoalitionMethod):
     """KernelSHAP (Lundberg & Lee 2017; paired sampling and standard errors: Covert & Lee 2021): each group's
     Shapley value, given to every feature of the group; ``standard_error`` holds its standard error.
 
@@ -55,37 +54,21 @@ class KernelShap(Sampled, GroupPerturbation):
     groups (``feature_mask``/``segments``; default ``"auto"``: SLIC superpixels for images, else each feature).
     """
 
-    default_segments = "auto"
     options = {
         "samples": opt.Option(2048, opt.integer(2), "coalitions per sample (even: they come in pairs z, 1 − z)"),
         "exact": opt.Option(None, opt.optional(opt.boolean), "enumerate all 2^P − 2 coalitions (None: if they fit "
                             "in samples)"),
-        "tolerance": opt.Option(None, opt.optional(opt.real(0, low_open=True)),
-                                "sample until every standard error is at most this (score units)"),
+        "tolerance": TOLERANCE,
         "max_samples": opt.Option(100_000, opt.integer(2), "most coalitions per sample"),
     }
     example_options = {"samples": 256, "seed": 0}
 
-    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
-        groups = self._groups(x, o)
-        game = CoalitionGame(x, self._baseline(x, o), groups, o.call.forward, target, o.batch_size, o.progress,
-                             drop_null=True)
-        generators = self._streams(x, o).generators
-        found = {}
-        for p, samples in game.by_count().items():
-            if p <= 1:
-                found.update(game.whole_game(samples))
-            elif self._exact(p, o):
-                found.update(play(game, samples, EXACT, Sampling(2 ** p - 2, 0, None, o.max_samples, self.name),
-                                  generators))
-            else:
-                sampling = self._sampling(p, o)
-                found.update(play(game, samples, SAMPLED, sampling, generators))
-        phi = game.spread({i: f[0] for i, f in found.items()})
-        se = game.spread({i: f[1] for i, f in found.items()})
-        like = x if x.is_floating_point() else phi.new_empty(x.shape)
-        self._report(o, "standard_error", groups.spread(se, x).to(like.dtype))
-        return groups.spread(phi, x).to(like.dtype)
+    def _play(self, game, p, samples, generators, o):
+        if p <= 1:
+            return game.whole_game(samples)
+        if self._exact(p, o):
+            return play(game, samples, EXACT, Sampling(2 ** p - 2, 0, None, o.max_samples, self.name), generators)
+        return play(game, samples, SAMPLED, self._sampling(p, o), generators)
 
     def _exact(self, p: int, o: SimpleNamespace) -> bool:
         need = 2 ** p - 2  # a Python int: exact at any p

@@ -22,9 +22,8 @@ import torch
 
 from ...core import options as opt
 from ...core.registry import register as register_method
-from ...core.targets import Target
-from .base import GroupPerturbation, Sampled
-from .coalition_game import MAX_REGRESSION_PLAYERS, CoalitionGame, Design, Sampling, play
+from .coalition_game import MAX_REGRESSION_PLAYERS, Design, Sampling, play
+from .coalition_method import TOLERANCE, CoalitionMethod
 from .coalitions import lime_coalitions, more_lime_coalitions
 from .lime_regression import SOLVERS, lime_fit
 
@@ -43,7 +42,7 @@ def _surrogate(o: SimpleNamespace) -> Design:
 
 
 @register_method("lime")
-class Lime(Sampled, GroupPerturbation):
+class Lime(CoalitionMethod):
     """LIME: each group's coefficient in the kernel-weighted linear surrogate (ridge by default), given to every
     feature of the group; ``standard_error`` holds its sandwich standard error (ridge / least squares).
 
@@ -53,39 +52,28 @@ class Lime(Sampled, GroupPerturbation):
     SLIC superpixels for images, as LIME segments images, else each feature alone).
     """
 
-    default_segments = "auto"
+    drop_null = False  # the surrogate is fitted over every group, null ones included
     options = {
         "samples": opt.Option(1000, opt.integer(2), "coalitions per sample, the instance included"),
         "kernel_width": opt.Option(0.25, opt.real(0, low_open=True), "width of the exponential kernel on the "
                                    "cosine distance between a coalition and the instance"),
         "alpha": opt.Option(1.0, opt.real(0), "regularisation strength (scikit-learn's Ridge / Lasso meaning)"),
         "solver": opt.Option("ridge", opt.choice(SOLVERS)),
-        "tolerance": opt.Option(None, opt.optional(opt.real(0, low_open=True)),
-                                "sample until every standard error is at most this (score units)"),
+        "tolerance": TOLERANCE,
         "max_samples": opt.Option(100_000, opt.integer(2), "most coalitions per sample"),
     }
     example_options = {"samples": 64, "seed": 0}
 
-    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+    def _check(self, o: SimpleNamespace, groups) -> None:
         if o.tolerance is not None and o.solver == "lasso":
             raise ValueError("lime tolerance= needs a standard error, which the lasso surrogate has not; "
                              "use solver='ridge'")
-        groups = self._groups(x, o)
         if groups.size > MAX_REGRESSION_PLAYERS:
             raise ValueError(f"lime solves a {groups.size} × {groups.size} system per sample, more than "
                              f"{MAX_REGRESSION_PLAYERS} groups; group the features (feature_mask=, segments=)")
-        game = CoalitionGame(x, self._baseline(x, o), groups, o.call.forward, target, o.batch_size, o.progress,
-                             drop_null=False)
-        generators = self._streams(x, o).generators
+
+    def _play(self, game, p, samples, generators, o):
         sampling = Sampling(o.samples, o.samples, o.tolerance, o.max_samples, self.name)
-        found = {}
-        for _, samples in game.by_count().items():
-            found.update(play(game, samples, _surrogate(o), sampling, generators))
-        phi = game.spread({i: f[0] for i, f in found.items()})
-        like = x if x.is_floating_point() else phi.new_empty(x.shape)
-        if o.solver == "ridge":
-            se = game.spread({i: f[1] for i, f in found.items()})
-            self._report(o, "standard_error", groups.spread(se, x).to(like.dtype))
-        else:
-            self._report(o, "standard_error", None)
-        return groups.spread(phi, x).to(like.dtype)
+        found = play(game, samples, _surrogate(o), sampling, generators)
+        # the lasso surrogate has no standard error
+        return found if o.solver == "ridge" else {i: (f[0], None) for i, f in found.items()}

@@ -18,9 +18,8 @@ import torch
 
 from ...core import options as opt
 from ...core.registry import register as register_method
-from ...core.targets import Target
-from .base import GroupPerturbation, Sampled
-from .coalition_game import CoalitionGame, Design, Sampling, play
+from .coalition_game import Design, Sampling, play
+from .coalition_method import TOLERANCE, CoalitionMethod
 from .coalitions import antithetic_permutations, prefix_coalitions
 from .shapley_estimators import permutation_shapley
 
@@ -43,7 +42,7 @@ ORDERINGS = Design(_draw, _prefixes, _estimate)
 
 
 @register_method("shapley_sampling")
-class ShapleySampling(Sampled, GroupPerturbation):
+class ShapleySampling(CoalitionMethod):
     """Shapley value sampling with antithetic orderings: each group's mean marginal contribution, given to every
     feature of the group; ``standard_error`` holds its standard error.
 
@@ -51,29 +50,20 @@ class ShapleySampling(Sampled, GroupPerturbation):
     default 10 000), and the groups (``feature_mask``/``segments``; default ``"auto"``: SLIC for images).
     """
 
-    default_segments = "auto"
     options = {
         "samples": opt.Option(32, opt.integer(2), "orderings per sample (even: an ordering and its reverse)"),
-        "tolerance": opt.Option(None, opt.optional(opt.real(0, low_open=True)),
-                                "sample until every standard error is at most this (score units)"),
+        "tolerance": TOLERANCE,
         "max_samples": opt.Option(10_000, opt.integer(2), "most orderings per sample"),
     }
     example_options = {"samples": 4, "seed": 0}
 
-    def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
+    def _check(self, o: SimpleNamespace, groups) -> None:
         if o.samples % 2:
             raise ValueError(f"shapley_sampling samples={o.samples}: orderings come in pairs (an ordering and its "
                              f"reverse), so samples must be even")
-        groups = self._groups(x, o)
-        game = CoalitionGame(x, self._baseline(x, o), groups, o.call.forward, target, o.batch_size, o.progress,
-                             drop_null=True)
-        generators = self._streams(x, o).generators
+
+    def _play(self, game, p, samples, generators, o):
+        if p <= 1:
+            return game.whole_game(samples)
         sampling = Sampling(o.samples, o.samples, o.tolerance, o.max_samples, self.name)
-        found = {}
-        for p, samples in game.by_count().items():
-            found.update(game.whole_game(samples) if p <= 1 else play(game, samples, ORDERINGS, sampling, generators))
-        phi = game.spread({i: f[0] for i, f in found.items()})
-        se = game.spread({i: f[1] for i, f in found.items()})
-        like = x if x.is_floating_point() else phi.new_empty(x.shape)
-        self._report(o, "standard_error", groups.spread(se, x).to(like.dtype))
-        return groups.spread(phi, x).to(like.dtype)
+        return play(game, samples, ORDERINGS, sampling, generators)
