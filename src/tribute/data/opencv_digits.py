@@ -33,18 +33,9 @@ def load_opencv_digits(*, test_fraction: float = 0.2, seed: int = 0, pad: int = 
     the file's order.  Values are the PNG's 0–255 grey levels divided by 255; the padding is 0 (black, the
     background of the digits).
 
-    Parameters
-    ----------
-    test_fraction : float
-        In (0, 1).
-    seed : int
-        Seeds the split.
-    pad : int
-        Black pixels added on every side, >= 0: 4 gives 28×28 (MNIST's layout), 0 the raw 20×20 cells.
-    path : path
-        digits.png; default where Debian's ``opencv-doc`` installs it.
-    dtype : torch.dtype
-        Floating dtype of the images (labels are int64).
+    ``test_fraction``, ``seed`` and ``dtype`` are those of :func:`tribute.data.load_digits`; ``pad`` is the number
+    of black pixels added on every side (>= 0: 4 gives 28×28, MNIST's layout; 0 the raw 20×20 cells) and ``path``
+    the digits.png to read (default: where Debian's ``opencv-doc`` installs it).
     """
     check_split_options(test_fraction, seed, dtype)
     if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
