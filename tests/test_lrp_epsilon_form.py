@@ -76,6 +76,23 @@ def test_models_outside_the_gradient_form_fall_back_to_the_same_relevance(fallba
     torch.testing.assert_close(a, relevance_form(net, x, 2, 1e-6), rtol=0, atol=0)
 
 
+def test_an_explainer_tries_the_gradient_form_once_on_a_model_it_does_not_cover(fallbacks):
+    """The second call goes straight to the relevance form (no second attempt, no second fallback) and gives the same
+    values; a new explainer tries again."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(5, 6), nn.Tanh(), nn.Linear(6, 3)).double().eval()
+    x = torch.randn(4, 5, dtype=torch.float64)
+    lrp = tribute.LRP(net, composite="epsilon")
+    first = lrp(x, target=2)
+    assert len(fallbacks) == 1
+    second = lrp(x, target=1)
+    assert len(fallbacks) == 1
+    torch.testing.assert_close(second, relevance_form(net, x, 1, 1e-6), rtol=0, atol=0)
+    torch.testing.assert_close(first, relevance_form(net, x, 2, 1e-6), rtol=0, atol=0)
+    tribute.LRP(net, composite="epsilon")(x, target=2)
+    assert len(fallbacks) == 2
+
+
 def test_only_pure_epsilon_composites_take_the_gradient_form():
     assert epsilon_form.covers(Composite(conv=Epsilon(0.1), dense=Epsilon(1e-6), by_name={"fc": Epsilon(2.0)}))
     assert not epsilon_form.covers(Composite(conv=Gamma(0.25), dense=Epsilon(1e-6)))

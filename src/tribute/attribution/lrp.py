@@ -136,6 +136,9 @@ class LRP(Method):
         super().__init__(model, **options)
         self.weights = WeightCache()
         self._plan = MergePlan()  # where batch norm merged last time (tribute.lrp.merge_plan)
+        # set once the ε gradient form met an op it does not cover on this explainer's model: later calls go straight
+        # to the relevance form (which is right on every model, so a stale flag costs time, never values)
+        self._relevance_form_only = False
         # the weight cache and merge plan serve one pass at a time: calls from two threads take turns
         self._lock = threading.RLock()
 
@@ -180,8 +183,9 @@ class LRP(Method):
         at_nonlinearities = rules_of_kind(FAMILY, RuleKind.ELEMENTWISE)  # the pass rule
         rules = RuleSet(name, at_nonlinearities, ops=WithWeights(composite, cache, self._plan, o.attention))
         # ε everywhere: the same relevance as x ⊙ a modified gradient, in fewer passes (tribute.lrp.epsilon_form)
-        fast = None if o.strict is True or totals is not None or not covers(composite) else \
-            RuleSet(name, {"*": FusedEpsilonRelu()}, ops=EpsilonForm(composite, cache, self._plan))
+        gradient_form = o.strict is not True and totals is None and covers(composite) and not self._relevance_form_only
+        fast = RuleSet(name, {"*": FusedEpsilonRelu()}, ops=EpsilonForm(composite, cache, self._plan)) \
+            if gradient_form else None
         # relevance is taken at the model's own input
         xm = o.call.forward.transformed(x).detach()
         o = SimpleNamespace(**{**vars(o), "call": replace(o.call, forward=o.call.forward.untransformed())})
@@ -197,6 +201,7 @@ class LRP(Method):
                     return contribution(sample, _)
                 except Unsupported:
                     fast = None  # this model needs the relevance form
+                    self._relevance_form_only = True
             try:
                 if totals is None:
                     return self._gradients(rows, target, sample, o, rules=rules, relevance=True)
