@@ -47,6 +47,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import captum  # noqa: E402
 import captum.attr as ca  # noqa: E402
 from common import (  # noqa: E402
+    BACKGROUND_LIMIT,
     CHUNK_ROWS,
     CpuMonitor,
     agreement,
@@ -55,6 +56,8 @@ from common import (  # noqa: E402
     interleaved_medians,
     source_version,
     timed,
+    verdict,
+    warn_disturbed,
 )
 from models import random_inputs, resnet18_cifar, separate_relus  # noqa: E402
 
@@ -62,7 +65,6 @@ import tribute  # noqa: E402
 
 NUM_CLASSES = 10
 # CPU cores used by other processes above which a measurement counts as disturbed
-BACKGROUND_LIMIT = 0.2
 # speedups within 1 ± TIE count as ties: repeated runs of the same call differ by about that much
 TIE = 0.03
 
@@ -431,12 +433,10 @@ def main() -> None:
     over_b = [f"{r['case'].name}@B{r['batch']} ({r['ratio_b']:.2f})" for r in multi if r["ratio_b"] > 1.15]
     over_c = [f"{r['case'].name}@B{r['batch']} ({r['ratio_c']:.2f})" for r in multi if r["ratio_c"] > 1.15]
     print("  2. multi-pass methods within 1.15x of rows x (fwd+bwd per row at batch B): "
-          + ("MET" if not over_b else "NOT MET: " + ", ".join(over_b)))
+          + verdict(over_b))
     print("     the same at the rows per pass tribute ran: "
-          + ("MET" if not over_c else "NOT MET: " + ", ".join(over_c)))
-    disturbed = [f"{r['case'].name}@B{r['batch']}" for r in results if r["background"] > BACKGROUND_LIMIT]
-    if disturbed:
-        print(f"  WARNING: other processes used CPU during {', '.join(disturbed)}: those timings are unreliable")
+          + verdict(over_c))
+    warn_disturbed(results, lambda r: f"{r['case'].name}@B{r['batch']}")
     print()
 
     if s.memory:

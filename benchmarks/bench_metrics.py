@@ -47,13 +47,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import quantus  # noqa: E402
-from common import CpuMonitor, fixture_then_resnet, interleaved_medians  # noqa: E402
+from common import BACKGROUND_LIMIT, CpuMonitor, fixture_then_resnet, interleaved_medians  # noqa: E402
 
 import tribute  # noqa: E402
 from tribute.core.engine import default_batch_size  # noqa: E402
 from tribute.metrics import deletion, insertion, pixel_perturbation, road  # noqa: E402
 
-BACKGROUND_LIMIT = 0.2
 STEPS = 16
 PATCH = 4
 ROAD_PERCENT = list(range(10, 100, 10))

@@ -43,14 +43,22 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import captum  # noqa: E402
 import captum.attr as ca  # noqa: E402
-from common import CHUNK_ROWS, CpuMonitor, agreement, interleaved_medians, timed, tribute_source  # noqa: E402
+from common import (  # noqa: E402
+    CHUNK_ROWS,
+    CpuMonitor,
+    agreement,
+    interleaved_medians,
+    timed,
+    tribute_source,
+    verdict,
+    warn_disturbed,
+)
 from models import random_inputs, resnet18_cifar  # noqa: E402
 
 import tribute  # noqa: E402
 from tribute.core.engine import chunk_rows  # noqa: E402
 
 NUM_CLASSES = 10
-BACKGROUND_LIMIT = 0.2  # cores used by other processes above which a measurement counts as disturbed
 ZENG_TABLE3_MS = 1875  # Zeng et al. (2021), Table 3, ResNet-18 on an Intel i7 (row label garbled in our copy)
 
 
@@ -220,16 +228,14 @@ def report(results: list[dict]) -> None:
     print()
     print("Targets (issue 14)")
     over = [f"{r['name']}@B{r['batch']} ({r['unit']:.2f})" for r in results if r["unit"] > 1.15]
-    print("  t/unit <= 1.15: " + ("MET" if not over else "NOT MET: " + ", ".join(over)))
+    print("  t/unit <= 1.15: " + verdict(over))
     b1 = [r for r in results if r["batch"] == 1]
     slow = [f"{r['name']} ({r['default']:.2f}x)" for r in b1 if r["default"] < 2]
-    print("  >= 2x faster than Captum's default at batch 1: " + ("MET" if not slow else "NOT MET: " + ", ".join(slow)))
+    print("  >= 2x faster than Captum's default at batch 1: " + verdict(slow))
     behind = [f"{r['name']}@B{r['batch']} ({r['best']:.2f}x)" for r in results if r["best"] < 0.97]
     print("  never slower than Captum's best setting (3 % noise allowed): "
-          + ("MET" if not behind else "NOT MET: " + ", ".join(behind)))
-    disturbed = [f"{r['name']}@B{r['batch']}" for r in results if r["background"] > BACKGROUND_LIMIT]
-    if disturbed:
-        print(f"  WARNING: other processes used CPU during {', '.join(disturbed)}: those timings are unreliable")
+          + verdict(behind))
+    warn_disturbed(results, lambda r: f"{r['name']}@B{r['batch']}")
     print()
     for r in results:
         if r["name"] == "occlusion" and r["batch"] == 1:

@@ -69,6 +69,8 @@ from common import (  # noqa: E402
     interleaved_medians,
     source_version,
     timed,
+    verdict,
+    warn_disturbed,
 )
 from models import _SeparateReluBlock, random_inputs, resnet18_cifar, separate_relus  # noqa: E402
 
@@ -85,7 +87,6 @@ except ImportError:  # the --gradcam-probe child runs in a venv that has neither
 NUM_CLASSES = 10
 SCORECAM_CHANNELS = 64
 # CPU cores used by other processes above which a measurement counts as disturbed
-BACKGROUND_LIMIT = 0.2
 
 
 # --------------------------------------------------------------------------------------------------
@@ -482,7 +483,7 @@ def main() -> None:
                                ("scorecam layer4 K=64",), 1.1)):
         cells = [r for r in results if r["case"].name in pick]
         over = [f"{r['case'].name}@B{r['batch']} ({r['ratio']:.2f})" for r in cells if r["ratio"] > limit]
-        print(f"  {name}: " + ("MET" if not over else "NOT MET: " + ", ".join(over))
+        print(f"  {name}: " + verdict(over)
               + "  [" + ", ".join(f"{r['case'].name}@B{r['batch']} {r['ratio']:.2f}" for r in cells)
               + "]")
     for group, label in (("lrp", "faster than Captum's LRP (alpha_beta not counted: Captum has no alpha2-beta1 "
@@ -492,11 +493,9 @@ def main() -> None:
                  and r["case"].name != "lrp alpha_beta"]
         slow = [f"{r['case'].name}@B{r['batch']} ({r['captum'] / r['tribute']:.2f}x)" for r in cells
                 if r["captum"] < r["tribute"]]
-        print(f"  {label}: " + ("MET" if not slow else "NOT MET: " + ", ".join(slow)) + "  ["
+        print(f"  {label}: " + verdict(slow) + "  ["
               + ", ".join(f"{r['case'].name}@B{r['batch']} {r['captum'] / r['tribute']:.2f}x" for r in cells) + "]")
-    disturbed = [f"{r['case'].name}@B{r['batch']}" for r in results if r["background"] > BACKGROUND_LIMIT]
-    if disturbed:
-        print(f"  WARNING: other processes used CPU during {', '.join(disturbed)}: those timings are unreliable")
+    warn_disturbed(results, lambda r: f"{r['case'].name}@B{r['batch']}")
     print()
     print(f"total wall time {time.perf_counter() - t_start:.0f} s; background load over the whole run "
           f"{monitor.stop(run_state):.2f} cores")

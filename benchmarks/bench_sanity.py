@@ -50,12 +50,11 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import quantus  # noqa: E402
-from common import CpuMonitor, fixture_then_resnet, interleaved_medians  # noqa: E402
+from common import BACKGROUND_LIMIT, CpuMonitor, fixture_then_resnet, interleaved_medians  # noqa: E402
 
 import tribute  # noqa: E402
 from tribute.metrics import parameter_randomisation  # noqa: E402
 
-BACKGROUND_LIMIT = 0.2
 QUANTUS_SEED = 42
 
 

@@ -21,6 +21,20 @@ from tribute.core.engine import default_batch_size
 
 #: rows per pass tribute uses by default for a CIFAR-size input (3×32×32)
 CHUNK_ROWS = default_batch_size(torch.zeros(1, 3, 32, 32))
+#: cores used by other processes above which a measurement counts as disturbed
+BACKGROUND_LIMIT = 0.2
+
+
+def verdict(failures: list[str]) -> str:
+    """A target's line: MET when nothing fails it, else NOT MET with the failing cells."""
+    return "MET" if not failures else "NOT MET: " + ", ".join(failures)
+
+
+def warn_disturbed(results: list[dict], label: Callable[[dict], str]) -> None:
+    """Say which results were measured while other processes used more than BACKGROUND_LIMIT cores."""
+    disturbed = [label(r) for r in results if r["background"] > BACKGROUND_LIMIT]
+    if disturbed:
+        print(f"  WARNING: other processes used CPU during {', '.join(disturbed)}: those timings are unreliable")
 
 
 class CpuMonitor:

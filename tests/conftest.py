@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import nn
 from zoo_support import OnEmbeddings, realistic_state  # noqa: F401 (the tests import them from here)
 
+import tribute
+
 # The test models are tiny: one intra-op thread avoids oversubscribing the cores (pytest-xdist runs a
 # worker per core), which otherwise makes each pass hundreds of times slower.
 torch.set_num_threads(1)
@@ -294,3 +296,79 @@ def pytest_collection_modifyitems(config, items):
         if needs is not None:
             reason = f"{method!r} explains only a model of its own kind, {needs.__name__} (tests/test_explainers*.py)"
             item.add_marker(pytest.mark.skip(reason=reason))
+
+
+# -- shared checks and small models of the perturbation, training and explainer tests ------------------------------
+class ImageTable(nn.Module):
+    """A tanh convolution over an image (N, 3, height, 6) and a table (N, table) whose branch is scaled by the image's
+    mean (the two inputs interact), merged by a linear head with 3 outputs; parameters from seed 4."""
+
+    def __init__(self, table: int = 4, height: int = 6):
+        super().__init__()
+        torch.manual_seed(4)
+        self.conv = nn.Conv2d(3, 2, 3, padding=1)
+        self.table = nn.Linear(table, table + 1)
+        self.head = nn.Linear(2 * height * 6 + table + 1, 3)
+
+    def forward(self, image, table):
+        h = torch.tanh(self.conv(image)).flatten(1)
+        return self.head(torch.cat([h, torch.tanh(self.table(table) * image.mean((1, 2, 3))[:, None])], 1))
+
+
+class SmallCNN(nn.Module):
+    """conv-BN-ReLU (``stem``), the last block ``last`` (strided conv-BN-ReLU), global average pooling and a linear
+    head: (1, H, W) images → 10 classes; ``forward(x, gain)`` scales the input (a forward argument)."""
+
+    def __init__(self, stem: int = 16, width: int = 32):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, stem, 3, padding=1), nn.BatchNorm2d(stem), nn.ReLU())
+        self.last = nn.Sequential(nn.Conv2d(stem, width, 3, padding=1, stride=2), nn.BatchNorm2d(width), nn.ReLU())
+        self.fc = nn.Linear(width, 10)
+
+    def forward(self, x, gain: float = 1.0):
+        return self.fc(self.last(self.stem(x * gain)).mean((2, 3)))
+
+
+def train_interrupted_and_resumed(train, make_model, tmp_path, **options):
+    """``train(model, **options)`` run straight through, and run again stopped after its first epoch (a
+    KeyboardInterrupt from its ``log``) then resumed from its checkpoint on a model initialised otherwise.  Asserts
+    that both end with the same weights (buffers included) and histories (times aside); gives the checkpoint's path."""
+    straight = make_model(0)
+    first = train(straight, **options)
+    path = tmp_path / "run.pt"
+
+    def stop_after_first_epoch(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(make_model(0), checkpoint=path, log=stop_after_first_epoch, **options)
+    resumed = make_model(7)  # another initialisation: the checkpoint's weights replace it
+    second = train(resumed, checkpoint=path, **options)
+    assert all(torch.equal(p, q) for p, q in zip(straight.state_dict().values(), resumed.state_dict().values(),
+                                                  strict=True))
+    untimed = [[{k: v for k, v in r.items() if k != "seconds"} for r in h.records] for h in (first, second)]
+    assert untimed[0] == untimed[1]
+    return path
+
+
+def assert_same_alone_and_in_any_batch(model, x, method, order=None, *, target=1, batch_sizes=(1, 7, 1000),
+                                       tol=1e-12, **options):
+    """A method gives a sample the same attribution alone as in a batch, with any ``batch_size`` and (``order``: a
+    permutation of the samples) at another position; a seeded one draws otherwise with another seed.  ``target`` is
+    a class or one per sample.  Returns the batched attribution."""
+    def of(rows, **more):
+        tgt = target[rows] if isinstance(target, torch.Tensor) else target
+        return tribute.explain(model, x[rows], method, target=tgt, **{**options, **more})
+
+    everyone = torch.arange(x.shape[0])
+    batched = of(everyone)
+    for i in range(x.shape[0]):
+        torch.testing.assert_close(of(everyone[i:i + 1], batch_size=1), batched[i:i + 1], rtol=tol, atol=tol)
+    for batch_size in batch_sizes:
+        torch.testing.assert_close(of(everyone, batch_size=batch_size), batched, rtol=tol, atol=tol)
+    if order is not None:
+        torch.testing.assert_close(of(order), batched[order], rtol=tol, atol=tol)
+    if "seed" in options:
+        assert not torch.allclose(of(everyone, seed=options["seed"] + 1), batched)
+    return batched

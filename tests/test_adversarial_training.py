@@ -50,6 +50,7 @@ import struct
 
 import pytest
 import torch
+from conftest import train_interrupted_and_resumed
 from torch import nn
 
 import tribute
@@ -200,21 +201,8 @@ def test_interrupted_adversarial_training_resumes_to_the_same_weights(tmp_path):
     train, test = small_digits(150)
     kw = {"norm": "l2", "eps": 0.5, "steps": 2, "epochs": 3, "lr": 0.01, "optimizer": "adam", "batch_size": 50,
           "bounds": (0, 1), "eval_data": test, "seed": 2, "progress": False}
-    straight = tiny_mlp()
-    h1 = adversarial_train(straight, train, **kw)
-    path = tmp_path / "adv.pt"
-
-    def stop_after_first_epoch(record):
-        if record["epoch"] == 1:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        adversarial_train(tiny_mlp(), train, checkpoint=path, log=stop_after_first_epoch, **kw)
-    resumed = tiny_mlp(seed=9)  # another initialisation: the checkpoint's weights replace it
-    h2 = adversarial_train(resumed, train, checkpoint=path, **kw)
-    assert all(torch.equal(p, q) for p, q in zip(straight.state_dict().values(), resumed.state_dict().values(),
-                                                  strict=True))
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in h1.records]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in h2.records]
+    path = train_interrupted_and_resumed(lambda model, **o: adversarial_train(model, train, **o), tiny_mlp,
+                                         tmp_path, **kw)
     with pytest.raises(ValueError, match="config.eps"):  # the attack is part of the settings that must match
         adversarial_train(tiny_mlp(), train, checkpoint=path, **{**kw, "eps": 0.3, "epochs": 4})
 

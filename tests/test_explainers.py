@@ -12,28 +12,16 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SmallCNN
 from torch import nn
 
 import tribute
 from tribute.explainers import PAPER_WIDTHS, AlignedExplainer, ExplainerHead, default_widths, plan_axis
 
 
-class Net(nn.Module):
-    """conv-BN-ReLU, a strided block (the last block), global average pooling, linear head: (1, 8, 8) → 10."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU())
-        self.block = nn.Sequential(nn.Conv2d(6, 12, 3, padding=1, stride=2), nn.BatchNorm2d(12), nn.ReLU())
-        self.fc = nn.Linear(12, 10)
-
-    def forward(self, x, gain: float = 1.0):
-        return self.fc(self.block(self.stem(x * gain)).mean((2, 3)))
-
-
-def net(seed: int = 0, dtype=torch.float64) -> Net:
+def net(seed: int = 0, dtype=torch.float64) -> SmallCNN:
     torch.manual_seed(seed)
-    model = Net().to(dtype)
+    model = SmallCNN(6, 12).to(dtype)  # (1, 8, 8) → 10; the CAM layer is the last block, `last`
     with torch.no_grad():  # batch-norm statistics away from the identity, so eval mode differs from train mode
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -117,9 +105,9 @@ def test_one_pass_gives_the_classifier_s_logits_and_an_input_sized_map():
     assert out["attribution"].shape == (5, 1, 8, 8)
     with torch.no_grad():
         torch.testing.assert_close(out["logits"], w.classifier(x), rtol=0, atol=0)
-        # the map is the head applied to the default layer's output: the CAM layer, 'block'
-        assert w.layer == "block" and w.feature_shape == (12, 4, 4)
-        torch.testing.assert_close(out["attribution"], w.head(w.classifier.block(w.classifier.stem(x))), rtol=0,
+        # the map is the head applied to the default layer's output: the CAM layer, 'last'
+        assert w.layer == "last" and w.feature_shape == (12, 4, 4)
+        torch.testing.assert_close(out["attribution"], w.head(w.classifier.last(w.classifier.stem(x))), rtol=0,
                                    atol=0)
 
 
@@ -146,8 +134,8 @@ def test_the_classifier_is_left_as_it_was():
 def test_a_named_layer_and_bad_layers():
     w = wrapper(layer="stem")
     assert w.feature_shape == (6, 8, 8) and w(images())["attribution"].shape == (5, 1, 8, 8)
-    with pytest.raises(tribute.LayerError, match="no layer named 'blok'.*'block'"):
-        wrapper(layer="blok")
+    with pytest.raises(tribute.LayerError, match="no layer named 'lats'.*'last'"):
+        wrapper(layer="lats")
     with pytest.raises(tribute.LayerError, match=r"layer 'fc' gives an activation of shape \(1, 10\), not a feature"):
         wrapper(layer="fc")
     with pytest.raises(ValueError, match="input_shape must be one image's"):
@@ -157,7 +145,7 @@ def test_a_named_layer_and_bad_layers():
 def test_other_methods_see_the_wrapper_as_the_classifier():
     w, x = wrapper(), images()
     for method, kw, layer_kw in [("gradient", {}, {}), ("integrated_gradients", {"steps": 8}, {}),
-                                 ("lrp", {}, {}), ("gradcam", {}, {"layer": "block"})]:
+                                 ("lrp", {}, {}), ("gradcam", {}, {"layer": "last"})]:
         on_wrapper = tribute.explain(w, x, method, target=3, **kw,
                                      **{k: "classifier." + v for k, v in layer_kw.items()})
         on_classifier = tribute.explain(w.classifier, x, method, target=3, **kw, **layer_kw)
@@ -229,8 +217,8 @@ def test_metrics_and_evaluate_take_the_aligned_explainer():
     # the parameter randomisation test fixes the trained model's prediction for its randomised copies: the head's
     # one map is taken for it on request, and re-initialising the last block changes the maps
     with pytest.raises(ValueError, match="accept_any_target=True"):
-        tribute.metrics.parameter_randomisation(w, x, "aligned", layers=["classifier.block.0"], mode="independent")
-    result = tribute.metrics.parameter_randomisation(w, x, "aligned", layers=["classifier.block.0"],
+        tribute.metrics.parameter_randomisation(w, x, "aligned", layers=["classifier.last.0"], mode="independent")
+    result = tribute.metrics.parameter_randomisation(w, x, "aligned", layers=["classifier.last.0"],
                                                      mode="independent", method_options={"accept_any_target": True})
     other = tribute.explain(w, x, "aligned", target=(maps.new_zeros(4, dtype=torch.long) + 5), accept_any_target=True)
     torch.testing.assert_close(other, maps, rtol=0, atol=0)  # one map, whatever the class

@@ -15,6 +15,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import SmallCNN
 from torch import nn
 
 import tribute
@@ -22,19 +23,6 @@ from tribute.data import load_digits
 from tribute.explainers import AlignedExplainer, alignment_loss, alignment_map, targets_from_method, train_aligned
 
 SG = {"samples": 8, "seed": 0}  # the twin's SmoothGrad in these tests (noise_level 0.15: the default)
-
-
-class Digits(nn.Module):
-    """conv-BN-ReLU, then the last block (strided conv-BN-ReLU, 4×4 maps), global average pooling, linear."""
-
-    def __init__(self):
-        super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU())
-        self.last = nn.Sequential(nn.Conv2d(16, 32, 3, padding=1, stride=2), nn.BatchNorm2d(32), nn.ReLU())
-        self.fc = nn.Linear(32, 10)
-
-    def forward(self, x):
-        return self.fc(self.last(self.stem(x)).mean((2, 3)))
 
 
 @functools.cache
@@ -48,7 +36,7 @@ def trained(kind: str) -> nn.Module:
     """The classifier ("standard", seed 0) or its robust twin ("robust": PGD-L2, ε = 0.5 on [0, 1] images)."""
     (x, y), _ = data()
     torch.manual_seed(0 if kind == "standard" else 1)
-    model = Digits()
+    model = SmallCNN()
     if kind == "standard":
         tribute.training.fit(model, (x, y), epochs=4, lr=0.05, seed=0, progress=False)
     else:

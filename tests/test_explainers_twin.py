@@ -10,6 +10,7 @@ import pathlib
 
 import pytest
 import torch
+from conftest import train_interrupted_and_resumed
 from torch import nn
 
 import tribute
@@ -88,20 +89,8 @@ def test_twin_training_is_adversarial_train_with_the_presets_settings():
 def test_a_killed_twin_training_resumes_to_the_uninterrupted_weights(tmp_path):
     train, _ = small_digits(64)
     kw = {"epochs": 3, "steps": 2, "batch_size": 32, "seed": 1}
-    straight = tiny_resnet()
-    h1 = train_robust_twin(straight, train, **kw)
-    path = tmp_path / "twin.pt"
-
-    def stop_after_first_epoch(record):
-        if record["epoch"] == 1:
-            raise KeyboardInterrupt
-    with pytest.raises(KeyboardInterrupt):
-        train_robust_twin(tiny_resnet(), train, checkpoint=path, log=stop_after_first_epoch, **kw)
-    resumed = tiny_resnet(seed=7)  # another initialisation: the checkpoint's weights replace it
-    h2 = train_robust_twin(resumed, train, checkpoint=path, **kw)
-    assert same_weights(straight, resumed)  # batch-norm statistics included
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in h1.records]
-    assert strip == [{k: v for k, v in r.items() if k != "seconds"} for r in h2.records]
+    path = train_interrupted_and_resumed(lambda model, **o: train_robust_twin(model, train, **o), tiny_resnet,
+                                         tmp_path, **kw)  # batch-norm statistics included
     with pytest.raises(ValueError, match="config.eps"):  # another ε does not resume this run
         train_robust_twin(tiny_resnet(), train, checkpoint=path, **{**kw, "eps": 0.5})
     # more epochs move the decay's milestones (×0.1 after 50 % and 75 %): not the schedule the epochs done had

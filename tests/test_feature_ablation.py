@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import ImageTable, assert_same_alone_and_in_any_batch
 from torch import nn
 
 import tribute
@@ -95,19 +96,6 @@ def test_equals_captums_feature_ablation_with_the_same_mask(per_sample):
     torch.testing.assert_close(got, theirs, rtol=1e-10, atol=1e-12)
 
 
-class ImageTable(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(4)
-        self.conv = nn.Conv2d(3, 2, 3, padding=1)
-        self.table = nn.Linear(4, 5)
-        self.head = nn.Linear(2 * 6 * 6 + 5, 3)
-
-    def forward(self, image, table):
-        h = torch.tanh(self.conv(image)).flatten(1)
-        return self.head(torch.cat([h, torch.tanh(self.table(table) * image.mean((1, 2, 3))[:, None])], 1))
-
-
 def two_inputs(n: int = 3):
     g = torch.Generator().manual_seed(2)
     return images(n), torch.rand(n, 4, generator=g, dtype=DT)
@@ -141,15 +129,9 @@ def test_an_input_without_a_mask_has_each_feature_alone():
 
 
 def test_a_batch_equals_its_samples_alone_and_batch_size_changes_nothing():
-    model, x = cnn(), images(4)
-    kw = {"target": torch.tensor([2, 0, 1, 1]), "feature_mask": quadrants()}
-    batch = tribute.explain(model, x, "feature_ablation", **kw)
-    for i in range(4):
-        alone = tribute.explain(model, x[i:i + 1], "feature_ablation", **{**kw, "target": kw["target"][i:i + 1]})
-        torch.testing.assert_close(alone, batch[i:i + 1], rtol=1e-12, atol=1e-14)
-    for batch_size in (1, 3, 100):
-        torch.testing.assert_close(tribute.explain(model, x, "feature_ablation", batch_size=batch_size, **kw), batch,
-                                   rtol=1e-12, atol=1e-14)
+    assert_same_alone_and_in_any_batch(cnn(), images(4), "feature_ablation", torch.tensor([3, 1, 0, 2]),
+                                       target=torch.tensor([2, 0, 1, 1]), batch_sizes=(1, 3, 100),
+                                       feature_mask=quadrants())
 
 
 def test_passes_are_counted():

@@ -23,6 +23,7 @@ import itertools
 
 import pytest
 import torch
+from conftest import ImageTable, assert_same_alone_and_in_any_batch
 from torch import nn
 
 import tribute
@@ -144,15 +145,8 @@ def test_tiling_windows_equal_captums_feature_ablation_with_the_tiles_in_float64
 
 
 def test_a_batch_equals_its_samples_alone_and_batch_size_changes_nothing():
-    model, x = cnn(), images(5)
-    kw = {"target": torch.tensor([0, 1, 2, 1, 0]), "window": (2, 3), "stride": (2, 2)}
-    batch = tribute.explain(model, x, "occlusion", **kw)
-    for i in range(5):
-        alone = tribute.explain(model, x[i:i + 1], "occlusion", **{**kw, "target": kw["target"][i:i + 1]})
-        torch.testing.assert_close(alone, batch[i:i + 1], rtol=1e-12, atol=1e-14)
-    for batch_size in (1, 7, 1000):
-        torch.testing.assert_close(tribute.explain(model, x, "occlusion", batch_size=batch_size, **kw), batch,
-                                   rtol=1e-12, atol=1e-14)
+    assert_same_alone_and_in_any_batch(cnn(), images(5), "occlusion", torch.tensor([4, 2, 0, 3, 1]),
+                                       target=torch.tensor([0, 1, 2, 1, 0]), window=(2, 3), stride=(2, 2))
 
 
 def test_an_input_transform_equals_the_model_wrapped_by_hand():
@@ -219,21 +213,8 @@ def test_token_ids_with_a_window_over_t_and_a_baseline_token():
     assert float(alone[:, 5:].abs().max()) == 0.0 and float(alone[:, :5].abs().min()) > 0
 
 
-class ImageTable(nn.Module):
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(4)
-        self.conv = nn.Conv2d(3, 2, 3, padding=1)
-        self.table = nn.Linear(5, 6)
-        self.head = nn.Linear(2 * 7 * 6 + 6, 3)
-
-    def forward(self, image, table):
-        h = torch.tanh(self.conv(image)).flatten(1)
-        return self.head(torch.cat([h, torch.tanh(self.table(table) * image.mean((1, 2, 3))[:, None])], 1))
-
-
 def test_two_inputs_each_with_its_window_equal_each_occluded_with_the_other_held():
-    net = ImageTable().to(DT).eval()
+    net = ImageTable(table=5, height=7).to(DT).eval()
     img, tab = images(3), torch.rand(3, 5, generator=torch.Generator().manual_seed(2), dtype=DT)
     a_img, a_tab = tribute.explain(net, (img, tab), "occlusion", target=2, window=((2, 2), (2,)), stride=(2, 1),
                                    baseline=(0.0, 0.5))
@@ -301,7 +282,7 @@ def test_bad_windows_are_refused_naming_the_option(options, match):
 
 
 def test_several_inputs_need_matching_entries():
-    net = ImageTable().to(DT).eval()
+    net = ImageTable(table=5, height=7).to(DT).eval()
     img, tab = images(2), torch.rand(2, 5, dtype=DT)
     with pytest.raises(ValueError, match=r"stride has 3 entries but the model takes 2 inputs"):
         tribute.explain(net, (img, tab), "occlusion", target=0, window=((2, 2), (2,)), stride=(1, 1, 1))

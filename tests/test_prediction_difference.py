@@ -9,6 +9,7 @@ import math
 
 import pytest
 import torch
+from conftest import assert_same_alone_and_in_any_batch
 from torch import nn
 
 import tribute
@@ -165,15 +166,8 @@ def test_sampled_references_are_per_sample_streams():
     reference the same, the draws cannot matter and the result is the exact one."""
     net, x, refs = small_cnn(), rand(4, 3, 6, 6), rand(6, 3, 6, 6, seed=5)
     options = {"references": refs, "samples": 3, "seed": 4, "window": (3, 3, 3), "stride": 2}
-    batched = tribute.explain(net, x, "prediction_difference", target=1, batch_size=5, **options)
-    order = torch.tensor([3, 1, 0, 2])
-    permuted = tribute.explain(net, x[order], "prediction_difference", target=1, batch_size=64, **options)
-    torch.testing.assert_close(permuted, batched[order], rtol=1e-10, atol=1e-12)
-    for i in range(4):
-        alone = tribute.explain(net, x[i:i + 1], "prediction_difference", target=1, batch_size=1, **options)
-        torch.testing.assert_close(alone, batched[i:i + 1], rtol=1e-10, atol=1e-12)
-    assert not torch.allclose(batched, tribute.explain(net, x, "prediction_difference", target=1,
-                                                       **{**options, "seed": 5}))
+    assert_same_alone_and_in_any_batch(net, x, "prediction_difference", torch.tensor([3, 1, 0, 2]),
+                                       batch_sizes=(5, 64), tol=1e-10, **options)
     same = refs[:1].expand(5, -1, -1, -1)
     drawn = tribute.explain(net, x, "prediction_difference", target=1, **{**options, "references": same})
     exact = tribute.explain(net, x, "prediction_difference", target=1, **{**options, "references": same[:1],

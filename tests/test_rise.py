@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import assert_same_alone_and_in_any_batch
 from torch import nn
 
 import tribute
@@ -174,17 +175,8 @@ def test_the_top_pixels_lie_in_the_planted_square_dilated_by_the_cell():
 
 
 def test_a_sample_gets_the_same_masks_alone_or_in_any_batch_at_any_position():
-    net, x = small_cnn(), images(4)
-    options = {"masks": 20, "cell": 3, "seed": 9, "p": 0.3}
-    batched = tribute.explain(net, x, "rise", target=1, batch_size=7, **options)
-    order = torch.tensor([2, 0, 3, 1])
-    permuted = tribute.explain(net, x[order], "rise", target=1, batch_size=64, **options)
-    torch.testing.assert_close(permuted, batched[order], rtol=1e-12, atol=1e-12)
-    for i in range(4):
-        alone = tribute.explain(net, x[i:i + 1], "rise", target=1, batch_size=1, **options)
-        torch.testing.assert_close(alone, batched[i:i + 1], rtol=1e-12, atol=1e-12)
-    other = tribute.explain(net, x, "rise", target=1, batch_size=7, **{**options, "seed": 10})
-    assert not torch.allclose(other, batched)
+    assert_same_alone_and_in_any_batch(small_cnn(), images(4), "rise", torch.tensor([2, 0, 3, 1]),
+                                       batch_sizes=(7, 64), masks=20, cell=3, seed=9, p=0.3)
 
 
 def test_chunks_never_exceed_the_batch_size_and_passes_are_counted():

@@ -205,19 +205,11 @@ def _coverage(phi, se, truth):
     return float(((phi - truth).abs() <= Z95 * se).double().mean())
 
 
-def test_kernel_shap_standard_error_is_calibrated():
-    m = 10
-    game = CubicGame(m, seed=5)
-    phi, se = _kernel_shap_sampled(game, m, 128, range(200))
-    assert float(se.min()) > 0
-    cover = _coverage(phi, se, game.shapley())
-    assert 0.90 <= cover <= 0.99, cover
-
-
-def test_permutation_standard_error_is_calibrated():
-    m = 8
-    game = CubicGame(m, seed=6)
-    phi, se = _permutation(game, m, 20, range(200))
+@pytest.mark.parametrize("estimate,m,draws,seed", [(_kernel_shap_sampled, 10, 128, 5), (_permutation, 8, 20, 6)],
+                         ids=["kernel_shap", "permutations"])
+def test_standard_error_is_calibrated(estimate, m, draws, seed):
+    game = CubicGame(m, seed=seed)
+    phi, se = estimate(game, m, draws, range(200))
     assert float(se.min()) > 0
     cover = _coverage(phi, se, game.shapley())
     assert 0.90 <= cover <= 0.99, cover

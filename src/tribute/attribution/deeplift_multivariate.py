@@ -252,18 +252,28 @@ class MultiplierNode(torch.autograd.Function):
         return ctx.op.true_vjp(x, g), None, None
 
 
-class AveragedJacobian(OpRule):
+class OnGroups:
+    """Part of a rule at a multivariate op computed per group (:func:`grouped_op`) with ``nodes`` Gauss–Legendre
+    nodes for its averaged Jacobians: DeepLIFT's and RevealCancel's rules at softmax and the normalisations."""
+
+    def __init__(self, nodes: int = 8):
+        self.nodes = node_count(nodes)
+
+    def grouped(self, func, args: tuple, kwargs: dict, tagged: Callable[[Any], bool], name: str):
+        """(the op's path input, the op per group), or None where it groups over the batch or a parameter is on
+        the path (the caller says what that means for its method)."""
+        return grouped_op(func, args, kwargs, tagged, name, self.nodes)
+
+
+class AveragedJacobian(OnGroups, OpRule):
     """DeepLIFT at a multivariate op: M = J̄ + (Δy − J̄Δx)Δxᵀ/‖Δx‖² per group, J̄ the Jacobian averaged from the
     reference to the input by ``nodes``-point Gauss–Legendre quadrature (module doc; Shrikumar et al. 2017,
     §3.3; Ancona et al. 2018, §3), so that M Δx = Δy exactly."""
 
     name = "averaged_jacobian"
 
-    def __init__(self, nodes: int = 8):
-        self.nodes = node_count(nodes)
-
     def apply(self, handler, func, args, kwargs, tagged, name):
-        found = grouped_op(func, args, kwargs, tagged, name, self.nodes)
+        found = self.grouped(func, args, kwargs, tagged, name)
         if found is None:
             handler.unruled.append(name)  # a grouping over the batch, or a parameter on the path
             return NotImplemented

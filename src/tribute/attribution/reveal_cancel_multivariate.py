@@ -48,7 +48,7 @@ import torch
 
 from ..core.rule_registry import register_rule
 from ..core.strictness import UncoveredModelError
-from .deeplift_multivariate import GROUPINGS, GroupedOp, grouped_op, node_count
+from .deeplift_multivariate import GROUPINGS, GroupedOp, OnGroups
 from .deeplift_ops import Call, path_slots
 from .reveal_cancel import FAMILY, PartsRule, input_rows, twins, with_reference_rows
 
@@ -107,17 +107,14 @@ class _Multivariate(torch.autograd.Function):
         return with_reference_rows(mp), with_reference_rows(mn), None, None, None
 
 
-class MultivariateParts(PartsRule):
+class MultivariateParts(OnGroups, PartsRule):
     """RevealCancel at softmax, log-softmax, softmin and the normalisations (module doc); ``nodes``: the
     Gauss–Legendre nodes of the softmax family's averaged Jacobians (the norms' are in closed form)."""
 
     name = "reveal_cancel_multivariate"
 
-    def __init__(self, nodes: int = 8):
-        self.nodes = node_count(nodes)
-
     def parts(self, func, args, kwargs, tagged, name, out):
-        found = grouped_op(func, args, kwargs, tagged, name, self.nodes)
+        found = self.grouped(func, args, kwargs, tagged, name)
         if found is None:
             raise UncoveredModelError(f"deeplift_reveal_cancel: RevealCancel has no rule for {name} over the batch "
                                       "dimension or with a parameter on the input's path")
