@@ -22,6 +22,7 @@ so run the script in both::
 
     python benchmarks/bench_zoo.py --quick                                         # HF models, main env
     PYTHONPATH=src /work/venvs/tv/bin/python benchmarks/bench_zoo.py --quick       # torchvision models
+    python benchmarks/bench_zoo.py --quick --hf-size base --batch 2               # HF models at full size
     PYTHONPATH=src /work/venvs/tv/bin/python benchmarks/bench_zoo.py --side 224 --models resnet50 vgg11
 
 Batch 8, 64×64 (32×32 for the HF ViT and Swin, whose configs fix it), float32, the realistic state of
@@ -85,6 +86,35 @@ def hf_zoo() -> dict[str, tuple[Callable[[], nn.Module], int | tuple[int, int]]]
     return zoo
 
 
+def hf_base_zoo() -> dict[str, tuple[Callable[[], nn.Module], int | tuple[int, int]]]:
+    """Hugging Face models at the sizes people use (random weights in the realistic state, nothing downloaded):
+    ViT-S/16 and Swin-T at 224×224, BERT-base and GPT-2 small on 128 tokens of width 768.  On the tiny configs of
+    the tests a forward+backward pass takes a few milliseconds and tribute's fixed cost per intercepted op (a few
+    microseconds of Python per op) dominates; at these sizes the arithmetic does, as on a user's model."""
+    try:
+        import transformers as tf
+    except Exception:  # noqa: BLE001 (absent, or broken by torchvision)
+        return {}
+
+    def text(arch: str) -> nn.Module:
+        if arch == "bert":
+            model = tf.BertForSequenceClassification(tf.BertConfig(num_labels=3))
+        else:
+            model = tf.GPT2ForSequenceClassification(tf.GPT2Config(num_labels=3, pad_token_id=0))
+        return OnEmbeddings(model)
+
+    return {
+        "hf vit-s/16": (lambda: Logits(tf.ViTForImageClassification(tf.ViTConfig(
+            hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536, image_size=224,
+            patch_size=16, num_labels=1000))), 224),
+        "hf swin-t": (lambda: Logits(tf.SwinForImageClassification(tf.SwinConfig(
+            image_size=224, embed_dim=96, depths=[2, 2, 6, 2], num_heads=[3, 6, 12, 24], window_size=7,
+            num_labels=1000))), 224),
+        "hf bert-base": (lambda: text("bert"), (128, 768)),
+        "hf gpt2-small": (lambda: text("gpt2"), (128, 768)),
+    }
+
+
 def tv_zoo() -> dict[str, tuple[Callable[[], nn.Module], int]]:
     """torchvision's models of benchmarks/zoo_torchvision.py, or none where torchvision does not import."""
     try:
@@ -118,12 +148,13 @@ def interleaved_medians_with_cpu(sides: list[Callable[[], object]], repeats: int
     return [statistics.median(t) for t in wall], [statistics.median(t) for t in cpu]
 
 
-def measure(name: str, model: nn.Module, side, repeats: int, monitor: CpuMonitor, methods: list[str]) -> None:
+def measure(name: str, model: nn.Module, side, repeats: int, monitor: CpuMonitor, methods: list[str],
+            batch: int = BATCH) -> None:
     shape = tuple(side) if isinstance(side, tuple) else (3, side, side)  # a text model's (tokens, width)
-    x = torch.randn(BATCH, *shape, generator=torch.Generator().manual_seed(1))
+    x = torch.randn(batch, *shape, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         classes = model(x).shape[1]
-    target = torch.arange(BATCH) % classes
+    target = torch.arange(batch) % classes
     sides, labels, refused = [lambda: forward_backward(model, x, target)], ["forward+backward"], {}
     for label in methods:
         method, options, _, _ = METHODS[label]
@@ -144,7 +175,7 @@ def measure(name: str, model: nn.Module, side, repeats: int, monitor: CpuMonitor
     seconds, cpu = interleaved_medians_with_cpu(sides, repeats)
     bg = monitor.stop(state)
     unit = seconds[0]
-    print(f"\n## {name}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, batch {BATCH} × "
+    print(f"\n## {name}  ({sum(p.numel() for p in model.parameters()) / 1e6:.1f} M parameters, batch {batch} × "
           f"{' × '.join(map(str, shape))}; bg {bg:.2f} cores)")
     print(f"  {'forward+backward':<18} {unit * 1e3:9.1f} ms  {'':7}  {'':15} {'':4}  CPU {cpu[0] * 1e3:7.1f} ms")
     for label, s, c in zip(labels[1:], seconds[1:], cpu[1:], strict=True):
@@ -166,11 +197,15 @@ def main() -> None:
     ap.add_argument("--methods", nargs="*", choices=list(METHODS), help="a subset of the methods")
     ap.add_argument("--side", type=int, default=SIDE, help=f"image side of the models that take any (default {SIDE}; "
                     "ViT and Swin keep theirs)")
+    ap.add_argument("--hf-size", choices=("tiny", "base"), default="tiny",
+                    help="Hugging Face models: the tests' tiny configs (default) or the sizes people use (ViT-S/16, "
+                         "Swin-T, BERT-base, GPT-2 small; use --batch 2)")
+    ap.add_argument("--batch", type=int, default=BATCH, help=f"batch size (default {BATCH})")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     repeats = args.repeats or (3 if args.quick else 7)
     warnings.filterwarnings("ignore")
-    zoo = {**hf_zoo(), **tv_zoo()}
+    zoo = {**(hf_base_zoo() if args.hf_size == "base" else hf_zoo()), **tv_zoo()}
     if not zoo:
         raise SystemExit("neither transformers nor torchvision imports here: no zoo model to time")
     names = args.models or list(zoo)
@@ -185,7 +220,7 @@ def main() -> None:
         side = args.side if side == SIDE else side
         torch.manual_seed(0)
         model = realistic(build(), side, dtype=torch.float32)
-        measure(name, model, side, repeats, monitor, methods)
+        measure(name, model, side, repeats, monitor, methods, args.batch)
     print(f"\ntotal {time.perf_counter() - t0:.0f} s")
 
 
