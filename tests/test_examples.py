@@ -269,6 +269,20 @@ def test_plotting(tmp_path, monkeypatch):
     assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_the_report_of_a_run_directory(tmp_path, monkeypatch):
+    if not hasattr(tribute, "report"):
+        pytest.skip("tribute.report is not in this build yet")
+    pytest.importorskip("safetensors")
+    from tribute.store import compute_store
+
+    monkeypatch.chdir(tmp_path)
+    model, (images, labels, _) = Net().eval(), data()
+    compute_store("runs/ig", model, (images, labels), "integrated_gradients", chunk_size=256, batch_size=64, steps=32)
+    tribute.report("runs/ig")  # runs/ig/report.html: a store's directory is a run directory too
+    page = (tmp_path / "runs" / "ig" / "report.html").read_text()
+    assert "<html" in page.lower() and "integrated_gradients" in page
+
+
 # -- The README's snippets are the ones run here ---------------------------------------------------------------------
 
 def code_lines(block: str) -> list[str]:
