@@ -207,7 +207,7 @@ def cases(model, captum_model, x, target, k: int, sigma: float, refs: torch.Tens
                              nt(kind, nt_chunk)))
         name = {"smoothgrad_sq": "smoothgrad_squared"}.get(kind, kind)
         out.append(Case(name, trib(cls, **sg_opts), variants, multi=True, comparable=False))
-    out.append(Case("expected_gradients", trib(tribute.ExpectedGradients, baselines=refs, samples=k, seed=0),
+    out.append(Case("expected_gradients", trib(tribute.ExpectedGradients, references=refs, samples=k, seed=0),
                     [("GradientShap(stdevs=0), same references", gshap)], multi=True, comparable=False))
     return out
 

@@ -51,7 +51,7 @@ def options(method: str, x: torch.Tensor) -> dict:
     o = {"smoothgrad": {"samples": 2, "seed": 0}, "smoothgrad_squared": {"samples": 2, "seed": 0},
          "vargrad": {"samples": 2, "seed": 0}, "integrated_gradients": {"steps": 4}}.get(method, {})
     if method in ("expected_gradients", "layer_expected_gradients"):
-        o = {"samples": 2, "seed": 0, "baselines": torch.zeros(2, *x.shape[1:])}
+        o = {"samples": 2, "seed": 0, "references": torch.zeros(2, *x.shape[1:])}
     if tribute.get_method(method).returns == "layer":
         o["layer"] = "conv2"
     return o

@@ -39,7 +39,7 @@ def test_per_sample_arguments_follow_the_expanded_rows(method):
     model, x, mask = _setup()
     options = dict(CASES[method])
     if method == "expected_gradients":
-        options["baselines"] = torch.randn(3, 7, 3, dtype=DT, generator=torch.Generator().manual_seed(9))
+        options["references"] = torch.randn(3, 7, 3, dtype=DT, generator=torch.Generator().manual_seed(9))
     # batch_size 4 cuts the rows of one sample across chunks and mixes samples in a chunk
     batched = tribute.explain(model, x, method, target=2, batch_size=4, forward_kwargs={"mask": mask}, **options)
     for i in range(x.shape[0]):

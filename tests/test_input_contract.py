@@ -89,9 +89,8 @@ def _options(method: str, net: nn.Module, *, image_only: bool = False, table=Non
         o["layer"] = net.relu2
     if "input_index" in schema and not image_only:
         o["input_index"] = 0
-    for name in ("baselines", "references"):  # expected gradients, prediction difference
-        if name in schema:
-            o[name] = REFS[0] if image_only else REFS
+    if "references" in schema:  # expected gradients, prediction difference
+        o["references"] = REFS[0] if image_only else REFS
     if table is not None and "baseline" in schema and schema["baseline"].per_input == "baseline" and not image_only:
         o["baseline"] = ("zero", table)
     return o
@@ -206,7 +205,7 @@ def test_expected_gradients_on_two_inputs_is_the_mean_over_its_draws_by_hand():
     the whole sample (Erion et al. 2021): each input moves along the path from its own reference."""
     net, (img, tab) = _net(), _data()
     k, seed = 5, 3
-    eg = tribute.explain(net, (img, tab), "expected_gradients", target=2, baselines=REFS, samples=k, seed=seed)
+    eg = tribute.explain(net, (img, tab), "expected_gradients", target=2, references=REFS, samples=k, seed=seed)
     sample = torch.arange(N).repeat_interleave(k)
     streams = SampleStreams(torch.cat([img.flatten(1), tab], 1), seed)
     j, alpha = draw_references(streams, sample, REFS[0].shape[0], dtype=DT, device="cpu")
@@ -238,8 +237,8 @@ def test_a_one_tuple_is_one_input_given_as_a_tuple(method):
     if method == "layer_expected_gradients":  # no per-sample forward arguments: one table for every row
         model, held = (lambda i: net(i, tab[:1].expand(i.shape[0], -1))), {}
     tensor = tribute.explain(model, img, method, target=1, **held, **options)
-    if "baselines" in options:
-        options["baselines"] = (options["baselines"],)
+    if "references" in options:
+        options["references"] = (options["references"],)
     one = tribute.explain(model, (img,), method, target=1, **held, **options)
     if _expected_shapes(method, img, tab) == (img.shape, tab.shape):
         assert isinstance(one, tuple) and len(one) == 1

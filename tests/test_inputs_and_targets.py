@@ -57,9 +57,7 @@ def test_result_has_the_inputs_shape_dtype_and_device(dtype, images):
         if tribute.get_method(method).returns != "input":
             continue  # CAM maps are (N, 1, H, W), layer methods have the layer's shape: tests/test_cam.py
         kw = dict(tribute.get_method(method).example_options)
-        if method == "expected_gradients":
-            kw["baselines"] = images[:2].to(dtype)
-        if method == "prediction_difference":
+        if method in ("expected_gradients", "prediction_difference"):
             kw["references"] = images[:2].to(dtype)
         a = tribute.explain(net, images.to(dtype), method, target=0, **kw)
         assert a.shape == images.shape and a.dtype == dtype and a.device == images.device, method
@@ -124,9 +122,12 @@ BAD = [
     ("samples", lambda n, x: tribute.explain(n, x, "smoothgrad", samples=-2), ValueError, "samples"),
     ("sigma", lambda n, x: tribute.explain(n, x, "smoothgrad", sigma=-0.1), ValueError, "sigma must be >= 0"),
     ("epsilon", lambda n, x: tribute.explain(n, x, "lrp_epsilon", epsilon=0), ValueError, "epsilon must be > 0"),
-    ("eg baselines", lambda n, x: tribute.explain(n, x, "expected_gradients"), ValueError, "needs baselines"),
-    ("eg shape", lambda n, x: tribute.explain(n, x, "expected_gradients", baselines=torch.zeros(3, 3, 4, 4)),
-     ValueError, "baselines must be a tensor of shape"),
+    ("eg references", lambda n, x: tribute.explain(n, x, "expected_gradients"), ValueError, "needs references="),
+    ("eg shape", lambda n, x: tribute.explain(n, x, "expected_gradients", references=torch.zeros(3, 3, 4, 4)),
+     ValueError, "references must be a tensor of shape"),
+    # the old spelling, one letter from IG's baseline=, is refused with the name of the new one
+    ("eg baselines", lambda n, x: tribute.explain(n, x, "expected_gradients", baselines=x[:2]), TypeError,
+     r"baselines= is not accepted here: expected_gradients takes its reference distribution as references="),
     ("base", lambda n, x: tribute.explain(n, x, "smoothgrad", base="grad"), ValueError, "unknown method 'grad'"),
 ]
 

@@ -268,7 +268,7 @@ def test_layer_gradient_is_the_gradient_of_the_network_above_the_layer(x):
     ("gradient", {}), ("input_x_gradient", {}), ("integrated_gradients", {"steps": 8}), ("deeplift", {}),
     ("guided_backprop", {}), ("deconvnet", {}), ("lrp_epsilon", {"epsilon": 1e-6}),
     ("expected_gradients", {"samples": 6, "seed": 2,
-                            "baselines": torch.rand(4, 3, 8, 8, dtype=torch.float64,
+                            "references": torch.rand(4, 3, 8, 8, dtype=torch.float64,
                                                     generator=torch.Generator().manual_seed(5))}),
 ])
 def test_at_a_layer_that_is_the_input_the_layer_method_is_the_method(method, options, x):

@@ -18,8 +18,7 @@ GENERAL_METHODS = [m for m in tribute.methods()
 def options_for(method: str, x: torch.Tensor) -> dict:
     o = dict(tribute.get_method(method).example_options)
     if method in ("expected_gradients", "layer_expected_gradients", "prediction_difference"):
-        name = "references" if method == "prediction_difference" else "baselines"
-        o[name] = torch.rand(5, *x.shape[1:], dtype=x.dtype, generator=torch.Generator().manual_seed(9))
+        o["references"] = torch.rand(5, *x.shape[1:], dtype=x.dtype, generator=torch.Generator().manual_seed(9))
     return o
 
 

@@ -134,7 +134,7 @@ def test_noise_levels_per_input_are_relative_to_each_inputs_range():
 def test_expected_gradients_takes_references_per_input():
     model, (img, tab) = _model(F.softplus), _inputs()
     refs = (torch.zeros(6, 2, 6, 6, dtype=DT), torch.randn(6, 4, dtype=DT))
-    a = tribute.explain(model, (img, tab), "expected_gradients", target=0, baselines=refs, samples=4000, seed=0)
+    a = tribute.explain(model, (img, tab), "expected_gradients", target=0, references=refs, samples=4000, seed=0)
     expected_gain = model(img, tab)[:, 0] - model(*refs)[:, 0].mean()
     # in expectation the attributions sum to S(x) − E[S(x̄)]; 4000 draws of (x̄, α) keep the error small
     torch.testing.assert_close(_total(a), expected_gain.detach(), rtol=0.05, atol=0.05)

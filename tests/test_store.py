@@ -62,7 +62,7 @@ def test_the_store_holds_the_methods_attributions_for_the_predicted_class(tmp_pa
 def test_any_method_and_result_shape_round_trips(tmp_path, method, options):
     model, x, _ = build()
     if method == "expected_gradients":
-        options = {**options, "baselines": torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(3))}
+        options = {**options, "references": torch.rand(5, 3, 8, 8, generator=torch.Generator().manual_seed(3))}
     store = ts.compute_store(tmp_path / "s", model, x, method, chunk_size=7, **options)
     direct = tribute.explain(model, x, method, **options)
     assert store.shape == direct.shape[1:]

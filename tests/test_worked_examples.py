@@ -266,8 +266,35 @@ def test_expected_gradients_is_the_monte_carlo_of_its_definition_with_the_same_d
     # φ(x) = E_{x̄∼D, α∼U(0,1)}[(x − x̄) ⊙ ∂S(x̄ + α(x − x̄))/∂x], D uniform on the 5 references
     net, x, refs = eg_setup()
     mc = torch.stack([path_terms(net, x, refs, 1, j, a) for j, a in same_draws(x, refs, 7, 40)]).mean(0)
-    eg = tribute.explain(net, x, "expected_gradients", target=1, baselines=refs, samples=40, seed=7)
+    eg = tribute.explain(net, x, "expected_gradients", target=1, references=refs, samples=40, seed=7)
     torch.testing.assert_close(eg, mc, rtol=1e-12, atol=1e-14)
+
+
+#: expected gradients of eg_setup(), target 1, samples 6, seed 3, as computed under the old spelling ``baselines=``
+#: (before the rename to ``references=``): the rename changes the name only, never the draws or the values
+EG_BEFORE_RENAME = [
+    [0.075998603472052, 0.009809087276663854, 0.22760321396234673, 0.03153575538154768],
+    [0.13028150784113435, -1.2316849961623326, 0.01521690969708627, 0.502835352020461],
+    [0.9306339050437565, -0.03828094458238887, -0.8509181780693783, -0.8664238809881808],
+]
+
+
+def test_expected_gradients_references_gives_the_values_of_the_old_baselines_spelling_which_is_refused():
+    net, x, refs = eg_setup()
+    eg = tribute.explain(net, x, "expected_gradients", target=1, references=refs, samples=6, seed=3)
+    torch.testing.assert_close(eg, torch.tensor(EG_BEFORE_RENAME, dtype=DT), rtol=1e-13, atol=1e-15)
+    # baselines= was one letter from integrated gradients' baseline= (one x̄): refused, naming the new spelling
+    # and the difference, never taken as something else
+    for method in ("expected_gradients", "layer_expected_gradients"):
+        layer = {"layer": "0"} if method.startswith("layer") else {}
+        refused = r"baselines= is not accepted here: .* references= .*baseline= \(singular\)"
+        with pytest.raises(TypeError, match=refused):
+            tribute.explain(net, x, method, target=1, baselines=refs, samples=6, seed=3, **layer)
+    lay = tribute.explain(net, x, "layer_expected_gradients", target=1, references=refs, samples=6, seed=3, layer="0")
+    # at the first (linear) layer, the layer's path is the image of the input's path and the chain rule moves the
+    # sum: with the same draws, Σ_k (A − Ā)_k ∂S/∂A_k = Σ_i (x − x̄)_i ∂S/∂x_i per sample
+    assert lay.shape == (3, net[0].out_features)
+    torch.testing.assert_close(lay.sum(1), eg.sum(1), rtol=1e-12, atol=1e-14)
 
 
 def test_expected_gradients_is_unbiased_within_its_standard_error():
@@ -283,7 +310,7 @@ def test_expected_gradients_is_unbiased_within_its_standard_error():
         torch.testing.assert_close(exact.sum(1), net(x)[:, 1] - net(refs)[:, 1].mean(), rtol=1e-12, atol=1e-12)
     n = 400
     terms = torch.stack([path_terms(net, x, refs, 1, j, a) for j, a in same_draws(x, refs, 11, n)])
-    eg = tribute.explain(net, x, "expected_gradients", target=1, baselines=refs, samples=n, seed=11)
+    eg = tribute.explain(net, x, "expected_gradients", target=1, references=refs, samples=n, seed=11)
     standard_error = terms.std(0) / n**0.5
     assert ((eg - exact).abs() <= 4 * standard_error).all()
     assert (eg - exact).abs().max() > 1e-6  # an estimate, not the expectation

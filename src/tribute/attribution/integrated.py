@@ -1,4 +1,4 @@
-"""Integrated gradients and expected gradients: averages of the gradient along paths from baselines.
+"""Integrated gradients and expected gradients: averages of the gradient along paths from references.
 
 Both are (x − x̄) ⊙ ∫_0^1 ∂S_c(x̄ + α(x − x̄))/∂x dα; they differ in how x̄ and α are chosen.
 """
@@ -22,13 +22,21 @@ from .gradient import SOFTPLUS_OPTION, smoothed_rules
 
 
 def check_references(refs, x: torch.Tensor, method: str) -> torch.Tensor:
-    """``baselines=`` of expected gradients: a tensor of M ≥ 1 references shaped like one input."""
+    """``references=`` of expected gradients: a tensor of M ≥ 1 references shaped like one input."""
     if refs is None:
-        raise ValueError(f"{method} needs baselines=, a tensor of reference inputs (M, ...)")
+        raise ValueError(f"{method} needs references=, a tensor of reference inputs (M, ...) that x̄ is drawn from")
     if not isinstance(refs, torch.Tensor) or refs.shape[1:] != x.shape[1:] or refs.shape[0] < 1:
         got = tuple(refs.shape) if isinstance(refs, torch.Tensor) else type(refs).__name__
-        raise ValueError(f"baselines must be a tensor of shape (M, {', '.join(map(str, x.shape[1:]))}), got {got}")
+        raise ValueError(f"references must be a tensor of shape (M, {', '.join(map(str, x.shape[1:]))}), got {got}")
     return refs.to(x.device, x.dtype)
+
+
+def renamed_baselines(method: str) -> dict[str, opt.Option]:
+    """The old spelling ``baselines=``, refused: it was one letter from integrated gradients' and DeepLIFT's
+    ``baseline=``, which is one reference x̄, where ``method`` draws x̄ from a distribution of references."""
+    return {"baselines": opt.Option(None, opt.refused(
+        f"{method} takes its reference distribution as references= (a tensor of M reference inputs, (M, ...), "
+        "that x̄ is drawn from); baseline= (singular) is the one reference x̄ of integrated_gradients and deeplift"))}
 
 
 SEED_OPTION = {"seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of the per-sample random streams")}
@@ -50,6 +58,15 @@ class IntegratedGradients(Method):
     tolerance : if given, refine nested midpoint nodes (steps, 3·steps, 9·steps, …, reusing every
         pass) until each sample's largest per-feature change and completeness gap are both at most
         ``tolerance`` × |S_c(x) − S_c(x̄)|; ``max_steps`` (default 20 000) bounds the refinement.
+
+    When to use ``tolerance``: whenever the attributions must add up to the score difference (reports, comparisons
+    between methods, metrics that read sums).  A fixed number of steps leaves a quadrature error that depends on the
+    network and the image, and it does not shrink steadily with the steps.  Measured on scikit-image's ``chelsea``
+    (the cat) with the demo's EfficientNet-Lite0 (:func:`tribute.data.efficientnet_lite0`), zero baseline, score gain
+    9.93: the completeness gap is −0.2 % of the gain at 32 Gauss–Legendre steps, 18.7 % at the default 64 (Captum's
+    Gauss–Legendre integrated gradients gives the same), 1.4 % at 128 and −1.0 % at 256.  There ``tolerance=0.05``
+    stops at 576 steps (gap −2.2 %) and ``tolerance=0.01`` at 1728 steps (gap −0.3 %, 27 times the default's
+    gradients).  :func:`tribute.metrics.completeness_gap` measures the gap of given attributions.
     """
 
     options = {
@@ -137,12 +154,20 @@ class ExpectedGradients(Method):
     """Expected gradients / GradientSHAP (Erion et al. 2021; Lundberg & Lee 2017).
 
     φ(x) = E_{x̄∼D, α∼U(0,1)} [(x − x̄) ⊙ ∂S_c(x̄ + α(x − x̄))/∂x], estimated with ``samples`` draws of
-    a reference x̄ from ``baselines`` (a tensor of M references) and α, per input from its own seeded
-    stream.  In expectation Σ_i φ_i = S_c(x) − E[S_c(x̄)].
+    a reference x̄ from ``references`` and α, per input from its own seeded stream.  In expectation
+    Σ_i φ_i = S_c(x) − E[S_c(x̄)].
+
+    Options
+    -------
+    references : a tensor of M reference inputs (M, ...), the distribution x̄ is drawn from (e.g. training
+        images); a tuple, one per input, for several inputs.  (Not ``baseline=``: integrated gradients' one x̄.
+        The old spelling ``baselines=`` is refused.)
+    samples : draws of (x̄, α) per input (default 50); seed.
     """
 
     options = {
-        "baselines": opt.Option(None, opt.optional(opt.tensor_or(opt.anything)), per_input="references"),
+        "references": opt.Option(None, opt.optional(opt.tensor_or(opt.anything)), per_input="references"),
+        **renamed_baselines("expected_gradients"),
         "samples": opt.Option(50, opt.integer(1)),
         **SEED_OPTION,
         **SOFTPLUS_OPTION,
@@ -151,7 +176,7 @@ class ExpectedGradients(Method):
     example_options = {"samples": 4, "seed": 0}
 
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
-        refs = check_references(o.baselines, x, self.name)
+        refs = check_references(o.references, x, self.name)
         streams = SampleStreams(x, o.seed)
         acc = accumulation_dtype(x.dtype)
 

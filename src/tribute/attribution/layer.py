@@ -61,7 +61,7 @@ from ..core.tokens import (
 )
 from ..lrp.elementwise import FAMILY as LRP_EPSILON
 from .deeplift import FAMILY as DEEPLIFT
-from .integrated import check_references
+from .integrated import check_references, renamed_baselines
 
 #: options of the methods whose result has the layer's shape
 RESULT_OPTIONS = {
@@ -250,12 +250,14 @@ class LayerExpectedGradients(LayerMethod):
 
     Options
     -------
-    baselines : a tensor of M reference inputs (M, ...); samples (default 50); seed.
+    references : a tensor of M reference inputs (M, ...), the distribution Ā's inputs are drawn from (the old
+        spelling ``baselines=`` is refused); samples (default 50); seed.
     """
 
     options = {
         **RESULT_OPTIONS,
-        "baselines": opt.Option(None, opt.anything, per_input="references"),
+        "references": opt.Option(None, opt.anything, per_input="references"),
+        **renamed_baselines("layer_expected_gradients"),
         "samples": opt.Option(50, opt.integer(1)),
         "seed": opt.Option(None, opt.optional(opt.integer(0)), "seed of the per-sample random streams"),
     }
@@ -267,7 +269,7 @@ class LayerExpectedGradients(LayerMethod):
     def _attribute(self, x: torch.Tensor, target: Target, o: SimpleNamespace) -> torch.Tensor:
         if o.differentiable:
             raise ValueError("layer_expected_gradients does not support differentiable=True")
-        refs = check_references(o.baselines, x, self.name)
+        refs = check_references(o.references, x, self.name)
         if o.call.forward.args is not None and o.call.forward.args.per_sample:
             # a reference's activation would depend on whose forward arguments it ran with
             raise ValueError("layer_expected_gradients takes no per-sample forward arguments (tensors in "

@@ -49,7 +49,7 @@ def specs(scale: Scale, image_shape, seed: int = 0) -> dict[str, Spec]:
         "integrated_gradients": Spec("classifier", "integrated_gradients", {"steps": scale.ig_steps}),
         "deeplift": Spec("classifier", "deeplift", {}),
         "gradient_shap": Spec("classifier", "expected_gradients",
-                              {"baselines": references, "samples": scale.shap_samples, "seed": seed}),
+                              {"references": references, "samples": scale.shap_samples, "seed": seed}),
         "occlusion": Spec("classifier", "occlusion", {"window": (image_shape[0], 4, 4), "stride": 2}),
         "smoothgrad": Spec("classifier", "smoothgrad", smooth),
         "robust_twin": Spec("twin", "smoothgrad", smooth),
