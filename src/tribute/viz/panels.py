@@ -108,7 +108,9 @@ def colorbar(ax, scale: MapScale, notes: list[str], fontsize: float = 8):
     mappable = ScalarMappable(norm=Normalize(vmin=low, vmax=high), cmap=colormap(scale.signed))
     bar = ax.figure.colorbar(mappable, cax=cax, orientation="horizontal")
     bar.set_ticks([low, 0.0, high] if scale.signed else [0.0, high])
-    bar.ax.set_xticklabels([f"{t:.2g}" for t in bar.get_ticks()], fontsize=fontsize - 2)
+    labels = bar.ax.set_xticklabels([f"{t:.2g}" for t in bar.get_ticks()], fontsize=fontsize - 2)
+    labels[0].set_horizontalalignment("left")  # the end labels inside the bar's width: neighbours do not collide
+    labels[-1].set_horizontalalignment("right")
     bar.ax.tick_params(length=2, pad=1)
     bar.outline.set_linewidth(0.4)
     cax.set_xlabel("\n".join([scale.label, *notes]), fontsize=fontsize - 2, labelpad=1,
