@@ -151,12 +151,70 @@ def test_run_demo_end_to_end(tmp_path, lite0):
     assert abs(float(delta[0]) - float(logits[0] - logits[1])) < 1e-4
     assert abs(float(gap[0])) < 1e-3 * abs(float(delta[0]))
     assert set(result["times"]) == {"gradient", "deeplift"} and all(t > 0 for t in result["times"].values())
-    # the figure: one row, photo + 2 methods
+    # the figure: one block per family (gradient, then propagation), each the photo + its method, colour bars
     png = matplotlib.image.imread(result["figure"])
-    assert png.shape[1] > 2.5 * png.shape[0]
+    assert png.shape[0] > 1.5 * png.shape[1]  # two blocks stacked, two panels wide
     summary = json.loads(result["summary"].read_text())
     assert summary["predictions"][0]["class"] == pred["class"]
     assert summary["methods"]["deeplift"]["completeness_gap"] == pytest.approx(gap.tolist())
+    # the run directory: the photo with its plain name and class, and each method's store with the same values
+    from tribute.run_directory import open_run
+
+    run = open_run(tmp_path)
+    inputs = run.inputs()
+    assert inputs.names == ["cat (chelsea)"] and inputs.kind == "image"
+    torch.testing.assert_close(inputs.inputs, images)
+    assert inputs.labels.tolist() == [pred["class"]] and inputs.classes[pred["class"]] == pred["name"]
+    stores = run.stores()
+    assert set(stores) == {"gradient", "deeplift"}
+    for name, store in stores.items():
+        torch.testing.assert_close(store.attributions(), result["attributions"][name])
+        assert store.targets().tolist() == [pred["class"]]
+    (record,) = run.records()
+    assert record["command"] == "tribute demo" and record["photos"] == ["chelsea"] and record["seed"] == 0
+    assert set(record["methods"]) == {"gradient", "deeplift"} and record["versions"]["torch"] == torch.__version__
+
+
+def test_photo_titles_say_what_the_photo_shows():
+    from tribute.demo import photo_title
+
+    pred = {"photo": "chelsea", "class": 281, "name": "tabby", "probability": 0.623}
+    assert photo_title(pred) == "cat (chelsea) → tabby 62%"
+    assert photo_title({**pred, "photo": "elsewhere"}) == "elsewhere (elsewhere) → tabby 62%"  # no plain name known
+
+
+def test_demo_options_refine_ig_and_smooth_enough():
+    from tribute.demo import IG_TOLERANCE, NOISE_SAMPLES, method_options
+
+    refs = torch.zeros(2, 3, 4, 4)
+    ig = method_options("integrated_gradients", refs)
+    assert ig["tolerance"] == IG_TOLERANCE <= 0.05
+    assert method_options("smoothgrad", refs)["samples"] == NOISE_SAMPLES >= 48
+    eg = method_options("expected_gradients", refs)
+    assert any(eg.get(k) is refs for k in ("references", "baselines"))  # whichever the method calls them
+
+
+def test_smoothgrad_maps_are_smoother_than_the_gradient(tmp_path, lite0):
+    from tribute.demo import run_demo
+
+    result = run_demo(tmp_path, methods=["gradient", "smoothgrad"], photos=["chelsea"], progress=False,
+                      verbose=False)
+    rough = result["roughness"]
+    assert float(rough["smoothgrad"][0]) < float(rough["gradient"][0])
+
+
+def test_the_report_is_written_when_tribute_has_one(tmp_path, lite0, monkeypatch):
+    from tribute.demo import run_demo
+
+    calls = []
+
+    def fake_report(run_dir):
+        calls.append(run_dir)
+        return tmp_path / "report.html"
+
+    monkeypatch.setattr(tribute, "report", fake_report, raising=False)
+    result = run_demo(tmp_path, methods=["gradient"], photos=["chelsea"], progress=False, verbose=False)
+    assert calls == [tmp_path] and result["report"] == tmp_path / "report.html"
 
 
 def test_run_demo_refuses_unknown_methods(tmp_path):

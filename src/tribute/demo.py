@@ -47,7 +47,7 @@ IG_STEPS = 32
 #: integrated gradients refines its nodes until the completeness gap is at most this fraction of |S(x) − S(x̄)|
 IG_TOLERANCE = 0.05
 NOISE_SAMPLES = 48  # enough for SmoothGrad's maps to be smoother than the gradient's (see demo_notes.roughness)
-FIGURE_COLUMNS = 6  # methods per row of the figure: a family of the default methods fits in one block
+FIGURE_COLUMNS = 7  # methods per band of the figure: gradient methods in one, propagation and CAM in the other
 EG_SAMPLES = 64
 BLUR_SIGMA = 16.0  # pixels: removes the objects' detail but keeps the photos' colour layout
 NOISE_REFERENCES = 2

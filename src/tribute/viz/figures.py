@@ -1,9 +1,10 @@
-"""Grids of attribution maps: images × methods, optionally in blocks by method family, each map with its colour bar.
+"""Grids of attribution maps: images × methods, optionally grouped by method family, each map with its colour bar.
 
 A grid has one row per image: the image, then one panel per method; every panel has a colour bar whose label states
-its scale (:mod:`tribute.viz.scale`).  With ``families`` the methods are laid out in blocks stacked one above the
-other, one block per family (gradient, propagation, CAM, perturbation), each with its header, so that a figure of
-many methods stays a readable width.  A note per method (``notes``) is printed under its column.
+its scale (:mod:`tribute.viz.scale`).  With ``families`` the methods are grouped by family (gradient, propagation,
+CAM, perturbation), each group under its header; groups are packed side by side into bands of at most
+``max_columns`` methods, and the bands stacked one above the other, so that a figure of many methods stays a
+readable width.  A note per method (``notes``) is printed under its column.
 
 Nothing here knows any attribution method: methods are names, their maps tensors or arrays.
 """
@@ -68,25 +69,34 @@ def _check(images, attributions: Mapping[str, object], titles, reduce: str) -> _
 
 
 def _blocks(names: list[str], families: Mapping[str, Sequence[str]] | None,
-            max_columns: int | None) -> list[tuple[str | None, list[str]]]:
-    """(header, methods) per block: one block of all methods, or one per family in the families' order (methods
-    of no family last, as "other"), a family wider than ``max_columns`` split into equal parts."""
+            max_columns: int | None) -> list[list[tuple[str | None, list[str]]]]:
+    """Bands of (header, methods) groups: one band of one group of all methods, or one group per family in the
+    families' order (methods of no family last, as "other"), a family wider than ``max_columns`` split into equal
+    parts, and consecutive groups packed into one band while it stays within ``max_columns`` methods."""
     if families is None:
-        groups: list[tuple[str | None, list[str]]] = [(None, names)]
-    else:
-        placed = {m for members in families.values() for m in members}
-        groups = [(f, [m for m in names if m in members]) for f, members in families.items()]
-        groups.append(("other", [m for m in names if m not in placed]))
-    out = []
+        return [[(None, names)]]
+    placed = {m for members in families.values() for m in members}
+    groups = [(f, [m for m in names if m in members]) for f, members in families.items()]
+    groups.append(("other", [m for m in names if m not in placed]))
+    chunks = []
     for header, members in groups:
         if not members:
             continue
         parts = 1 if not max_columns else math.ceil(len(members) / max_columns)
         size = math.ceil(len(members) / parts)
         for k in range(parts):
-            label = header if k == 0 or header is None else f"{header} (continued)"
-            out.append((label, members[k * size:(k + 1) * size]))
-    return out
+            chunks.append((header if k == 0 else f"{header} (continued)", members[k * size:(k + 1) * size]))
+    bands: list[list[tuple[str | None, list[str]]]] = []
+    for chunk in chunks:
+        if bands and max_columns and sum(len(m) for _, m in bands[-1]) + len(chunk[1]) <= max_columns:
+            bands[-1].append(chunk)
+        else:
+            bands.append([chunk])
+    return bands
+
+
+def _methods(band) -> list[str]:
+    return [m for _, members in band for m in members]
 
 
 def _note_lines(notes: Mapping[str, str] | None, methods: list[str], cell: float) -> dict[str, list[str]]:
@@ -110,7 +120,7 @@ def method_figure(images, attributions: Mapping[str, object], titles: Sequence[s
     titles : sequence of N str, optional
         Shown above each image (e.g. its name and predicted class).
     families : mapping of str to method names, optional
-        Lay the methods out in one block per family (see :data:`METHOD_FAMILIES` and :func:`family_figure`).
+        Group the methods by family under headers (see :data:`METHOD_FAMILIES` and :func:`family_figure`).
     notes : mapping of method name to str, optional
         A short note printed under the method's column.
     reduce : {"sum", "mean", "abs_sum"}
@@ -123,14 +133,14 @@ def method_figure(images, attributions: Mapping[str, object], titles: Sequence[s
     overlay : bool
         Draw each map over its image in grey instead of alone.
     max_columns : int, optional
-        Split a block wider than this into equal parts, one above the other.
+        With ``families``: the most methods in one band of the figure (bands are stacked).
     cell, dpi
         A panel's width and height in inches; the resolution.
 
     Returns
     -------
     matplotlib.figure.Figure
-        On an Agg canvas.  ``fig.axes`` lists the panels in reading order (per block, per row: the image, then
+        On an Agg canvas.  ``fig.axes`` lists the panels in reading order (per band, per row: the image, then
         the methods); ``ax.child_axes[0]`` is a map panel's colour bar, whose x-limits are the scale's limits.
     """
     grid = _check(images, attributions, titles, reduce)
@@ -138,36 +148,37 @@ def method_figure(images, attributions: Mapping[str, object], titles: Sequence[s
         raise ValueError("overlay=True needs the images to draw the maps over")
     blocks = _blocks(list(grid.maps), families, max_columns)
     lead = 0 if grid.images is None else 1
-    cols = lead + max(len(methods) for _, methods in blocks)
-    heights = [_block_height(header, _note_lines(notes, methods, cell), grid.n, cell) for header, methods in blocks]
+    cols = lead + max(len(_methods(band)) for band in blocks)
+    heights = [_block_height(any(h for h, _ in band), _note_lines(notes, _methods(band), cell), grid.n, cell)
+               for band in blocks]
     width = GAP_W + cols * (cell + GAP_W)
     fig = new_figure(width, sum(heights) + 0.1, dpi)
     top = 0.1
-    for (header, methods), height in zip(blocks, heights, strict=True):
-        _draw_block(fig, grid, header, methods, top, cell, notes,
+    for band, height in zip(blocks, heights, strict=True):
+        _draw_block(fig, grid, band, top, cell, notes,
                     {"percentile": percentile, "scale": scale, "signed": signed}, share, overlay)
         top += height
     return fig
 
 
-def _block_height(header: str | None, note_lines: dict[str, list[str]], n: int, cell: float) -> float:
+def _block_height(header: bool, note_lines: dict[str, list[str]], n: int, cell: float) -> float:
     notes = max((len(v) for v in note_lines.values()), default=0)
     return (HEADER_H if header else 0.0) + n * (TITLE_H + cell + CBAR_ZONE) + (NOTE_LINE * notes + 0.1 if notes else 0)
 
 
-def _draw_block(fig, grid: _Grid, header, methods, top, cell, notes, rule: dict, share, overlay) -> None:
-    """Draw one block of the grid with its top ``top`` inches below the figure's top."""
+def _draw_block(fig, grid: _Grid, band, top, cell, notes, rule: dict, share, overlay) -> None:
+    """Draw one band of the grid with its top ``top`` inches below the figure's top."""
     width, height = fig.get_size_inches()
+    lead = 0 if grid.images is None else 1
+    methods = _methods(band)
 
     def axes(col: int, row_top: float):
         left = GAP_W + col * (cell + GAP_W)
         return fig.add_axes((left / width, 1 - (row_top + cell) / height, cell / width, cell / height))
 
-    if header:
-        fig.text(GAP_W / width, 1 - (top + 0.2) / height, header, fontsize=FONT + 3, fontweight="bold",
-                 va="baseline")
+    if any(h for h, _ in band):
+        _headers(fig, band, lead, top, cell)
         top += HEADER_H
-    lead = 0 if grid.images is None else 1
     table = [[grid.maps[m][i] for m in methods] for i in range(grid.n)]
     shared = shared_scales(table, share, **rule)
     for i in range(grid.n):
@@ -191,10 +202,27 @@ def _draw_block(fig, grid: _Grid, header, methods, top, cell, notes, rule: dict,
                      style="italic", color="0.25", linespacing=1.15)
 
 
+def _headers(fig, band, lead: int, top: float, cell: float) -> None:
+    """Each group's header above its first column, underlined across its columns."""
+    from matplotlib.lines import Line2D
+
+    width, height = fig.get_size_inches()
+    col = lead
+    for header, members in band:
+        left = GAP_W + col * (cell + GAP_W)
+        right = left + len(members) * (cell + GAP_W) - GAP_W
+        y = 1 - (top + 0.2) / height
+        fig.text(left / width, y, header, fontsize=FONT + 3, fontweight="bold", va="baseline")
+        fig.add_artist(Line2D([left / width, right / width], [y - 0.06 / height] * 2, transform=fig.transFigure,
+                              color="0.55", linewidth=0.8))
+        col += len(members)
+
+
 def family_figure(images, attributions: Mapping[str, object], titles: Sequence[str] | None = None, *,
                   families: Mapping[str, Sequence[str]] | None = None, max_columns: int | None = 4, **options):
-    """:func:`method_figure` in one block per method family (default :data:`METHOD_FAMILIES`), each block at most
-    ``max_columns`` methods wide (a wider family is split into equal parts); other options as there."""
+    """:func:`method_figure` with the methods grouped by family (default :data:`METHOD_FAMILIES`), in bands at most
+    ``max_columns`` methods wide (a wider family is split into equal parts; narrower families share a band); other
+    options as there."""
     return method_figure(images, attributions, titles, families=METHOD_FAMILIES if families is None else families,
                          max_columns=max_columns, **options)
 
