@@ -151,9 +151,10 @@ def test_run_demo_end_to_end(tmp_path, lite0):
     assert abs(float(delta[0]) - float(logits[0] - logits[1])) < 1e-4
     assert abs(float(gap[0])) < 1e-3 * abs(float(delta[0]))
     assert set(result["times"]) == {"gradient", "deeplift"} and all(t > 0 for t in result["times"].values())
-    # the figure: one block per family (gradient, then propagation), each the photo + its method, colour bars
+    # the figure: one row, the photo then the gradient and propagation groups side by side (2.2-inch panels
+    # 0.15 inch apart, at 100 dpi)
     png = matplotlib.image.imread(result["figure"])
-    assert png.shape[0] > 1.5 * png.shape[1]  # two blocks stacked, two panels wide
+    assert png.shape[1] == round(100 * (0.15 + 3 * (2.2 + 0.15))) and png.shape[0] < png.shape[1]
     summary = json.loads(result["summary"].read_text())
     assert summary["predictions"][0]["class"] == pred["class"]
     assert summary["methods"]["deeplift"]["completeness_gap"] == pytest.approx(gap.tolist())
