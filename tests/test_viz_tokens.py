@@ -64,3 +64,35 @@ def test_the_figure_draws_every_token_on_its_colour():
     # 40 tokens wrap onto more than one line
     ys = {round(t.get_position()[1], 3) for t in texts if t.get_text().startswith("w")}
     assert len(ys) > 1
+
+
+def test_extreme_constant_and_infinite_sentences_follow_the_heat_maps_rules():
+    extreme = torch.tensor([1e30, -5e29, 0.0, 2.5e29, 0.0], dtype=torch.float64)
+    colors, scale = token_colors(TOKENS, extreme)
+    assert scale == 1e30
+    np.testing.assert_allclose(colors[1], [0.5, 0.5, 1.0])  # half the scale, negative: half blue
+    constant = torch.full((5,), 0.3)
+    colors, scale = token_colors(TOKENS, constant)
+    assert scale == pytest.approx(0.3) and np.allclose(colors, [1.0, 0.0, 0.0])
+    only_inf = torch.tensor([float("inf"), float("-inf"), 0.0, 0.0, 0.0])
+    colors, scale = token_colors(TOKENS, only_inf)
+    assert scale == 1.0  # no finite non-zero value: "all zero" among the finite ones
+    np.testing.assert_allclose(colors[:2], [NONFINITE_COLORS["+inf"], NONFINITE_COLORS["-inf"]])
+    assert token_text(TOKENS, only_inf).endswith("(all zero; 1 +inf (gold), 1 -inf (cyan) tokens: '[CLS]', 'a')")
+
+
+def test_the_figure_has_a_colour_bar_in_the_units_it_says():
+    pytest.importorskip("matplotlib")
+    own = token_figure([TOKENS], [VALUES])
+    (bar,) = [ax for ax in own.axes if ax.get_xlabel()]
+    assert bar.get_xlim() == (-1.0, 1.0) and bar.get_xlabel().startswith("φ / the sentence's full-colour scale")
+    shared = token_figure([TOKENS, TOKENS], [VALUES, 2 * VALUES], shared_scale=True)
+    (bar,) = [ax for ax in shared.axes if ax.get_xlabel()]
+    assert bar.get_xlim() == pytest.approx((-1.6, 1.6)) and bar.get_xlabel().startswith("φ (one scale")
+    drawn = [t.get_text() for t in shared.axes[0].texts]
+    assert sum("full colour = ±1.6, the largest |φ| of all sentences" in t for t in drawn) == 2
+    nan = token_figure([TOKENS], [torch.tensor([0.0, float("nan"), 0.8, -0.4, 0.0])])
+    drawn = [t.get_text() for t in nan.axes[0].texts]
+    assert any("1 NaN (green) token: 'a'" in t for t in drawn)
+    (a_token,) = [t for t in nan.axes[0].texts if t.get_text() == "a"]
+    np.testing.assert_allclose(a_token.get_bbox_patch().get_facecolor()[:3], NONFINITE_COLORS["NaN"])
