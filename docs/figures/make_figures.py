@@ -40,7 +40,8 @@ def _photo_and_maps(seed: int = 0):
     smooth = disc - 0.3 * np.exp(-(((xx - 0.8) ** 2 + (yy - 0.2) ** 2) / 0.01))
     coarse = np.kron(disc[::8, ::8], np.ones((8, 8)))
     return image, {"gradient": noisy, "integrated_gradients": smooth, "saliency": np.abs(noisy),
-                   "gradcam": coarse, "occlusion": np.kron(smooth[::6, ::6], np.ones((6, 6)))}
+                   "deeplift": smooth * (0.6 + 0.4 * rng.random((SIZE, SIZE))), "gradcam": coarse,
+                   "occlusion": np.kron(smooth[::6, ::6], np.ones((6, 6)))}
 
 
 def heatmap_example():
