@@ -158,6 +158,9 @@ def test_run_demo_end_to_end(tmp_path, lite0):
     summary = json.loads(result["summary"].read_text())
     assert summary["predictions"][0]["class"] == pred["class"]
     assert summary["methods"]["deeplift"]["completeness_gap"] == pytest.approx(gap.tolist())
+    # the class contrast: the photo's top classes by the gradient, the first being the predicted class
+    contrast = matplotlib.image.imread(result["contrast"])
+    assert contrast.shape[1] == round(100 * (0.15 + 5 * (2.2 + 0.15)))  # the photo and 4 classes
     # the run directory: the photo with its plain name and class, and each method's store with the same values
     from tribute.run_directory import open_run
 
@@ -174,6 +177,19 @@ def test_run_demo_end_to_end(tmp_path, lite0):
     (record,) = run.records()
     assert record["command"] == "tribute demo" and record["photos"] == ["chelsea"] and record["seed"] == 0
     assert set(record["methods"]) == {"gradient", "deeplift"} and record["versions"]["torch"] == torch.__version__
+
+
+def test_the_contrast_figure_compares_the_top_classes(lite0, photos):
+    from tribute.demo import contrast_figure
+
+    model, normalize = lite0
+    fig = contrast_figure(model, normalize, photos[0][0], "cat", "gradient", classes=3)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "cat: gradient" and len(titles) == 4
+    assert titles[1].split()[0] in {name.split()[0] for name in CAT_CLASSES.values()}  # the top class first
+    notes = [t.get_text() for t in fig.texts]
+    assert notes[0] == "the reference of the Spearman ρ values"
+    assert all(n.startswith("Spearman ρ = ") and n.endswith(f"to '{titles[1]}'") for n in notes[1:])
 
 
 def test_photo_titles_say_what_the_photo_shows():

@@ -47,6 +47,8 @@ IG_STEPS = 32
 #: integrated gradients refines its nodes until the completeness gap is at most this fraction of |S(x) − S(x̄)|
 IG_TOLERANCE = 0.05
 NOISE_SAMPLES = 48  # enough for SmoothGrad's maps to be smoother than the gradient's (see demo_notes.roughness)
+CONTRAST_CLASSES = 4  # classes in the class-contrast figure of the first photo
+CONTRAST_METHODS = ("gradcam", "gradient")  # the first of these the demo runs draws it (both are cheap)
 FIGURE_COLUMNS = 7  # methods per band of the figure: gradient methods in one, propagation and CAM in the other
 EG_SAMPLES = 64
 BLUR_SIGMA = 16.0  # pixels: removes the objects' detail but keeps the photos' colour layout
@@ -191,6 +193,24 @@ def _completeness(name: str, a: torch.Tensor, score, baseline_scores) -> tuple[A
     return gap, delta, text
 
 
+def contrast_figure(model, normalize, image: torch.Tensor, title: str, method: str, classes: int = CONTRAST_CLASSES):
+    """One photo explained by ``method`` for each of its ``classes`` most probable classes, each map's Spearman
+    correlation to the top class's written under it (:func:`tribute.viz.class_contrast_figure`): a
+    class-discriminative method gives different maps for different classes."""
+    from .core import explain
+    from .data import short_class_name
+    from .viz import class_contrast_figure
+
+    with torch.no_grad():
+        p = model(normalize(image[None])).softmax(1)[0]
+    top = p.topk(classes)
+    x = image[None].expand(classes, -1, -1, -1)
+    options = method_options(method, image[None])
+    maps = explain(model, x, method, target=top.indices, input_transform=normalize, **options)
+    names = [f"{short_class_name(int(c))} {float(q):.0%}" for q, c in zip(top.values, top.indices, strict=True)]
+    return class_contrast_figure(image, dict(zip(names, maps, strict=True)), title=f"{title}: {method}")
+
+
 def _write_report(out: Path, say: Callable[[str], None]) -> Path | None:
     """The HTML report of the run, when this tribute has one (``tribute.report``); None otherwise."""
     import tribute
@@ -227,7 +247,8 @@ def run_demo(out_dir: str | Path = "tribute-demo", methods: Sequence[str] | None
     Parameters
     ----------
     out_dir : str or Path
-        Where ``methods.png`` (photos × methods heat maps, in blocks by method family), ``summary.json`` and the run
+        Where ``methods.png`` (photos × methods heat maps, grouped by method family), ``classes.png`` (the first
+        photo's top classes by Grad-CAM or the gradient, when the demo runs either), ``summary.json`` and the run
         directory (``inputs.*``, ``attributions/<method>/``, ``run.json``; ``report.html`` when
         ``tribute.report`` exists) are written.
     methods : sequence of str, optional
@@ -247,7 +268,8 @@ def run_demo(out_dir: str | Path = "tribute-demo", methods: Sequence[str] | None
         ``gaps`` (method → per-photo completeness gap, or None where it does not apply),
         ``score_deltas`` (method → S(x) − S(x̄), or None), ``roughness`` (method → per-photo
         :func:`tribute.demo_notes.roughness`), ``notes`` (method → the note under its column, or None),
-        ``figure``, ``summary``, ``run`` and ``report`` (paths; ``report`` None without ``tribute.report``),
+        ``figure``, ``contrast``, ``summary``, ``run`` and ``report`` (paths; ``contrast`` None without Grad-CAM or
+        the gradient, ``report`` None without ``tribute.report``),
         ``total_time`` (seconds).
     """
     from tqdm.auto import tqdm
@@ -285,6 +307,10 @@ def run_demo(out_dir: str | Path = "tribute-demo", methods: Sequence[str] | None
     fig = family_figure(images, {n: r["attribution"] for n, r in results.items()},
                         [photo_title(p) for p in predictions], notes=notes, max_columns=FIGURE_COLUMNS)
     figure = save_figure(fig, out / "methods.png")
+    contrast_method = next((m for m in CONTRAST_METHODS if m in results), None)
+    contrast = None if contrast_method is None else save_figure(
+        contrast_figure(model, normalize, images[0], PHOTO_LABELS.get(photo_names[0], photo_names[0]),
+                        contrast_method), out / "classes.png")
     total = time.perf_counter() - start
     summary = out / "summary.json"
     _write_summary(summary, predictions, results, total)
@@ -295,7 +321,7 @@ def run_demo(out_dir: str | Path = "tribute-demo", methods: Sequence[str] | None
     report = _write_report(out, say)
     return {
         "photos": photo_names, "images": images, "predictions": predictions, "figure": figure, "summary": summary,
-        "run": out, "report": report, "total_time": total,
+        "contrast": contrast, "run": out, "report": report, "total_time": total,
         **{key: {n: r[field] for n, r in results.items()} for key, field in _RESULT_KEYS.items()},
     }
 
