@@ -235,6 +235,8 @@ def test_grids_check_their_inputs():
         method_figure(None, {"g": torch.zeros(2, 8, 8)}, overlay=True)
     with pytest.raises(ValueError, match="attribution must have shape"):
         heatmap_figure(torch.zeros(8))
+    with pytest.raises(ValueError, match="notes for 'gradient', which have no attributions here; the methods are 'g'"):
+        method_figure(images, {"g": torch.zeros(2, 8, 8)}, notes={"gradient": "a typo'd key"})
 
 
 # -- class contrast -----------------------------------------------------------------------------------------------

@@ -129,7 +129,8 @@ def method_figure(images, attributions: Mapping[str, object], titles: Sequence[s
         The scale rule (:func:`tribute.viz.map_scale`); by default each map on its own, since methods' units
         differ.
     share : {None, "row", "column", "all"}
-        One scale for all maps of a row, a column, or the whole block, instead of one per map.
+        One scale for all maps of a row, a column, or every panel, instead of one per map (with ``families``:
+        within each band of the figure).
     overlay : bool
         Draw each map over its image in grey instead of alone.
     max_columns : int, optional
@@ -144,6 +145,10 @@ def method_figure(images, attributions: Mapping[str, object], titles: Sequence[s
         the methods); ``ax.child_axes[0]`` is a map panel's colour bar, whose x-limits are the scale's limits.
     """
     grid = _check(images, attributions, titles, reduce)
+    unknown = sorted(set(notes or {}) - set(grid.maps))
+    if unknown:
+        raise ValueError(f"notes for {', '.join(map(repr, unknown))}, which have no attributions here; the methods "
+                         f"are {', '.join(map(repr, grid.maps))}")
     if overlay and grid.images is None:
         raise ValueError("overlay=True needs the images to draw the maps over")
     blocks = _blocks(list(grid.maps), families, max_columns)
