@@ -271,3 +271,18 @@ def test_python_dash_m_tribute_runs():
     out = subprocess.run([sys.executable, "-m", "tribute", "demo", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--methods" in out and "--quiet" in out
+
+
+def test_the_deconvnet_note_holds_on_the_demo_model(lite0, photos):
+    """The note under DeconvNet: its backward pass never sees the photo on this network (no max pooling), so two
+    photos explained for the same class get the same map, bit for bit; only the class changes it."""
+    from tribute.demo_notes import KNOWN_NOTES
+
+    model, normalize = lite0
+    images, _ = photos
+    same_class = tribute.explain(model, images, "deconvnet", target=281, input_transform=normalize)
+    assert torch.equal(same_class[0], same_class[1])
+    other_class = tribute.explain(model, images[:1], "deconvnet", target=ESPRESSO, input_transform=normalize)
+    assert not torch.equal(other_class[0], same_class[0])
+    assert not any("MaxPool" in type(m).__name__ for m in model.modules())
+    assert "never sees the photo" in KNOWN_NOTES["deconvnet"]
