@@ -151,12 +151,87 @@ def test_run_demo_end_to_end(tmp_path, lite0):
     assert abs(float(delta[0]) - float(logits[0] - logits[1])) < 1e-4
     assert abs(float(gap[0])) < 1e-3 * abs(float(delta[0]))
     assert set(result["times"]) == {"gradient", "deeplift"} and all(t > 0 for t in result["times"].values())
-    # the figure: one row, photo + 2 methods
+    # the figure: one row, the photo then the gradient and propagation groups side by side (2.2-inch panels
+    # 0.15 inch apart, at 100 dpi)
     png = matplotlib.image.imread(result["figure"])
-    assert png.shape[1] > 2.5 * png.shape[0]
+    assert png.shape[1] == round(100 * (0.15 + 3 * (2.2 + 0.15))) and png.shape[0] < png.shape[1]
     summary = json.loads(result["summary"].read_text())
     assert summary["predictions"][0]["class"] == pred["class"]
     assert summary["methods"]["deeplift"]["completeness_gap"] == pytest.approx(gap.tolist())
+    # the class contrast: the photo's top classes by the gradient, the first being the predicted class
+    contrast = matplotlib.image.imread(result["contrast"])
+    assert contrast.shape[1] == round(100 * (0.15 + 5 * (2.2 + 0.15)))  # the photo and 4 classes
+    # the run directory: the photo with its plain name and class, and each method's store with the same values
+    from tribute.run_directory import open_run
+
+    run = open_run(tmp_path)
+    inputs = run.inputs()
+    assert inputs.names == ["cat (chelsea)"] and inputs.kind == "image"
+    torch.testing.assert_close(inputs.inputs, images)
+    assert inputs.labels.tolist() == [pred["class"]] and inputs.classes[pred["class"]] == pred["name"]
+    stores = run.stores()
+    assert set(stores) == {"gradient", "deeplift"}
+    for name, store in stores.items():
+        torch.testing.assert_close(store.attributions(), result["attributions"][name])
+        assert store.targets().tolist() == [pred["class"]]
+    (record,) = run.records()
+    assert record["command"] == "tribute demo" and record["photos"] == ["chelsea"] and record["seed"] == 0
+    assert set(record["methods"]) == {"gradient", "deeplift"} and record["versions"]["torch"] == torch.__version__
+
+
+def test_the_contrast_figure_compares_the_top_classes(lite0, photos):
+    from tribute.demo import contrast_figure
+
+    model, normalize = lite0
+    fig = contrast_figure(model, normalize, photos[0][0], "cat", "gradient", classes=3)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert titles[0] == "cat: gradient" and len(titles) == 4
+    assert titles[1].split()[0] in {name.split()[0] for name in CAT_CLASSES.values()}  # the top class first
+    notes = [t.get_text() for t in fig.texts]
+    assert notes[0] == "the reference of the Spearman ρ values"
+    assert all(n.startswith("Spearman ρ = ") and n.endswith(f"to '{titles[1]}'") for n in notes[1:])
+
+
+def test_photo_titles_say_what_the_photo_shows():
+    from tribute.demo import photo_title
+
+    pred = {"photo": "chelsea", "class": 281, "name": "tabby", "probability": 0.623}
+    assert photo_title(pred) == "cat (chelsea) → tabby 62%"
+    assert photo_title({**pred, "photo": "elsewhere"}) == "elsewhere (elsewhere) → tabby 62%"  # no plain name known
+
+
+def test_demo_options_refine_ig_and_smooth_enough():
+    from tribute.demo import IG_TOLERANCE, NOISE_SAMPLES, method_options
+
+    refs = torch.zeros(2, 3, 4, 4)
+    ig = method_options("integrated_gradients", refs)
+    assert ig["tolerance"] == IG_TOLERANCE <= 0.05
+    assert method_options("smoothgrad", refs)["samples"] == NOISE_SAMPLES >= 48
+    eg = method_options("expected_gradients", refs)
+    assert any(eg.get(k) is refs for k in ("references", "baselines"))  # whichever the method calls them
+
+
+def test_smoothgrad_maps_are_smoother_than_the_gradient(tmp_path, lite0):
+    from tribute.demo import run_demo
+
+    result = run_demo(tmp_path, methods=["gradient", "smoothgrad"], photos=["chelsea"], progress=False,
+                      verbose=False)
+    rough = result["roughness"]
+    assert float(rough["smoothgrad"][0]) < float(rough["gradient"][0])
+
+
+def test_the_report_is_written_when_tribute_has_one(tmp_path, lite0, monkeypatch):
+    from tribute.demo import run_demo
+
+    calls = []
+
+    def fake_report(run_dir):
+        calls.append(run_dir)
+        return tmp_path / "report.html"
+
+    monkeypatch.setattr(tribute, "report", fake_report, raising=False)
+    result = run_demo(tmp_path, methods=["gradient"], photos=["chelsea"], progress=False, verbose=False)
+    assert calls == [tmp_path] and result["report"] == tmp_path / "report.html"
 
 
 def test_run_demo_refuses_unknown_methods(tmp_path):
@@ -196,3 +271,18 @@ def test_python_dash_m_tribute_runs():
     out = subprocess.run([sys.executable, "-m", "tribute", "demo", "--help"], capture_output=True, text=True,
                          check=True).stdout
     assert "--methods" in out and "--quiet" in out
+
+
+def test_the_deconvnet_note_holds_on_the_demo_model(lite0, photos):
+    """The note under DeconvNet: its backward pass never sees the photo on this network (no max pooling), so two
+    photos explained for the same class get the same map, bit for bit; only the class changes it."""
+    from tribute.demo_notes import KNOWN_NOTES
+
+    model, normalize = lite0
+    images, _ = photos
+    same_class = tribute.explain(model, images, "deconvnet", target=281, input_transform=normalize)
+    assert torch.equal(same_class[0], same_class[1])
+    other_class = tribute.explain(model, images[:1], "deconvnet", target=ESPRESSO, input_transform=normalize)
+    assert not torch.equal(other_class[0], same_class[0])
+    assert not any("MaxPool" in type(m).__name__ for m in model.modules())
+    assert "never sees the photo" in KNOWN_NOTES["deconvnet"]

@@ -114,3 +114,16 @@ def test_method_grid_checks_shapes(tmp_path):
         method_grid(images, {"all_positive": maps["all_positive"][:1]}, None, tmp_path / "x.png")
     with pytest.raises(ValueError, match="titles"):
         method_grid(images, maps, ["only one"], tmp_path / "x.png")
+
+
+def test_a_sparse_map_is_not_drawn_white():
+    a = np.zeros((40, 40))
+    a[3, 4] = 2.0  # the 99.5th percentile of |a| is 0: the largest |a| sets the scale instead
+    rgb = heatmap(a)
+    np.testing.assert_allclose(rgb[3, 4], RED)
+    np.testing.assert_allclose(rgb[0, 0], WHITE)
+    nan = np.array([[np.nan, 1.0], [-1.0, 0.0]])
+    from tribute.viz import NONFINITE_COLORS
+
+    np.testing.assert_allclose(heatmap(nan)[0, 0], NONFINITE_COLORS["NaN"])  # not some value's colour
+    assert symmetric_scale(nan, 100) == 1.0  # from the finite values
