@@ -43,3 +43,10 @@ def test_bad_run_directories_are_named(tmp_path):
     with pytest.raises(RunDirectoryError, match="kind must be one of"):
         run.write_inputs(torch.zeros(3, 2), kind="video")
     assert run.inputs() is None and run.metrics() is None and run.stores() == {}
+
+
+def test_display_images_may_be_the_inputs_themselves(tmp_path):
+    run = RunDirectory(tmp_path / "r", create=True)
+    x = torch.rand(2, 3, 4, 4)
+    run.write_inputs(x, display=x)
+    assert torch.equal(run.inputs().display, x) and torch.equal(run.inputs().inputs, x)

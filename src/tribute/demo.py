@@ -78,11 +78,8 @@ def method_options(name: str, references: torch.Tensor) -> dict[str, Any]:
         options.update(steps=IG_STEPS, tolerance=IG_TOLERANCE)
     if name in ("smoothgrad", "smoothgrad_squared", "vargrad"):
         options.update(samples=NOISE_SAMPLES, noise_level=0.15, seed=SEED)
-    schema = cls.schema()
-    for key in ("references", "baselines"):  # expected gradients draws its references from these
-        if key in schema:
-            options.update({key: references, "samples": EG_SAMPLES, "seed": SEED})
-            break
+    if name == "expected_gradients":  # draws its references from these (prediction_difference's are others)
+        options.update(references=references, samples=EG_SAMPLES, seed=SEED)
     if name == "lrp":  # zᴮ on the first layer needs the pixels' range
         options.update(composite="epsilon_gamma_box", low=0.0, high=1.0)
     return options

@@ -96,10 +96,11 @@ class RunDirectory:
             raise RunDirectoryError(f"{len(names)} names for {n} samples")
         if kind not in KINDS:
             raise RunDirectoryError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
-        tensors = {"inputs": inputs.detach().cpu().contiguous()}
+        # clones: safetensors refuses tensors that share memory (display may be inputs itself)
+        tensors = {"inputs": inputs.detach().cpu().clone().contiguous()}
         for key, t in (("labels", labels), ("display", display)):
             if t is not None:
-                t = torch.as_tensor(t).detach().cpu().contiguous()
+                t = torch.as_tensor(t).detach().cpu().clone().contiguous()
                 if t.shape[0] != n:
                     raise RunDirectoryError(f"{key} has {t.shape[0]} rows for {n} samples")
                 tensors[key] = t
