@@ -64,7 +64,8 @@ def test_the_scale_is_the_percentile_of_the_magnitudes_or_the_given_value():
     assert encode_map(a, percentile=90).scale == pytest.approx(np.percentile(np.abs(summed), 90), rel=1e-12)
     given = encode_map(a, scale=1e6)
     assert given.scale == 1e6 and given.clipped == 0
-    assert "values beyond the scale" in " ".join(enc.notes())
+    assert "beyond the scale shown at full colour" in " ".join(enc.notes())
+    assert enc.notes(clipped=False) == []  # expected under a percentile scale: a caller may leave it out
     # a shared scale: two maps, one twice the other, encoded at one scale differ in intensity
     faint, strong = decode(encode_map(summed / 2, scale=enc.scale).png), decode(encode_map(summed, scale=enc.scale).png)
     assert (np.abs(255 - faint).sum() < np.abs(255 - strong).sum())

@@ -79,8 +79,9 @@ class EncodedMap:
         """The PNG as a ``data:image/png;base64,...`` URI, for an <img> in a self-contained page."""
         return png_data_uri(self.png)
 
-    def notes(self) -> list[str]:
-        """Plain-language notes on anything the colours alone do not say (empty for an ordinary map)."""
+    def notes(self, clipped: bool = True) -> list[str]:
+        """Plain-language notes on anything the colours alone do not say (empty for an ordinary map); with
+        ``clipped=False`` the count of saturated values is left out (expected under a percentile scale)."""
         out = []
         if self.all_zero:
             out.append("all values are zero")
@@ -88,8 +89,8 @@ class EncodedMap:
         bad = ", ".join(f"{n} {name}" for n, name in kinds if n)
         if bad:
             out.append(f"{bad} shown in green")
-        if self.clipped:
-            out.append(f"{self.clipped} values beyond the scale shown at full colour")
+        if self.clipped and clipped:
+            out.append(f"{self.clipped} value{'s' if self.clipped > 1 else ''} beyond the scale shown at full colour")
         return out
 
 
