@@ -31,6 +31,7 @@ class RunInfo:
     records: list[list[tuple[str, str]]]
     versions: list[tuple[str, str]]
     seconds: float | None
+    seconds_source: str
     notes: list[str] = field(default_factory=list)
 
 
@@ -91,9 +92,12 @@ def run_info(run, stores: dict) -> RunInfo:
     records = run.records() if not run.is_store() else []
     versions, notes = gather_versions(records, stores)
     infos = [store_info(s) for s in stores.values()]
+    # the run log's commands include the stores they wrote: their sum, else (no log) the stores' own times
     spent = [r["seconds"] for r in records if isinstance(r.get("seconds"), (int, float))]
-    spent += [i.seconds for i in infos if i.seconds is not None]
+    source = "the run log's records"
+    if not spent:
+        spent, source = [i.seconds for i in infos if i.seconds is not None], "the stores' run logs"
     if not records and not run.is_store():
         notes.append("no run.json: the commands that wrote this run left no log (settings and seeds of the stores "
                      "are shown from their manifests)")
-    return RunInfo(infos, [record_rows(r) for r in records], versions, sum(spent) if spent else None, notes)
+    return RunInfo(infos, [record_rows(r) for r in records], versions, sum(spent) if spent else None, source, notes)
