@@ -208,3 +208,18 @@ def test_sensitivity_n_figure_from_a_real_run():
     np.testing.assert_allclose(xy[0], [1, 4, 16, 30])
     np.testing.assert_allclose(xy[1], result.correlation.nanmean(0).numpy())
     assert ax.get_xscale() == "log" and "higher is better" in ax.get_title()
+
+
+def test_the_docs_examples_are_listed_for_the_figure_command():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "figures" / "curve_examples.py"
+    spec = importlib.util.spec_from_file_location("curve_examples", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # imports only: the runs happen when a figure is asked for
+    names = [name for name, _ in module.EXAMPLES]
+    assert len(set(names)) == len(names) == 7 and all(n.endswith(".png") for n in names)
+    assert all(callable(make) for _, make in module.EXAMPLES)
+    for name in names:  # each has its image in the docs, written by that command
+        assert (path.parent / name).stat().st_size > 10_000
