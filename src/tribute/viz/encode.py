@@ -209,8 +209,9 @@ def _lerp(a: float, b: float, t: float) -> float:
     return a + (b - a) * t if t < 0.5 else b - (b - a) * (1.0 - t)
 
 
-def _image_rgb(image, shape: tuple[int, int]) -> np.ndarray:
-    """A (3, H, W), (1, H, W), (H, W, 3), (H, W, 1) or (H, W) image in [0, 1] as (H, W, 3) float32."""
+def _image_grey(image, shape: tuple[int, int]) -> np.ndarray:
+    """A (3, H, W), (1, H, W), (H, W, 3), (H, W, 1) or (H, W) image in [0, 1] as (H, W) uint8 grey levels
+    (ITU-R BT.601 luma for colour images)."""
     x = _as_array(image).astype(np.float32, copy=False)
     if x.ndim == 3 and x.shape[0] in (1, 3) and x.shape[-1] not in (1, 3):
         x = np.moveaxis(x, 0, -1)
@@ -221,7 +222,8 @@ def _image_rgb(image, shape: tuple[int, int]) -> np.ndarray:
                          f"map, got {tuple(_as_array(image).shape)}")
     if not np.isfinite(x).all() or x.min() < 0 or x.max() > 1:
         raise ValueError("image values must be finite and in [0, 1] (divide 8-bit images by 255)")
-    return np.broadcast_to(x, shape + (3,))
+    grey = x[..., 0] if x.shape[-1] == 1 else x[..., 0] * 0.299 + x[..., 1] * 0.587 + x[..., 2] * 0.114
+    return np.rint(np.clip(grey, 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def encode_map(attribution, *, image=None, signed: bool | None = None, scale: float | None = None,
@@ -266,7 +268,7 @@ def encode_map(attribution, *, image=None, signed: bool | None = None, scale: fl
     if image is None:
         png = palette_png_bytes(idx, DIVERGING_PALETTE if signed else SEQUENTIAL_PALETTE)
     else:
-        png = png_bytes(_overlay(idx, signed, _image_rgb(image, a.shape)))
+        png = png_bytes((OVERLAY_DIVERGING if signed else OVERLAY_SEQUENTIAL)[idx, _image_grey(image, a.shape)])
     counts = {} if all_finite else {"nan": int(np.isnan(a).sum()), "posinf": int(np.isposinf(a).sum()),
                                     "neginf": int(np.isneginf(a).sum())}
     return EncodedMap(png=png, scale=s, signed=bool(signed), width=a.shape[1], height=a.shape[0],
@@ -288,29 +290,23 @@ def _indices(a: np.ndarray, s: float, signed: bool, finite: np.ndarray | None) -
     return idx
 
 
-def _overlay(idx: np.ndarray, signed: bool, image: np.ndarray) -> np.ndarray:
-    """The map's colours over the image's grey version, with opacity OVERLAY_ALPHA × |value| / scale.
+def _overlay_table(palette: np.ndarray, signed: bool) -> np.ndarray:
+    """(palette index, grey level) → RGB uint8: the map's colour laid over the grey image with opacity
+    OVERLAY_ALPHA × |value| / scale, opaque for the non-finite colour (visible over any image).
 
-    Non-finite values are painted opaque, so that they stay visible over any image.
+    The grey is lightened (35 % to 100 %) so that dark images do not hide the colours; one table look-up per
+    pixel then does the whole blend.
     """
-    weight, tint = OVERLAY_DIVERGING if signed else OVERLAY_SEQUENTIAL
-    # grey (ITU-R BT.601 luma), lightened so that dark images do not hide the colours
-    grey = image[..., 0] * 0.299 + image[..., 1] * 0.587 + image[..., 2] * 0.114
-    base = (0.35 * 255.0 + 0.65 * 255.0 * grey)[..., None]
-    return np.rint(base * weight[idx] + tint[idx]).astype(np.uint8)
-
-
-def _overlay_tables(palette: np.ndarray, signed: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Per palette index: the weight (H, W, 1)-broadcastable of the image and the colour added over it."""
     half = (TABLE_SIZE - 1) // 2
-    i = np.arange(TABLE_SIZE, dtype=np.float32)
+    i = np.arange(TABLE_SIZE, dtype=np.float64)
     strength = np.abs(i - half) / half if signed else i / (TABLE_SIZE - 1)
-    alpha = np.append(OVERLAY_ALPHA * strength, 1.0).astype(np.float32)  # the non-finite colour: opaque
-    return (1.0 - alpha)[:, None], alpha[:, None] * palette.astype(np.float32)
+    alpha = np.append(OVERLAY_ALPHA * strength, 1.0)[:, None, None]
+    base = (0.35 * 255.0 + 0.65 * np.arange(256.0))[None, :, None]
+    return np.rint((1.0 - alpha) * base + alpha * palette.astype(np.float64)[:, None, :]).astype(np.uint8)
 
 
-OVERLAY_DIVERGING = _overlay_tables(DIVERGING_PALETTE, True)
-OVERLAY_SEQUENTIAL = _overlay_tables(SEQUENTIAL_PALETTE, False)
+OVERLAY_DIVERGING = _overlay_table(DIVERGING_PALETTE, True)
+OVERLAY_SEQUENTIAL = _overlay_table(SEQUENTIAL_PALETTE, False)
 
 
 def colorbar_png(scale: float, *, signed: bool = True, width: int = 256, height: int = 12) -> bytes:
