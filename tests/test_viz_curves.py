@@ -223,3 +223,37 @@ def test_the_docs_examples_are_listed_for_the_figure_command():
     assert all(callable(make) for _, make in module.EXAMPLES)
     for name in names:  # each has its image in the docs, written by that command
         assert (path.parent / name).stat().st_size > 10_000
+
+
+DEGENERATE = {
+    "all zero": np.zeros((3, 4)),
+    "constant": np.full((3, 4), 0.25),
+    "extreme": np.array([[1e300, -1e300, 1e-300, 0.0]] * 3),
+    "nan and inf": np.array([[np.nan, 0.1, np.inf, 0.2], [0.3, -np.inf, 0.1, np.nan], [0.2, 0.2, 0.2, 0.2]]),
+    "all nan": np.full((3, 4), np.nan),
+}
+
+
+@pytest.mark.parametrize("case", list(DEGENERATE))
+def test_every_curve_figure_draws_degenerate_values(case):
+    from tribute.metrics import SensitivityN
+
+    v = torch.tensor(DEGENERATE[case], dtype=torch.float64)  # (3 samples or repeats, 4 points)
+    bad = int((~torch.isfinite(v)).sum())
+    figures = {
+        "perturbation": perturbation_figure({"m": synthetic_curve(v)}),
+        "sensitivity_n": sensitivity_n_figure({"m": SensitivityN(v, torch.tensor([1, 2, 4, 8]), v[..., None],
+                                                                 v[..., None])}),
+        "sanity": sanity_figure(SanityResult("independent", "m", ("a", "b", "c", "d"), ("spearman",), v.T[None])),
+        "roar": roar_figure(RoarResult(("roar",), ("m",), (0.1, 0.2, 0.3, 0.4), {("roar", "m"): tuple(v.mean(0))},
+                                       {("roar", "m"): tuple(map(tuple, v.tolist()))}, None, 0.9)),
+    }
+    for name, fig in figures.items():
+        ax = fig.axes[0]
+        (label,) = lines(ax)
+        nan, inf = int(torch.isnan(v).sum()), int(torch.isinf(v).sum())
+        parts = [f"{k} {w}" for k, w in ((nan, "NaN"), (inf, "±inf")) if k]
+        assert label == "m (n=3" + (f"; {', '.join(parts)} left out)" if bad else ")"), name
+        mean, _, _ = mean_and_sem(v.numpy())
+        np.testing.assert_allclose(lines(ax)[label][1], mean, err_msg=name)
+        assert figure_png(fig)[:4] == b"\x89PNG", name
