@@ -239,3 +239,15 @@ def test_command_line(run, tmp_path):
         assert bad.returncode == 2 and bad.stdout == ""
         lines = bad.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("tribute report: error: ") and message in lines[0]
+
+
+def test_damaged_pieces_are_named_and_the_rest_stands(tmp_path):
+    run = make_run(tmp_path / "run", n=3)
+    (run.path / "metrics.json").write_text('{"format": "something else"}')
+    (run.path / "inputs.json").write_text('{"format": "tribute.run/0"}')
+    page = build_page(run.path)
+    assert any(n.startswith("metrics.json could not be read and is left out: ") and "not a tribute evaluation table"
+               in n for n in page.notes)
+    assert any(n.startswith("inputs.safetensors / inputs.json could not be read") for n in page.notes)
+    assert page.metrics is None and len(page.samples.rows) == 3 and page.samples.rows[0].image is None
+    assert not any(n.startswith("no metrics.json") or n.startswith("no inputs") for n in page.notes)

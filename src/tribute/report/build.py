@@ -84,6 +84,16 @@ def load_stores(run) -> tuple[dict, list[str]]:
     return stores, notes
 
 
+def read_piece(read, name: str, notes: list[str]):
+    """``read()``, or None with a note naming the file and the reason when it cannot be read (a damaged piece
+    leaves the rest of the report standing)."""
+    try:
+        return read()
+    except (ValueError, KeyError, TypeError, OSError) as e:
+        notes.append(f"{name} could not be read and is left out: {e}")
+        return None
+
+
 def check_options(max_samples: int, scale: str, percentile: float) -> None:
     """Refuse bad options before any file is read."""
     if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1:
@@ -102,15 +112,15 @@ def build_page(run_dir, *, max_samples: int = DEFAULT_MAX_SAMPLES, scale: str = 
     check_options(max_samples, scale, percentile)
     run = open_run(run_dir)
     stores, notes = load_stores(run)
-    inputs = None if run.is_store() else run.inputs()
-    table = None if run.is_store() else run.metrics()
+    inputs = None if run.is_store() else read_piece(run.inputs, "inputs.safetensors / inputs.json", notes)
+    table = None if run.is_store() else read_piece(run.metrics, "metrics.json", notes)
     if not stores:
         notes.append("no attribution store: no maps to show (tribute explain and tribute.store.compute_store "
                      "write them under attributions/<method>)")
-    if inputs is None:
+    if inputs is None and not (run.path / "inputs.safetensors").exists():
         notes.append("no inputs.safetensors: the samples' images, names and labels are not shown"
                      + (" (a single store keeps only attributions)" if run.is_store() else ""))
-    if table is None:
+    if table is None and not (run.path / "metrics.json").exists():
         notes.append("no metrics.json: no metric table or curves (tribute evaluate --out RUN_DIR writes one)")
     section = samples_section(inputs, stores, max_samples=max_samples, scale=scale, percentile=percentile) \
         if stores else None
