@@ -1,8 +1,8 @@
 """Attribution maps encoded straight to PNG bytes: a colour table in numpy and a PNG written with zlib.
 
 A matplotlib figure per map costs tens of milliseconds; a report of 10 methods × 100 images holds a thousand
-maps, so its maps are coloured by table look-up and written as PNG here (about a millisecond for 224 × 224),
-with no figure, no font and no dependency beyond numpy.
+maps, so its maps are coloured by table look-up and written as PNG here (0.6 ms of CPU for 224 × 224;
+benchmarks/bench_report.py), with no figure, no font and no dependency beyond numpy.
 
 Colours: a signed map uses the diverging red–white–blue of :func:`tribute.viz.heatmap` (Ancona et al., 2018),
 centred on 0 with a symmetric scale, so that equal magnitudes get equal intensity whatever their sign; an
