@@ -18,9 +18,9 @@ machine the wall times mean little when it is high.  Run from the repository roo
 
 Measured pinned to one core of 2 shared with other work (1.3–1.7 cores busy elsewhere, so wall times are
 inflated): encode_map of a 224 × 224 map 0.6–0.9 ms CPU (1.0–1.1 ms wall), with an overlay 2.8 ms CPU (an RGB
-PNG), 32 × 32 0.06 ms CPU; a matplotlib figure per map 34–116 ms.  The report of 10 methods × 100 images: 0.7–3.3 s
-with 12 samples shown (the first report in a process pays matplotlib's import), 2.2–4.2 s with all 100 (1,000
-maps, a 3.5 MB page).
+PNG), 32 × 32 0.06 ms CPU; a matplotlib figure per map 34–116 ms.  The report of 10 methods × 100 images (two
+runs of this script, medians of 3): 0.7 and 3.3 s with 12 samples shown, 2.2 and 4.2 s with all 100 (1,000 maps,
+a 3.5 MB page).
 """
 
 from __future__ import annotations
