@@ -251,3 +251,18 @@ def test_damaged_pieces_are_named_and_the_rest_stands(tmp_path):
     assert any(n.startswith("inputs.safetensors / inputs.json could not be read") for n in page.notes)
     assert page.metrics is None and len(page.samples.rows) == 3 and page.samples.rows[0].image is None
     assert not any(n.startswith("no metrics.json") or n.startswith("no inputs") for n in page.notes)
+
+
+def test_without_matplotlib_the_curves_are_a_note(run, monkeypatch):
+    import tribute.viz.curves as curves
+    from tribute._optional import MissingExtraError
+
+    def missing(*args, **kwargs):
+        raise MissingExtraError("metric curve figures need the optional module 'matplotlib.figure', which is not "
+                                "installed; install it with: pip install 'tribute[viz]'")
+
+    monkeypatch.setattr(curves, "new_figure", missing)
+    page = build_page(run.path, max_samples=1)
+    assert page.curves == [] and page.metrics is not None
+    assert any(n.startswith("the metric curves are not drawn: ") and "pip install 'tribute[viz]'" in n
+               for n in page.notes)
