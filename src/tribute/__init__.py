@@ -25,6 +25,7 @@ from .core import (
 )
 from .lrp import Composite, composites, register_composite
 from .metrics.evaluate import evaluate
+from .report import report  # the function: tribute.report(run_dir) writes the HTML report of a run directory
 from .robust import attacks  # tribute.attacks.pgd, tribute.attacks.fgsm
 
 __version__ = "0.1.0"
@@ -36,5 +37,5 @@ __all__ = [
     "methods",
     "reduce",
     "register_composite", "register_nonlinearity", "attacks", "composites", "evaluate", "metrics", "robust",
-    "store", "training",
+    "store", "training", "report",
 ]

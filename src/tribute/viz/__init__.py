@@ -22,3 +22,16 @@ __all__ = ["METHOD_FAMILIES", "NONFINITE_COLORS", "MapScale", "class_contrast_fi
            "diverging_colors", "family_figure", "heatmap", "heatmap_figure", "map_scale", "map_similarity",
            "method_figure", "method_grid", "overlay_figure", "reduce_channels", "save_figure", "symmetric_scale",
            "token_colors", "token_figure", "token_text"]
+
+# direct PNG encoding of maps (no figure) and the metric curve figures
+from .curves import (  # noqa: E402
+    perturbation_figure,
+    roar_figure,
+    sanity_figure,
+    sensitivity_n_figure,
+    table_curves_figure,
+)
+from .encode import EncodedMap, colorbar_png, encode_map  # noqa: E402
+
+__all__ += ["EncodedMap", "colorbar_png", "encode_map", "perturbation_figure", "roar_figure", "sanity_figure",
+            "sensitivity_n_figure", "table_curves_figure"]
