@@ -22,8 +22,8 @@ pytest.importorskip("jinja2")
 pytest.importorskip("safetensors")
 
 import tribute  # noqa: E402
-from tribute.report.build import build_page, render  # noqa: E402
-from tribute.report.samples import samples_section  # noqa: E402
+from tribute.reporting.build import build_page, render  # noqa: E402
+from tribute.reporting.samples import samples_section  # noqa: E402
 from tribute.run_directory import RunDirectory, RunDirectoryError, RunInputs  # noqa: E402
 from tribute.store import compute_store  # noqa: E402
 from tribute.viz.encode import encode_map, high_percentile  # noqa: E402

@@ -25,7 +25,7 @@ from .core import (
 )
 from .lrp import Composite, composites, register_composite
 from .metrics.evaluate import evaluate
-from .report import report  # the function: tribute.report(run_dir) writes the HTML report of a run directory
+from .reporting import report  # the function: tribute.report(run_dir) writes the HTML report of a run directory
 from .robust import attacks  # tribute.attacks.pgd, tribute.attacks.fgsm
 
 __version__ = "0.1.0"

@@ -191,7 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(run=_evaluate)
     _add_experiment(commands)
-    __import__("tribute.report.command", fromlist=["add_report_command"]).add_report_command(commands)
+    from .reporting.command import add_report_command
+
+    add_report_command(commands)
     return parser
 
 

@@ -208,18 +208,13 @@ def contrast_figure(model, normalize, image: torch.Tensor, title: str, method: s
     return class_contrast_figure(image, dict(zip(names, maps, strict=True)), title=f"{title}: {method}")
 
 
-def _write_report(out: Path, say: Callable[[str], None]) -> Path | None:
-    """The HTML report of the run, when this tribute has one (``tribute.report``); None otherwise."""
-    import tribute
+def _write_report(out: Path, say: Callable[[str], None]) -> Path:
+    """The HTML report of the run directory ``out`` (:func:`tribute.report`)."""
+    from .reporting import report
 
-    writer = getattr(tribute, "report", None)
-    if writer is not None and not callable(writer):  # the package, when the function is inside it
-        writer = getattr(writer, "report", None)
-    if not callable(writer):
-        return None
-    path = writer(out)
+    path = Path(report(out))
     say(f"wrote the report {path}")
-    return Path(path) if path is not None else None
+    return path
 
 
 def _say_smoothness(results: dict[str, dict], say: Callable[[str], None]) -> None:
@@ -246,8 +241,7 @@ def run_demo(out_dir: str | Path = "tribute-demo", methods: Sequence[str] | None
     out_dir : str or Path
         Where ``methods.png`` (photos × methods heat maps, grouped by method family), ``classes.png`` (the first
         photo's top classes by Grad-CAM or the gradient, when the demo runs either), ``summary.json`` and the run
-        directory (``inputs.*``, ``attributions/<method>/``, ``run.json``; ``report.html`` when
-        ``tribute.report`` exists) are written.
+        directory (``inputs.*``, ``attributions/<method>/``, ``run.json``; ``report.html``) are written.
     methods : sequence of str, optional
         Registered method names; default :data:`DEMO_METHODS`.
     photos : sequence of str, optional

@@ -1,4 +1,4 @@
-"""``tribute report RUN_DIR [--out FILE]``: the command-line form of :func:`tribute.report.build.report`."""
+"""``tribute report RUN_DIR [--out FILE]``: the command-line form of :func:`tribute.reporting.build.report`."""
 
 from __future__ import annotations
 

@@ -3,7 +3,7 @@ JavaScript) about a run directory (:mod:`tribute.run_directory`): each sample's 
 its scale, the metric table with its directions, the metric curves, what each store computed (options, seeds,
 target, model), the run log (settings, seeds, versions, time spent) and a note for every piece that is missing.
 
-The page is rendered from Jinja2 templates shipped with the package (``tribute/report/templates``); the maps are
+The page is rendered from Jinja2 templates shipped with the package (``tribute/reporting/templates``); the maps are
 encoded straight to PNG (:mod:`tribute.viz.encode`, about a millisecond each), the curves drawn with matplotlib
 (:mod:`tribute.viz.curves`) when it is installed.
 """
