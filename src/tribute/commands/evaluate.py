@@ -9,7 +9,7 @@ import time
 
 from . import CommandError
 from .inputs import Samples, read_samples
-from .models import LoadedModel, load_model
+from .models import LoadedModel, load_model, whole_model
 from .record import command_record, now
 
 DIGITS = "digits"
@@ -63,7 +63,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     loaded, samples = load(args)
     data = samples.inputs if samples.labels is None else (samples.inputs, samples.labels)
     try:
-        table = evaluate(loaded.model, data, args.methods, args.metrics,
+        table = evaluate(whole_model(loaded), data, args.methods, args.metrics,
                          target=None if args.target == "predicted" else "label", batch_size=args.batch_size,
                          seed=args.seed, progress=not args.quiet)
     except (ValueError, TypeError) as e:  # a method or metric refuses this model or data: its own words

@@ -88,7 +88,8 @@ def import_factory(spec: str) -> tuple[Callable, Any]:
     if factory is None:
         raise CommandError(f"module {module_name!r} ({getattr(module, '__file__', '?')}) has no {attr!r}")
     if not callable(factory):
-        raise CommandError(f"{spec} is a {type(factory).__name__}, not a callable that returns the model")
+        raise CommandError(f"{spec} is not callable (it is a {type(factory).__name__}): --model needs a function "
+                           "or class that returns the model")
     return factory, module
 
 
@@ -134,7 +135,7 @@ def load_model(spec: str, weights: str | None = None, *, size: str | None = None
     except Exception as e:
         raise CommandError(f"{spec}() failed: {type(e).__name__}: {e}") from None
     if not isinstance(model, nn.Module):
-        raise CommandError(f"{spec}() returned a {type(model).__name__}, not a torch.nn.Module")
+        raise CommandError(f"{spec}() returned {type(model).__name__!r}, not a torch.nn.Module")
     if weights is not None:
         load_weights(model, weights)
     mean = mean if mean is not None else _declared(module, "MEAN")
@@ -185,3 +186,21 @@ def _demo_model(weights, size, mean, std, classes_file) -> LoadedModel:
     model, normalize = efficientnet_lite0()
     classes = read_classes(classes_file) if classes_file else list(imagenet_classes())
     return LoadedModel(model, DEMO, classes, (IMAGE_SIZE, IMAGE_SIZE), normalize, resize_and_crop, 3)
+
+
+class Transformed(nn.Module):
+    """``model(transform(x))`` as one module, for code that runs the model itself (``tribute.evaluate``'s metrics
+    perturb pixels and score the model on them, so the normalisation must be part of the model they see)."""
+
+    def __init__(self, model: nn.Module, transform: Callable[[torch.Tensor], torch.Tensor]):
+        super().__init__()
+        self.model = model
+        self.transform = transform
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(self.transform(x))
+
+
+def whole_model(loaded: LoadedModel) -> nn.Module:
+    """The loaded model with its normalisation inside (the model itself when it has none)."""
+    return loaded.model if loaded.transform is None else Transformed(loaded.model, loaded.transform).eval()
