@@ -47,9 +47,9 @@ def run_explain(args: argparse.Namespace) -> int:
     saved = save_attributions(run.path, stores, args.save)
     run.log(command_record("explain", getattr(args, "argv", None), started, time.perf_counter() - clock,
                            settings=_settings(args, loaded, samples), seeds={"seed": args.seed},
-                           methods={m: {"seconds": s} for m, s in seconds.items()}))
+                           methods={m: {"seconds": s, **maps.get(m, {})} for m, s in seconds.items()}))
     report = write_report(run.path)
-    say(f"wrote {run.path}: {len(stores)} attribution store(s), {maps} heat map(s)"
+    say(f"wrote {run.path}: {len(stores)} attribution store(s), {len(maps) * len(samples.names)} heat map(s)"
         f"{f', {len(saved)} file(s) of attributions' if saved else ''}{f', {report}' if report else ''} "
         f"in {time.perf_counter() - clock:.1f} s")
     return 0
