@@ -56,9 +56,10 @@ def test_fit_size_keeps_the_aspect_and_crops_the_centre():
     out = fit_size(image, (4, 4))
     assert out.shape == (1, 4, 4)
     assert torch.equal(out[0, 0], torch.tensor([0.0, 0.0, 1.0, 1.0]))
-    # halving a 2x2-block image averages each block (antialiased bilinear on exact 2x2 blocks)
-    blocks = torch.tensor([[0.0, 1.0], [0.5, 0.25]]).repeat_interleave(2, 0).repeat_interleave(2, 1)[None]
-    torch.testing.assert_close(fit_size(blocks, (2, 2))[0], torch.tensor([[0.0, 1.0], [0.5, 0.25]]))
+    # a tall 64 x 32 image already covers 32 x 32 at scale 1: its central rows 16..47, untouched
+    tall = torch.rand(3, 64, 32, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(fit_size(tall, (32, 32)), tall[:, 16:48])
+    assert fit_size(tall, (16, 16)).shape == (3, 16, 16)  # scale 1/2, then rows 8..23 of the 32 x 16
     constant = torch.full((3, 30, 50), 0.3)
     torch.testing.assert_close(fit_size(constant, (32, 32)), torch.full((3, 32, 32), 0.3))
     assert parse_size("224x160") == (224, 160) and parse_size(32) == (32, 32)
@@ -126,7 +127,7 @@ def test_a_rerun_resumes_and_the_log_records_each_command(workdir):
     assert [r["command"] for r in records] == ["explain", "explain"] and records[-1]["argv"] == ["tribute", *argv]
     assert records[-1]["seeds"] == {"seed": 0} and set(records[-1]["methods"]) == {"saliency"}
     assert "torch" in records[-1]["versions"] and records[-1]["settings"]["size"] == [32, 32]
-    shards = run.stores()["saliency"].run_log()["runs"][-1]["shards"]
+    shards = run.stores()["saliency"].run_log["runs"][-1]["shards"]
     assert [s["status"] for s in shards] == ["kept"]
     # another computation in the same folder is refused, naming the way out
     assert main([*argv, "--target", "2"]) == 2

@@ -54,7 +54,8 @@ def class_index(text: str, classes: list[str] | None, count: int) -> int:
             return i
     every = {s: name for name in classes for s in _synonyms(name)}
     near = difflib.get_close_matches(wanted, list(every), n=5, cutoff=0.6)
-    hint = f"; the closest: {', '.join(sorted({repr(every[s]) for s in near}))}" if near else ""
+    closest = dict.fromkeys(every[s] for s in near)  # closest first, each class once
+    hint = f"; the closest: {', '.join(map(repr, closest))}" if near else ""
     raise CommandError(f"--target {text!r} is not a class name of the model{hint}")
 
 
