@@ -21,6 +21,9 @@ from .models import LoadedModel, load_model
 from .record import command_record, now
 from .targets import output_classes, resolve_target
 
+#: samples per shard of a store: a rerun of an interrupted command redoes at most this many
+CHUNK_SIZE = 256
+
 
 def run_explain(args: argparse.Namespace) -> int:
     """The ``explain`` command (its options: :func:`tribute.cli.build_parser`)."""
@@ -80,11 +83,15 @@ def compute(run, loaded: LoadedModel, samples: Samples, method: str, target, arg
 
     takes_seed = "seed" in get_method(method).schema()
     options = {} if loaded.transform is None else {"input_transform": loaded.transform}
+    one_shard = samples.inputs.shape[0] <= CHUNK_SIZE
+    if not args.quiet and one_shard:  # a bar over the method's batches (a bar over one shard would not move)
+        options["progress"] = method
     data = samples.inputs if samples.labels is None else (samples.inputs, samples.labels)
     try:
-        return compute_store(run.store_path(method), loaded.model, data, method, target,
-                             batch_size=args.batch_size, progress=False if args.quiet else method,
-                             seed=args.seed if takes_seed else None, overwrite=args.overwrite, **options)
+        explainer = get_method(method)(loaded.model, **options)  # progress is not part of the store's identity
+        return compute_store(run.store_path(method), loaded.model, data, explainer, target, chunk_size=CHUNK_SIZE,
+                             batch_size=args.batch_size, progress=False if args.quiet or one_shard else method,
+                             seed=args.seed if takes_seed else None, overwrite=args.overwrite)
     except StoreError as e:
         raise CommandError(f"{e} (give another --out, or --overwrite to replace it)") from None
     except (ValueError, TypeError) as e:  # the method refuses this model or these inputs: its own words
