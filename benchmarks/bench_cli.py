@@ -41,6 +41,7 @@ def make():
     return resnet18_cifar(width=16, seed=0)
 '''
 TARGET = 1.1
+SRC = Path(__file__).resolve().parents[1] / "src"
 
 
 def prepare(folder: Path, n: int) -> None:
@@ -64,7 +65,9 @@ def run_command(folder: Path, out: str, batch_size: int | None) -> tuple[float, 
             "integrated_gradients", "--out", out, "--quiet"]
     if batch_size is not None:
         argv += ["--batch-size", str(batch_size)]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # this checkout's tribute in the subprocess too (it runs in another folder, where a relative PYTHONPATH misses)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(
+        [str(SRC), *[str(Path(p).resolve()) for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]])}
     monitor = CpuMonitor()
     state = monitor.start()
     start = time.perf_counter()
