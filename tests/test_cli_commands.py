@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
 DOCUMENTS = ("README.md", "docs/cli.md")
 SKIP_MARK = "# not run by the tests"
-#: commands slower than ~30 s each on one core: run with -m slow
-SLOW = ("demo",)
+#: commands slower than ~30 s each on one core (the demo; the smoke experiment took 197 s on a loaded core): -m slow
+SLOW = ("demo", "experiment")
 HAS_ENCODER = importlib.util.find_spec("tribute.viz.encode") is not None
 
 
