@@ -283,8 +283,8 @@ def text_batch(n: int = 3, length: int = 9, seed: int = 4) -> tuple[torch.Tensor
 
 def pytest_collection_modifyitems(config, items):
     """The contract tests that run every registered method on plain models skip a method that explains only a model
-    of its own kind (``requires_model``: 'aligned' reads an AlignedExplainer's head); its own tests cover it
-    (tests/test_explainers*.py)."""
+    of its own kind (``requires_model``: 'aligned' reads an AlignedExplainer's head; its own tests cover it,
+    tests/test_explainers*.py) and a method that does not read the model (``reads_model = False``: 'random')."""
     import tribute
 
     for item in items:
@@ -292,10 +292,15 @@ def pytest_collection_modifyitems(config, items):
         if not isinstance(method, str) or method not in tribute.methods() or item.path.name.startswith(
                 "test_explainers"):
             continue
-        needs = getattr(tribute.get_method(method), "requires_model", None)
+        klass = tribute.get_method(method)
+        needs = getattr(klass, "requires_model", None)
         if needs is not None:
             reason = f"{method!r} explains only a model of its own kind, {needs.__name__} (tests/test_explainers*.py)"
             item.add_marker(pytest.mark.skip(reason=reason))
+        elif not getattr(klass, "reads_model", True):
+            # 'random' reads neither the model nor the target: the contracts of model, target and options do not
+            # apply to it; tests/test_random_method.py checks what it promises
+            item.add_marker(pytest.mark.skip(reason=f"{method!r} reads neither the model nor the target"))
 
 
 # -- shared checks and small models of the perturbation, training and explainer tests ------------------------------

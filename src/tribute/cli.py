@@ -7,10 +7,19 @@ sub-parser; add new commands the same way.
 from __future__ import annotations
 
 import argparse
+import difflib
 import sys
+import textwrap
 from collections.abc import Sequence
 
 from . import __version__
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line, ``tribute <command>: error: ...``, pointing at ``--help``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _names(known: Sequence[str], what: str):
@@ -20,12 +29,23 @@ def _names(known: Sequence[str], what: str):
         names = [n for n in text.replace(",", " ").split() if n]
         unknown = [n for n in names if n not in known]
         if unknown or not names:
+            near = difflib.get_close_matches(unknown[0], known, n=3, cutoff=0.6) if unknown else []
+            hint = f" (did you mean {' or '.join(map(repr, near))}?)" if near else ""
             raise argparse.ArgumentTypeError(
-                f"unknown {what} {', '.join(map(repr, unknown)) or '(none given)'}; choose from {', '.join(known)}"
+                f"unknown {what} {', '.join(map(repr, unknown)) or '(none given)'}{hint}; choose from "
+                f"{', '.join(known)}"
             )
         return names
 
     return parse
+
+
+def _floats(text: str) -> list[float]:
+    """An argparse type: ``"0.5,0.5,0.5"`` → ``[0.5, 0.5, 0.5]``."""
+    try:
+        return [float(v) for v in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected numbers separated by commas, got {text!r}") from None
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -35,72 +55,16 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(spec: str, weights: str | None):
-    """``module:callable`` → the callable's nn.Module (eval mode), with ``weights`` (a state dict) loaded."""
-    import importlib
-
-    import torch
-
-    if spec == "digits":
-        return None
-    module_name, _, attr = spec.partition(":")
-    if not module_name or not attr:
-        raise SystemExit(f"tribute evaluate: error: --model must be 'module:callable' or 'digits', got {spec!r}")
-    model = getattr(importlib.import_module(module_name), attr)()
-    if not isinstance(model, torch.nn.Module):
-        raise SystemExit(f"tribute evaluate: error: {spec} returned {type(model).__name__}, not an nn.Module")
-    if weights is not None:
-        model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    return model.eval()
-
-
-def _load_data(path: str):
-    """A file written by ``torch.save``: inputs, an (inputs, labels) pair or a dict with those keys."""
-    import torch
-
-    data = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(data, dict):
-        data = (data["inputs"], data["labels"]) if "labels" in data else data["inputs"]
-    return data
-
-
-def _digits_model_and_data(seed: int, quiet: bool):
-    """A small MLP trained on scikit-learn's 8×8 digits (seconds), and the held-out test digits."""
-    import torch
-    from torch import nn
-
-    from .data.digits import load_digits
-    from .training import fit
-
-    split = load_digits(seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = nn.Sequential(nn.Flatten(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 10))
-    fit(model, split.train, epochs=15, lr=3e-3, optimizer="adam", seed=seed, progress=not quiet)
-    return model.eval(), split.test
-
-
 def _evaluate(args: argparse.Namespace) -> int:
-    from .metrics.evaluate import evaluate
+    from .commands.evaluate import run_evaluate
 
-    model = _load_model(args.model, args.weights)
-    if model is None:
-        model, data = _digits_model_and_data(args.seed, args.quiet)
-        data = data if args.data is None else _load_data(args.data)
-    elif args.data is None:
-        raise SystemExit("tribute evaluate: error: --data is needed with a --model other than 'digits'")
-    else:
-        data = _load_data(args.data)
-    if args.samples is not None:
-        data = data[: args.samples] if not isinstance(data, (tuple, list)) else tuple(t[: args.samples] for t in data)
-    table = evaluate(model, data, args.methods, args.metrics, target=None if args.target == "predicted" else "label",
-                     batch_size=args.batch_size, seed=args.seed, progress=not args.quiet)
-    print(table)
-    if args.csv:
-        table.to_csv(args.csv)
-    if args.json:
-        table.to_json(args.json)
-    return 0
+    return run_evaluate(args)
+
+
+def _explain(args: argparse.Namespace) -> int:
+    from .commands.explain import run_explain
+
+    return run_explain(args)
 
 
 def _experiment(args: argparse.Namespace) -> int:
@@ -140,15 +104,11 @@ def _add_experiment(commands) -> None:
     ex.set_defaults(run=_experiment)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser with one sub-parser per command."""
+def _add_demo(commands) -> None:
+    """The ``demo`` command's sub-parser."""
     from .core import methods
     from .data import DEFAULT_PHOTOS, PHOTOS
     from .demo import DEMO_METHODS
-
-    parser = argparse.ArgumentParser(prog="tribute", description="Attribution methods for PyTorch.")
-    parser.add_argument("--version", action="version", version=f"tribute {__version__}")
-    commands = parser.add_subparsers(dest="command", metavar="command", required=True)
 
     demo = commands.add_parser(
         "demo", help="explain a pretrained ImageNet model on real photos (offline)",
@@ -165,6 +125,81 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quiet", action="store_true", help="print nothing and show no progress bars")
     demo.set_defaults(run=_demo)
 
+
+EXPLAIN_EXAMPLES = """examples:
+  tribute explain photos/ --model mymodels:make --weights mymodel.pt --methods integrated_gradients,gradcam \\
+      --out explain-run
+  tribute explain cat.png --model demo --methods gradcam,integrated_gradients --target "tabby cat" --out cat-run
+  tribute explain digits.pt --model mymodels:make --weights mymodel.pt --methods saliency --target 3 \\
+      --save npy --out digits-run
+(more in docs/cli.md)
+"""
+
+
+def _add_explain(commands) -> None:
+    """The ``explain`` command's sub-parser."""
+    from .core import methods
+
+    ex = commands.add_parser(
+        "explain", help="attributions of a model's classes for images or a saved tensor, as heat maps and a report",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXPLAIN_EXAMPLES,
+        description=textwrap.fill(
+                    "Explain a model's class scores for INPUT (image files, folders of images, or one .pt/.npy file "
+                    "of inputs) with each method, and write a run directory: the inputs, one attribution store per "
+                    "method (attributions/<method>/; rerunning the command resumes it), heat maps "
+                    "(heatmaps/<method>/<name>.png), run.json (arguments, settings, seeds, versions, seconds) and "
+                    "report.html. Images are read as pixels in [0, 1] and brought to the model's input size (scaled "
+                    "to cover it, centre-cropped). A model's module may declare CLASSES (class names), INPUT_SIZE "
+                    "(32 or (224, 224)) and MEAN/STD (its normalisation); options given here win.", 100),
+    )
+    ex.add_argument("inputs", nargs="+", metavar="INPUT",
+                    help="image files (PNG, JPEG, ...), folders of images, or one .pt file (a tensor, (inputs, "
+                         "labels) or {'inputs', 'labels'}) or .npy file of inputs")
+    ex.add_argument("--model", default="demo",
+                    help="'module:factory': a function in a module (the working directory is on the import path) "
+                         "that returns the nn.Module; or 'demo': the demo's pretrained EfficientNet-Lite0 with "
+                         "ImageNet class names and its own preprocessing (default: %(default)s)")
+    ex.add_argument("--weights", default=None, help="a state dict saved with torch.save to load into the model")
+    ex.add_argument("--methods", type=_names(methods(), "method"), default=["integrated_gradients"],
+                    help="comma-separated registered methods (tribute.methods()) (default: integrated_gradients)")
+    ex.add_argument("--target", default="predicted",
+                    help="the class explained: 'predicted' (each sample's top class), a class index, a class name "
+                         "(e.g. \"tabby cat\"), or 'label' (the labels of a .pt file) (default: %(default)s)")
+    ex.add_argument("--classes", default=None, metavar="FILE",
+                    help="class names, one per line (default: the module's CLASSES; ImageNet for the demo)")
+    ex.add_argument("--size", default=None,
+                    help="image size the model takes: 32 or 224x224 (default: the module's INPUT_SIZE, else the "
+                         "images' own)")
+    ex.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                    help="3: RGB, 1: grey (default: 3)")
+    ex.add_argument("--mean", type=_floats, default=None,
+                    help="per-channel mean of the model's normalisation, e.g. 0.485,0.456,0.406 (with --std; given "
+                         "to the methods as input_transform, so attributions stay in pixel space)")
+    ex.add_argument("--std", type=_floats, default=None, help="per-channel standard deviation (with --mean)")
+    ex.add_argument("--batch-size", type=int, default=None, help="most rows sent through the model at once")
+    ex.add_argument("--seed", type=int, default=0, help="seed of the methods that draw random numbers "
+                                                          "(default: %(default)s)")
+    ex.add_argument("--save", choices=("pt", "npy", "none"), default="none",
+                    help="also write each method's attributions as attributions/<method>.pt (attributions and "
+                         "targets) or .npy (default: %(default)s)")
+    ex.add_argument("--out", default="tribute-explain", help="the run directory (default: %(default)s)")
+    ex.add_argument("--overwrite", action="store_true",
+                    help="replace stores in --out that hold another computation (default: refuse)")
+    ex.add_argument("--quiet", action="store_true", help="print nothing and show no progress bars")
+    ex.set_defaults(run=_explain)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with one sub-parser per command."""
+    from .core import methods
+
+    parser = _Parser(prog="tribute", description="Attribution methods for PyTorch.")
+    parser.add_argument("--version", action="version", version=f"tribute {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="command", required=True)
+
+    _add_demo(commands)
+    _add_explain(commands)
+
     from .metrics.evaluate import metric_names
 
     ev = commands.add_parser(
@@ -174,9 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "default) trains a small MLP on scikit-learn's 8x8 digits and evaluates it on the held-out "
                     "digits.",
     )
-    ev.add_argument("--model", default="digits", help="'module:callable' returning the nn.Module, or 'digits'")
+    ev.add_argument("--model", default="digits", help="'module:factory' returning the nn.Module (the working "
+                    "directory is on the import path), 'demo', or 'digits' (default)")
     ev.add_argument("--weights", default=None, help="a state dict (torch.save) to load into the model")
-    ev.add_argument("--data", default=None, help="torch.save'd inputs, (inputs, labels) or {'inputs','labels'}")
+    ev.add_argument("--data", default=None, help="a .pt file (inputs, (inputs, labels) or {'inputs', 'labels'}), "
+                    "a .npy file of inputs, or a folder of images (default with --model digits: its test digits)")
+    ev.add_argument("--size", default=None, help="images from --data brought to this size: 32 or 224x224")
     ev.add_argument("--methods", type=_names(methods(), "method"), default=["gradient", "integrated_gradients"],
                     help="comma-separated methods (default: gradient,integrated_gradients)")
     ev.add_argument("--metrics", type=_names(metric_names(), "metric"), default=["aopc_morf", "aopc_lerf"],
@@ -188,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0, help="seed (default: %(default)s)")
     ev.add_argument("--csv", default=None, help="write the table as CSV")
     ev.add_argument("--json", default=None, help="write the table with per-sample scores as JSON")
+    ev.add_argument("--out", default=None,
+                    help="write a run directory for tribute report: the inputs, metrics.json and run.json")
     ev.add_argument("--quiet", action="store_true", help="no progress bars")
     ev.set_defaults(run=_evaluate)
     _add_experiment(commands)
@@ -200,11 +240,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     from ._optional import MissingExtraError
+    from .commands import CommandError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    args.argv = argv  # recorded in a run directory's run.json
     try:
         return args.run(args)
-    except MissingExtraError as e:
-        # the one expected failure outside argparse's checks: say which extra to install, no traceback
+    except (MissingExtraError, CommandError) as e:
+        # a missing extra, or a mistake in the arguments or files: one line that says what to do, no traceback
         print(f"tribute {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -21,10 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..attribution.random_map import uniform_draws
 from ..core.method import Method
-from ..core.randomness import SampleStreams
 from ..core.registry import get_method
-from ..core.registry import methods as registered_methods
 
 #: the option through which a stochastic method takes the tensor that keys its noise
 NOISE_KEY = "noise_key"
@@ -37,15 +36,12 @@ AUTOMATIC = ("seed", "batch_size")
 def random_attribution(model: nn.Module, inputs: torch.Tensor, target=None, *, seed: int | None = 0) -> torch.Tensor:
     """Uniform noise on [0, 1) of the inputs' shape: the random ranking of ROAR's and evaluate's baseline row.
 
-    Each sample draws from its own stream (seeded from ``seed`` and the sample's bytes, see
-    :class:`tribute.core.randomness.SampleStreams`), so a sample gets the same map in any batch.  ``model`` and
-    ``target`` are ignored; they make this a method callable ``(model, inputs, target)``.
+    The registered method ``"random"`` (:class:`tribute.attribution.random_map.RandomAttribution`) as a callable
+    ``(model, inputs, target)``: the same draw (:func:`~tribute.attribution.random_map.uniform_draws`), each sample
+    from its own stream seeded from ``seed`` and the sample's bytes, so a sample gets the same map in any batch.
+    ``model`` and ``target`` are ignored.
     """
-    if not isinstance(inputs, torch.Tensor) or inputs.dim() < 1 or inputs.shape[0] == 0:
-        raise ValueError("random_attribution needs a non-empty batch of inputs")
-    streams = SampleStreams(inputs, seed)
-    return streams.draw("uniform", torch.arange(inputs.shape[0]), tuple(inputs.shape[1:]), dtype=inputs.dtype,
-                        device=inputs.device)
+    return uniform_draws(inputs, seed)
 
 
 @dataclass(frozen=True)
@@ -114,19 +110,16 @@ def resolve_method(method, options: dict[str, Any] | None = None, *, label: str 
                    name: str = "method") -> ResolvedMethod:
     """``method`` (a registry name, a Method class or instance, or a callable) checked, with its ``options``.
 
-    Unknown names raise a ValueError naming the nearest ones; ``"random"``, when no method of that name is
-    registered, is :func:`random_attribution`.  Options for a plain callable are refused; options a method
-    does not take are refused when it is bound.
+    Unknown names raise a ValueError naming the nearest ones; ``"random"`` is the registered
+    :class:`~tribute.attribution.random_map.RandomAttribution`, whose draws are :func:`random_attribution`'s.
+    Options for a plain callable are refused; options a method does not take are refused when it is bound.
     """
     if options is not None and not isinstance(options, dict):
         raise TypeError(f"{name}: options must be a dict, got {type(options).__name__}")
     options = dict(options or {})
-    if isinstance(method, str):
-        if method == RANDOM and RANDOM not in registered_methods():
-            method = random_attribution
-        else:  # an unknown name raises here, with the nearest names
-            klass = get_method(method)
-            return ResolvedMethod(label or method, method, options, klass, {}, frozenset(klass.schema()))
+    if isinstance(method, str):  # an unknown name raises here, with the nearest names
+        klass = get_method(method)
+        return ResolvedMethod(label or method, method, options, klass, {}, frozenset(klass.schema()))
     if isinstance(method, type) and issubclass(method, Method):
         return ResolvedMethod(label or method_label(method), method, options, method, {}, frozenset(method.schema()))
     if isinstance(method, Method):
