@@ -82,9 +82,11 @@ def test_the_noise_key_and_seed_reach_a_stochastic_method_unless_the_user_set_th
 def test_random_attribution_is_seeded_by_the_caller_and_labelled_random():
     model = small_mlp()
     x = torch.randn(3, 5, dtype=DT, generator=torch.Generator().manual_seed(3))
-    resolved = resolve_method(RANDOM)
-    assert resolved.method is random_attribution and resolved.label == RANDOM
+    resolved = resolve_method(RANDOM)  # the registered method "random", whose draws are random_attribution's
+    assert resolved.label == RANDOM and RANDOM in tribute.methods()
     assert torch.equal(resolved.bind(model, seed=5)(x, None), random_attribution(model, x, seed=5))
+    assert torch.equal(resolve_method(random_attribution).bind(model, seed=5)(x, None),
+                       random_attribution(model, x, seed=5))
 
 
 def test_method_refusals_name_the_problem():

@@ -9,7 +9,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-import tribute.viz  # noqa: E402
+import tribute.viz.curves  # noqa: E402
 
 FIGURES = Path(__file__).resolve().parents[1] / "docs" / "figures"
 
@@ -23,12 +23,19 @@ def _script():
 
 def test_every_figure_function_has_a_committed_example_listed_in_the_readme(tmp_path):
     script = _script()
-    functions = {name for name in tribute.viz.__all__ if name.endswith("_figure")} - {"save_figure"}
-    assert len(functions) == 6
+    every = {name for name in tribute.viz.__all__ if name.endswith("_figure")} - {"save_figure"}
+    curves = {name for name in every if hasattr(tribute.viz.curves, name)}
+    maps = every - curves
+    assert len(maps) == 6 and len(curves) == 5
     readme = (FIGURES / "README.md").read_text()
-    for name in functions:
+    for name in maps:
         assert f"`{name}.png`" in readme, name
         assert (FIGURES / f"{name}.png").exists(), f"docs/figures/{name}.png is missing: run make_figures.py"
+    # the metric curves' examples are drawn by curve_examples.py from real metric runs, each function at least once
+    examples = (FIGURES / "curve_examples.py").read_text()
+    for name in curves:
+        assert f"return {name}(" in examples, name
+        assert f"`tribute.viz.{name}" in readme, name
     for file, _ in script.EXAMPLES:
         assert (FIGURES / file).stat().st_size < 150_000 and f"`{file}`" in readme, file
 
