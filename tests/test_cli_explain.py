@@ -168,3 +168,32 @@ def test_the_demo_model_brings_in_its_preprocessing_and_class_names():
     with pytest.raises(CommandError, match="do not apply|do\\(es\\) not apply"):
         load_model("demo", size="32")
     assert isinstance(loaded.model, nn.Module)
+
+
+def test_set_gives_method_options_as_the_api_takes_them(workdir):
+    """--set steps=8 reaches every chosen method that takes steps; METHOD.OPTION reaches one; values parse as JSON."""
+    assert main(["explain", "digits.pt", *USER, "--methods", "integrated_gradients,smoothgrad,saliency",
+                 "--set", "steps=8", "--set", "smoothgrad.samples=3", "--set", "smoothgrad.noise_level=0.2",
+                 "--target", "2", "--out", "set"]) == 0
+    data, model = torch.load("digits.pt", weights_only=True), model_of(workdir)
+    stores = RunDirectory("set").stores()
+    torch.testing.assert_close(stores["integrated_gradients"].attributions(),
+                               tribute.explain(model, data["inputs"], "integrated_gradients", 2, steps=8),
+                               rtol=1e-5, atol=1e-7)
+    sg = tribute.explain(model, data["inputs"], "smoothgrad", 2, samples=3, noise_level=0.2, seed=0)
+    torch.testing.assert_close(stores["smoothgrad"].attributions(), sg, rtol=1e-5, atol=1e-7)
+    record = RunDirectory("set").records()[-1]
+    assert record["methods"]["smoothgrad"]["options"] == {"samples": 3, "noise_level": 0.2}
+    assert record["methods"]["saliency"]["options"] == {}
+
+
+@pytest.mark.parametrize("item, message", [
+    ("steps", "expected OPTION=VALUE"),
+    ("gradcam.layer=x", "'gradcam' is not among --methods"),
+    ("windows=3", "no chosen method takes 'windows'"),
+    ("seed=3", "give seed with --seed"),
+])
+def test_set_refuses_what_no_chosen_method_takes(workdir, item, message, capsys):
+    status = main(["explain", "digits.pt", *USER, "--methods", "integrated_gradients", "--set", item, "--out", "bad"])
+    err = capsys.readouterr().err
+    assert status == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1

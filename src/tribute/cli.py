@@ -176,6 +176,10 @@ def _add_explain(commands) -> None:
                     help="per-channel mean of the model's normalisation, e.g. 0.485,0.456,0.406 (with --std; given "
                          "to the methods as input_transform, so attributions stay in pixel space)")
     ex.add_argument("--std", type=_floats, default=None, help="per-channel standard deviation (with --mean)")
+    ex.add_argument("--set", action="append", default=None, metavar="[METHOD.]OPTION=VALUE",
+                    help="a method option, for every chosen method that takes it (steps=128) or for one "
+                         "(integrated_gradients.tolerance=0.01, gradcam.layer=features.7); values are JSON where "
+                         "they parse, else text; repeat for several")
     ex.add_argument("--batch-size", type=int, default=None, help="most rows sent through the model at once")
     ex.add_argument("--seed", type=int, default=0, help="seed of the methods that draw random numbers "
                                                           "(default: %(default)s)")

@@ -17,6 +17,7 @@ import torch
 from . import CommandError
 from .heatmaps import write_heatmaps
 from .inputs import Samples, read_samples
+from .method_settings import method_settings
 from .models import LoadedModel, load_model
 from .record import command_record, now
 from .targets import output_classes, resolve_target
@@ -34,6 +35,7 @@ def run_explain(args: argparse.Namespace) -> int:
                         classes_file=args.classes)
     samples = read_samples(args.inputs, loaded, args.channels)
     target = _target(args.target, loaded, samples)
+    settings = method_settings(getattr(args, "set", None), args.methods)
     run = RunDirectory(args.out, create=True)
     run.write_inputs(samples.inputs, names=samples.names, labels=samples.labels, classes=loaded.classes,
                      kind=samples.kind)
@@ -43,14 +45,15 @@ def run_explain(args: argparse.Namespace) -> int:
     stores, seconds = {}, {}
     for method in args.methods:
         t0 = time.perf_counter()
-        stores[method] = compute(run, loaded, samples, method, target, args)
+        stores[method] = compute(run, loaded, samples, method, target, args, settings[method])
         seconds[method] = round(time.perf_counter() - t0, 3)
         say(f"  {method:<26s}{seconds[method]:8.2f} s")
     maps = write_heatmaps(run, stores, samples, progress=not args.quiet)
     saved = save_attributions(run.path, stores, args.save)
     run.log(command_record("explain", getattr(args, "argv", None), started, time.perf_counter() - clock,
                            settings=_settings(args, loaded, samples), seeds={"seed": args.seed},
-                           methods={m: {"seconds": s, **maps.get(m, {})} for m, s in seconds.items()}))
+                           methods={m: {"seconds": s, "options": settings[m], **maps.get(m, {})}
+                                    for m, s in seconds.items()}))
     report = write_report(run.path)
     say(f"wrote {run.path}: {len(stores)} attribution store(s), {len(maps) * len(samples.names)} heat map(s)"
         f"{f', {len(saved)} file(s) of attributions' if saved else ''}{f', {report}' if report else ''} "
@@ -76,13 +79,17 @@ def _target(text: str, loaded: LoadedModel, samples: Samples) -> Any:
     return resolve_target(text, loaded.classes, count)
 
 
-def compute(run, loaded: LoadedModel, samples: Samples, method: str, target, args: argparse.Namespace):
-    """``method``'s store in the run directory (computed, or resumed when an earlier run left it unfinished)."""
+def compute(run, loaded: LoadedModel, samples: Samples, method: str, target, args: argparse.Namespace,
+            settings: dict[str, Any] | None = None):
+    """``method``'s store in the run directory (computed, or resumed when an earlier run left it unfinished), with the
+    options ``settings`` (from ``--set``)."""
     from ..core import get_method
     from ..store import StoreError, compute_store
 
     takes_seed = "seed" in get_method(method).schema()
-    options = {} if loaded.transform is None else {"input_transform": loaded.transform}
+    options = dict(settings or {})
+    if loaded.transform is not None:
+        options["input_transform"] = loaded.transform
     one_shard = samples.inputs.shape[0] <= CHUNK_SIZE
     if not args.quiet and one_shard:  # a bar over the method's batches (a bar over one shard would not move)
         options["progress"] = method
