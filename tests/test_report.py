@@ -266,3 +266,13 @@ def test_without_matplotlib_the_curves_are_a_note(run, monkeypatch):
     assert page.curves == [] and page.metrics is not None
     assert any(n.startswith("the metric curves are not drawn: ") and "pip install 'tribute[viz]'" in n
                for n in page.notes)
+
+
+def test_options_recorded_as_digests_read_as_shapes_and_class_names():
+    from tribute.reporting.runinfo import compact
+
+    recorded = {"input_transform": {"object": "torchvision.transforms.Normalize", "state": {"mean": {
+        "tensor_sha256": "8d93", "shape": [3], "dtype": "torch.float64"}}},
+        "references": {"tensor_sha256": "ab", "shape": [8, 3, 4, 4], "dtype": "torch.float32"}, "steps": 64}
+    assert compact(recorded) == ('{"input_transform": "Normalize", "references": "tensor (8, 3, 4, 4) float32", '
+                                 '"steps": 64}')

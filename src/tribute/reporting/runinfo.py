@@ -35,9 +35,26 @@ class RunInfo:
     notes: list[str] = field(default_factory=list)
 
 
+def readable(value: Any) -> Any:
+    """A manifest's record of an option made readable: a tensor's digest record as "tensor (3,) float64", an
+    object's as its class name (the digests stay in manifest.json, which identifies the computation)."""
+    if isinstance(value, dict):
+        if "tensor_sha256" in value:
+            shape = tuple(value.get("shape", ()))
+            return f"tensor {shape} {str(value.get('dtype', '')).removeprefix('torch.')}".rstrip()
+        if "object" in value and set(value) <= {"object", "state"}:
+            return str(value["object"]).rsplit(".", 1)[-1]
+        return {k: readable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [readable(v) for v in value]
+    return value
+
+
 def compact(value: Any, limit: int = 400) -> str:
-    """A value as short text: strings as they are, everything else as compact JSON (cut at ``limit``)."""
-    text = value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str, ensure_ascii=False)
+    """A value as short text: strings as they are, everything else as compact JSON (cut at ``limit``), tensors and
+    objects by :func:`readable`."""
+    text = value if isinstance(value, str) else json.dumps(readable(value), sort_keys=True, default=str,
+                                                           ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
