@@ -279,3 +279,23 @@ def test_a_reduced_full_like_run_trains_a_robust_twin_and_an_explainer_that_keep
     assert sanity["aligned"] < 0.99, sanity
     table1 = read_csv(tmp_path / "table1_roar.csv")[1]
     assert all(0.0 <= v <= 1.0 for v in numbers(table1))
+
+
+def test_the_full_scale_takes_the_opencv_digits_whole_and_other_sets_at_its_sizes(monkeypatch):
+    """The OpenCV digits' split has 4,000 training images, fewer than the full scale's 6,000: that set is taken
+    whole (as documented), where another set's sizes are the scale's."""
+    import tribute.experiments.alignment.data as data
+
+    asked = {}
+
+    def record(name, *, seed, train_size, test_size):
+        asked[name] = (train_size, test_size)
+        return "split"
+
+    monkeypatch.setattr(data, "load_experiment_data", record)
+    assert experiment_data("opencv-digits", SCALES["full"]) == ("split", "opencv-digits")
+    assert experiment_data("fashion-mnist", SCALES["full"]) == ("split", "fashion-mnist")
+    assert experiment_data("opencv-digits", SCALES["smoke"])[1] == "opencv-digits"
+    assert asked["fashion-mnist"] == (6000, 1000) and asked["opencv-digits"] == (300, 100)
+    experiment_data("opencv-digits", SCALES["full"])
+    assert asked["opencv-digits"] == (None, None)

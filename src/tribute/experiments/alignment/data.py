@@ -6,7 +6,7 @@ import torch
 
 from ...data import Split, load_digits
 from ...explainers import load_experiment_data
-from .scales import DATA_SETS, Scale
+from .scales import DATA_SETS, WHOLE_AT_FULL_SCALE, Scale
 
 
 def experiment_data(name: str, scale: Scale, seed: int = 0) -> tuple[Split, str]:
@@ -20,9 +20,10 @@ def experiment_data(name: str, scale: Scale, seed: int = 0) -> tuple[Split, str]
     if name not in DATA_SETS:
         raise ValueError(f"unknown data set {name!r}; the data sets are {', '.join(map(repr, DATA_SETS))}")
     if name != "digits":
+        whole = scale.name == "full" and name in WHOLE_AT_FULL_SCALE
         try:
-            return load_experiment_data(name, seed=seed, train_size=scale.train_size,
-                                        test_size=scale.test_size), name
+            return load_experiment_data(name, seed=seed, train_size=None if whole else scale.train_size,
+                                        test_size=None if whole else scale.test_size), name
         except FileNotFoundError as e:
             if scale.name != "smoke":
                 raise

@@ -33,6 +33,9 @@ from __future__ import annotations
 import dataclasses
 
 DATA_SETS = ("fashion-mnist", "opencv-digits", "digits")
+#: data sets smaller than the full scale's 6,000 / 1,000 images, taken whole at that scale (the OpenCV digits:
+#: 4,000 / 1,000 in :func:`tribute.data.load_opencv_digits`'s split); any other size shortfall is an error
+WHOLE_AT_FULL_SCALE = ("opencv-digits",)
 FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 
 
