@@ -17,7 +17,8 @@ from tribute.viz import method_grid
 model, normalize = efficientnet_lite0()  # a pretrained classifier, and the normalisation it expects
 image = resize_and_crop(to_tensor(chelsea()))[None]  # (1, 3, 224, 224), pixels in [0, 1]
 label = imagenet_classes()[int(model(normalize(image)).argmax())]  # "tiger cat"
-methods = {"integrated_gradients": {"tolerance": 0.05}, "gradcam": {}, "smoothgrad": {"samples": 32, "seed": 0}}
+methods = {"integrated_gradients": {"tolerance": 0.05}, "gradcam": {},
+           "smoothgrad": {"base": "saliency", "samples": 32, "seed": 0}}  # SmoothGrad of |∂S/∂x|
 maps = {name: tribute.explain(model, image, name, input_transform=normalize, **options)  # target: the top class
         for name, options in methods.items()}
 method_grid(image, maps, [label.split(",")[0]], "docs/figures/quickstart.png")
