@@ -198,6 +198,35 @@ def test_the_rankings_are_computed_once_for_every_seed(monkeypatch):
     assert torch.equal(uncached, first)
 
 
+def test_the_rankings_survive_a_killed_run_on_disk(monkeypatch, tmp_path):
+    """With the cache on disk (as run_alignment keeps it), a new process (a new cache on the same folder) reads
+    the attributions an earlier one computed instead of computing them again; a damaged file is computed again."""
+    import torch
+
+    import tribute.experiments.alignment.methods as methods
+    from tribute.experiments.alignment.attribution_cache import AttributionCache
+    from tribute.explainers import resnet18_cifar
+
+    calls = []
+    real = methods.attribute
+
+    def counting(spec, models, x, target):
+        calls.append(len(x))
+        return real(spec, models, x, target)
+
+    monkeypatch.setattr(methods, "attribute", counting)
+    models = {"classifier": resnet18_cifar(10, in_channels=1, width=4, seed=0)}
+    spec = methods.specs(SCALES["smoke"], (1, 16, 16))["saliency"]
+    x, y = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)), torch.arange(4)
+    first = methods.roar_callable("saliency", spec, models, AttributionCache(tmp_path / "r"))(None, x, y)
+    again = methods.roar_callable("saliency", spec, models, AttributionCache(tmp_path / "r"))(None, x, y)
+    assert calls == [4] and torch.equal(again, first)
+    (file,) = (tmp_path / "r").iterdir()
+    file.write_bytes(b"damaged")
+    redone = methods.roar_callable("saliency", spec, models, AttributionCache(tmp_path / "r"))(None, x, y)
+    assert calls == [4, 4] and torch.equal(redone, first)
+
+
 def test_twin_eps_keeps_the_papers_per_pixel_budget():
     assert twin_eps((3, 32, 32)) == 1.5  # CIFAR-10: the paper's own value
     assert twin_eps((1, 28, 28)) == TWIN_PRESETS["gray28"].eps  # the preset used on 28×28 images

@@ -11,6 +11,7 @@ import torch
 
 from ... import __version__
 from ...atomic_files import write_json
+from .attribution_cache import AttributionCache
 from .data import experiment_data
 from .figures import roar_figure, sanity_figure
 from .measures import latency, roar_seed, sanity
@@ -45,7 +46,8 @@ def run_alignment(out: str | os.PathLike, *, scale: str | Scale = "smoke", data:
     steps = Steps(out, {"scale": sc.__dict__, "data": data, "data_used": used})
     models, accuracy = train_models(steps, split, sc)
     every = specs(sc, tuple(split.train[0].shape[1:]))
-    cache: dict = {}  # the rankings, the same for every seed: computed by the first seed that runs
+    # the rankings, the same for every seed: computed by the first seed that runs, kept on disk for a rerun
+    cache = AttributionCache(out / "rankings")
     per_seed = [steps.run(f"roar_seed{s}", lambda s=s: roar_seed(models, split, every, sc, s, cache))
                 for s in range(sc.seeds)]
     _roar_outputs(out, per_seed, sc)
