@@ -168,11 +168,8 @@ def test_mean_sd_and_roar_rows_by_hand():
     assert row[2::2] == pytest.approx([math.sqrt(0.02), 0.0, math.sqrt(0.02), math.sqrt(0.08)])
 
 
-def test_the_rankings_are_computed_once_for_every_seed(monkeypatch):
-    """The ROAR callables with a shared cache: a batch seen before (same images, same targets) is not attributed
-    again, and the result is the very tensor computed the first time; other images or targets are computed."""
-    import torch
-
+def _counted_saliency(monkeypatch):
+    """The experiment's saliency spec on a small model, with every attribution it computes counted (batch sizes)."""
     import tribute.experiments.alignment.methods as methods
     from tribute.explainers import resnet18_cifar
 
@@ -185,7 +182,15 @@ def test_the_rankings_are_computed_once_for_every_seed(monkeypatch):
 
     monkeypatch.setattr(methods, "attribute", counting)
     models = {"classifier": resnet18_cifar(10, in_channels=1, width=4, seed=0)}
-    spec = methods.specs(SCALES["smoke"], (1, 16, 16))["saliency"]
+    return methods, models, methods.specs(SCALES["smoke"], (1, 16, 16))["saliency"], calls
+
+
+def test_the_rankings_are_computed_once_for_every_seed(monkeypatch):
+    """The ROAR callables with a shared cache: a batch seen before (same images, same targets) is not attributed
+    again, and the result is the very tensor computed the first time; other images or targets are computed."""
+    import torch
+
+    methods, models, spec, calls = _counted_saliency(monkeypatch)
     x, y = torch.rand(6, 1, 16, 16, generator=torch.Generator().manual_seed(0)), torch.arange(6)
     cache: dict = {}
     method = methods.roar_callable("saliency", spec, models, cache)
@@ -203,20 +208,9 @@ def test_the_rankings_survive_a_killed_run_on_disk(monkeypatch, tmp_path):
     the attributions an earlier one computed instead of computing them again; a damaged file is computed again."""
     import torch
 
-    import tribute.experiments.alignment.methods as methods
     from tribute.experiments.alignment.attribution_cache import AttributionCache
-    from tribute.explainers import resnet18_cifar
 
-    calls = []
-    real = methods.attribute
-
-    def counting(spec, models, x, target):
-        calls.append(len(x))
-        return real(spec, models, x, target)
-
-    monkeypatch.setattr(methods, "attribute", counting)
-    models = {"classifier": resnet18_cifar(10, in_channels=1, width=4, seed=0)}
-    spec = methods.specs(SCALES["smoke"], (1, 16, 16))["saliency"]
+    methods, models, spec, calls = _counted_saliency(monkeypatch)
     x, y = torch.rand(4, 1, 16, 16, generator=torch.Generator().manual_seed(1)), torch.arange(4)
     first = methods.roar_callable("saliency", spec, models, AttributionCache(tmp_path / "r"))(None, x, y)
     again = methods.roar_callable("saliency", spec, models, AttributionCache(tmp_path / "r"))(None, x, y)

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .scale import combine_channels
+
 DEFAULT_PERCENTILE = 99.5
-REDUCTIONS = ("sum", "mean", "abs_sum")
 # 255 colours, an odd number so that 0 falls exactly on the middle entry (signed) or the first one (unsigned),
 # both white; the 256th palette entry is the colour of NaN and ±inf
 TABLE_SIZE = 255
@@ -153,21 +154,6 @@ def _as_array(a) -> np.ndarray:
     return a
 
 
-def _reduce(a: np.ndarray, reduce: str) -> np.ndarray:
-    """An (H, W) map from an (H, W) or (C, H, W) attribution (channels combined by ``reduce``)."""
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {reduce!r}")
-    if a.ndim == 2:
-        return a
-    if a.ndim != 3:
-        raise ValueError(f"expected an attribution map of shape (H, W) or (C, H, W), got {a.shape}")
-    if reduce == "sum":
-        return a.sum(0)
-    if reduce == "mean":
-        return a.mean(0)
-    return np.abs(a).sum(0)
-
-
 def _scale(finite_abs: np.ndarray, scale, percentile: float) -> float:
     if scale is not None:
         s = float(scale)
@@ -250,7 +236,7 @@ def encode_map(attribution, *, image=None, signed: bool | None = None, scale: fl
     EncodedMap
         ``.png`` (bytes), ``.scale`` (float), and counts of non-finite and saturated values.
     """
-    a = _reduce(_as_array(attribution), reduce)
+    a = combine_channels(_as_array(attribution), reduce)
     if a.size == 0:
         raise ValueError(f"cannot encode an empty map of shape {a.shape}")
     finite = np.isfinite(a)

@@ -12,31 +12,21 @@ from __future__ import annotations
 
 import numpy as np
 
-from .scale import DEFAULT_PERCENTILE, NONFINITE_COLORS, as_numpy, map_scale, nonfinite_masks
-
-REDUCTIONS = ("sum", "mean", "abs_sum")
+from .scale import (
+    DEFAULT_PERCENTILE,
+    NONFINITE_COLORS,
+    REDUCTIONS,  # noqa: F401 (published here first: tribute.viz.figures reads it from this module)
+    as_numpy,
+    combine_channels,
+    map_scale,
+    nonfinite_masks,
+)
 
 
 def reduce_channels(attribution, reduce: str = "sum") -> np.ndarray:
-    """A (C, H, W) attribution as one (H, W) map; an (H, W) map is returned as is (a copy).
-
-    ``"sum"`` adds the channels' signed contributions (the pixel's total, as in Ancona et al.),
-    ``"mean"`` averages them, ``"abs_sum"`` adds their magnitudes.  A NaN in any channel makes the pixel NaN;
-    +inf and −inf in one pixel make it NaN too (their sum is undefined).
-    """
-    a = as_numpy(attribution)
-    if reduce not in REDUCTIONS:
-        raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {reduce!r}")
-    if a.ndim == 2:
-        return a
-    if a.ndim != 3:
-        raise ValueError(f"expected an attribution of shape (C, H, W) or (H, W), got {a.shape}")
-    with np.errstate(invalid="ignore", over="ignore"):  # inf − inf is NaN, and is then counted as such
-        if reduce == "sum":
-            return a.sum(0)
-        if reduce == "mean":
-            return a.mean(0)
-        return np.abs(a).sum(0)
+    """A (C, H, W) attribution as one (H, W) float64 map; an (H, W) map is returned as is (a copy).  The channels
+    are combined by :func:`tribute.viz.scale.combine_channels` (``"sum"``, ``"mean"`` or ``"abs_sum"``)."""
+    return combine_channels(as_numpy(attribution), reduce)
 
 
 def diverging_colors(v: np.ndarray) -> np.ndarray:

@@ -33,6 +33,27 @@ NONFINITE_COLORS: dict[str, tuple[float, float, float]] = {
 }
 
 
+REDUCTIONS = ("sum", "mean", "abs_sum")
+
+
+def combine_channels(a: np.ndarray, reduce: str = "sum") -> np.ndarray:
+    """An (H, W) map from an (H, W) or (C, H, W) array: ``"sum"`` adds the channels' signed contributions (the
+    pixel's total, as in Ancona et al. 2018), ``"mean"`` averages them, ``"abs_sum"`` adds their magnitudes.  A NaN
+    in any channel makes the pixel NaN; +inf and −inf in one pixel make it NaN too (their sum is undefined)."""
+    if reduce not in REDUCTIONS:
+        raise ValueError(f"reduce must be one of {', '.join(REDUCTIONS)}; got {reduce!r}")
+    if a.ndim == 2:
+        return a
+    if a.ndim != 3:
+        raise ValueError(f"expected an attribution of shape (H, W) or (C, H, W), got {a.shape}")
+    with np.errstate(invalid="ignore", over="ignore"):  # inf − inf is NaN, and is then counted as such
+        if reduce == "sum":
+            return a.sum(0)
+        if reduce == "mean":
+            return a.mean(0)
+        return np.abs(a).sum(0)
+
+
 def as_numpy(a) -> np.ndarray:
     """A tensor or array as a float64 numpy array (detached, on the CPU); the input is never modified."""
     if hasattr(a, "detach"):
