@@ -276,3 +276,34 @@ def test_options_recorded_as_digests_read_as_shapes_and_class_names():
         "references": {"tensor_sha256": "ab", "shape": [8, 3, 4, 4], "dtype": "torch.float32"}, "steps": 64}
     assert compact(recorded) == ('{"input_transform": "Normalize", "references": "tensor (8, 3, 4, 4) float32", '
                                  '"steps": 64}')
+
+
+def test_tokens_with_their_text_are_written_coloured_by_their_attribution(tmp_path):
+    """A run of token inputs that records their text: each word on the page in the colour of its attribution
+    (summed over the embedding) at the map's scale, as the strip would draw it; the largest |φ| at full colour."""
+    from tribute.viz.encode import value_colors
+
+    n, t = 2, 4
+    a = torch.tensor([[[1.0, 1.0], [-1.0, 0.0], [0.0, 0.0], [0.5, -0.25]],
+                      [[0.0, 0.0], [3.0, 0.0], [0.0, -3.0], [0.0, 0.0]]])
+    words = [["the", "film", "was", "<b>"], ["not", "bad", "at", "all"]]
+    inputs = RunInputs(torch.randint(0, 50, (n, t)), ["s0", "s1"], kind="tokens", tokens=words)
+    section = samples_section(inputs, {"gradient": FakeStore(a)}, percentile=100)
+    first = section.rows[0].cells[0]
+    assert first.scale == 2.0 and [w for w, _ in first.words] == words[0]
+    # −0.5 and 0.125 of the scale in the 255-step palette
+    assert [c for _, c in first.words] == ["#ff0000", "#7e7eff", "#ffffff", "#ffdfdf"]
+    assert value_colors([2.0, -2.0, 0.0, math.nan], signed=True, scale=2.0) == ["#ff0000", "#0000ff", "#ffffff",
+                                                                                 "#00c800"]
+    # through a run directory: embeddings (N, T, 2) explained by a linear model, the words escaped on the page
+    run = RunDirectory(tmp_path / "run", create=True)
+    embeddings = torch.randn(n, t, 2, generator=torch.Generator().manual_seed(0))
+    run.write_inputs(embeddings, names=inputs.names, kind="tokens", tokens=words)
+    assert run.inputs().tokens == words
+    with pytest.raises(RunDirectoryError, match="one text per token"):
+        run.write_inputs(embeddings, kind="tokens", tokens=[["a"], ["b"]])
+    torch.manual_seed(0)
+    compute_store(run.store_path("gradient"), nn.Sequential(nn.Flatten(), nn.Linear(2 * t, 3)).eval(), embeddings,
+                  "gradient", target=0)
+    page = render(build_page(run.path))
+    assert page.count("&lt;b&gt;</span>") == 1 and ">film</span>" in page and "<b>" not in page

@@ -58,6 +58,8 @@ class RunInputs:
     display : Tensor or None
         (N, C, H, W) images in [0, 1] for display, when the model's inputs are normalised (else ``inputs`` is
         shown, rescaled per image).
+    tokens : list of list of str, or None
+        For token inputs, each sample's tokens as text (the report writes them coloured by their attribution).
     """
 
     inputs: torch.Tensor
@@ -66,6 +68,7 @@ class RunInputs:
     classes: list[str] | None = None
     kind: str = "image"
     display: torch.Tensor | None = None
+    tokens: list[list[str]] | None = None
 
 
 class RunDirectory:
@@ -84,7 +87,7 @@ class RunDirectory:
     # -- the samples ---------------------------------------------------------------------------------------------
     def write_inputs(self, inputs: torch.Tensor, *, names: list[str] | None = None,
                      labels: torch.Tensor | None = None, classes: list[str] | None = None, kind: str = "image",
-                     display: torch.Tensor | None = None) -> None:
+                     display: torch.Tensor | None = None, tokens: list[list[str]] | None = None) -> None:
         """Record the samples explained (see :class:`RunInputs`); names default to ``"0"``, ``"1"``, …"""
         from safetensors.torch import save
 
@@ -96,6 +99,12 @@ class RunDirectory:
             raise RunDirectoryError(f"{len(names)} names for {n} samples")
         if kind not in KINDS:
             raise RunDirectoryError(f"kind must be one of {', '.join(KINDS)}; got {kind!r}")
+        if tokens is not None:
+            tokens = [[str(t) for t in sample] for sample in tokens]
+            if kind != "tokens" or len(tokens) != n or inputs.dim() < 2 or any(
+                    len(t) != inputs.shape[1] for t in tokens):
+                raise RunDirectoryError(f"tokens must give one text per token of each sample (kind='tokens', "
+                                        f"{n} lists of {inputs.shape[1] if inputs.dim() > 1 else '?'} strings)")
         # clones: safetensors refuses tensors that share memory (display may be inputs itself)
         tensors = {"inputs": inputs.detach().cpu().clone().contiguous()}
         for key, t in (("labels", labels), ("display", display)):
@@ -106,7 +115,7 @@ class RunDirectory:
                 tensors[key] = t
         write_bytes(str(self.path / INPUTS), save(tensors))
         write_json(str(self.path / INPUTS_INFO), {"format": FORMAT, "names": names, "classes": classes,
-                                                   "kind": kind})
+                                                   "kind": kind, "tokens": tokens})
 
     def inputs(self) -> RunInputs | None:
         """The samples recorded by :meth:`write_inputs`, or None when the run has none."""
@@ -119,7 +128,7 @@ class RunDirectory:
             raise RunDirectoryError(f"{self.path / INPUTS_INFO} is not a {FORMAT} file")
         tensors = load((self.path / INPUTS).read_bytes())
         return RunInputs(tensors["inputs"], list(info["names"]), tensors.get("labels"), info.get("classes"),
-                         info.get("kind", "image"), tensors.get("display"))
+                         info.get("kind", "image"), tensors.get("display"), info.get("tokens"))
 
     # -- attributions --------------------------------------------------------------------------------------------
     def store_path(self, method: str) -> Path:

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from ..viz.encode import DEFAULT_PERCENTILE, encode_map, high_percentile, png_bytes, png_data_uri
+from ..viz.encode import DEFAULT_PERCENTILE, encode_map, high_percentile, png_bytes, png_data_uri, value_colors
 
 SCALES = ("map", "method")
 
@@ -25,6 +25,7 @@ class MapCell:
     target: str | None = None
     clipped: int = 0  # values beyond the scale (saturated)
     notes: list[str] = field(default_factory=list)
+    words: list[tuple[str, str]] | None = None  # tokens as (text, background colour), when the run has their text
 
 
 @dataclass
@@ -147,8 +148,20 @@ def samples_section(inputs, stores: dict, *, max_samples: int = 12, scale: str =
     kind = inputs.kind if inputs is not None else "image"
     classes = inputs.classes if inputs is not None else None
     columns = {m: method_cells(m, s, shown, kind, classes, scale, percentile) for m, s in usable.items()}
+    if kind == "tokens" and inputs is not None and inputs.tokens is not None:
+        for m, cells in columns.items():
+            add_words(cells, usable[m], inputs.tokens)
     rows = [sample_row(i, inputs, [columns[m][i] for m in usable], notes) for i in range(shown)]
     return SamplesSection(rows, list(usable), total, notes)
+
+
+def add_words(cells: list[MapCell], store, tokens: list[list[str]]) -> None:
+    """Each cell's tokens as text coloured by their attribution (summed over the embedding), at the cell's scale."""
+    a = store.attributions(0, len(cells))
+    for i, cell in enumerate(cells):
+        values = a[i].detach().double().reshape(len(tokens[i]), -1).sum(-1).numpy()
+        if cell.uri is not None:
+            cell.words = list(zip(tokens[i], value_colors(values, signed=cell.signed, scale=cell.scale), strict=True))
 
 
 def sample_row(i: int, inputs, cells: list[MapCell], notes: list[str]) -> SampleRow:

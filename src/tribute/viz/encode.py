@@ -262,6 +262,16 @@ def encode_map(attribution, *, image=None, signed: bool | None = None, scale: fl
                       all_zero=bool(all_finite and not magnitude.any()), **counts)
 
 
+def value_colors(values, *, signed: bool, scale: float) -> list[str]:
+    """``"#rrggbb"`` of each value at ``scale``, in the colours :func:`encode_map` draws (for text coloured by its
+    attribution, e.g. tokens); non-finite values get the non-finite colour."""
+    a = np.asarray(_as_array(values), dtype=np.float64).reshape(-1)
+    finite = np.isfinite(a)
+    idx = _indices(a, scale, signed, None if finite.all() else finite)
+    palette = DIVERGING_PALETTE if signed else SEQUENTIAL_PALETTE
+    return ["#{:02x}{:02x}{:02x}".format(*palette[i]) for i in idx]
+
+
 def _indices(a: np.ndarray, s: float, signed: bool, finite: np.ndarray | None) -> np.ndarray:
     """Palette indices (uint8) of the map ``a`` at scale ``s``; NONFINITE_INDEX where ``finite`` is False."""
     with np.errstate(over="ignore"):  # a huge value over a tiny scale overflows to inf: full colour, as it should
