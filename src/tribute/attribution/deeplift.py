@@ -26,7 +26,7 @@ from ..core.rules import ElementwiseRule, RuleSet, derivative
 from ..core.strictness import UncoveredModelError
 from ..core.summation import summation_miss
 from ..core.targets import Target
-from .deeplift_linear import PairedLinear
+from .deeplift_linear import PRODUCTS, PairedLinear, PairedProduct
 from .deeplift_multivariate import GROUPINGS, AveragedJacobian
 from .deeplift_ops import BILINEAR, QUOTIENTS, BilinearRule, QuotientRule, check_pairs
 from .deeplift_pooling import SELECTIONS, MaxPoolRule, SelectionCheck
@@ -82,7 +82,8 @@ class Rescale(ElementwiseRule):
 
 
 register_rule(FAMILY, "*", Rescale())
-register_rule(FAMILY, BILINEAR, BilinearRule())
+register_rule(FAMILY, tuple(op for op in BILINEAR if op not in PRODUCTS), BilinearRule())
+register_rule(FAMILY, PRODUCTS, PairedProduct())
 register_rule(FAMILY, QUOTIENTS, QuotientRule())
 register_rule(FAMILY, tuple(GROUPINGS), AveragedJacobian())
 register_rule(FAMILY, "max_pool2d", MaxPoolRule())

@@ -179,27 +179,38 @@ class GroupedOp:
         return out
 
     def softmax_vjps(self, r: torch.Tensor, dx: torch.Tensor, gs: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Σ_k w_k J(r + α_k Δx)ᵀ g with J's VJP written out: s ⊙ (g − ⟨g, s⟩) for s = softmax(x),
-        g − s·Σg for log-softmax, −s ⊙ (g − ⟨g, s⟩) for softmin (s = softmax(−x)): without autograd's K-fold batch
-        (the attention matrices of a real ViT made that the method's largest cost), the nodes stacked along a new
-        first dimension as far as :data:`NODE_BATCH` entries go (on small models per-op overhead dominates: one op
-        for all nodes), the weighted terms added node after node, as one node at a time would."""
+        """Σ_k w_k J(r + α_k Δx)ᵀ g with J's VJP written out and summed over the nodes in closed form: with
+        s_k = softmax(r + α_k Δx), S̄ = Σ_k w_k s_k and c_k = ⟨g, s_k⟩ per group, softmax gives g ⊙ S̄ − Σ_k w_k c_k s_k,
+        log-softmax g·Σ_k w_k − S̄·Σg, softmin (s_k = softmax(−r − α_k Δx)) the softmax form negated.  Without
+        autograd's K-fold batch (the attention matrices of a real ViT made that the method's largest cost) and with
+        two passes over each node's softmax instead of six; the nodes are stacked beside the group's dimension as far
+        as :data:`NODE_BATCH` entries go (on small models per-op overhead dominates: one op for all nodes), and the
+        weighted terms added node after node, as one node at a time would add them."""
         (d,) = self.groups.dims
-        sign = -1.0 if self.softmax == "softmin" else 1.0
-        out: list[Any] = [0.0] * len(gs)
-        sums = [g.sum(d, keepdim=True) for g in gs] if self.softmax == "log_softmax" else None
+        rows = [t.movedim(d, -1).unsqueeze(-2) for t in (r, dx, *gs)]  # (…, 1, L): the nodes stack along −2
+        r_, dx_, gs_ = rows[0], rows[1], rows[2:]
+        log = self.softmax == "log_softmax"
+        sbar = torch.zeros_like(r_)
+        terms = [torch.zeros_like(r_) for _ in gs_]
         step = max(1, NODE_BATCH // max(1, r.numel()))
         for lo in range(0, len(self.alphas), step):
-            a = torch.tensor(self.alphas[lo:lo + step], dtype=r.dtype, device=r.device)
-            w = torch.tensor([sign * w for w in self.weights[lo:lo + step]], dtype=r.dtype, device=r.device)
-            z = r + a.view(-1, *[1] * r.dim()) * dx
-            s = torch.softmax(z if sign == 1.0 else sign * z, d + 1)
-            w = w.view(-1, *[1] * r.dim())
-            for i, g in enumerate(gs):
-                v = g - s * sums[i] if sums is not None else s * (g - (g * s).sum(d + 1, keepdim=True))
-                for term in (w * v).unbind(0):
-                    out[i] = out[i] + term
-        return out
+            a = torch.tensor(self.alphas[lo:lo + step], dtype=r.dtype, device=r.device).view(-1, 1)
+            z = torch.addcmul(r_, a, dx_)
+            s = torch.softmax(z.neg_() if self.softmax == "softmin" else z, -1)  # (…, K, L)
+            cs = [] if log else [(s * g).sum(-1, keepdim=True) for g in gs_]
+            for k, w in enumerate(self.weights[lo:lo + step]):
+                sk = s.narrow(-2, k, 1)
+                sbar.add_(sk, alpha=w)
+                for t, c in zip(terms, cs, strict=False):
+                    t.addcmul_(sk, c.narrow(-2, k, 1), value=w)
+        if log:
+            total = sum(self.weights)
+            out = [g * total - sbar * g.sum(-1, keepdim=True) for g in gs_]
+        else:
+            out = [g * sbar - t for g, t in zip(gs_, terms, strict=True)]
+            if self.softmax == "softmin":
+                out = [v.neg_() for v in out]
+        return [v.squeeze(-2).movedim(-1, d) for v in out]
 
     def multiplier(self, x: torch.Tensor, y: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         """Mᵀ g for both halves of the batch (the references' rows take the same M as their inputs')."""
