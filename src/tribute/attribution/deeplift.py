@@ -100,8 +100,9 @@ class DeepLift(Method):
     Each op on the input's path gets multipliers m with Σ m·Δ(inputs) = Δ(output) exactly (Shrikumar et al.
     2017, §3.3), so summation-to-delta, Σ_i φ_i = S_c(x) − S_c(x̄), holds to rounding on networks built from:
 
-    - linear layers, additions, reshapes (their gradient; a large ``F.linear`` multiplies only the inputs' rows in
-      the backward pass, the references' carrying zeros: :mod:`tribute.attribution.deeplift_linear`);
+    - linear layers, additions, reshapes (their gradient; a large ``F.linear``, x @ W or ``addmm`` (Hugging Face's
+      Conv1D) multiplies only the inputs' rows in the backward pass, the references' carrying zeros:
+      :mod:`tribute.attribution.deeplift_linear`);
     - elementwise nonlinearities, including powers, square roots and reciprocals: Rescale's secant;
     - products of two tensors on the path (a·b, a @ b, ``einsum``, ``bmm``, gates, attention's QKᵀ and AV) and
       quotients a / b: the Shapley split Δ(ab) = ½(b + b̄)Δa + ½(a + ā)Δb (Lundberg & Lee 2017), with 1/b's

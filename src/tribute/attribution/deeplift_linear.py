@@ -10,6 +10,8 @@ and multiplies only the other: a zero row of g gives a zero row of gᵀW for a f
 up to the rounding of a matrix product of another height.  Anything else (a non-zero half, a non-finite weight, the
 attribution's derivatives with ``differentiable=True``) takes the full product or the plain op.  Layers too small
 for the saving to outweigh an autograd node of Python are left to autograd (:data:`MIN_MACS`).
+The same saving serves products with a constant right factor, x @ W and ``torch.addmm(c, x, W)`` (Hugging Face's
+Conv1D in GPT-2): :class:`PairedProduct`, which leaves a product of two factors on the path to the bilinear rule.
 """
 
 from __future__ import annotations
