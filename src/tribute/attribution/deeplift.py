@@ -109,7 +109,8 @@ class DeepLift(Method):
       secant −1/(b·b̄) for a divisor (:mod:`tribute.attribution.deeplift_ops`);
     - softmax, log-softmax, LayerNorm, GroupNorm, RMSNorm, instance norm, ``F.normalize``: per softmax vector or
       normalised group M = J̄ + (Δy − J̄Δx)Δxᵀ/‖Δx‖², J̄ the op's Jacobian averaged from x̄ to x (in closed form
-      for the norms, by 8-node Gauss–Legendre quadrature for the others; Ancona et al. 2018), so M Δx = Δy
+      for the norms, by 8-node Gauss–Legendre quadrature for the others, 4 where they integrate to rounding;
+      Ancona et al. 2018), so M Δx = Δy
       (:mod:`tribute.attribution.deeplift_multivariate`).  Attention (``sdpa``, ``nn.MultiheadAttention``) is
       taken apart into its products and softmax.
 
