@@ -66,13 +66,14 @@ class Rescale(ElementwiseRule):
         zx, zr = z.chunk(2)
         dz = zx - zr
         close = dz.abs() <= self.tolerance * (1 + zx.abs())
-        safe_dz = torch.where(close, 1.0, dz)
+        some_close = bool(close.any())
+        safe_dz = torch.where(close, 1.0, dz) if some_close else dz  # (usually none: no pass for the where)
         if len(saved) > 1 and not torch.is_grad_enabled():
             dy = saved[1]
         else:  # the attribution differentiated (create_graph): f(z) recomputed where autograd sees it
             dy = nl(zx, **params) - nl(zr, **params)
         ratio = dy / safe_dz
-        if bool(close.any()):
+        if some_close:
             ratio = torch.where(close, derivative(nl, (zx + zr) / 2, params), ratio)
         # both halves take the same ratio: broadcast over the pair instead of concatenating it
         return (gy.unflatten(0, (2, -1)) * ratio).flatten(0, 1)

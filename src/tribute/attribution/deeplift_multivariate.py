@@ -132,7 +132,10 @@ GROUPINGS: dict[str, Callable[[torch.Tensor, tuple, dict], Groups | None]] = {
 
 def difference(x: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
     """x − r with equal entries, equal infinities included (masked scores), counted as no difference."""
-    return torch.where(x == r, torch.zeros((), dtype=x.dtype, device=x.device), x - r)
+    d = x - r
+    if bool(d.sum().isfinite()):  # no NaN from ∞ − ∞ (nor any other): equal finite entries already give 0
+        return d
+    return torch.where(x == r, torch.zeros((), dtype=x.dtype, device=x.device), d)
 
 
 @functools.lru_cache(maxsize=16)
@@ -265,7 +268,8 @@ class GroupedOp:
         (xx, xr), (yx, yr) = halves(x), halves(y)
         dx, dy = difference(xx, xr), difference(yx, yr)
         gx, gr = halves(g)
-        gs = [gx, gr] if bool(gr.ne(0).any()) else [gx]
+        low, high = torch.aminmax(gr)  # one read (NaN: not zero)
+        gs = [gx] if float(low) == 0 and float(high) == 0 else [gx, gr]
         if self.softmax in ("softmax", "softmin") and len(self.alphas) > FIRST_NODES and not torch.is_grad_enabled():
             vs = self.adaptive_vjps(xr, dx, dy, (yx, yr), gs)
         else:  # (with create_graph, the attribution differentiated: the rule's nodes throughout)
@@ -279,8 +283,11 @@ class GroupedOp:
         so that M Δx = Δy); v alone in a group where ‖Δx‖ is within rounding of 0 beside ‖scale‖."""
         sums = self.groups.sums
         n2 = sums(dx * dx)
-        finite = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)  # masked scores: −∞ counts as 0 here
-        tiny = torch.finfo(dx.dtype).eps ** 2 * (1 + sums(finite * finite))
+        size = sums(scale * scale)
+        if not bool(size.sum().isfinite()):  # masked scores: −∞ counts as 0 here
+            finite = torch.nan_to_num(scale, nan=0.0, posinf=0.0, neginf=0.0)
+            size = sums(finite * finite)
+        tiny = torch.finfo(dx.dtype).eps ** 2 * (1 + size)
         moved = n2 > tiny
         safe = torch.where(moved, n2, torch.ones((), dtype=n2.dtype, device=n2.device))
         c = torch.where(moved, (sums(dy * g).to(v.dtype) - sums(dx * v)) / safe, 0.0)
