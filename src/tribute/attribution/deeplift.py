@@ -73,7 +73,10 @@ class Rescale(ElementwiseRule):
         else:  # the attribution differentiated (create_graph): f(z) recomputed where autograd sees it
             dy = nl(zx, **params) - nl(zr, **params)
         ratio = dy / safe_dz
-        if some_close:
+        if some_close and not torch.is_grad_enabled() and not any(map(torch.is_tensor, params.values())):
+            # f' at the close entries alone (a whole layer's worth where many are: Swin's zero reference)
+            ratio[close] = derivative(nl, (zx[close] + zr[close]) / 2, params)
+        elif some_close:  # a parameter tensor broadcast over z (PReLU's weight), or derivatives of the attribution
             ratio = torch.where(close, derivative(nl, (zx + zr) / 2, params), ratio)
         # both halves take the same ratio: broadcast over the pair instead of concatenating it
         return (gy.unflatten(0, (2, -1)) * ratio).flatten(0, 1)
