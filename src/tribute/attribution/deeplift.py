@@ -65,16 +65,19 @@ class Rescale(ElementwiseRule):
         z = saved[0]
         zx, zr = z.chunk(2)
         dz = zx - zr
-        close = dz.abs() <= self.tolerance * (1 + zx.abs())
+        if torch.is_grad_enabled():  # the attribution differentiated (create_graph): as autograd records it
+            close = dz.abs() <= self.tolerance * (1 + zx.abs())
+            dy = nl(zx, **params) - nl(zr, **params)  # f(z) recomputed where autograd sees it
+        else:  # the same test in place, in a buffer the ratio then reuses (a layer's worth each: fewer allocations)
+            bound = zx.abs().add_(1).mul_(self.tolerance)
+            close = torch.le(dz.abs(), bound)
+            dy = saved[1] if len(saved) > 1 else nl(zx, **params) - nl(zr, **params)
         some_close = bool(close.any())
         safe_dz = torch.where(close, 1.0, dz) if some_close else dz  # (usually none: no pass for the where)
-        if len(saved) > 1 and not torch.is_grad_enabled():
-            dy = saved[1]
-        else:  # the attribution differentiated (create_graph): f(z) recomputed where autograd sees it
-            dy = nl(zx, **params) - nl(zr, **params)
-        ratio = dy / safe_dz
+        reuse = not torch.is_grad_enabled() and dy.dtype == dz.dtype and dy.shape == dz.shape
+        ratio = torch.div(dy, safe_dz, out=bound) if reuse else dy / safe_dz
         if some_close and not torch.is_grad_enabled() and not any(map(torch.is_tensor, params.values())):
-            # f' at the close entries alone (a whole layer's worth where many are: Swin's zero reference)
+            # f' at the close entries alone, not over the layer (a few close entries per GELU layer in Swin)
             ratio[close] = derivative(nl, (zx[close] + zr[close]) / 2, params)
         elif some_close:  # a parameter tensor broadcast over z (PReLU's weight), or derivatives of the attribution
             ratio = torch.where(close, derivative(nl, (zx + zr) / 2, params), ratio)
