@@ -77,8 +77,11 @@ class Rescale(ElementwiseRule):
         reuse = not torch.is_grad_enabled() and dy.dtype == dz.dtype and dy.shape == dz.shape
         ratio = torch.div(dy, safe_dz, out=bound) if reuse else dy / safe_dz
         if some_close and not torch.is_grad_enabled() and not any(map(torch.is_tensor, params.values())):
-            # f' at the close entries alone, not over the layer (a few close entries per GELU layer in Swin)
-            ratio[close] = derivative(nl, (zx[close] + zr[close]) / 2, params)
+            # f' at the close entries alone, not over the layer (a few close entries per GELU layer in Swin); their
+            # flat indices found once (each boolean index would search the mask again)
+            at = close.reshape(-1).nonzero().squeeze(1)
+            mid = (zx.reshape(-1)[at] + zr.reshape(-1)[at]) / 2
+            ratio = ratio.reshape(-1).index_copy_(0, at, derivative(nl, mid, params)).view(ratio.shape)
         elif some_close:  # a parameter tensor broadcast over z (PReLU's weight), or derivatives of the attribution
             ratio = torch.where(close, derivative(nl, (zx + zr) / 2, params), ratio)
         # both halves take the same ratio: broadcast over the pair instead of concatenating it
