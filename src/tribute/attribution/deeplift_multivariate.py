@@ -34,11 +34,11 @@ rule's option (``register_rule("deeplift", "softmax", AveragedJacobian(nodes=16)
 (:data:`ROUNDING`·ε·(‖y‖ + ‖ȳ‖): more nodes cannot tell a better integral there; J̄Δx = J̄ᵀΔx costs one more
 column at the same nodes, the Jacobian being symmetric); the other groups are computed again with the rule's
 ``nodes``, exactly as the fixed rule computes them.  On the float32 ViT-S/16 at 224×224, 4 nodes sufficed in all
-but 0.2 % of the attention rows of the first 10 layers, 9 % and 62 % of the last two; a sharpening softmax (above)
-takes the rule's nodes and its accuracy (tests/test_deeplift_modern.py).  The check probes J̄ along Δx only, a
-heuristic rather than a bound: the quadrature's error in other directions shares its geometric rate (the same
-softmax along the segment, analytic in α), and in the tests φ kept within 1.1× of the fixed rule's distance from the
-integral (float32; float64 both at rounding).
+but at most 0.6 % of the attention rows of the first 10 layers, 9 % and 62 % of the last two; a sharpening
+softmax (above) takes the rule's nodes and its accuracy (tests/test_deeplift_modern.py).  The check probes J̄
+along Δx only, a heuristic rather than a bound: the quadrature's error in other directions shares its geometric
+rate (the same softmax along the segment, analytic in α), and in the tests φ kept within 1.1× of the fixed rule's
+distance from the integral (float32; float64 both at rounding).
 *Where Δx = 0 in a group* (entries that do not move, or move by less than rounding:
 ‖Δx‖ ≤ ε·(1 + ‖x‖) with ε the dtype's resolution) the group's output does not move either and M = J̄ = J(x),
 the op's gradient, as Rescale takes f' where Δz = 0: the correction's quotient is skipped there.
@@ -163,7 +163,7 @@ NODE_BATCH = 1 << 20
 FIRST_NODES = 4
 #: how many ε (the dtype's resolution) of ‖y‖ + ‖ȳ‖ the first nodes may leave of ‖Δy − J̄Δx‖ in a group: the rounding
 #: Δy itself carries, within which more nodes cannot tell a better integral (float32 ViT-S/16: 4 nodes meet it in all
-#: but 0.2 % of the attention rows of its first 10 layers, 9 % and 62 % of its last two; measured)
+#: but at most 0.6 % of the attention rows of its first 10 layers, 9 % and 62 % of its last two; measured)
 ROUNDING = 8
 
 
