@@ -37,7 +37,7 @@ column at the same nodes, the Jacobian being symmetric); the other groups are co
 but at most 0.6 % of the attention rows of the first 10 layers, 9 % and 62 % of the last two; a sharpening
 softmax (above) takes the rule's nodes and its accuracy (tests/test_deeplift_modern.py).  The check probes J̄
 along Δx only, a heuristic rather than a bound: the quadrature's error in other directions shares its geometric
-rate (the same softmax along the segment, analytic in α), and in the tests φ kept within 1.1× of the fixed rule's
+rate (the same softmax along the segment, analytic in α), and on random softmaxes φ kept within 1.2× of the fixed rule's
 distance from the integral (float32; float64 both at rounding).
 *Where Δx = 0 in a group* (entries that do not move, or move by less than rounding:
 ‖Δx‖ ≤ ε·(1 + ‖x‖) with ε the dtype's resolution) the group's output does not move either and M = J̄ = J(x),
