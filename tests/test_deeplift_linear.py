@@ -113,3 +113,46 @@ def test_products_skip_the_references_half_with_the_same_multipliers(monkeypatch
     with torch.no_grad():
         delta = model(x)[:, 2] - model(torch.zeros_like(x))[:, 2]
     torch.testing.assert_close(fast.flatten(1).sum(1), delta, rtol=1e-10, atol=1e-10)
+
+
+class _Products(nn.Module):
+    """Linear layers written as Hugging Face's Conv1D (addmm on (N·T, C)), as x @ W and as torch.matmul, and one
+    addmm with α and β: the left factor alone on the path."""
+
+    def __init__(self):
+        super().__init__()
+        g = torch.Generator().manual_seed(4)
+        self.w1, self.b1 = torch.randn(6, 8, generator=g), torch.randn(8, generator=g)
+        self.w2, self.w3, self.w4 = (torch.randn(8, 8, generator=g) for _ in range(3))
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):  # x: (N, 5, 6)
+        n = x.shape[0]
+        h = torch.addmm(self.b1, x.reshape(-1, 6), self.w1).view(n, 5, 8)
+        h = torch.tanh(h) @ self.w2
+        h = torch.matmul(torch.sigmoid(h).reshape(-1, 8), self.w3)
+        h = torch.addmm(self.b1, torch.tanh(h), self.w4, beta=0.5, alpha=2.0).view(n, 5, 8)
+        return self.head(h.mean(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_products_with_a_constant_factor_skip_the_references_half(monkeypatch, dtype):
+    model = _Products().to(dtype).eval()
+    for name in ("w1", "b1", "w2", "w3", "w4"):
+        setattr(model, name, getattr(model, name).to(dtype))
+    x = torch.randn(3, 5, 6, dtype=dtype, generator=torch.Generator().manual_seed(5))
+    monkeypatch.setattr(deeplift_linear, "MIN_MACS", 1 << 62)  # never: autograd's product
+    off = tribute.DeepLift(model).attribute(x, target=2)
+    monkeypatch.setattr(deeplift_linear, "MIN_MACS", 0)
+    dims, zero_half = [], deeplift_linear._zero_half  # noqa: SLF001
+    monkeypatch.setattr(deeplift_linear, "_zero_half", lambda g: dims.append(zero_half(g)) or dims[-1])
+    m_on = tribute.DeepLift(model)
+    on = m_on.attribute(x, target=2)
+    assert len(dims) == 5 and set(dims) == {0}  # four products and the head, every reference half skipped
+    assert m_on.coverage.linear["torch.addmm"] == 2 and m_on.coverage.linear["torch.matmul"] == 1
+    assert not any("addmm" in k or "mm" in k for k in m_on.coverage.ruled)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(on, off, rtol=tol, atol=tol)
+    with torch.no_grad():  # summation-to-delta against the zero reference
+        delta = model(x)[:, 2] - model(torch.zeros_like(x))[:, 2]
+    torch.testing.assert_close(on.flatten(1).sum(1), delta, rtol=tol * 10, atol=tol * 10)

@@ -292,6 +292,77 @@ def test_the_rule_is_exact_for_any_number_of_nodes_and_converges_to_the_integral
     assert (phi - phis[128]).abs().max() <= 1e-6 * phis[128].abs().max()
 
 
+def _node_counts(monkeypatch) -> list[int]:
+    """The node counts of every softmax quadrature the rule computes from now on (spied)."""
+    from tribute.attribution import deeplift_multivariate as multivariate
+
+    counts, sums = [], multivariate.softmax_sums
+    monkeypatch.setattr(multivariate, "softmax_sums", lambda kind, r, dx, gs, a, w, d: counts.append(len(a))
+                        or sums(kind, r, dx, gs, a, w, d))
+    return counts
+
+
+def _with_nodes(nodes, fn, *args, **kwargs):
+    original = rule_table("deeplift")["softmax"]
+    register_rule("deeplift", "softmax", type(original)(nodes=nodes), replace=True)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        register_rule("deeplift", "softmax", original, replace=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_softmax_takes_its_first_nodes_where_they_integrate_to_rounding(monkeypatch, dtype):
+    # scores barely moving along the segment (float64) or within float32's resolution: 4 nodes meet the check, and φ is
+    # the integral's (128 nodes, float64) as closely as the rule's fixed 8 nodes make it
+    from tribute.attribution import deeplift_multivariate as multivariate
+
+    scale = 0.01 if dtype == torch.float64 else 0.3
+    x, base, _ = _input_and_reference(7, 16, 40)
+
+    def f(t):
+        return torch.softmax(scale * t, 1)
+
+    integral = _with_nodes(128, _deeplift, f, x, base, target=1)
+    counts = _node_counts(monkeypatch)
+    phi = _deeplift(f, x.to(dtype), base.to(dtype), target=1)
+    assert counts == [multivariate.FIRST_NODES]  # every row accepted the first nodes
+    monkeypatch.setattr(multivariate, "FIRST_NODES", 8)  # the fixed rule: the rule's 8 nodes throughout
+    fixed = _deeplift(f, x.to(dtype), base.to(dtype), target=1)
+    assert counts[1:] == [8]
+    top = integral.abs().max()
+    fixed_err = float((fixed.double() - integral).abs().max() / top)
+    err = float((phi.double() - integral).abs().max() / top)
+    # float64: both at 1e-16 (measured 0 and 2e-16); float32: 6.3e-8 and 5.9e-8 (measured)
+    assert err <= 2 * max(fixed_err, 10 * torch.finfo(dtype).eps)
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(phi.double().sum(1), _delta(f, x, base, 1), rtol=tol, atol=tol)
+
+
+def test_a_sharpening_softmax_takes_the_rules_nodes_and_its_accuracy(monkeypatch):
+    # scores spread twice as far as above's 2·t: 4 nodes leave the residual far above rounding in every row, which
+    # then take the rule's 8 nodes: φ is the fixed rule's exactly (1.6e-3 off the integral, as the module doc says),
+    # and 16 nodes bring it to 4e-7
+    from tribute.attribution import deeplift_multivariate as multivariate
+
+    x, base, _ = _input_and_reference(4, 3, 5)
+
+    def f(t):
+        return torch.softmax(4 * t, 1)
+
+    counts = _node_counts(monkeypatch)
+    phi = _deeplift(f, x, base, target=1)
+    assert counts == [multivariate.FIRST_NODES, 8]
+    monkeypatch.setattr(multivariate, "FIRST_NODES", 8)
+    assert torch.equal(_deeplift(f, x, base, target=1), phi)
+    monkeypatch.undo()
+    integral = _with_nodes(128, _deeplift, f, x, base, target=1)
+    top = integral.abs().max()
+    assert 1e-3 < (phi - integral).abs().max() / top < 2e-3
+    assert (_with_nodes(16, _deeplift, f, x, base, target=1) - integral).abs().max() / top < 1e-6
+    torch.testing.assert_close(phi.sum(1), _delta(f, x, base, 1), rtol=1e-12, atol=1e-14)
+
+
 def test_a_layer_norm_whose_segment_passes_near_zero_variance_is_integrated_exactly():
     # the segment from x̄ = (1, −1, 0) to x = (−1, 1 + 1e-3, 0) passes within 1e-3 of constant entries, where
     # LayerNorm's 1/σ peaks (ε = 1e-5): J̄ against dense Gauss–Legendre nodes on pieces graded towards the peak

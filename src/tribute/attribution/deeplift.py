@@ -26,7 +26,7 @@ from ..core.rules import ElementwiseRule, RuleSet, derivative
 from ..core.strictness import UncoveredModelError
 from ..core.summation import summation_miss
 from ..core.targets import Target
-from .deeplift_linear import PairedLinear
+from .deeplift_linear import PRODUCTS, PairedLinear, PairedProduct
 from .deeplift_multivariate import GROUPINGS, AveragedJacobian
 from .deeplift_ops import BILINEAR, QUOTIENTS, BilinearRule, QuotientRule, check_pairs
 from .deeplift_pooling import SELECTIONS, MaxPoolRule, SelectionCheck
@@ -65,14 +65,24 @@ class Rescale(ElementwiseRule):
         z = saved[0]
         zx, zr = z.chunk(2)
         dz = zx - zr
-        close = dz.abs() <= self.tolerance * (1 + zx.abs())
-        safe_dz = torch.where(close, 1.0, dz)
-        if len(saved) > 1 and not torch.is_grad_enabled():
-            dy = saved[1]
-        else:  # the attribution differentiated (create_graph): f(z) recomputed where autograd sees it
-            dy = nl(zx, **params) - nl(zr, **params)
-        ratio = dy / safe_dz
-        if bool(close.any()):
+        if torch.is_grad_enabled():  # the attribution differentiated (create_graph): as autograd records it
+            close = dz.abs() <= self.tolerance * (1 + zx.abs())
+            dy = nl(zx, **params) - nl(zr, **params)  # f(z) recomputed where autograd sees it
+        else:  # the same test in place, in a buffer the ratio then reuses (a layer's worth each: fewer allocations)
+            bound = zx.abs().add_(1).mul_(self.tolerance)
+            close = torch.le(dz.abs(), bound)
+            dy = saved[1] if len(saved) > 1 else nl(zx, **params) - nl(zr, **params)
+        some_close = bool(close.any())
+        safe_dz = torch.where(close, 1.0, dz) if some_close else dz  # (usually none: no pass for the where)
+        reuse = not torch.is_grad_enabled() and dy.dtype == dz.dtype and dy.shape == dz.shape
+        ratio = torch.div(dy, safe_dz, out=bound) if reuse else dy / safe_dz
+        if some_close and not torch.is_grad_enabled() and not any(map(torch.is_tensor, params.values())):
+            # f' at the close entries alone, not over the layer (a few close entries per GELU layer in Swin); their
+            # flat indices found once (each boolean index would search the mask again)
+            at = close.reshape(-1).nonzero().squeeze(1)
+            mid = (zx.reshape(-1)[at] + zr.reshape(-1)[at]) / 2
+            ratio = ratio.reshape(-1).index_copy_(0, at, derivative(nl, mid, params)).view(ratio.shape)
+        elif some_close:  # a parameter tensor broadcast over z (PReLU's weight), or derivatives of the attribution
             ratio = torch.where(close, derivative(nl, (zx + zr) / 2, params), ratio)
         # both halves take the same ratio: broadcast over the pair instead of concatenating it
         return (gy.unflatten(0, (2, -1)) * ratio).flatten(0, 1)
@@ -82,7 +92,8 @@ class Rescale(ElementwiseRule):
 
 
 register_rule(FAMILY, "*", Rescale())
-register_rule(FAMILY, BILINEAR, BilinearRule())
+register_rule(FAMILY, tuple(op for op in BILINEAR if op not in PRODUCTS), BilinearRule())
+register_rule(FAMILY, PRODUCTS, PairedProduct())
 register_rule(FAMILY, QUOTIENTS, QuotientRule())
 register_rule(FAMILY, tuple(GROUPINGS), AveragedJacobian())
 register_rule(FAMILY, "max_pool2d", MaxPoolRule())
@@ -99,15 +110,17 @@ class DeepLift(Method):
     Each op on the input's path gets multipliers m with Σ m·Δ(inputs) = Δ(output) exactly (Shrikumar et al.
     2017, §3.3), so summation-to-delta, Σ_i φ_i = S_c(x) − S_c(x̄), holds to rounding on networks built from:
 
-    - linear layers, additions, reshapes (their gradient; a large ``F.linear`` multiplies only the inputs' rows in
-      the backward pass, the references' carrying zeros: :mod:`tribute.attribution.deeplift_linear`);
+    - linear layers, additions, reshapes (their gradient; a large ``F.linear``, x @ W or ``addmm`` (Hugging Face's
+      Conv1D) multiplies only the inputs' rows in the backward pass, the references' carrying zeros:
+      :mod:`tribute.attribution.deeplift_linear`);
     - elementwise nonlinearities, including powers, square roots and reciprocals: Rescale's secant;
     - products of two tensors on the path (a·b, a @ b, ``einsum``, ``bmm``, gates, attention's QKᵀ and AV) and
       quotients a / b: the Shapley split Δ(ab) = ½(b + b̄)Δa + ½(a + ā)Δb (Lundberg & Lee 2017), with 1/b's
       secant −1/(b·b̄) for a divisor (:mod:`tribute.attribution.deeplift_ops`);
     - softmax, log-softmax, LayerNorm, GroupNorm, RMSNorm, instance norm, ``F.normalize``: per softmax vector or
       normalised group M = J̄ + (Δy − J̄Δx)Δxᵀ/‖Δx‖², J̄ the op's Jacobian averaged from x̄ to x (in closed form
-      for the norms, by 8-node Gauss–Legendre quadrature for the others; Ancona et al. 2018), so M Δx = Δy
+      for the norms, by 8-node Gauss–Legendre quadrature for the others, 4 where they integrate to rounding;
+      Ancona et al. 2018), so M Δx = Δy
       (:mod:`tribute.attribution.deeplift_multivariate`).  Attention (``sdpa``, ``nn.MultiheadAttention``) is
       taken apart into its products and softmax.
 

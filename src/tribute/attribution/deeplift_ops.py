@@ -62,7 +62,7 @@ def halves(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def midpoint(t: torch.Tensor) -> torch.Tensor:
     """(t + t̄)/2 in both halves of a 2N-row batch: the value halfway between each input row and its reference."""
     x, r = halves(t)
-    m = (x + r) / 2
+    m = torch.add(x, r).mul_(0.5)  # (x + r)/2 to the bit, one buffer
     return torch.cat([m, m])
 
 
@@ -166,7 +166,7 @@ def _inputs_half(kind: str, g: torch.Tensor, ts: tuple) -> tuple[torch.Tensor, t
     """The written-out VJPs of :class:`_Bilinear` on the inputs' rows only, zeros on the references' (a zero row of
     g gives zero VJPs for finite midpoints; a non-finite midpoint takes the full product, as 0·∞ would)."""
     n = g.shape[0] // 2
-    a, b = ((x + r) / 2 for x, r in (halves(t) for t in ts))
+    a, b = (torch.add(x, r).mul_(0.5) for x, r in (halves(t) for t in ts))  # (x + r)/2 to the bit, one buffer
     if not bool((a.sum() + b.sum()).isfinite()):  # a finite sum means finite entries
         a, b = (torch.cat([t, t]) for t in (a, b))
         n = g.shape[0]
