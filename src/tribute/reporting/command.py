@@ -5,35 +5,24 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..commands.subcommand import Command
 from ..viz.encode import DEFAULT_PERCENTILE
 from .build import DEFAULT_MAX_SAMPLES
 from .samples import SCALES
 
 
-def add_report_command(commands) -> argparse.ArgumentParser:
-    """Add the ``report`` sub-parser to ``commands`` (the ``add_subparsers`` of ``tribute``'s parser)."""
-    rp = commands.add_parser(
-        "report", help="write the HTML report of a run directory (maps, metrics, curves, settings)",
-        description="Write one self-contained HTML page (images embedded; opens offline in any browser) about "
-                    "RUN_DIR: each sample's image and every method's heat map with its scale, the metric table with "
-                    "the direction that is better, the metric curves, what each method computed (options, seeds, "
-                    "target, model), the run log (settings, versions, time spent), and a note for anything "
-                    "missing. RUN_DIR is a folder written by 'tribute explain' or 'tribute evaluate --out', or a "
-                    "single attribution store (tribute.store.compute_store). Needs: pip install 'tribute[report]'.",
-    )
-    rp.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (or attribution store) to report on")
-    rp.add_argument("--out", default=None, help="the HTML file to write (default: RUN_DIR/report.html)")
-    rp.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES,
-                    help="show at most this many samples, the first ones (default: %(default)s)")
-    rp.add_argument("--scale", choices=SCALES, default="map",
-                    help="'map': each map at its own scale; 'method': one scale per method, to compare samples "
-                         "(default: %(default)s)")
-    rp.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
-                    help="a map's scale is this percentile of |attribution| (default: %(default)s)")
-    rp.add_argument("--title", default=None, help="the page's title (default: the folder's name)")
-    rp.add_argument("--quiet", action="store_true", help="print nothing")
-    rp.set_defaults(run=run_report)
-    return rp
+def report_options(parser: argparse.ArgumentParser) -> None:
+    """The ``report`` command's arguments."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="the run directory (or attribution store) to report on")
+    parser.add_argument("--out", default=None, help="the HTML file to write (default: RUN_DIR/report.html)")
+    parser.add_argument("--max-samples", type=int, default=DEFAULT_MAX_SAMPLES,
+                        help="show at most this many samples, the first ones (default: %(default)s)")
+    parser.add_argument("--scale", choices=SCALES, default="map",
+                        help="'map': each map at its own scale; 'method': one scale per method, to compare samples "
+                             "(default: %(default)s)")
+    parser.add_argument("--percentile", type=float, default=DEFAULT_PERCENTILE,
+                        help="a map's scale is this percentile of |attribution| (default: %(default)s)")
+    parser.add_argument("--title", default=None, help="the page's title (default: the folder's name)")
 
 
 def run_report(args: argparse.Namespace) -> int:
@@ -50,3 +39,14 @@ def run_report(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"tribute report: wrote {path}")
     return 0
+
+
+REPORT = Command(
+    "report", run_report, help="write the HTML report of a run directory (maps, metrics, curves, settings)",
+    description="Write one self-contained HTML page (images embedded; opens offline in any browser) about "
+                "RUN_DIR: each sample's image and every method's heat map with its scale, the metric table with "
+                "the direction that is better, the metric curves, what each method computed (options, seeds, "
+                "target, model), the run log (settings, versions, time spent), and a note for anything "
+                "missing. RUN_DIR is a folder written by 'tribute explain' or 'tribute evaluate --out', or a "
+                "single attribution store (tribute.store.compute_store). Needs: pip install 'tribute[report]'.",
+    options=report_options)
