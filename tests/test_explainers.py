@@ -79,8 +79,10 @@ def test_the_head_maps_features_to_the_input_size(feature, inp, strides):
 
 
 def test_widths_narrow_by_default_and_the_paper_s_widen():
-    assert default_widths(512) == (256, 128, 64, 32)
+    assert default_widths(64) == (32, 16, 8, 8)  # the experiment's width-8 ResNet-18: no cap reached
     assert default_widths(32) == (16, 8, 8, 8)  # none below 8
+    assert default_widths(512) == (128, 64, 32, 16)  # capped at 16·2^(L−1−i)
+    assert default_widths(2048, layers=5) == (256, 128, 64, 32, 16)
     paper = ExplainerHead(512, (4, 4), (32, 32), PAPER_WIDTHS)
     convs = [m for m in paper.modules() if isinstance(m, nn.ConvTranspose2d)]
     assert [c.out_channels for c in convs] == [64, 128, 256, 512] and paper.out.in_channels == 512
@@ -88,6 +90,31 @@ def test_widths_narrow_by_default_and_the_paper_s_widen():
     assert all(isinstance(m, nn.ReLU) for m in paper.upsample[2::3])
     with pytest.raises(ValueError, match="positive ints"):
         ExplainerHead(8, (2, 2), (8, 8), (4, 0))
+
+
+def _multiply_adds(head: ExplainerHead, features: torch.Tensor) -> list[int]:
+    """Multiply-adds per image of each transposed convolution, counted from the shapes the layers saw."""
+    counts = []
+    hooks = [m.register_forward_hook(lambda m, i, o: counts.append(
+        i[0][0].numel() * m.out_channels * m.kernel_size[0] * m.kernel_size[1]))
+        for m in head.modules() if isinstance(m, nn.ConvTranspose2d)]
+    with torch.no_grad():
+        head(features)
+    for h in hooks:
+        h.remove()
+    return counts
+
+
+def test_the_default_head_s_cost_past_its_first_layer_does_not_grow_with_the_channels():
+    # an ImageNet-sized CNN's last stage (7×7) to 224×224: every layer after the first costs the same for any C,
+    # the first grows linearly in C; uncapped (C/2, C/4, ...) the full-resolution layer alone grows as C²
+    costs = {c: _multiply_adds(ExplainerHead(c, (7, 7), (224, 224)), torch.zeros(1, c, 7, 7))
+             for c in (256, 512, 1280, 2048)}
+    assert len({tuple(v[1:]) for v in costs.values()}) == 1
+    assert costs[2048][0] == 8 * costs[256][0] == 49 * 2048 * 128 * 4 * 4
+    assert costs[256][-1] == 56 * 56 * 32 * 16 * 8 * 8  # stride 4, kernel 8: 7→224 needs 2, 2, 2, 4
+    uncapped = _multiply_adds(ExplainerHead(1280, (7, 7), (224, 224), (640, 320, 160, 80)), torch.zeros(1, 1280, 7, 7))
+    assert sum(costs[1280]) < 0.1 * sum(uncapped)
 
 
 # -- the wrapper -----------------------------------------------------------------------------------------------

@@ -225,6 +225,74 @@ def test_default_layer_ignores_spatial_pooling_in_side_branches(x):
     assert str(find_default_layer(Forward(SE().to(DT)), x)) == "body"
 
 
+class _ChannelsLastNorm(nn.Module):
+    """torchvision ConvNeXt's LayerNorm2d: (N, C, H, W) → channels last → layer norm over C → back."""
+
+    def __init__(self, channels: int, swap: str):
+        super().__init__()
+        self.norm, self.swap = nn.LayerNorm(channels), swap
+
+    def forward(self, h):
+        if self.swap == "permute":
+            return self.norm(h.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        if self.swap == "movedim":
+            return torch.movedim(self.norm(torch.movedim(h, 1, -1)), -1, 1)
+        return self.norm(h.transpose(1, 3)).transpose(1, 3)  # (N, W, H, C): another order, also not a map
+
+
+class _ConvNeXtStyle(nn.Module):
+    """A ConvNeXt block (depthwise convolution, then LayerNorm and an MLP on channels-last tensors) and
+    ConvNeXt's head: global pooling, then a channels-last LayerNorm on the (N, C, 1, 1) pooled map."""
+
+    def __init__(self, swap: str):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 6, 3, padding=1)
+        self.dw = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.mlp = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 12), nn.GELU(), nn.Linear(12, 6))
+        self.pool, self.head_norm = nn.AdaptiveAvgPool2d(1), _ChannelsLastNorm(6, swap)
+        self.fc = nn.Linear(6, 2)
+
+    def forward(self, x):
+        h = self.stem(x)
+        h = h + self.mlp(self.dw(h).permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+        return self.fc(self.head_norm(self.pool(h)).flatten(1))
+
+
+@pytest.mark.parametrize("swap", ["permute", "movedim", "transpose"])
+def test_default_layer_is_not_a_channels_last_tensor(swap, x):
+    # the last 4-D tensors before the output are the head's (N, 1, 1, C) layer norm and the block's (N, H, W, C)
+    # MLP: channels last, not maps; the map is the residual sum in (N, C, H, W), which no module returns
+    net = _ConvNeXtStyle(swap).to(DT)
+    site = find_default_layer(Forward(net), x)
+    assert isinstance(site, OpSite) and "add" in str(site), str(site)
+    with torch.no_grad(), capture(site, x) as cap:
+        net(x)
+    assert cap.value.shape == (x.shape[0], 6, *x.shape[2:])
+    h = net.stem(x)
+    torch.testing.assert_close(cap.value, h + net.mlp(net.dw(h).permute(0, 2, 3, 1)).permute(0, 3, 1, 2))
+    cam = tribute.explain(net, x, "gradcam", target=1, upsample=False)
+    assert cam.shape == (x.shape[0], 1, *x.shape[2:])
+
+
+def test_default_layer_of_a_channels_last_trunk_is_where_it_turns_back(x):
+    class Permute(nn.Module):  # torchvision's Swin ends its channels-last trunk with a Permute module
+        def forward(self, h):
+            return h.permute(0, 3, 1, 2)
+
+    class SwinStyle(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = nn.Conv2d(3, 6, 2, stride=2)
+            self.blocks = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 6), nn.GELU(), nn.LayerNorm(6))
+            self.permute, self.fc = Permute(), nn.Linear(6, 2)
+
+        def forward(self, x):
+            h = self.permute(self.blocks(self.embed(x).permute(0, 2, 3, 1)))
+            return self.fc(h.mean(dim=(2, 3)))
+
+    assert str(find_default_layer(Forward(SwinStyle().to(DT)), x)) == "permute"
+
+
 def test_default_layer_of_a_functional_model_is_a_function_call(x):
     for style, net in residual_cnns().items():
         site = find_default_layer(Forward(net), x)

@@ -23,13 +23,15 @@ the output with another tensor (integrated gradients in the layer's activation s
 The default layer of the CAM family (a transformer's tokens: :mod:`tribute.core.token_layers`)
 -----------------------------------------------------------------------------------------------
 :func:`find_default_layer` runs a one-row probe pass that follows the tensors derived from the input (a
-torch-function mode tags them) and walks back from the model's output to the nearest four-dimensional
-tensor (N, C, H, W) with more than one spatial position: the last spatial feature map before the spatial
-dimensions collapse (global pooling, flatten).  In a torchvision ResNet that is the input of ``avgpool``,
-which is ``layer4``'s output (not ``layer4[-1].conv2``).  If a module returns that tensor, the layer is
-that module (the outermost one, e.g. ``layer4`` rather than its last block); if only a function produces
-it (``F.adaptive_avg_pool2d`` in a functional model) the layer is that call, found again in later passes
-by its position among the calls of the same function on the input's path.
+torch-function mode tags them) and walks back from the model's output to the nearest four-dimensional tensor (N,
+C, H, W) with more than one spatial position: the last spatial feature map before the spatial dimensions collapse
+(global pooling, flatten). A tensor whose axes were reordered from the input's (channels last, (N, H, W, C),
+inside torchvision's ConvNeXt and Swin blocks and in ConvNeXt's ``LayerNorm2d``) is not taken for a map: the probe
+follows each 4-D tensor's layout (:class:`_ProbeMode`). In a torchvision ResNet that is the input of ``avgpool``,
+which is ``layer4``'s output (not ``layer4[-1].conv2``). If a module returns that tensor, the layer is that module
+(the outermost one, e.g. ``layer4`` rather than its last block); if only a function produces it
+(``F.adaptive_avg_pool2d`` in a functional model) the layer is that call, found again in later passes by its
+position among the calls of the same function on the input's path.
 """
 
 from __future__ import annotations
@@ -130,24 +132,59 @@ class _Record:
     inputs: list[int]
 
 
+#: calls that reorder a tensor's axes, whose effect on the layout :meth:`_ProbeMode.layout_after` works out
+AXIS_ORDER_FUNCTIONS = frozenset({"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis"})
+CHANNELS_FIRST = (0, 1, 2, 3)
+
+
 class _ProbeMode(PathMode):
     """Record which call made each tensor on the input's path (tensors numbered by serials).
 
     A call that returns one of its inputs unchanged (``contiguous()``, ``float()`` on a float tensor) is
     transparent; an in-place call gives the tensor a new serial (its new value).
+
+    Layouts.  A 4-D tensor's *layout* says which axis of the input's (N, C, H, W) each of its axes is:
+    ``(0, 1, 2, 3)`` for the input, ``(0, 2, 3, 1)`` after ``permute(0, 2, 3, 1)`` (channels last, as in the
+    blocks of torchvision's ConvNeXt and Swin, whose LayerNorm and Linear layers act on the last axis).  Calls that
+    reorder axes (:data:`AXIS_ORDER_FUNCTIONS`) reorder the layout; any other call giving a 4-D tensor keeps the
+    layout of its first 4-D input (a convolution, a layer norm over the last axis, an activation); a 4-D tensor
+    made from tensors of other ranks (a token sequence reshaped to a grid) has no known layout (None).
     """
 
     def __init__(self):
         super().__init__()
         self.records: dict[int, _Record] = {}
         self.shapes: dict[int, tuple[int, ...]] = {}
+        self.layouts: dict[int, tuple[int, ...] | None] = {}
         self.counts: dict[Any, int] = {}
 
-    def number(self, t: torch.Tensor) -> int:
+    def number(self, t: torch.Tensor, layout: tuple[int, ...] | None = None) -> int:
         s = len(self.shapes)
         self.shapes[s] = tuple(t.shape)
+        self.layouts[s] = layout
         self.mark(t, s)
         return s
+
+    def layout_after(self, func, args, kwargs, ins: list[torch.Tensor], out: torch.Tensor) -> tuple[int, ...] | None:
+        """The layout of the 4-D ``out`` of ``func`` (class doc)."""
+        known = [(t, self.layouts.get(self.serial(t))) for t in ins if t.dim() == 4]
+        known = [(t, lay) for t, lay in known if lay is not None]
+        if out.dim() != 4 or not known:
+            return None
+        source, layout = known[0]
+        if _func_name(func) not in AXIS_ORDER_FUNCTIONS:
+            return layout
+        # replay the call on a meta tensor of distinct sizes: the output's sizes say where each axis went
+        sizes = (2, 3, 5, 7)
+        stand_in = torch.empty(sizes, device="meta")
+        swapped = [stand_in if a is source else a for a in args]
+        try:
+            moved = func(*swapped, **{k: stand_in if v is source else v for k, v in kwargs.items()})
+        except (RuntimeError, TypeError, ValueError, IndexError, NotImplementedError):
+            return None  # a call the replay cannot repeat: the layout is unknown, as for a reshaped token grid
+        if not isinstance(moved, torch.Tensor) or sorted(moved.shape) != list(sizes):
+            return None
+        return tuple(layout[sizes.index(n)] for n in moved.shape)
 
     def serial(self, t: Any) -> int | None:
         tag = self.tag_of(t)
@@ -161,7 +198,7 @@ class _ProbeMode(PathMode):
         for i, o in outputs_of(out):
             if any(o is t and o._version == v for t, _, v in before):
                 continue  # the same tensor, unchanged
-            s = self.number(o)
+            s = self.number(o, self.layout_after(func, args, kwargs, ins, o))
             self.records[s] = _Record(func, k, i, [b for _, b, _ in before])
         return out
 
@@ -185,7 +222,7 @@ def find_default_layer(forward: Forward, x: torch.Tensor) -> Site:
         return hook
 
     row, handles = x[:1].detach(), []
-    probe.number(row)
+    probe.number(row, CHANNELS_FIRST if row.dim() == 4 else None)
     try:
         for name, m in modules.items():
             handles.append(m.register_forward_hook(watcher(name)))
@@ -206,8 +243,8 @@ def find_default_layer(forward: Forward, x: torch.Tensor) -> Site:
             grids = [(n if calls[n] == 1 else f"{n}#{k}", probe.shapes[t]) for n, k, t in module_calls
                      if is_token_grid(probe.shapes[t])]
             raise LayerError(token_model_message(owner[s], shape, list(dict(grids).items())))
-        if len(shape) == 4 and shape[2] * shape[3] > 1 and (s in owner or rec is None
-                                                            or _func_name(rec.func) not in SHAPE_FUNCTIONS):
+        if (len(shape) == 4 and shape[2] * shape[3] > 1 and probe.layouts[s] in (None, CHANNELS_FIRST)
+                and (s in owner or rec is None or _func_name(rec.func) not in SHAPE_FUNCTIONS)):
             found = s
             break
         for p in rec.inputs if rec is not None else ():

@@ -56,7 +56,8 @@ class AlignedExplainer(nn.Module):
         The feature layer, named as in ``classifier.named_modules()`` (or the submodule); default: the CAM
         family's layer.  A layer that does not exist, or whose output is not (N, C, h, w), is a ``LayerError``.
     widths : sequence of int, optional
-        The head's channels per transposed-convolution layer (default: narrowing, C/2, C/4, ...;
+        The head's channels per transposed-convolution layer (default: narrowing, C/2, C/4, ..., capped at
+        128, 64, 32, 16 so that its cost does not grow with C², see :func:`~tribute.explainers.head.default_widths`;
         ``tribute.explainers.PAPER_WIDTHS`` for the paper's 64, 128, 256, 512).
     """
 

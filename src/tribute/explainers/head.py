@@ -20,9 +20,16 @@ output padding are chosen per axis (:func:`plan_axis`) so that the output has ex
   convolution's padding crops its full output symmetrically; an odd surplus takes one output padding or an even
   kernel), so no interpolation and no separate crop is ever needed.
 
-Widths.  The default narrows toward the output: C/2, C/4, C/8, C/16 channels (at least 8), which costs a small
-fraction of the classifier's forward pass; ``widths=PAPER_WIDTHS`` gives the paper's 64, 128, 256, 512, whose wide
-layers at the full resolution cost several classifier passes (``benchmarks/bench_aligned.py`` measures both).
+Widths. The default narrows toward the output: C/2, C/4, C/8, C/16 channels, none below 8 and none above
+16·2^(L−1−i) in layer i of L (128, 64, 32, 16 for four layers). A layer's cost is (input pixels) × (in channels) ×
+(out channels) × kernel²; the pixels grow by the stride² per layer, so channels that halve per layer keep the layers
+at equal cost, and the cap makes the cost of every layer after the first a property of the input's size, not of C
+(the full-resolution layer: H·W/s² · 32·16·(2s)² per image, about the cost of a CNN's first convolution); the first
+layer's cost grows linearly in C, like that of the classifier's own last convolution. Without the cap the head grows
+with C² (EfficientNet-Lite0's 1280 channels at 7×7 → 224×224: widths 640, 320, 160, 80, the explainer measured at
+4.2× the classifier's forward pass; capped: 128, 64, 32, 16). Small feature maps are unaffected (C = 64: 32, 16, 8,
+8). ``widths=PAPER_WIDTHS`` gives the paper's 64, 128, 256, 512, whose wide layers at the full resolution cost
+several classifier passes (``benchmarks/bench_aligned.py`` measures both on several architectures).
 
 The output layer is a plain 1×1 convolution, without the paper's final ReLU: the alignment targets are
 non-negative, but a ReLU at the output stops the gradient at every pixel where it is 0.
@@ -40,6 +47,8 @@ from torch import nn
 PAPER_WIDTHS = (64, 128, 256, 512)
 DEFAULT_LAYERS = 4
 MIN_DEFAULT_WIDTH = 8
+#: the default's channels at the output resolution; each layer nearer the features may have twice its successor's
+OUTPUT_WIDTH_CAP = 16
 
 
 @dataclass(frozen=True)
@@ -56,8 +65,10 @@ class AxisStep:
 
 
 def default_widths(channels: int, layers: int = DEFAULT_LAYERS) -> tuple[int, ...]:
-    """The narrowing default: C/2, C/4, ... (one per layer), none below 8."""
-    return tuple(max(channels // 2 ** (i + 1), MIN_DEFAULT_WIDTH) for i in range(layers))
+    """The narrowing default: C/2, C/4, ... (one per layer), none below 8, layer i of L at most 16·2^(L−1−i), so
+    that the head's cost past its first layer depends on the input's size only, not on C (module doc)."""
+    return tuple(max(min(channels // 2 ** (i + 1), OUTPUT_WIDTH_CAP * 2 ** (layers - 1 - i)), MIN_DEFAULT_WIDTH)
+                 for i in range(layers))
 
 
 def _strides(size_in: int, size_out: int, layers: int) -> list[int]:
