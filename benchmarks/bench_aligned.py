@@ -20,11 +20,13 @@ leave out waits for a core on a shared machine) are the medians over the rounds.
     python benchmarks/bench_aligned.py --quick    # 3 rounds, no SmoothGrad
     PYTHONPATH=src /work/venvs/tv/bin/python benchmarks/bench_aligned.py --quick    # the torchvision CNNs
 
-Measured before the default head was capped (one thread, CPU ms per image): on the CIFAR ResNet-18, classifier 10.7,
-aligned with the uncapped default head (256, 128, 64, 32) 11.9 (1.12×), paper widths 31.4 (2.94×); on
-EfficientNet-Lite0 at 224×224 the uncapped default (640, 320, 160, 80) cost 4.2× the classifier, which is why the
-default is capped now.  The figures for the capped head are in the closing note of issue 15 and in
-docs/experiment_alignment.md.
+Measured 2026-12-07 (one thread, ``--quick``, the other core busy with other work; CPU time of the default head's
+explainer / the classifier's forward pass): CIFAR ResNet-18 1.04× (paper widths 2.94×), EfficientNet-Lite0 1.11×
+(29.6×), ResNet-50 1.13× (10.2×), ConvNeXt-T 1.07× (7.1×), VGG-11 1.04× (5.7×), DenseNet-121 1.16× (12.2×),
+EfficientNet-B0 1.33× and 1.48× in two runs (40×), MobileNetV3-Small 3.47× and 4.20× (265×).  At 224×224 the default
+head costs ≈ 8 ms per image whatever the model, which is more than a fifth of the two smallest classifiers' passes
+(23 and 3.5 ms); ``--widths 32 16 8 4`` measured 1.13× on EfficientNet-B0 and 1.76× on MobileNetV3-Small.  Before
+the cap, the default head (C/2, C/4, ...) on EfficientNet-Lite0 (640, 320, 160, 80) cost 4.2×.
 """
 
 from __future__ import annotations
@@ -86,7 +88,7 @@ def zoo(side: int) -> dict[str, tuple[Callable[[], nn.Module], tuple[int, int, i
 
 
 def measure(name: str, model: nn.Module, shape: tuple[int, int, int], batch: int, repeats: int,
-            smoothgrad: bool) -> None:
+            smoothgrad: bool, widths: tuple[int, ...] | None = None) -> None:
     model.eval()
     x = torch.randn((batch, *shape), generator=torch.Generator().manual_seed(1))  # normalised-image statistics
     torch.manual_seed(0)
@@ -106,6 +108,9 @@ def measure(name: str, model: nn.Module, shape: tuple[int, int, int], batch: int
              "aligned, default head": lambda: tribute.explain(default, x, "aligned"),
              "aligned, paper widths": lambda: tribute.explain(paper, x, "aligned"),
              "gradient": lambda: tribute.explain(model, x, "gradient")}
+    if widths:
+        chosen = AlignedExplainer(model, shape, widths=widths).eval()
+        sides[f"aligned, widths {','.join(map(str, widths))}"] = lambda: tribute.explain(chosen, x, "aligned")
     for side in sides.values():  # warm-up
         side()
     times = rounds(sides, repeats)
@@ -113,9 +118,9 @@ def measure(name: str, model: nn.Module, shape: tuple[int, int, int], batch: int
         times.update(rounds({"smoothgrad (50 samples)": lambda: tribute.explain(model, x, "smoothgrad", samples=50,
                                                                                seed=0)}, 1))
     base_wall, base_cpu = times["classifier"]
-    print(f"{'side':26s} {'wall s':>8s} {'cpu s':>8s} {'wall ×':>7s} {'cpu ×':>7s} {'ms/image (cpu)':>15s}")
+    print(f"{'side':30s} {'wall s':>8s} {'cpu s':>8s} {'wall ×':>7s} {'cpu ×':>7s} {'ms/image (cpu)':>15s}")
     for side, (wall, cpu) in times.items():
-        print(f"{side:26s} {wall:8.3f} {cpu:8.3f} {wall / base_wall:7.2f} {cpu / base_cpu:7.2f} "
+        print(f"{side:30s} {wall:8.3f} {cpu:8.3f} {wall / base_wall:7.2f} {cpu / base_cpu:7.2f} "
               f"{1000 * cpu / batch:15.2f}")
     ratio = times["aligned, default head"][1] / base_cpu
     print(f"target ≤ 1.2× (default head, CPU): {'MET' if ratio <= 1.2 else 'NOT MET'} ({ratio:.2f}×)")
@@ -128,6 +133,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--side", type=int, default=224, help="image side of the torchvision models")
     ap.add_argument("--models", nargs="*", help="a subset of the models this environment can build")
+    ap.add_argument("--widths", type=int, nargs="+", help="also time a head of these widths")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     models = zoo(args.side)
@@ -138,7 +144,8 @@ def main() -> None:
     for name in args.models or models:
         build, shape, batch = models[name]
         repeats = args.repeats or (3 if args.quick or shape[1] > 64 else 9)
-        measure(name, build(), shape, batch, repeats, smoothgrad=not args.quick and name == "resnet18_cifar")
+        measure(name, build(), shape, batch, repeats, smoothgrad=not args.quick and name == "resnet18_cifar",
+                widths=tuple(args.widths) if args.widths else None)
 
 
 if __name__ == "__main__":
