@@ -293,6 +293,20 @@ def test_default_layer_of_a_channels_last_trunk_is_where_it_turns_back(x):
     assert str(find_default_layer(Forward(SwinStyle().to(DT)), x)) == "permute"
 
 
+def test_default_layer_of_a_model_taking_channels_last_images(x):
+    # layouts come from the convolutions, not from the input: (N, H, W, C) images permuted by the model itself
+    class TakesNHWC(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, images):
+            return self.fc(self.features(images.permute(0, 3, 1, 2)).mean(dim=(2, 3)))
+
+    assert str(find_default_layer(Forward(TakesNHWC().to(DT)), x.permute(0, 2, 3, 1))) == "features"
+
+
 def test_default_layer_of_a_functional_model_is_a_function_call(x):
     for style, net in residual_cnns().items():
         site = find_default_layer(Forward(net), x)

@@ -25,13 +25,13 @@ The default layer of the CAM family (a transformer's tokens: :mod:`tribute.core.
 :func:`find_default_layer` runs a one-row probe pass that follows the tensors derived from the input (a
 torch-function mode tags them) and walks back from the model's output to the nearest four-dimensional tensor (N,
 C, H, W) with more than one spatial position: the last spatial feature map before the spatial dimensions collapse
-(global pooling, flatten). A tensor whose axes were reordered from the input's (channels last, (N, H, W, C),
+(global pooling, flatten). A tensor whose axes were reordered from a convolution's (channels last, (N, H, W, C),
 inside torchvision's ConvNeXt and Swin blocks and in ConvNeXt's ``LayerNorm2d``) is not taken for a map: the probe
-follows each 4-D tensor's layout (:class:`_ProbeMode`). In a torchvision ResNet that is the input of ``avgpool``,
-which is ``layer4``'s output (not ``layer4[-1].conv2``). If a module returns that tensor, the layer is that module
-(the outermost one, e.g. ``layer4`` rather than its last block); if only a function produces it
-(``F.adaptive_avg_pool2d`` in a functional model) the layer is that call, found again in later passes by its
-position among the calls of the same function on the input's path.
+follows each 4-D tensor's layout from the convolutions (:class:`_ProbeMode`). In a torchvision ResNet that is the
+input of ``avgpool``, which is ``layer4``'s output (not ``layer4[-1].conv2``). If a module returns that tensor,
+the layer is that module (the outermost one, e.g. ``layer4`` rather than its last block); if only a function
+produces it (``F.adaptive_avg_pool2d`` in a functional model) the layer is that call, found again in later passes
+by its position among the calls of the same function on the input's path.
 """
 
 from __future__ import annotations
@@ -135,6 +135,11 @@ class _Record:
 #: calls that reorder a tensor's axes, whose effect on the layout :meth:`_ProbeMode.layout_after` works out
 AXIS_ORDER_FUNCTIONS = frozenset({"permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis"})
 CHANNELS_FIRST = (0, 1, 2, 3)
+#: calls whose 4-D output is (N, C, H, W) by definition
+CHANNELS_FIRST_FUNCTIONS = frozenset({
+    "conv2d", "conv_transpose2d", "max_pool2d", "max_pool2d_with_indices", "avg_pool2d", "adaptive_avg_pool2d",
+    "adaptive_max_pool2d", "lp_pool2d", "batch_norm", "instance_norm", "group_norm", "pixel_shuffle",
+    "pixel_unshuffle", "interpolate", "upsample", "upsample_bilinear", "upsample_nearest"})
 
 
 class _ProbeMode(PathMode):
@@ -143,12 +148,14 @@ class _ProbeMode(PathMode):
     A call that returns one of its inputs unchanged (``contiguous()``, ``float()`` on a float tensor) is
     transparent; an in-place call gives the tensor a new serial (its new value).
 
-    Layouts.  A 4-D tensor's *layout* says which axis of the input's (N, C, H, W) each of its axes is:
-    ``(0, 1, 2, 3)`` for the input, ``(0, 2, 3, 1)`` after ``permute(0, 2, 3, 1)`` (channels last, as in the
-    blocks of torchvision's ConvNeXt and Swin, whose LayerNorm and Linear layers act on the last axis).  Calls that
-    reorder axes (:data:`AXIS_ORDER_FUNCTIONS`) reorder the layout; any other call giving a 4-D tensor keeps the
-    layout of its first 4-D input (a convolution, a layer norm over the last axis, an activation); a 4-D tensor
-    made from tensors of other ranks (a token sequence reshaped to a grid) has no known layout (None).
+    Layouts.  A 4-D tensor's *layout* says which axis of a convolution's (N, C, H, W) each of its axes is:
+    ``(0, 1, 2, 3)`` for the output of a convolution, pooling or batch norm (:data:`CHANNELS_FIRST_FUNCTIONS`, which
+    define the layout whatever the input's was: a model may take (N, H, W, C) images and permute them itself),
+    ``(0, 2, 3, 1)`` after ``permute(0, 2, 3, 1)`` (channels last, as in the blocks of torchvision's ConvNeXt and
+    Swin, whose LayerNorm and Linear layers act on the last axis).  Calls that reorder axes
+    (:data:`AXIS_ORDER_FUNCTIONS`) reorder the layout; any other call giving a 4-D tensor keeps the layout of its
+    first 4-D input with one (a layer norm over the last axis, an activation, a sum); a 4-D tensor with no such
+    ancestor (the input, a token sequence reshaped to a grid) has no known layout (None).
     """
 
     def __init__(self):
@@ -167,12 +174,17 @@ class _ProbeMode(PathMode):
 
     def layout_after(self, func, args, kwargs, ins: list[torch.Tensor], out: torch.Tensor) -> tuple[int, ...] | None:
         """The layout of the 4-D ``out`` of ``func`` (class doc)."""
+        if out.dim() != 4:
+            return None
+        name = _func_name(func)
+        if name in CHANNELS_FIRST_FUNCTIONS:
+            return CHANNELS_FIRST
         known = [(t, self.layouts.get(self.serial(t))) for t in ins if t.dim() == 4]
         known = [(t, lay) for t, lay in known if lay is not None]
-        if out.dim() != 4 or not known:
+        if not known:
             return None
         source, layout = known[0]
-        if _func_name(func) not in AXIS_ORDER_FUNCTIONS:
+        if name not in AXIS_ORDER_FUNCTIONS:
             return layout
         # replay the call on a meta tensor of distinct sizes: the output's sizes say where each axis went
         sizes = (2, 3, 5, 7)
@@ -222,7 +234,7 @@ def find_default_layer(forward: Forward, x: torch.Tensor) -> Site:
         return hook
 
     row, handles = x[:1].detach(), []
-    probe.number(row, CHANNELS_FIRST if row.dim() == 4 else None)
+    probe.number(row)
     try:
         for name, m in modules.items():
             handles.append(m.register_forward_hook(watcher(name)))
