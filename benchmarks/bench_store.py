@@ -25,7 +25,10 @@ estimate what the wall times would be with the cores free.  Run from the reposit
 
 Measured on 2 cores shared with other work (1.0–1.7 cores busy elsewhere), integrated gradients, full run: CPU
 store / method alone 1.031, 2 processes / 1 0.475, identical shards; wall 1.20 and 0.54 (wall times varied by
-up to 2× between rounds with the other load).
+up to 2× between rounds with the other load).  On the quiet machine (2026-12-07, other processes ≤ 0.06 cores),
+full run, best of 3 rounds: wall store / method alone 1.073 (12.85 s / 11.97 s), 2 processes / 1 0.490 (6.29 s),
+identical shards in every round; torchrun's whole run took 11.1 s, of which 3.3–3.8 s was the processes' start-up
+(importing torch and tribute), which a store of minutes or hours makes negligible.
 """
 
 from __future__ import annotations

@@ -127,6 +127,46 @@ def test_signed_ranking_and_value_units_per_channel():
     assert torch.equal(recorder.calls[0][0], expected)
 
 
+def _removed(calls, x):
+    """Per recorded training set: the (N, H, W) mask of the pixels that differ from x."""
+    return [(c[0] != x).any(1) for c in calls]
+
+
+def test_random_ties_are_seeded_per_sample_shared_by_methods_and_independent_of_the_batch():
+    n = 240
+    x = torch.rand(n, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 1
+    y = torch.arange(n) % 2
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 2)).double().eval()
+    peak = torch.zeros(1, 1, 4, 4, dtype=torch.float64)
+    peak[0, 0, 2, 3] = 1.0  # one pixel ranked first, the other 15 tie at 0
+
+    def masks(ties, batch_size=256, methods=None, seed=0):
+        methods = methods or (("a", fixed_map(peak)),)
+        recorder = Recorder()
+        roar(model, (x, y), (x, y), list(methods), fractions=(0.25,), ties=ties, train_fn=recorder, seed=seed,
+             reference=False, progress=False, batch_size=batch_size)
+        return _removed(recorder.calls, x)
+
+    index = masks("index")[0]
+    assert index[:, 2, 3].all() and index.sum() == 4 * n  # 4 of 16 pixels: the peak, then the lowest indices
+    assert index[:, 0, :3].all()
+    rand = masks("random")[0]
+    assert rand[:, 2, 3].all() and (rand.sum(dim=(1, 2)) == 4).all()
+    # the three tied pixels removed vary: each of the 15 is removed with probability 3/15 (48 of 240 expected)
+    others = rand.flatten(1)[:, [i for i in range(16) if i != 11]].sum(0)
+    assert others.min() >= 20 and others.max() <= 80, others
+    assert torch.equal(masks("random", batch_size=7)[0], rand)  # a sample's order does not depend on its batch
+    assert not torch.equal(masks("random", seed=1)[0], rand)
+    both = masks("random", methods=(("a", fixed_map(peak)), ("b", fixed_map(peak.clone()))))
+    assert torch.equal(both[0], both[1])  # the same tie order for every method
+    # without ties the two orders agree
+    distinct = torch.arange(16, dtype=torch.float64).reshape(1, 1, 4, 4)
+    ordered = (("d", fixed_map(distinct)),)
+    assert torch.equal(masks("index", methods=ordered)[0], masks("random", methods=ordered)[0])
+    with pytest.raises(ValueError, match="ties"):
+        masks("first")
+
+
 def test_noisy_linear_replacement_imputes_the_removed_pixels():
     from tribute.metrics.road import noisy_linear_imputation
 

@@ -238,15 +238,23 @@ def unit_ids(map_shape: tuple[int, ...], patch_size=1) -> tuple[torch.Tensor, in
 
 
 def unit_ranks(attr_map: torch.Tensor, ids: torch.Tensor, units: int, order: str,
-               excluded: torch.Tensor | None = None) -> torch.Tensor:
+               excluded: torch.Tensor | None = None, tie_keys: torch.Tensor | None = None) -> torch.Tensor:
     """(N, U) position of each unit in the removal order (0 = removed first), by its summed attribution;
-    ``excluded`` (N, U) units (special tokens) come after all the others, in either order."""
+    ``excluded`` (N, U) units (special tokens) come after all the others, in either order.  Equal totals go in
+    the order of ``tie_keys`` (N, U) when given (a random permutation per sample breaks ties at random), else
+    the lower unit index first."""
     n = attr_map.shape[0]
     totals = torch.zeros(n, units, dtype=torch.float64, device=attr_map.device)
     totals.index_add_(1, ids.reshape(-1).to(attr_map.device), attr_map.reshape(n, -1).to(torch.float64))
     if excluded is not None:
         totals = totals.masked_fill(excluded.to(totals.device), -math.inf if order == "morf" else math.inf)
-    order_idx = torch.sort(totals, dim=1, descending=order == "morf", stable=True).indices
+    if tie_keys is not None:
+        # a stable sort of the units laid out in the order of their keys keeps that order among equal totals
+        by_key = torch.argsort(tie_keys.to(totals.device), dim=1, stable=True)
+        within = torch.sort(totals.gather(1, by_key), dim=1, descending=order == "morf", stable=True).indices
+        order_idx = by_key.gather(1, within)
+    else:
+        order_idx = torch.sort(totals, dim=1, descending=order == "morf", stable=True).indices
     ranks = torch.empty_like(order_idx)
     ranks.scatter_(1, order_idx, torch.arange(units, device=ranks.device).expand(n, -1).contiguous())
     return ranks

@@ -29,7 +29,15 @@ Hooker's per-channel mean.
 Units.  ``unit="pixel"`` (default) ranks pixels by the channel-reduced map (the sum over channels of
 ``|a|``, or of ``a`` with ``absolute=False``) and replaces all channels of a pixel together; ``unit="value"``
 ranks every input element (each channel value) on its own.  ``patch_size=p`` ranks p×p patches by their
-summed score, as :func:`tribute.metrics.pixel_perturbation`.  Ties go to the lower index (deterministic).
+summed score, as :func:`tribute.metrics.pixel_perturbation`.
+
+Ties.  Units with equal scores go to the lower index by default (``ties="index"``, deterministic): raster order,
+the top rows first.  Where many scores tie this shapes the mask: integrated gradients and DeepLIFT with a zero
+baseline give exactly 0 to every pixel that is 0, and on a black background (87.5 % of the OpenCV digits' pixels)
+every fraction beyond the strokes then removes the top rows first, the same rows for both methods.
+``ties="random"`` orders equal scores by a random permutation per sample, drawn from ``seed`` and the sample's
+position in its set, the same for every method (so ties are not what tells methods apart) and for any
+``batch_size``.
 We rank by magnitude by default (``absolute=True``): ROAR asks whether a feature carries information, and a
 strongly negative attribution marks an informative feature as much as a strongly positive one.
 
@@ -65,6 +73,7 @@ from .view_methods import refuse_options_for_callable
 MODES = ("roar", "kar", "both")
 UNITS = ("pixel", "value")
 REPLACEMENTS = ("mean", "noisy_linear")
+TIES = ("index", "random")
 DEFAULT_FRACTIONS = (0.2, 0.4, 0.6, 0.8)
 #: the built-in trainer's settings unless ``train_options`` override them: Adam at its usual rate.  On the 8×8
 #: digits they train an MLP 64-64-10 to a test accuracy of 0.94 and a two-convolution CNN to 0.85 (measured);
@@ -187,6 +196,7 @@ def roar(
     patch_size=1,
     replacement: str = "mean",
     noise: float = 0.01,
+    ties: str = "index",
     target="label",
     train_fn: Callable[..., nn.Module | None] | None = None,
     train_options: dict[str, Any] | None = None,
@@ -225,6 +235,8 @@ def roar(
     patch_size : 1 (default) or p / (p_h, p_w): rank and replace p×p patches (pixel units of images only).
     replacement : ``"mean"`` (default, Hooker et al.: the training set's per-channel mean; per-feature mean for
         (N, D) inputs) or ``"noisy_linear"`` (Rong et al.'s noisy linear imputation, σ = ``noise``; images only).
+    ties : ``"index"`` (default: equal scores in index order) or ``"random"`` (a seeded random order per sample,
+        shared by the methods); module doc.
     target : ``"label"`` (default: attribute the true class), ``None`` (the model's predicted class), an int,
         or a callable (as in :mod:`tribute.core.targets`).
     train_fn : callable, optional
@@ -267,6 +279,7 @@ def roar(
     fractions_t = check_fractions(fractions, closed=False)
     repeats, seed, batch_size = _check_options(mode, unit, replacement, absolute, reference, progress, noise, x_train,
                                                repeats, seed, batch_size)
+    opt.choice(TIES)("ties", ties)
     check_target(target, label=True, refuse=REFUSED_TARGETS)
     train = trainer(train_fn, train_options, owner="roar", defaults=DEFAULT_TRAINING)
     items = _methods(methods, options)
@@ -274,15 +287,18 @@ def roar(
     counts = _unit_counts(fractions_t, units, unit)
 
     scorer = trainable(model, fixed)  # the model as the accuracies and the trainer call it: model(x) -> logits
+    tie_seeds = {"train": derived_seed(seed, "ties/train"), "test": derived_seed(seed, "ties/test")}
     ranks = {m.label: tuple(_ranks(_bind(m, model, derived_seed(seed, "method"), options), scorer, m.label, *data,
-                                   target, unit, absolute, ids, units, batch_size)
-                            for data in ((x_train, y_train), (x_test, y_test))) for m in items}
+                                   target, unit, absolute, ids, units, batch_size,
+                                   tie_seeds[part] if ties == "random" else None)
+                            for part, data in (("train", (x_train, y_train)), ("test", (x_test, y_test))))
+             for m in items}
     original = accuracy(scorer, (x_test, y_test), batch_size=batch_size)
     removal = _Removal(ids, _channel_mean(x_train), replacement, noise, derived_seed(seed, "imputation"), batch_size)
     retrain = _Retraining(model, model_factory, train, (x_train, y_train), (x_test, y_test), batch_size, fixed)
     tests = ("roar", "kar") if mode == "both" else (mode,)
     runs, references = retrain.all(tests, ranks, counts, removal, repeats, seed, reference, progress)
-    info = {"unit": unit, "absolute": absolute, "patch_size": patch_size, "replacement": replacement,
+    info = {"unit": unit, "absolute": absolute, "patch_size": patch_size, "replacement": replacement, "ties": ties,
             "noise": noise if replacement == "noisy_linear" else None, "target": _target_name(target),
             "train samples": int(x_train.shape[0]), "test samples": int(x_test.shape[0]), "units": units,
             "repeats": repeats, "seed": seed, "training": _training_name(train_fn, train_options),
@@ -502,9 +518,18 @@ def _bind(m: ResolvedMethod, model: nn.Module, seed: int | None, options: dict[s
     return m.bind(model, seed=seed, **options)
 
 
-def _ranks(explain, scorer, label, x, y, target, unit, absolute, ids, units, batch_size) -> torch.Tensor:
+def _tie_keys(tie_seed: int, first: int, n: int, units: int) -> torch.Tensor:
+    """(n, units) random keys of samples first .. first + n − 1, each drawn from its own generator (seeded by the
+    sample's position), so that a sample's keys do not depend on the batch it is in."""
+    return torch.stack([torch.rand(units, generator=torch.Generator().manual_seed(derived_seed(tie_seed, str(i))))
+                        for i in range(first, first + n)])
+
+
+def _ranks(explain, scorer, label, x, y, target, unit, absolute, ids, units, batch_size,
+           tie_seed: int | None = None) -> torch.Tensor:
     """(N, units) int32: each unit's position in the ranking (0 = top) by the method's attribution scores
-    (``scorer``: the model as ``model(x) -> logits``, for the predicted class of ``target=None``)."""
+    (``scorer``: the model as ``model(x) -> logits``, for the predicted class of ``target=None``); equal scores in
+    index order, or in a random order per sample from ``tie_seed``."""
     out = []
     for first in range(0, x.shape[0], batch_size):
         xb = x[first:first + batch_size]
@@ -525,7 +550,8 @@ def _ranks(explain, scorer, label, x, y, target, unit, absolute, ids, units, bat
         elif unit == "value" and s.shape != xb.shape:
             raise ValueError(f"unit='value' ranks each input element, but method {label!r} returned a map of shape "
                              f"{tuple(s.shape)}; use unit='pixel'")
-        out.append(unit_ranks(s, ids, units, "morf").to(torch.int32))
+        keys = None if tie_seed is None else _tie_keys(tie_seed, first, xb.shape[0], units)
+        out.append(unit_ranks(s, ids, units, "morf", tie_keys=keys).to(torch.int32))
     return torch.cat(out)
 
 
