@@ -133,6 +133,29 @@ def test_a_lost_step_is_recomputed_to_the_same_values(smoke, tmp_path):
     assert after == before
 
 
+def test_roar_s_tie_order_is_a_setting_of_the_run(smoke, tmp_path, monkeypatch):
+    """``ties="random"`` reaches ROAR, is recorded, and is refused in a directory written with the default; a run
+    directory copied with its models and rankings and given the new setting recomputes ROAR only."""
+    with pytest.raises(ValueError, match="other settings"):
+        run_alignment(smoke[0], scale="smoke", data="digits", ties="random")
+    with pytest.raises(ValueError, match="ties"):
+        run_alignment(tmp_path / "bad", scale="smoke", data="digits", ties="first")
+    import tribute.experiments.alignment.measures as measures
+
+    seen, real = [], measures.roar
+    monkeypatch.setattr(measures, "roar", lambda *a, **k: seen.append(k["ties"]) or real(*a, **k))
+    out = tmp_path / "run"
+    shutil.copytree(smoke[0], out)
+    (out / "steps" / "roar_seed0.json").unlink()
+    settings = json.loads((out / "settings.json").read_text())
+    (out / "settings.json").write_text(json.dumps(settings | {"roar_ties": "random"}))
+    record = run_alignment(out, scale="smoke", data="digits", ties="random")
+    assert seen == ["random"] and record["roar_ties"] == "random"
+    assert {n for n, s in record["steps"].items() if s["status"] == "computed"} == {"roar_seed0"}
+    assert main(["experiment", "alignment", "--scale", "smoke", "--data", "digits", "--ties", "random", "--out",
+                 str(out)]) == 0
+
+
 def test_the_command_line_runs_the_experiment(smoke, capsys):
     assert main(["experiment", "alignment", "--scale", "smoke", "--data", "digits", "--out", str(smoke[0])]) == 0
     said = capsys.readouterr().out

@@ -73,7 +73,7 @@ def _experiment(args: argparse.Namespace) -> int:
     from .experiments.alignment import run_alignment
 
     try:
-        record = run_alignment(args.out, scale=args.scale, data=args.data, seeds=args.seeds)
+        record = run_alignment(args.out, scale=args.scale, data=args.data, seeds=args.seeds, ties=args.ties)
     except (ValueError, FileNotFoundError) as e:  # bad settings or a missing data set: the reason, no traceback
         print(f"tribute experiment {args.name}: error: {e}", file=sys.stderr)
         return 2
@@ -93,6 +93,9 @@ def _experiment_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", choices=DATA_SETS, default="fashion-mnist", help="(default: %(default)s)")
     parser.add_argument("--out", required=True, help="output directory (a rerun in it resumes)")
     parser.add_argument("--seeds", type=int, default=None, help="ROAR seeds (default: the scale's)")
+    parser.add_argument("--ties", choices=("index", "random"), default="index",
+                        help="ROAR's order of pixels with equal attributions: index (raster order) or a seeded random "
+                             "order per image (default: %(default)s)")
 
 
 EXPERIMENT = Command(

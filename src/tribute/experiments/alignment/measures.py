@@ -26,13 +26,14 @@ LAST_BLOCK = "layer4.1"
 
 
 def roar_seed(models: dict, split, labelled: dict[str, Spec], scale: Scale, seed: int,
-              cache: dict | None = None) -> dict:
+              cache: dict | None = None, ties: str = "index") -> dict:
     """ROAR of every attribution in ``labelled`` with seed ``seed``: ``{"accuracy": {label: [4 values]},
-    "reference": float, "original": float}``; ``cache`` keeps the attributions for the next seed."""
+    "reference": float, "original": float}``; ``cache`` keeps the attributions for the next seed; ``ties`` is
+    ROAR's order of equal attributions."""
     channels = split.train[0].shape[1]
     result = roar(models["classifier"], split.train, split.test,
                   [(label, roar_callable(label, spec, models, cache)) for label, spec in labelled.items()],
-                  fractions=FRACTIONS, seed=seed, progress=False, batch_size=scale.batch_size,
+                  fractions=FRACTIONS, seed=seed, ties=ties, progress=False, batch_size=scale.batch_size,
                   model_factory=lambda: resnet18_cifar(10, in_channels=channels, width=scale.width),
                   train_options={"epochs": scale.roar_epochs, "batch_size": scale.batch_size, "progress": False})
     return {"accuracy": {m: list(result["roar", m].tolist()) for m in result.methods},

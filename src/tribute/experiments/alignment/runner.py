@@ -11,6 +11,8 @@ import torch
 
 from ... import __version__
 from ...atomic_files import write_json
+from ...core import options as opt
+from ...metrics.roar import TIES
 from .attribution_cache import AttributionCache
 from .data import experiment_data
 from .figures import roar_figure, sanity_figure
@@ -28,7 +30,7 @@ OUTPUTS = tuple(f"{name}.{ext}" for name in ("table1_roar", "table2_alignment", 
 
 
 def run_alignment(out: str | os.PathLike, *, scale: str | Scale = "smoke", data: str = "fashion-mnist",
-                  seeds: int | None = None) -> dict:
+                  seeds: int | None = None, ties: str = "index") -> dict:
     """Zeng et al. (2021)'s evidence for the aligned explainer, at ``scale``, on ``data``, into ``out``.
 
     Writes ``table1_roar``, ``table2_alignment``, ``table3_latency``, ``fig5_sanity`` (the figure's numbers) and
@@ -37,18 +39,22 @@ def run_alignment(out: str | os.PathLike, *, scale: str | Scale = "smoke", data:
     versions, seconds per step and in all; :data:`OUTPUTS`).  The scales, their sizes and budget:
     :mod:`tribute.experiments.alignment.scales`.  Rerun with the same arguments, it reuses every finished step
     (trainings and stores resume inside their checkpoints); other settings in the same directory are refused.
-    Returns the content of ``run.json``.
+    ``ties``: how ROAR orders pixels of equal attribution (:func:`tribute.metrics.roar.roar`: ``"index"``, the
+    default, or ``"random"``).  Returns the content of ``run.json``.
     """
     t0 = time.perf_counter()
     sc = get_scale(scale, seeds)
     split, used = experiment_data(data, sc)
     out = pathlib.Path(out)
-    steps = Steps(out, {"scale": sc.__dict__, "data": data, "data_used": used})
+    opt.choice(TIES)("ties", ties)
+    # recorded only when not the default, so that run directories written before the option still match
+    steps = Steps(out, {"scale": sc.__dict__, "data": data, "data_used": used} | ({} if ties == "index" else
+                                                                                   {"roar_ties": ties}))
     models, accuracy = train_models(steps, split, sc)
     every = specs(sc, tuple(split.train[0].shape[1:]))
     # the rankings, the same for every seed: computed by the first seed that runs, kept on disk for a rerun
     cache = AttributionCache(out / "rankings")
-    per_seed = [steps.run(f"roar_seed{s}", lambda s=s: roar_seed(models, split, every, sc, s, cache))
+    per_seed = [steps.run(f"roar_seed{s}", lambda s=s: roar_seed(models, split, every, sc, s, cache, ties))
                 for s in range(sc.seeds)]
     _roar_outputs(out, per_seed, sc)
     x_test = split.test[0]
@@ -67,7 +73,8 @@ def run_alignment(out: str | os.PathLike, *, scale: str | Scale = "smoke", data:
                 "Test accuracy, clean and under PGD-L2 at the twin's ε (20 steps): the classifier alone, the robust "
                 "twin, the classifiers trained with the explainer head (robust and standard alignment)")
     record = {"scale": sc.__dict__, "data": data, "data_used": used, "roar_seeds": list(range(sc.seeds)),
-              "pipeline_seed": 0, "train_samples": len(split.train[1]), "test_samples": len(split.test[1]),
+              "roar_ties": ties, "pipeline_seed": 0, "train_samples": len(split.train[1]),
+              "test_samples": len(split.test[1]),
               "extra_rankings": list(EXTRA), "versions": _versions(), "steps": steps.log,
               "seconds": round(time.perf_counter() - t0, 3)}
     write_json(str(out / "run.json"), record)
