@@ -278,8 +278,7 @@ def roar(
                          f"{tuple(x_test.shape[1:])}")
     fractions_t = check_fractions(fractions, closed=False)
     repeats, seed, batch_size = _check_options(mode, unit, replacement, absolute, reference, progress, noise, x_train,
-                                               repeats, seed, batch_size)
-    opt.choice(TIES)("ties", ties)
+                                               repeats, seed, batch_size, ties)
     check_target(target, label=True, refuse=REFUSED_TARGETS)
     train = trainer(train_fn, train_options, owner="roar", defaults=DEFAULT_TRAINING)
     items = _methods(methods, options)
@@ -287,12 +286,8 @@ def roar(
     counts = _unit_counts(fractions_t, units, unit)
 
     scorer = trainable(model, fixed)  # the model as the accuracies and the trainer call it: model(x) -> logits
-    tie_seeds = {"train": derived_seed(seed, "ties/train"), "test": derived_seed(seed, "ties/test")}
-    ranks = {m.label: tuple(_ranks(_bind(m, model, derived_seed(seed, "method"), options), scorer, m.label, *data,
-                                   target, unit, absolute, ids, units, batch_size,
-                                   tie_seeds[part] if ties == "random" else None)
-                            for part, data in (("train", (x_train, y_train)), ("test", (x_test, y_test))))
-             for m in items}
+    ranks = _rankings(items, model, scorer, options, {"train": (x_train, y_train), "test": (x_test, y_test)}, seed,
+                      ties, target=target, unit=unit, absolute=absolute, ids=ids, units=units, batch_size=batch_size)
     original = accuracy(scorer, (x_test, y_test), batch_size=batch_size)
     removal = _Removal(ids, _channel_mean(x_train), replacement, noise, derived_seed(seed, "imputation"), batch_size)
     retrain = _Retraining(model, model_factory, train, (x_train, y_train), (x_test, y_test), batch_size, fixed)
@@ -356,9 +351,10 @@ def _training_name(train_fn, train_options) -> str:
 
 
 def _check_options(mode, unit, replacement, absolute, reference, progress, noise, x_train, repeats, seed,
-                   batch_size) -> tuple[int, int, int]:
+                   batch_size, ties) -> tuple[int, int, int]:
     """The options checked; returns the repeats, the seed and the batch size (default 256)."""
     opt.choice(MODES)("mode", mode)
+    opt.choice(TIES)("ties", ties)
     opt.choice(UNITS)("unit", unit)
     opt.choice(REPLACEMENTS)("replacement", replacement)
     opt.boolean("absolute", absolute)
@@ -518,6 +514,17 @@ def _bind(m: ResolvedMethod, model: nn.Module, seed: int | None, options: dict[s
     return m.bind(model, seed=seed, **options)
 
 
+def _rankings(items, model, scorer, options, data: dict, seed: int, ties: str, **ranking) -> dict:
+    """{method label: (ranks of the training set, ranks of the test set)}; with ``ties="random"`` each set's
+    samples draw their tie order from the set's own seed, the same for every method."""
+    def tie_seed(part: str) -> int | None:
+        return derived_seed(seed, f"ties/{part}") if ties == "random" else None
+
+    return {m.label: tuple(_ranks(_bind(m, model, derived_seed(seed, "method"), options), scorer, m.label, *pair,
+                                  tie_seed=tie_seed(part), **ranking) for part, pair in data.items())
+            for m in items}
+
+
 def _tie_keys(tie_seed: int, first: int, n: int, units: int) -> torch.Tensor:
     """(n, units) random keys of samples first .. first + n − 1, each drawn from its own generator (seeded by the
     sample's position), so that a sample's keys do not depend on the batch it is in."""
@@ -525,7 +532,7 @@ def _tie_keys(tie_seed: int, first: int, n: int, units: int) -> torch.Tensor:
                         for i in range(first, first + n)])
 
 
-def _ranks(explain, scorer, label, x, y, target, unit, absolute, ids, units, batch_size,
+def _ranks(explain, scorer, label, x, y, *, target, unit, absolute, ids, units, batch_size,
            tie_seed: int | None = None) -> torch.Tensor:
     """(N, units) int32: each unit's position in the ranking (0 = top) by the method's attribution scores
     (``scorer``: the model as ``model(x) -> logits``, for the predicted class of ``target=None``); equal scores in
