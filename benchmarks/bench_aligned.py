@@ -24,8 +24,8 @@ Measured 2026-12-07 (one thread, ``--quick``, the other core busy with other wor
 explainer / the classifier's forward pass): CIFAR ResNet-18 1.04× (paper widths 2.94×), EfficientNet-Lite0 1.11×
 (29.6×), ResNet-50 1.13× (10.2×), ConvNeXt-T 1.07× (7.1×), VGG-11 1.04× (5.7×), DenseNet-121 1.16× (12.2×),
 EfficientNet-B0 1.33× and 1.48× in two runs (40×), MobileNetV3-Small 3.47× and 4.20× (265×).  At 224×224 the default
-head costs ≈ 8 ms per image whatever the model, which is more than a fifth of the two smallest classifiers' passes
-(23 and 3.5 ms); ``--widths 32 16 8 4`` measured 1.13× on EfficientNet-B0 and 1.76× on MobileNetV3-Small.  Before
+head adds 3.5–13 ms per image on every model, more than a fifth of the two smallest classifiers' passes (23 and
+3.5 ms); ``--widths 32 16 8 4`` measured 1.13× on EfficientNet-B0 and 1.76× on MobileNetV3-Small.  Before
 the cap, the default head (C/2, C/4, ...) on EfficientNet-Lite0 (640, 320, 160, 80) cost 4.2×.
 """
 
