@@ -8,6 +8,7 @@ Captum's ``LayerIntegratedGradients``, and against summation-to-delta.
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 
 import pytest
 import torch
@@ -274,37 +275,36 @@ def test_default_layer_is_not_a_channels_last_tensor(swap, x):
     assert cam.shape == (x.shape[0], 1, *x.shape[2:])
 
 
+class _Permute(nn.Module):
+    """A permute as a module, as torchvision's Swin ends its channels-last trunk with one."""
+
+    def __init__(self, *dims: int):
+        super().__init__()
+        self.dims = dims
+
+    def forward(self, h):
+        return h.permute(*self.dims)
+
+
+def _pooled_classifier(width: int, **stages: nn.Module) -> nn.Sequential:
+    """The named ``stages`` (ending in ``width`` channels), then global average pooling and a linear layer to 2."""
+    return nn.Sequential(OrderedDict(**stages, pool=nn.AdaptiveAvgPool2d(1), flatten=nn.Flatten(),
+                                     fc=nn.Linear(width, 2))).to(DT)
+
+
 def test_default_layer_of_a_channels_last_trunk_is_where_it_turns_back(x):
-    class Permute(nn.Module):  # torchvision's Swin ends its channels-last trunk with a Permute module
-        def forward(self, h):
-            return h.permute(0, 3, 1, 2)
-
-    class SwinStyle(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embed = nn.Conv2d(3, 6, 2, stride=2)
-            self.blocks = nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 6), nn.GELU(), nn.LayerNorm(6))
-            self.permute, self.fc = Permute(), nn.Linear(6, 2)
-
-        def forward(self, x):
-            h = self.permute(self.blocks(self.embed(x).permute(0, 2, 3, 1)))
-            return self.fc(h.mean(dim=(2, 3)))
-
-    assert str(find_default_layer(Forward(SwinStyle().to(DT)), x)) == "permute"
+    swin_style = _pooled_classifier(
+        6, embed=nn.Conv2d(3, 6, 2, stride=2), to_channels_last=_Permute(0, 2, 3, 1),
+        blocks=nn.Sequential(nn.LayerNorm(6), nn.Linear(6, 6), nn.GELU(), nn.LayerNorm(6)),
+        permute=_Permute(0, 3, 1, 2))
+    assert str(find_default_layer(Forward(swin_style), x)) == "permute"
 
 
 def test_default_layer_of_a_model_taking_channels_last_images(x):
     # layouts come from the convolutions, not from the input: (N, H, W, C) images permuted by the model itself
-    class TakesNHWC(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU())
-            self.fc = nn.Linear(4, 2)
-
-        def forward(self, images):
-            return self.fc(self.features(images.permute(0, 3, 1, 2)).mean(dim=(2, 3)))
-
-    assert str(find_default_layer(Forward(TakesNHWC().to(DT)), x.permute(0, 2, 3, 1))) == "features"
+    takes_nhwc = _pooled_classifier(4, to_channels_first=_Permute(0, 3, 1, 2),
+                                    features=nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU()))
+    assert str(find_default_layer(Forward(takes_nhwc), x.permute(0, 2, 3, 1))) == "features"
 
 
 def test_default_layer_of_a_functional_model_is_a_function_call(x):
